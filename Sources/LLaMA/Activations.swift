@@ -1,0 +1,100 @@
+import Tensor
+
+/// Everything the forward pass keeps for backward, sized once for [maxB, maxT] and reused
+/// every step, so the training loop allocates nothing. Shapes use M = B*T rows.
+public final class Activations: @unchecked Sendable {
+    public final class Layer: @unchecked Sendable {
+        let xIn: Tensor     // [M, C]  block input (residual stream)
+        let rstd1: Tensor   // [M]
+        let xn1: Tensor     // [M, C]  input_layernorm output
+        let q: Tensor       // [M, nH*hd]  after RoPE
+        let k: Tensor       // [M, nKV*hd] after RoPE
+        let v: Tensor       // [M, nKV*hd]
+        let probs: Tensor   // [B, nH, T, T]
+        let att: Tensor     // [M, nH*hd]  attention output, o_proj input
+        let xMid: Tensor    // [M, C]  residual after attention
+        let rstd2: Tensor   // [M]
+        let xn2: Tensor     // [M, C]
+        let gate: Tensor    // [M, I]
+        let up: Tensor      // [M, I]
+        let h: Tensor       // [M, I]  silu(gate) * up, down_proj input
+        /// Per adapted projection: u = xin A^T [M, r], and the dropout keep-mask [M, in].
+        var loraU: [Projection: Tensor] = [:]
+        var loraKeep: [Projection: UnsafeMutablePointer<UInt8>] = [:]
+
+        init(c: LlamaConfig, B: Int, T: Int) {
+            let M = B * T, C = c.hiddenSize, I = c.intermediateSize
+            xIn = Tensor([M, C]); rstd1 = Tensor([M]); xn1 = Tensor([M, C])
+            q = Tensor([M, c.qDim]); k = Tensor([M, c.kvDim]); v = Tensor([M, c.kvDim])
+            probs = Tensor([B, c.numAttentionHeads, T, T]); att = Tensor([M, c.qDim])
+            xMid = Tensor([M, C]); rstd2 = Tensor([M]); xn2 = Tensor([M, C])
+            gate = Tensor([M, I]); up = Tensor([M, I]); h = Tensor([M, I])
+        }
+        deinit { for p in loraKeep.values { p.deallocate() } }
+    }
+
+    public let maxB: Int
+    public let maxT: Int
+    let layers: [Layer]
+    let xFinal: Tensor   // [M, C]
+    let rstdF: Tensor    // [M]
+    let xnF: Tensor      // [M, C]
+    public let logits: Tensor   // [M, V] (dlogits in place during backward)
+    // Backward work buffers, shared by all layers.
+    let dres: Tensor     // [M, C]
+    let dxn: Tensor      // [M, C]
+    let dq: Tensor       // [M, nH*hd]
+    let dk: Tensor       // [M, nKV*hd]
+    let dv: Tensor       // [M, nKV*hd]
+    let datt: Tensor     // [M, nH*hd]
+    let dgate: Tensor    // [M, I]
+    let dup: Tensor      // [M, I]
+    let dh: Tensor       // [M, I]
+    let du: Tensor       // [M, maxR]
+    let dz: Tensor       // [M, maxIn]
+    let z: Tensor        // [M, maxIn] dropped-out LoRA input
+    let positions: UnsafeMutablePointer<Int32>   // [M]
+    let scratch = MatmulScratch()
+
+    public init(model: LlamaModel, maxB: Int, maxT: Int) {
+        let c = model.config
+        self.maxB = maxB; self.maxT = maxT
+        let M = maxB * maxT, C = c.hiddenSize, I = c.intermediateSize
+        layers = (0..<c.numHiddenLayers).map { _ in Layer(c: c, B: maxB, T: maxT) }
+        xFinal = Tensor([M, C]); rstdF = Tensor([M]); xnF = Tensor([M, C])
+        logits = Tensor([M, c.vocabSize])
+        dres = Tensor([M, C]); dxn = Tensor([M, C])
+        dq = Tensor([M, c.qDim]); dk = Tensor([M, c.kvDim]); dv = Tensor([M, c.kvDim])
+        datt = Tensor([M, c.qDim]); dgate = Tensor([M, I]); dup = Tensor([M, I]); dh = Tensor([M, I])
+        var maxR = 1, maxIn = 1
+        for (i, b) in model.blocks.enumerated() {
+            for p in Projection.allCases {
+                guard let a = b.linear(p).adapters.first else { continue }
+                maxR = max(maxR, a.r); maxIn = max(maxIn, a.inFeatures)
+                layers[i].loraU[p] = Tensor([M, a.r])
+                if a.dropout > 0 {
+                    let keep = UnsafeMutablePointer<UInt8>.allocate(capacity: M * a.inFeatures)
+                    keep.initialize(repeating: 1, count: M * a.inFeatures)
+                    layers[i].loraKeep[p] = keep
+                }
+            }
+        }
+        du = Tensor([M, maxR]); dz = Tensor([M, maxIn]); z = Tensor([M, maxIn])
+        positions = .allocate(capacity: M)
+        positions.initialize(repeating: 0, count: M)
+    }
+
+    deinit { positions.deallocate() }
+
+    /// Bytes held (for memory reports).
+    public var byteCount: Int {
+        var n = 0
+        for l in layers {
+            n += [l.xIn, l.rstd1, l.xn1, l.q, l.k, l.v, l.probs, l.att, l.xMid, l.rstd2, l.xn2, l.gate, l.up, l.h]
+                .reduce(0) { $0 + $1.count * 4 }
+            n += l.loraU.values.reduce(0) { $0 + $1.count * 4 }
+        }
+        return n + (xFinal.count * 2 + logits.count + dres.count * 2 + dq.count * 2 + dk.count * 2
+                     + dgate.count * 3 + du.count + dz.count * 2) * 4
+    }
+}

@@ -1,0 +1,134 @@
+import Foundation
+import Tensor
+
+/// Autoregressive decoding: greedy, sampling (temperature, top-k, top-p) or beam search,
+/// as Hugging Face's `generate` does them. Stops at any EOS id or after maxNewTokens.
+public final class Generator {
+    public let model: LlamaModel
+    public let eosIDs: Set<Int32>
+
+    public init(model: LlamaModel, eosIDs: Set<Int32>) {
+        self.model = model
+        self.eosIDs = eosIDs
+    }
+
+    /// Generates new token ids after `prompt`. `onToken` sees each new id as soon as it is
+    /// chosen when a single sequence is decoded (greedy or sampling); beam search reports
+    /// only the final sequence. The returned ids exclude the prompt and include no EOS.
+    public func generate(prompt: [Int32], options o: GenerationOptions,
+                         onToken: ((Int32) -> Void)? = nil) throws -> [Int32] {
+        try o.validate()
+        guard !prompt.isEmpty else { throw GenerationError.emptyPrompt }
+        if o.numBeams > 1 { return try beamSearch(prompt: prompt, options: o, onToken: onToken) }
+        let V = model.config.vocabSize
+        let cache = KVCache(model: model, sequences: 1, capacity: prompt.count + o.maxNewTokens,
+                            maxChunk: min(prompt.count, 512))
+        var rng = RNG(seed: o.seed)
+        var seq = prompt
+        var out: [Int32] = []
+        try model.step(tokens: prompt, sequences: 1, cache: cache)
+        let scores = cache.logits.data
+        for _ in 0..<o.maxNewTokens {
+            LogitsProcessing.repetitionPenalty(scores, seen: seq, penalty: o.repetitionPenalty)
+            let next: Int
+            if o.doSample {
+                LogitsProcessing.temperature(scores, V: V, o.temperature)
+                LogitsProcessing.topK(scores, V: V, o.topK)
+                LogitsProcessing.topP(scores, V: V, o.topP)
+                next = LogitsProcessing.sample(scores, V: V, rng: &rng)
+            } else {
+                next = LogitsProcessing.argmax(scores, V: V)
+            }
+            let id = Int32(next)
+            if eosIDs.contains(id) { break }
+            out.append(id); seq.append(id)
+            onToken?(id)
+            if out.count == o.maxNewTokens { break }
+            try model.step(tokens: [id], sequences: 1, cache: cache)
+        }
+        return out
+    }
+
+    /// Beam search as transformers (length_penalty, early_stopping false): keeps numBeams
+    /// running beams; a beam that picks EOS among the top numBeams candidates becomes a
+    /// finished hypothesis scored sum_logprobs / generated_length^length_penalty.
+    func beamSearch(prompt: [Int32], options o: GenerationOptions,
+                    onToken: ((Int32) -> Void)?) throws -> [Int32] {
+        let nb = o.numBeams, V = model.config.vocabSize
+        let cache = KVCache(model: model, sequences: nb, capacity: prompt.count + o.maxNewTokens,
+                            maxChunk: max(1, min(prompt.count, 512) / 1))
+        try model.step(tokens: prompt, sequences: 1, cache: cache)
+        cache.broadcastFirst()
+        // Copy the shared prompt logits to every beam row.
+        for b in 1..<nb { (cache.logits.data + b * V).update(from: cache.logits.data, count: V) }
+        var beams: [[Int32]] = Array(repeating: [], count: nb)
+        var beamScores = [Float](repeating: -1e9, count: nb)
+        beamScores[0] = 0
+        var finished: [(score: Float, ids: [Int32])] = []
+        let nEOS = max(1, eosIDs.count)
+        let keep = max(2, 1 + nEOS) * nb
+        for step in 0..<o.maxNewTokens {
+            var cand: [(score: Float, beam: Int, token: Int)] = []
+            cand.reserveCapacity(nb * keep)
+            for b in 0..<nb {
+                let row = cache.logits.data + b * V
+                LogitsProcessing.logSoftmax(row, V: V)
+                LogitsProcessing.repetitionPenalty(row, seen: prompt + beams[b], penalty: o.repetitionPenalty)
+                // Per-beam top candidates are enough to find the global top `keep`.
+                var local: [(Float, Int)] = []
+                for t in 0..<V {
+                    let s = row[t] + beamScores[b]
+                    if local.count < keep { local.append((s, t)); if local.count == keep { local.sort { $0.0 > $1.0 } } }
+                    else if s > local[keep - 1].0 {
+                        var i = keep - 1
+                        while i > 0 && local[i - 1].0 < s { local[i] = local[i - 1]; i -= 1 }
+                        local[i] = (s, t)
+                    }
+                }
+                for (s, t) in local { cand.append((s, b, t)) }
+            }
+            cand.sort { $0.score > $1.score || ($0.score == $1.score && ($0.beam * V + $0.token) < ($1.beam * V + $1.token)) }
+            cand = Array(cand.prefix(keep))
+            var next: [(score: Float, beam: Int, token: Int)] = []
+            let generatedLength = step + 1
+            for (rank, c) in cand.enumerated() {
+                if eosIDs.contains(Int32(c.token)) {
+                    if rank >= nb { continue }
+                    let lp = Float(pow(Double(generatedLength), Double(o.lengthPenalty)))
+                    finished.append((c.score / lp, beams[c.beam]))
+                } else {
+                    next.append(c)
+                }
+                if next.count == nb { break }
+            }
+            finished.sort { $0.score > $1.score }
+            if finished.count > nb { finished.removeLast(finished.count - nb) }
+            // Done when numBeams hypotheses exist and no running beam can beat the worst.
+            let bestRunning = next.first?.score ?? -.infinity
+            if finished.count >= nb {
+                let lp = Float(pow(Double(generatedLength), Double(o.lengthPenalty)))
+                if finished.last!.score >= bestRunning / lp { break }
+            }
+            if step == o.maxNewTokens - 1 || next.count < nb {
+                beams = next.map { beams[$0.beam] + [Int32($0.token)] }
+                beamScores = next.map { $0.score }
+                break
+            }
+            beams = next.map { beams[$0.beam] + [Int32($0.token)] }
+            beamScores = next.map { $0.score }
+            cache.reorder(next.map { $0.beam })
+            try model.step(tokens: next.map { Int32($0.token) }, sequences: nb, cache: cache)
+        }
+        // Unfinished beams compete with finished hypotheses at the end.
+        if finished.count < nb || true {
+            for (b, ids) in beams.enumerated() {
+                let lp = Float(pow(Double(max(ids.count, 1)), Double(o.lengthPenalty)))
+                finished.append((beamScores[b] / lp, ids))
+            }
+        }
+        finished.sort { $0.score > $1.score }
+        let best = finished.first?.ids ?? []
+        if let onToken { for id in best { onToken(id) } }
+        return best
+    }
+}

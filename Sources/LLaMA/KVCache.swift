@@ -1,0 +1,76 @@
+import Tensor
+
+/// Keys and values of every layer for S sequences decoded in lock-step (beams, or one
+/// sequence), plus the work buffers of a decoding step. Sized once for capacity tokens.
+public final class KVCache: @unchecked Sendable {
+    public let S: Int            // sequences
+    public let capacity: Int     // max tokens per sequence
+    public private(set) var length: Int = 0
+    let kvDim: Int
+    var k: [Tensor]              // per layer [S, capacity, kvDim] (after RoPE)
+    var v: [Tensor]              // per layer [S, capacity, kvDim]
+    private var spareK: [Tensor]  // for reordering beams without allocating
+    private var spareV: [Tensor]
+    // Step buffers for up to maxRows = S * maxChunk rows.
+    let maxRows: Int
+    let x, xn, q, kNew, vNew, att, gate, up, h, tmp: Tensor
+    let u: Tensor                // [maxRows, maxR] LoRA intermediate
+    let lastHidden: Tensor       // [S, C]
+    public let logits: Tensor    // [S, V]
+    let positions: UnsafeMutablePointer<Int32>
+    let scores: Tensor           // [nH, maxChunk, capacity] attention scratch
+    let scratch = MatmulScratch()
+
+    public init(model: LlamaModel, sequences S: Int, capacity: Int, maxChunk: Int) {
+        let c = model.config
+        self.S = S; self.capacity = capacity; kvDim = c.kvDim
+        k = (0..<c.numHiddenLayers).map { _ in Tensor([S, capacity, c.kvDim]) }
+        v = (0..<c.numHiddenLayers).map { _ in Tensor([S, capacity, c.kvDim]) }
+        spareK = S > 1 ? (0..<c.numHiddenLayers).map { _ in Tensor([S, capacity, c.kvDim]) } : []
+        spareV = S > 1 ? (0..<c.numHiddenLayers).map { _ in Tensor([S, capacity, c.kvDim]) } : []
+        maxRows = S * maxChunk
+        let M = maxRows, C = c.hiddenSize, I = c.intermediateSize
+        x = Tensor([M, C]); xn = Tensor([M, C]); q = Tensor([M, c.qDim])
+        kNew = Tensor([M, c.kvDim]); vNew = Tensor([M, c.kvDim]); att = Tensor([M, c.qDim])
+        gate = Tensor([M, I]); up = Tensor([M, I]); h = Tensor([M, I]); tmp = Tensor([M, C])
+        let maxR = model.adapters.reduce(1) { max($0, $1.lora.r) }
+        u = Tensor([M, maxR])
+        lastHidden = Tensor([S, C])
+        logits = Tensor([S, c.vocabSize])
+        positions = .allocate(capacity: M)
+        positions.initialize(repeating: 0, count: M)
+        scores = Tensor([c.numAttentionHeads, maxChunk, capacity])
+    }
+
+    deinit { positions.deallocate() }
+
+    public func reset() { length = 0 }
+
+    func advance(_ n: Int) { length += n }
+
+    /// Sequence i takes the cache of sequence `source[i]` (beam search reordering).
+    public func reorder(_ source: [Int]) {
+        precondition(source.count == S)
+        if source == Array(0..<S) { return }
+        let n = length * kvDim
+        for l in 0..<k.count {
+            for (i, s) in source.enumerated() {
+                spareK[l].data.advanced(by: i * capacity * kvDim).update(from: k[l].data + s * capacity * kvDim, count: n)
+                spareV[l].data.advanced(by: i * capacity * kvDim).update(from: v[l].data + s * capacity * kvDim, count: n)
+            }
+        }
+        swap(&k, &spareK)
+        swap(&v, &spareV)
+    }
+
+    /// Copies sequence 0's cache to all others (after a shared prompt prefill).
+    public func broadcastFirst() {
+        let n = length * kvDim
+        for l in 0..<k.count {
+            for i in 1..<S {
+                (k[l].data + i * capacity * kvDim).update(from: k[l].data, count: n)
+                (v[l].data + i * capacity * kvDim).update(from: v[l].data, count: n)
+            }
+        }
+    }
+}

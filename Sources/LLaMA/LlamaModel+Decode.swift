@@ -1,0 +1,102 @@
+import Foundation
+import Tensor
+
+/// Inference with a KV cache: a prompt prefill and then one token per step, for S sequences
+/// in lock-step. One GEMM per projection over all new rows (M = S x new tokens).
+extension LlamaModel {
+    public enum DecodeError: Error, CustomStringConvertible {
+        case tooLong(needed: Int, capacity: Int)
+        public var description: String {
+            switch self {
+            case let .tooLong(needed, capacity):
+                return "sequence of \(needed) tokens exceeds the cache capacity of \(capacity)"
+            }
+        }
+    }
+
+    /// Feeds `tokens` ([S, Tq] row-major, Tq new tokens for each sequence) at positions
+    /// cache.length ..< cache.length + Tq, and leaves the logits of each sequence's last new
+    /// token in cache.logits [S, V]. `sequences` may be 1 for a prefill shared by all beams.
+    public func step(tokens: [Int32], sequences S: Int, cache: KVCache) throws {
+        let c = config, Tq = tokens.count / S, M = S * Tq, C = c.hiddenSize, I = c.intermediateSize
+        precondition(Tq * S == tokens.count && S <= cache.S)
+        let start = cache.length
+        guard start + Tq <= cache.capacity else { throw DecodeError.tooLong(needed: start + Tq, capacity: cache.capacity) }
+        guard start + Tq <= rope.maxT else { throw DecodeError.tooLong(needed: start + Tq, capacity: rope.maxT) }
+        // Long prompts are fed in chunks of the buffers' size.
+        let chunk = cache.maxRows / S
+        if Tq > chunk {
+            var t0 = 0
+            while t0 < Tq {
+                let t1 = min(Tq, t0 + chunk)
+                var part: [Int32] = []
+                for s in 0..<S { part += tokens[(s * Tq + t0)..<(s * Tq + t1)] }
+                try step(tokens: part, sequences: S, cache: cache)
+                t0 = t1
+            }
+            return
+        }
+        for s in 0..<S { for t in 0..<Tq { cache.positions[s * Tq + t] = Int32(start + t) } }
+        tokens.withUnsafeBufferPointer { ids in
+            Embedding.forward(out: cache.x.data, ids: ids.baseAddress!, table: embed.data, N: M, C: C)
+        }
+        for (l, blk) in blocks.enumerated() {
+            RMSNorm.forward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.x.data, weight: blk.attnNorm.data, N: M, C: C, eps: c.rmsNormEps)
+            blk.q.forwardAll(y: cache.q.data, x: cache.xn.data, M: M, scratch: cache.scratch, u: cache.u.data)
+            blk.k.forwardAll(y: cache.kNew.data, x: cache.xn.data, M: M, scratch: cache.scratch, u: cache.u.data)
+            blk.v.forwardAll(y: cache.vNew.data, x: cache.xn.data, M: M, scratch: cache.scratch, u: cache.u.data)
+            RoPE.forward(x: cache.q.data, positions: cache.positions, rows: M, nHeads: c.numAttentionHeads, headDim: c.headDim, table: rope)
+            RoPE.forward(x: cache.kNew.data, positions: cache.positions, rows: M, nHeads: c.numKeyValueHeads, headDim: c.headDim, table: rope)
+            // Append the new keys and values to each sequence's cache.
+            for s in 0..<S {
+                let dst = (start) * c.kvDim + s * cache.capacity * c.kvDim
+                (cache.k[l].data + dst).update(from: cache.kNew.data + s * Tq * c.kvDim, count: Tq * c.kvDim)
+                (cache.v[l].data + dst).update(from: cache.vNew.data + s * Tq * c.kvDim, count: Tq * c.kvDim)
+            }
+            cachedAttention(cache: cache, layer: l, S: S, Tq: Tq, start: start)
+            blk.o.forwardAll(y: cache.tmp.data, x: cache.att.data, M: M, scratch: cache.scratch, u: cache.u.data)
+            VectorOps.add(out: cache.x.data, a: cache.x.data, b: cache.tmp.data, count: M * C)
+            RMSNorm.forward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.x.data, weight: blk.mlpNorm.data, N: M, C: C, eps: c.rmsNormEps)
+            blk.gate.forwardAll(y: cache.gate.data, x: cache.xn.data, M: M, scratch: cache.scratch, u: cache.u.data)
+            blk.up.forwardAll(y: cache.up.data, x: cache.xn.data, M: M, scratch: cache.scratch, u: cache.u.data)
+            SwiGLU.forward(h: cache.h.data, gate: cache.gate.data, up: cache.up.data, count: M * I)
+            blk.down.forwardAll(y: cache.tmp.data, x: cache.h.data, M: M, scratch: cache.scratch, u: cache.u.data)
+            VectorOps.add(out: cache.x.data, a: cache.x.data, b: cache.tmp.data, count: M * C)
+        }
+        // Only each sequence's last token needs logits.
+        for s in 0..<S {
+            (cache.lastHidden.data + s * C).update(from: cache.x.data + (s * Tq + Tq - 1) * C, count: C)
+        }
+        RMSNorm.forward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.lastHidden.data, weight: norm.data, N: S, C: C, eps: c.rmsNormEps)
+        sgemm(transB: true, M: S, N: c.vocabSize, K: C, A: cache.xn.data, lda: C, B: lmHead.data, ldb: C,
+              C: cache.logits.data, ldc: c.vocabSize)
+        cache.advance(Tq)
+    }
+
+    /// Causal attention of the Tq new queries of each sequence against its cached keys.
+    private func cachedAttention(cache: KVCache, layer l: Int, S: Int, Tq: Int, start: Int) {
+        let c = config
+        for s in 0..<S {
+            Attention.forwardCached(out: cache.att.data + s * Tq * c.qDim, scores: cache.scores.data,
+                                    q: cache.q.data + s * Tq * c.qDim,
+                                    kCache: cache.k[l].data + s * cache.capacity * c.kvDim,
+                                    vCache: cache.v[l].data + s * cache.capacity * c.kvDim,
+                                    keyMask: nil, start: start, Tq: Tq,
+                                    nH: c.numAttentionHeads, nKV: c.numKeyValueHeads, hd: c.headDim)
+        }
+    }
+}
+
+extension Linear {
+    /// Inference forward with every attached adapter (several may be stacked).
+    func forwardAll(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, M: Int,
+                    scratch: MatmulScratch, u: UnsafeMutablePointer<Float>) {
+        Matmul.forward(y: y, x: x, w: weight, M: M, scratch: scratch)
+        for a in adapters {
+            sgemm(transB: true, M: M, N: a.r, K: a.inFeatures, A: x, lda: a.inFeatures,
+                  B: a.A.data, ldb: a.inFeatures, C: u, ldc: a.r)
+            sgemm(transB: true, M: M, N: a.outFeatures, K: a.r, alpha: a.scale, A: u, lda: a.r,
+                  B: a.B.data, ldb: a.r, beta: 1, C: y, ldc: a.outFeatures)
+        }
+    }
+}

@@ -1,0 +1,186 @@
+// Causal grouped-query attention with an optional key padding mask (HF's eager/SDPA attention
+// for LlamaForCausalLM in float32). Inputs come straight from the projections (after RoPE):
+//   q [B, T, nH, hd], k and v [B, T, nKV, hd], query head h reads kv head h / (nH / nKV).
+// For one (b, h), with g = h / (nH / nKV):
+//   S = Q_h K_g^T / sqrt(hd)                            [T, T]
+//   key j is allowed for query i iff j <= i and keyMask[b, j] != 0
+//   P = softmax(S) over allowed keys, 0 elsewhere       [T, T]   (kept for backward)
+//   O_h = P V_g                                         [T, hd]
+// A query with no allowed key (a left-padding row) gets P = 0 and O = 0: finite, and such rows
+// carry no loss.
+//
+// Q_h is the [T, hd] matrix that starts at q + h * hd with row stride nH * hd, so each product
+// is one strided sgemm per (b, h) and nothing is transposed in memory. The (b, h) loop is
+// serial and OpenBLAS threads each product (256 x 256 x 64 at the real sizes); the softmax rows,
+// which are not BLAS, run on Parallel. Calling sgemm from inside Parallel workers would pile
+// OpenBLAS's threads on top of ours (its thread count is process-global), so we do not.
+// Reference/Attention.swift is the scalar triple-loop version the tests compare against.
+public enum Attention {
+    /// 1 / sqrt(hd) rounded to Float, as HF's `head_dim ** -0.5` enters a float32 product.
+    @inline(__always)
+    public static func scale(hd: Int) -> Float { Float(1 / Double(hd).squareRoot()) }
+
+    public static func forward(out: UnsafeMutablePointer<Float>,   // [B, T, nH, hd]
+                               probs: UnsafeMutablePointer<Float>, // [B, nH, T, T], kept for backward
+                               q: UnsafePointer<Float>,            // [B, T, nH, hd]
+                               k: UnsafePointer<Float>,            // [B, T, nKV, hd]
+                               v: UnsafePointer<Float>,            // [B, T, nKV, hd]
+                               keyMask: UnsafePointer<Float>?,     // [B, T], 1 = token, 0 = padding; nil = all tokens
+                               B: Int, T: Int, nH: Int, nKV: Int, hd: Int) {
+        precondition(nKV > 0 && nH % nKV == 0, "nH (\(nH)) must be a multiple of nKV (\(nKV))")
+        let rep = nH / nKV, ldq = nH * hd, ldk = nKV * hd
+        let alpha = scale(hd: hd)
+        // Scores for every (b, h): S = alpha * Q_h [T, hd] @ K_g^T [hd, T].
+        for b in 0..<B {
+            for h in 0..<nH {
+                let g = h / rep
+                sgemm(transB: true, M: T, N: T, K: hd, alpha: alpha,
+                      A: q + b * T * ldq + h * hd, lda: ldq,
+                      B: k + b * T * ldk + g * hd, ldb: ldk,
+                      C: probs + (b * nH + h) * T * T, ldc: T)
+            }
+        }
+        // Masked softmax of every row, all (b, h, i) at once.
+        Parallel.chunks(B * nH * T, grain: max(1, 4096 / max(T, 1))) { rows in
+            for r in rows {
+                let bh = r / T, i = r % T, b = bh / nH
+                maskedSoftmaxRow(probs + r * T, allowed: i + 1, width: T,
+                                 keyMask: keyMask.map { $0 + b * T })
+            }
+        }
+        // O_h = P [T, T] @ V_g [T, hd], written into out's head-h columns.
+        for b in 0..<B {
+            for h in 0..<nH {
+                let g = h / rep
+                sgemm(M: T, N: hd, K: T,
+                      A: probs + (b * nH + h) * T * T, lda: T,
+                      B: v + b * T * ldk + g * hd, ldb: ldk,
+                      C: out + b * T * ldq + h * hd, ldc: ldq)
+            }
+        }
+    }
+
+    /// Gradients of q, k, v; all three are overwritten (dk and dv sum over the heads of a group).
+    ///   dP = dO_h V_g^T                       dS = P * (dP - rowsum(P * dP))
+    ///   dQ_h = alpha dS K_g                   dK_g += alpha dS^T Q_h         dV_g += P^T dO_h
+    public static func backward(dq: UnsafeMutablePointer<Float>, // [B, T, nH, hd]
+                                dk: UnsafeMutablePointer<Float>, // [B, T, nKV, hd]
+                                dv: UnsafeMutablePointer<Float>, // [B, T, nKV, hd]
+                                dout: UnsafePointer<Float>,      // [B, T, nH, hd]
+                                probs: UnsafePointer<Float>,     // [B, nH, T, T]
+                                q: UnsafePointer<Float>,         // [B, T, nH, hd]
+                                k: UnsafePointer<Float>,         // [B, T, nKV, hd]
+                                v: UnsafePointer<Float>,         // [B, T, nKV, hd]
+                                B: Int, T: Int, nH: Int, nKV: Int, hd: Int) {
+        precondition(nKV > 0 && nH % nKV == 0, "nH (\(nH)) must be a multiple of nKV (\(nKV))")
+        let rep = nH / nKV, ldq = nH * hd, ldk = nKV * hd
+        let alpha = scale(hd: hd)
+        let dS = UnsafeMutablePointer<Float>.allocate(capacity: max(T * T, 1)) // [T, T]
+        defer { dS.deallocate() }
+        for b in 0..<B {
+            for h in 0..<nH {
+                let g = h / rep
+                let first = h % rep == 0 // first head of its group: overwrite dk, dv
+                let P = probs + (b * nH + h) * T * T
+                let qh = q + b * T * ldq + h * hd, dqh = dq + b * T * ldq + h * hd
+                let doh = dout + b * T * ldq + h * hd
+                let kg = k + b * T * ldk + g * hd, vg = v + b * T * ldk + g * hd
+                let dkg = dk + b * T * ldk + g * hd, dvg = dv + b * T * ldk + g * hd
+                // dP = dO_h [T, hd] @ V_g^T [hd, T]
+                sgemm(transB: true, M: T, N: T, K: hd, A: doh, lda: ldq, B: vg, ldb: ldk,
+                      C: dS, ldc: T)
+                // dS = P * (dP - rowsum(P * dP)) in place; P is 0 beyond the diagonal.
+                Parallel.chunks(T, grain: max(1, 8192 / max(T, 1))) { rows in
+                    for i in rows {
+                        let p = P + i * T, d = dS + i * T
+                        let n = i + 1
+                        let s = VectorOps.dot(p, d, count: n)
+                        for j in 0..<n { d[j] = p[j] * (d[j] - s) }
+                        (d + n).update(repeating: 0, count: T - n)
+                    }
+                }
+                // dQ_h = alpha * dS [T, T] @ K_g [T, hd]
+                sgemm(M: T, N: hd, K: T, alpha: alpha, A: dS, lda: T, B: kg, ldb: ldk,
+                      C: dqh, ldc: ldq)
+                // dK_g (+)= alpha * dS^T [T, T] @ Q_h [T, hd]
+                sgemm(transA: true, M: T, N: hd, K: T, alpha: alpha, A: dS, lda: T,
+                      B: qh, ldb: ldq, beta: first ? 0 : 1, C: dkg, ldc: ldk)
+                // dV_g (+)= P^T [T, T] @ dO_h [T, hd]
+                sgemm(transA: true, M: T, N: hd, K: T, A: P, lda: T, B: doh, ldb: ldq,
+                      beta: first ? 0 : 1, C: dvg, ldc: ldk)
+            }
+        }
+    }
+
+    /// Attention of one sequence's new queries against a KV cache, for generation. The queries
+    /// sit at absolute positions start..<start+Tq and the cache already holds keys and values
+    /// for positions 0..<start+Tq (the caller wrote the new ones first). Query i sees keys
+    /// 0...start+i whose keyMask is not 0. Prefill is start = 0, Tq = prompt length; a decode
+    /// step is Tq = 1. Same numbers as `forward` for the same rows.
+    public static func forwardCached(out: UnsafeMutablePointer<Float>,    // [Tq, nH, hd]
+                                     scores: UnsafeMutablePointer<Float>, // [nH, Tq, start + Tq], scratch
+                                     q: UnsafePointer<Float>,             // [Tq, nH, hd]
+                                     kCache: UnsafePointer<Float>,        // [maxT, nKV, hd], rows 0..<start+Tq used
+                                     vCache: UnsafePointer<Float>,        // [maxT, nKV, hd]
+                                     keyMask: UnsafePointer<Float>?,      // [start + Tq]; nil = all tokens
+                                     start: Int, Tq: Int, nH: Int, nKV: Int, hd: Int) {
+        precondition(nKV > 0 && nH % nKV == 0, "nH (\(nH)) must be a multiple of nKV (\(nKV))")
+        let rep = nH / nKV, ldq = nH * hd, ldk = nKV * hd
+        let L = start + Tq
+        let alpha = scale(hd: hd)
+        if Tq == 1 {
+            // One query per head: dot products, parallel over heads.
+            Parallel.forEach(nH) { h in
+                let g = h / rep
+                let qh = q + h * hd, s = scores + h * L, o = out + h * hd
+                for j in 0..<L { s[j] = alpha * VectorOps.dot(qh, kCache + j * ldk + g * hd, count: hd) }
+                maskedSoftmaxRow(s, allowed: L, width: L, keyMask: keyMask)
+                o.update(repeating: 0, count: hd)
+                for j in 0..<L where s[j] != 0 {
+                    let p = s[j], vj = vCache + j * ldk + g * hd
+                    for c in 0..<hd { o[c] += p * vj[c] }
+                }
+            }
+            return
+        }
+        for h in 0..<nH {
+            let g = h / rep
+            // S_h = alpha * Q_h [Tq, hd] @ K_g[0..<L]^T [hd, L]
+            sgemm(transB: true, M: Tq, N: L, K: hd, alpha: alpha, A: q + h * hd, lda: ldq,
+                  B: kCache + g * hd, ldb: ldk, C: scores + h * Tq * L, ldc: L)
+        }
+        Parallel.chunks(nH * Tq, grain: max(1, 4096 / max(L, 1))) { rows in
+            for r in rows {
+                let i = r % Tq
+                maskedSoftmaxRow(scores + r * L, allowed: start + i + 1, width: L,
+                                 keyMask: keyMask)
+            }
+        }
+        for h in 0..<nH {
+            let g = h / rep
+            // O_h = P [Tq, L] @ V_g[0..<L] [L, hd]
+            sgemm(M: Tq, N: hd, K: L, A: scores + h * Tq * L, lda: L,
+                  B: vCache + g * hd, ldb: ldk, C: out + h * hd, ldc: ldq)
+        }
+    }
+
+    /// Softmax of row[0..<allowed] in place, skipping keys whose mask is 0, and zeros
+    /// row[allowed..<width]. A row with no allowed key becomes all zeros.
+    @inline(__always)
+    static func maskedSoftmaxRow(_ row: UnsafeMutablePointer<Float>, // [width]
+                                 allowed n: Int, width: Int,
+                                 keyMask: UnsafePointer<Float>?) {   // [>= n]
+        if let mask = keyMask {
+            for j in 0..<n where mask[j] == 0 { row[j] = -.infinity }
+        }
+        let m = VectorOps.max(row, count: n)
+        if m == -.infinity {
+            row.update(repeating: 0, count: width)
+            return
+        }
+        let sum = VectorOps.expShifted(y: row, x: row, shift: m, count: n) // exp(-inf) = 0
+        let inv = Float(1 / sum)
+        for j in 0..<n { row[j] *= inv }
+        (row + n).update(repeating: 0, count: width - n)
+    }
+}

@@ -1,0 +1,59 @@
+// The LLaMA MLP's gate: h = silu(gate) * up, silu(x) = x * sigmoid(x) = x / (1 + exp(-x)),
+// as torch's SiLU computes it in float32. Element-wise over `count` = N * intermediate values.
+// With s = sigmoid(g):
+//   d silu / dg = s * (1 + g * (1 - s))
+//   dgate = dh * up * s * (1 + g * (1 - s)),   dup = dh * silu(g)
+// Every output element depends only on the same element of the inputs, so any output may
+// alias any input (each element is read before it is written).
+public enum SwiGLU {
+    public static func forward(h: UnsafeMutablePointer<Float>, // [N, I]
+                               gate: UnsafePointer<Float>,     // [N, I]
+                               up: UnsafePointer<Float>,       // [N, I]
+                               count: Int) {
+        Parallel.chunks(count, grain: 1 << 14) { r in
+            var i = r.lowerBound
+            let one = SIMD8<Float>(repeating: 1)
+            while i + 8 <= r.upperBound {
+                let g = VectorOps.load8(gate + i), u = VectorOps.load8(up + i)
+                let silu = g / (one + VectorOps.exp(-g))
+                VectorOps.store8(silu * u, h + i)
+                i += 8
+            }
+            while i < r.upperBound {
+                let g = gate[i]
+                h[i] = g / (1 + VectorOps.exp(-g)) * up[i]
+                i += 1
+            }
+        }
+    }
+
+    /// Overwrites dgate and dup.
+    public static func backward(dgate: UnsafeMutablePointer<Float>, // [N, I]
+                                dup: UnsafeMutablePointer<Float>,   // [N, I]
+                                dh: UnsafePointer<Float>,           // [N, I]
+                                gate: UnsafePointer<Float>,         // [N, I]
+                                up: UnsafePointer<Float>,           // [N, I]
+                                count: Int) {
+        Parallel.chunks(count, grain: 1 << 14) { r in
+            var i = r.lowerBound
+            let one = SIMD8<Float>(repeating: 1)
+            while i + 8 <= r.upperBound {
+                let g = VectorOps.load8(gate + i), u = VectorOps.load8(up + i)
+                let d = VectorOps.load8(dh + i)
+                let den = one + VectorOps.exp(-g)
+                let s = one / den
+                VectorOps.store8(d * u * s * (one + g * (one - s)), dgate + i)
+                VectorOps.store8(d * (g / den), dup + i)
+                i += 8
+            }
+            while i < r.upperBound {
+                let g = gate[i], u = up[i], d = dh[i]
+                let den = 1 + VectorOps.exp(-g)
+                let s = 1 / den
+                dgate[i] = d * u * s * (1 + g * (1 - s))
+                dup[i] = d * (g / den)
+                i += 1
+            }
+        }
+    }
+}

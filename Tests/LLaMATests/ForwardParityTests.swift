@@ -1,0 +1,72 @@
+import XCTest
+@testable import LLaMA
+import Tensor
+
+/// Logits of the tiny checkpoints against transformers (f32, eager attention).
+final class ForwardParityTests: XCTestCase {
+    /// Named tolerance: f32 logits vs transformers, absolute.
+    static let logitsTolerance: Float = 1e-4
+
+    func checkLogits(model name: String, load8bit: Bool) throws {
+        let ck = try SafeTensorsCheckpoint(folder: Fixtures.model(name))
+        let model = try LlamaModel(checkpoint: ck, load8bit: load8bit)
+        let ref = try Fixtures.json("\(name).forward.json")
+        let tensors = try Fixtures.tensors("\(name).forward.safetensors")
+        let prompts = try XCTUnwrap(ref["prompts"]?.array)
+        XCTAssertGreaterThanOrEqual(prompts.count, 3)
+        for p in prompts {
+            let ids = p["input_ids"]!.ints32
+            let key = p[load8bit ? "logits_int8_key" : "logits_key"]!.string!
+            let expected = try XCTUnwrap(try tensors.f32(key))
+            let batch = Batch(B: 1, T: ids.count, inputIDs: ids, attentionMask: .init(repeating: 1, count: ids.count),
+                              labels: ids)
+            let acts = Activations(model: model, maxB: 1, maxT: ids.count)
+            var rng = RNG(seed: 0)
+            model.forward(batch, acts: acts, rng: &rng, training: false)
+            XCTAssertEqual(expected.count, ids.count * model.config.vocabSize)
+            assertClose(acts.logits.data, expected.data, count: expected.count, abs: Self.logitsTolerance,
+                        "\(name) \(load8bit ? "int8" : "f32") logits of prompt \(p["index"]!.int!)")
+        }
+    }
+
+    func testMHALogitsF32() throws { try checkLogits(model: "tiny-mha", load8bit: false) }
+    func testGQALogitsF32() throws { try checkLogits(model: "tiny-gqa", load8bit: false) }
+    func testMHALogitsInt8() throws { try checkLogits(model: "tiny-mha", load8bit: true) }
+    func testGQALogitsInt8() throws { try checkLogits(model: "tiny-gqa", load8bit: true) }
+
+    /// The KV-cache decode path gives the same last-token logits as the full forward.
+    func testCachedDecodeMatchesFullForward() throws {
+        for name in ["tiny-mha", "tiny-gqa"] {
+            let ck = try SafeTensorsCheckpoint(folder: Fixtures.model(name))
+            let model = try LlamaModel(checkpoint: ck, load8bit: false)
+            let ref = try Fixtures.json("\(name).forward.json")
+            let tensors = try Fixtures.tensors("\(name).forward.safetensors")
+            let p = ref["prompts"]!.array!.max { $0["input_ids"]!.array!.count < $1["input_ids"]!.array!.count }!
+            let ids = p["input_ids"]!.ints32
+            let expected = try XCTUnwrap(try tensors.f32(p["logits_key"]!.string!))
+            let V = model.config.vocabSize
+            // Prefill half, then one token at a time.
+            let cache = KVCache(model: model, sequences: 1, capacity: ids.count, maxChunk: 4)
+            let half = ids.count / 2
+            try model.step(tokens: Array(ids[..<half]), sequences: 1, cache: cache)
+            assertClose(cache.logits.data, expected.data + (half - 1) * V, count: V, abs: Self.logitsTolerance, "\(name) prefill")
+            for t in half..<ids.count {
+                try model.step(tokens: [ids[t]], sequences: 1, cache: cache)
+                assertClose(cache.logits.data, expected.data + t * V, count: V, abs: Self.logitsTolerance, "\(name) step \(t)")
+            }
+        }
+    }
+
+    func testInt8QuantizationMatchesReference() throws {
+        for name in ["tiny-mha", "tiny-gqa"] {
+            let ck = try SafeTensorsCheckpoint(folder: Fixtures.model(name))
+            let model = try LlamaModel(checkpoint: ck, load8bit: true)
+            let tensors = try Fixtures.tensors("\(name).forward.safetensors")
+            let q = try XCTUnwrap(try tensors.f32("int8.q.layers.0.self_attn.q_proj"))
+            let s = try XCTUnwrap(try tensors.f32("int8.scale.layers.0.self_attn.q_proj"))
+            guard case .int8(let m) = model.blocks[0].q.weight else { return XCTFail("q_proj not int8") }
+            for i in 0..<q.count { XCTAssertEqual(Float(m.q[i]), q[i], "\(name) q[\(i)]"); if Float(m.q[i]) != q[i] { break } }
+            for i in 0..<s.count { XCTAssertEqual(m.scales[i], s[i], "\(name) scale[\(i)]") }
+        }
+    }
+}

@@ -1,0 +1,199 @@
+import Foundation
+import XCTest
+@testable import Tensor
+
+final class AttentionTests: XCTestCase {
+    struct Shape { let B, T, nH, nKV, hd: Int }
+
+    /// Runs fast and reference forward + backward on the same random inputs and compares
+    /// out, probs, dq, dk, dv.
+    private func compareWithReference(_ s: Shape, mask: [Float]?, seed: UInt64,
+                                      file: StaticString = #filePath, line: UInt = #line) {
+        var rng = RNG(seed: seed)
+        let q = randn([s.B, s.T, s.nH, s.hd], &rng), k = randn([s.B, s.T, s.nKV, s.hd], &rng)
+        let v = randn([s.B, s.T, s.nKV, s.hd], &rng), dout = randn([s.B, s.T, s.nH, s.hd], &rng)
+        let out = Tensor(q.shape), probs = Tensor([s.B, s.nH, s.T, s.T])
+        let outRef = Tensor(q.shape), probsRef = Tensor([s.B, s.nH, s.T, s.T])
+        let m = mask.map { Tensor([s.B, s.T], $0) }
+        Attention.forward(out: out.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
+                          keyMask: m?.data, B: s.B, T: s.T, nH: s.nH, nKV: s.nKV, hd: s.hd)
+        Reference.Attention.forward(out: outRef.data, probs: probsRef.data, q: q.data, k: k.data,
+                                    v: v.data, keyMask: m?.data,
+                                    B: s.B, T: s.T, nH: s.nH, nKV: s.nKV, hd: s.hd)
+        assertClose(probs, probsRef, atol: 1e-6, rtol: 1e-5, "probs", file: file, line: line)
+        assertClose(out, outRef, atol: 1e-5, rtol: 1e-5, "out", file: file, line: line)
+        // Garbage in the gradient buffers must be overwritten, not accumulated.
+        let dq = randn(q.shape, &rng), dk = randn(k.shape, &rng), dv = randn(v.shape, &rng)
+        let dqRef = Tensor(q.shape), dkRef = Tensor(k.shape), dvRef = Tensor(v.shape)
+        Attention.backward(dq: dq.data, dk: dk.data, dv: dv.data, dout: dout.data, probs: probs.data,
+                           q: q.data, k: k.data, v: v.data,
+                           B: s.B, T: s.T, nH: s.nH, nKV: s.nKV, hd: s.hd)
+        Reference.Attention.backward(dq: dqRef.data, dk: dkRef.data, dv: dvRef.data, dout: dout.data,
+                                     probs: probs.data, q: q.data, k: k.data, v: v.data,
+                                     B: s.B, T: s.T, nH: s.nH, nKV: s.nKV, hd: s.hd)
+        assertClose(dq, dqRef, atol: 1e-5, rtol: 1e-5, "dq", file: file, line: line)
+        assertClose(dk, dkRef, atol: 1e-5, rtol: 1e-5, "dk", file: file, line: line)
+        assertClose(dv, dvRef, atol: 1e-5, rtol: 1e-5, "dv", file: file, line: line)
+    }
+
+    /// GQA (2 query heads per kv head) with left padding in the second sequence.
+    func testMatchesReferenceGQAWithPadding() {
+        let s = Shape(B: 2, T: 7, nH: 4, nKV: 2, hd: 8)
+        let mask: [Float] = [1, 1, 1, 1, 1, 1, 1,
+                             0, 0, 1, 1, 1, 1, 1]
+        compareWithReference(s, mask: mask, seed: 70)
+    }
+
+    /// Multi-head (nKV = nH), no mask, T not a multiple of 8; and the real model's head layout
+    /// (9 query heads on 3 kv heads, hd 64) at a short length.
+    func testMatchesReferenceOtherShapes() {
+        compareWithReference(Shape(B: 1, T: 33, nH: 3, nKV: 3, hd: 5), mask: nil, seed: 71)
+        var mask = [Float](repeating: 1, count: 2 * 20)
+        for j in 0..<6 { mask[20 + j] = 0 }
+        compareWithReference(Shape(B: 2, T: 20, nH: 9, nKV: 3, hd: 64), mask: mask, seed: 72)
+    }
+
+    /// Finite differences of sum(dout * out) with respect to q, k and v, with GQA and a padded
+    /// key in the middle of a sequence (its dk, dv must be 0) and left padding.
+    func testBackwardFiniteDifference() {
+        var rng = RNG(seed: 73)
+        let B = 2, T = 5, nH = 4, nKV = 2, hd = 4
+        let q = randn([B, T, nH, hd], &rng), k = randn([B, T, nKV, hd], &rng)
+        let v = randn([B, T, nKV, hd], &rng), dout = randn([B, T, nH, hd], &rng)
+        let mask = Tensor([B, T], [1, 1, 0, 1, 1,
+                                   0, 1, 1, 1, 1])
+        let out = Tensor(q.shape), probs = Tensor([B, nH, T, T])
+        let forward = {
+            Attention.forward(out: out.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
+                              keyMask: mask.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+        }
+        forward()
+        let dq = Tensor(q.shape), dk = Tensor(k.shape), dv = Tensor(v.shape)
+        Attention.backward(dq: dq.data, dk: dk.data, dv: dv.data, dout: dout.data, probs: probs.data,
+                           q: q.data, k: k.data, v: v.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+        let loss = { () -> Double in forward(); return project(dout, out) }
+        checkGradient("attention dq", x: q, analytic: dq, loss: loss)
+        checkGradient("attention dk", x: k, analytic: dk, loss: loss)
+        checkGradient("attention dv", x: v, analytic: dv, loss: loss)
+        for c in 0..<nKV * hd {
+            XCTAssertEqual(dk[2 * nKV * hd + c], 0, "padded key gets no gradient")
+            XCTAssertEqual(dv[2 * nKV * hd + c], 0, "padded value gets no gradient")
+        }
+    }
+
+    /// A query with no allowed key (left padding at position 0) gives zero probabilities,
+    /// zero output and zero dq, and every value stays finite.
+    func testFullyMaskedRowIsFinite() {
+        var rng = RNG(seed: 74)
+        let B = 1, T = 4, nH = 2, nKV = 1, hd = 4
+        let q = randn([B, T, nH, hd], &rng), k = randn([B, T, nKV, hd], &rng)
+        let v = randn([B, T, nKV, hd], &rng), dout = randn([B, T, nH, hd], &rng)
+        let mask = Tensor([B, T], [0, 0, 1, 1])
+        let out = Tensor(q.shape), probs = Tensor([B, nH, T, T])
+        Attention.forward(out: out.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
+                          keyMask: mask.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+        let dq = Tensor(q.shape), dk = Tensor(k.shape), dv = Tensor(v.shape)
+        Attention.backward(dq: dq.data, dk: dk.data, dv: dv.data, dout: dout.data, probs: probs.data,
+                           q: q.data, k: k.data, v: v.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+        for t in [out, probs, dq, dk, dv] { XCTAssertTrue(t.array.allSatisfy { $0.isFinite }) }
+        for i in 0..<2 * nH * hd { XCTAssertEqual(out[i], 0); XCTAssertEqual(dq[i], 0) }
+        for h in 0..<nH {
+            for i in 0..<2 { for j in 0..<T { XCTAssertEqual(probs[(h * T + i) * T + j], 0) } }
+            // Row 2 sees only key 2, row 3 sees keys 2 and 3.
+            XCTAssertEqual(probs[(h * T + 2) * T + 2], 1)
+            XCTAssertEqual(probs[(h * T + 3) * T + 2] + probs[(h * T + 3) * T + 3], 1, accuracy: 1e-6)
+        }
+        // Row 2's output is exactly value 2.
+        for h in 0..<nH { for c in 0..<hd { XCTAssertEqual(out[(2 * nH + h) * hd + c], v[2 * hd + c]) } }
+    }
+
+    /// With q = 0 every allowed key gets the same weight, so out[i, h] is the mean of v[0...i]
+    /// of kv head h / (nH / nKV): checks causality and the head-to-group mapping by hand.
+    func testUniformAttentionAndHeadMapping() {
+        var rng = RNG(seed: 75)
+        let B = 1, T = 6, nH = 6, nKV = 2, hd = 3
+        let q = Tensor([B, T, nH, hd]), k = randn([B, T, nKV, hd], &rng), v = randn([B, T, nKV, hd], &rng)
+        let out = Tensor(q.shape), probs = Tensor([B, nH, T, T])
+        Attention.forward(out: out.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
+                          keyMask: nil, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+        for i in 0..<T {
+            for h in 0..<nH {
+                let g = h / 3
+                for c in 0..<hd {
+                    var mean: Float = 0
+                    for j in 0...i { mean += v[(j * nKV + g) * hd + c] }
+                    mean /= Float(i + 1)
+                    XCTAssertEqual(out[(i * nH + h) * hd + c], mean, accuracy: 1e-6, "i \(i) h \(h)")
+                }
+            }
+        }
+    }
+
+    /// The KV-cache form agrees with the training forward: a whole-prompt prefill, a prefill
+    /// followed by one-token decode steps, and a multi-token chunk at a non-zero start, with and
+    /// without a key mask.
+    func testCachedMatchesForward() {
+        var rng = RNG(seed: 76)
+        let T = 11, nH = 6, nKV = 2, hd = 8
+        let q = randn([1, T, nH, hd], &rng), k = randn([1, T, nKV, hd], &rng)
+        let v = randn([1, T, nKV, hd], &rng)
+        let row = nH * hd
+        for mask in [nil, Tensor([1, T], [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1])] {
+            let want = Tensor(q.shape), probs = Tensor([1, nH, T, T])
+            Attention.forward(out: want.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
+                              keyMask: mask?.data, B: 1, T: T, nH: nH, nKV: nKV, hd: hd)
+            let got = Tensor(q.shape), scores = Tensor([nH, T * T])
+            // Whole prompt at once.
+            Attention.forwardCached(out: got.data, scores: scores.data, q: q.data, kCache: k.data,
+                                    vCache: v.data, keyMask: mask?.data, start: 0, Tq: T,
+                                    nH: nH, nKV: nKV, hd: hd)
+            assertClose(got, want, atol: 1e-6, rtol: 1e-5, "prefill")
+            // Prefill 4, a chunk of 3 at start 4, then one token at a time.
+            got.zero()
+            Attention.forwardCached(out: got.data, scores: scores.data, q: q.data, kCache: k.data,
+                                    vCache: v.data, keyMask: mask?.data, start: 0, Tq: 4,
+                                    nH: nH, nKV: nKV, hd: hd)
+            Attention.forwardCached(out: got.data + 4 * row, scores: scores.data, q: q.data + 4 * row,
+                                    kCache: k.data, vCache: v.data, keyMask: mask?.data, start: 4, Tq: 3,
+                                    nH: nH, nKV: nKV, hd: hd)
+            for t in 7..<T {
+                Attention.forwardCached(out: got.data + t * row, scores: scores.data, q: q.data + t * row,
+                                        kCache: k.data, vCache: v.data, keyMask: mask?.data, start: t,
+                                        Tq: 1, nH: nH, nKV: nKV, hd: hd)
+            }
+            assertClose(got, want, atol: 1e-6, rtol: 1e-5, "prefill + chunk + decode")
+        }
+    }
+
+    /// Timing at the real model's attention size (B 4, T 256, 9 heads on 3 kv heads, hd 64).
+    /// Runs only with LORA_BENCH=1; prints milliseconds per call.
+    func testBenchmarkRealSize() throws {
+        try XCTSkipUnless(ProcessInfo.processInfo.environment["LORA_BENCH"] == "1", "set LORA_BENCH=1")
+        var rng = RNG(seed: 77)
+        let B = 4, T = 256, nH = 9, nKV = 3, hd = 64
+        let q = randn([B, T, nH, hd], &rng), k = randn([B, T, nKV, hd], &rng)
+        let v = randn([B, T, nKV, hd], &rng), dout = randn([B, T, nH, hd], &rng)
+        let out = Tensor(q.shape), probs = Tensor([B, nH, T, T])
+        let dq = Tensor(q.shape), dk = Tensor(k.shape), dv = Tensor(v.shape)
+        func time(_ body: () -> Void) -> Double {
+            body()
+            var best = Double.infinity
+            for _ in 0..<10 {
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                body()
+                best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
+            }
+            return best
+        }
+        let fwd = time {
+            Attention.forward(out: out.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
+                              keyMask: nil, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+        }
+        let bwd = time {
+            Attention.backward(dq: dq.data, dk: dk.data, dv: dv.data, dout: dout.data, probs: probs.data,
+                               q: q.data, k: k.data, v: v.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+        }
+        print(String(format: "attention B=%d T=%d nH=%d nKV=%d hd=%d: forward %.2f ms, backward %.2f ms (best of 10, %d threads)",
+                     B, T, nH, nKV, hd, fwd, bwd, Parallel.threads))
+    }
+}

@@ -1,0 +1,77 @@
+import Foundation
+import XCTest
+@testable import Tensor
+
+final class VectorOpsTests: XCTestCase {
+    /// add, scale, axpy against scalar loops, on a length that is not a multiple of 8.
+    func testElementwiseHelpers() {
+        var rng = RNG(seed: 1)
+        let n = 1003
+        let a = randn([n], &rng), b = randn([n], &rng)
+        let out = Tensor([n])
+        VectorOps.add(out: out.data, a: a.data, b: b.data, count: n)
+        for i in 0..<n { XCTAssertEqual(out[i], a[i] + b[i]) }
+        let y = b.clone()
+        VectorOps.axpy(y: y.data, alpha: -0.5, x: a.data, count: n)
+        for i in 0..<n { XCTAssertEqual(y[i], b[i] + -0.5 * a[i]) }
+        VectorOps.scale(x: y.data, alpha: 3, count: n)
+        for i in 0..<n { XCTAssertEqual(y[i], (b[i] + -0.5 * a[i]) * 3) }
+    }
+
+    /// dot, sumOfSquares and max against Double sums.
+    func testReductions() {
+        var rng = RNG(seed: 2)
+        for n in [0, 1, 7, 16, 17, 1000, 10_001] {
+            let a = randn([n], &rng), b = randn([n], &rng)
+            var dot = 0.0, ss = 0.0, mx = -Float.infinity
+            for i in 0..<n {
+                dot += Double(a[i]) * Double(b[i]); ss += Double(a[i]) * Double(a[i]); mx = max(mx, a[i])
+            }
+            XCTAssertEqual(Double(VectorOps.dot(a.data, b.data, count: n)), dot,
+                           accuracy: 1e-5 * Double(max(n, 1)).squareRoot(), "dot n=\(n)")
+            XCTAssertEqual(VectorOps.sumOfSquares(a.data, count: n), ss, accuracy: 1e-6 * max(ss, 1),
+                           "sumOfSquares n=\(n)")
+            XCTAssertEqual(VectorOps.max(a.data, count: n), mx, "max n=\(n)")
+        }
+    }
+
+    /// The SIMD exp is within 2 ulp-ish (relative 2.5e-7) of libm over the whole useful range,
+    /// exact at 0, and 0 (not NaN or a denormal) for very negative and -inf arguments.
+    func testExpAccuracy() {
+        var worst = 0.0
+        var x: Float = -87.3
+        while x < 88 {
+            let e = Double(VectorOps.exp(x)), ref = Foundation.exp(Double(x))
+            worst = max(worst, abs(e - ref) / ref)
+            x += 0.001_37
+        }
+        XCTAssertLessThan(worst, 2.5e-7)
+        XCTAssertEqual(VectorOps.exp(0), 1)
+        XCTAssertEqual(VectorOps.exp(-100), 0)
+        XCTAssertEqual(VectorOps.exp(-.infinity), 0)
+        XCTAssertTrue(VectorOps.exp(100).isFinite)
+        let v = VectorOps.exp(SIMD8<Float>(-1, -0.5, 0, 0.5, 1, 2, -20, 10))
+        for (i, t) in [-1, -0.5, 0, 0.5, 1, 2, -20, 10].enumerated() {
+            XCTAssertEqual(Double(v[i]), Foundation.exp(t), accuracy: 3e-7 * Foundation.exp(t))
+        }
+    }
+
+    /// expShifted writes exp(x - shift) and returns its sum, also in place.
+    func testExpShifted() {
+        var rng = RNG(seed: 3)
+        let n = 2051
+        let x = randn([n], &rng, scale: 3)
+        let y = Tensor([n])
+        let s = VectorOps.expShifted(y: y.data, x: x.data, shift: 1.5, count: n)
+        var ref = 0.0
+        for i in 0..<n {
+            let e = Foundation.exp(Double(x[i] - 1.5)) // the shift is applied in Float
+            ref += e
+            XCTAssertEqual(Double(y[i]), e, accuracy: 3e-7 * e)
+        }
+        XCTAssertEqual(s, ref, accuracy: 1e-6 * ref)
+        XCTAssertEqual(VectorOps.expShiftedSum(x.data, shift: 1.5, count: n), s, accuracy: 1e-9 * s)
+        VectorOps.expShifted(y: x.data, x: x.data, shift: 1.5, count: n)
+        assertClose(x, y, atol: 0, "in place")
+    }
+}
