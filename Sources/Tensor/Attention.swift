@@ -10,12 +10,16 @@
 // carry no loss.
 //
 // Q_h is the [T, hd] matrix that starts at q + h * hd with row stride nH * hd, so each product
-// is one strided sgemm per (b, h) and nothing is transposed in memory. The (b, h) loop is
-// serial and OpenBLAS threads each product (256 x 256 x 64 at the real sizes); the softmax rows,
-// which are not BLAS, run on Parallel. Calling sgemm from inside Parallel workers would pile
-// OpenBLAS's threads on top of ours (its thread count is process-global), so we do not.
-// Reference/Attention.swift is the scalar triple-loop version the tests compare against.
+// is a strided sgemm per (b, h) and causal block of 64 query rows, and nothing is transposed in
+// memory. The (b, h) loop is serial and OpenBLAS threads the products it finds large enough;
+// the softmax rows, which are not BLAS, run on Parallel. We do not call sgemm from inside
+// Parallel workers: OpenBLAS's thread count is process-global, so its threads would pile on
+// top of ours. Reference/AttentionReference.swift is the scalar triple-loop oracle.
 public enum Attention {
+    /// Query rows per causal block: rows i0..<i0+64 only multiply keys 0..<i0+64, so most of
+    /// the upper triangle is skipped (at T = 256 the products cost 62.5% of the full square).
+    public static let causalBlock = 64
+
     /// 1 / sqrt(hd) rounded to Float, as HF's `head_dim ** -0.5` enters a float32 product.
     @inline(__always)
     public static func scale(hd: Int) -> Float { Float(1 / Double(hd).squareRoot()) }
@@ -30,17 +34,22 @@ public enum Attention {
         precondition(nKV > 0 && nH % nKV == 0, "nH (\(nH)) must be a multiple of nKV (\(nKV))")
         let rep = nH / nKV, ldq = nH * hd, ldk = nKV * hd
         let alpha = scale(hd: hd)
-        // Scores for every (b, h): S = alpha * Q_h [T, hd] @ K_g^T [hd, T].
+        // Scores for every (b, h): S = alpha * Q_h [T, hd] @ K_g^T [hd, T], by causal row
+        // blocks: rows i0..<i1 only need keys 0..<i1.
         for b in 0..<B {
             for h in 0..<nH {
                 let g = h / rep
-                sgemm(transB: true, M: T, N: T, K: hd, alpha: alpha,
-                      A: q + b * T * ldq + h * hd, lda: ldq,
-                      B: k + b * T * ldk + g * hd, ldb: ldk,
-                      C: probs + (b * nH + h) * T * T, ldc: T)
+                for i0 in stride(from: 0, to: T, by: causalBlock) {
+                    let i1 = min(T, i0 + causalBlock)
+                    // S[i0..<i1, 0..<i1] = alpha * Q_h[i0..<i1] @ K_g[0..<i1]^T
+                    sgemm(transB: true, M: i1 - i0, N: i1, K: hd, alpha: alpha,
+                          A: q + (b * T + i0) * ldq + h * hd, lda: ldq,
+                          B: k + b * T * ldk + g * hd, ldb: ldk,
+                          C: probs + ((b * nH + h) * T + i0) * T, ldc: T)
+                }
             }
         }
-        // Masked softmax of every row, all (b, h, i) at once.
+        // Masked softmax of every row, all (b, h, i) at once; zeros beyond the diagonal.
         Parallel.chunks(B * nH * T, grain: max(1, 4096 / max(T, 1))) { rows in
             for r in rows {
                 let bh = r / T, i = r % T, b = bh / nH
@@ -48,14 +57,18 @@ public enum Attention {
                                  keyMask: keyMask.map { $0 + b * T })
             }
         }
-        // O_h = P [T, T] @ V_g [T, hd], written into out's head-h columns.
+        // O_h = P [T, T] @ V_g [T, hd], written into out's head-h columns, by row blocks.
         for b in 0..<B {
             for h in 0..<nH {
                 let g = h / rep
-                sgemm(M: T, N: hd, K: T,
-                      A: probs + (b * nH + h) * T * T, lda: T,
-                      B: v + b * T * ldk + g * hd, ldb: ldk,
-                      C: out + b * T * ldq + h * hd, ldc: ldq)
+                for i0 in stride(from: 0, to: T, by: causalBlock) {
+                    let i1 = min(T, i0 + causalBlock)
+                    // O_h[i0..<i1] = P[i0..<i1, 0..<i1] @ V_g[0..<i1]
+                    sgemm(M: i1 - i0, N: hd, K: i1,
+                          A: probs + ((b * nH + h) * T + i0) * T, lda: T,
+                          B: v + b * T * ldk + g * hd, ldb: ldk,
+                          C: out + (b * T + i0) * ldq + h * hd, ldc: ldq)
+                }
             }
         }
     }
@@ -77,19 +90,22 @@ public enum Attention {
         let alpha = scale(hd: hd)
         let dS = UnsafeMutablePointer<Float>.allocate(capacity: max(T * T, 1)) // [T, T]
         defer { dS.deallocate() }
+        let lastBlock = (T - 1) / causalBlock * causalBlock
         for b in 0..<B {
             for h in 0..<nH {
                 let g = h / rep
-                let first = h % rep == 0 // first head of its group: overwrite dk, dv
                 let P = probs + (b * nH + h) * T * T
                 let qh = q + b * T * ldq + h * hd, dqh = dq + b * T * ldq + h * hd
                 let doh = dout + b * T * ldq + h * hd
                 let kg = k + b * T * ldk + g * hd, vg = v + b * T * ldk + g * hd
                 let dkg = dk + b * T * ldk + g * hd, dvg = dv + b * T * ldk + g * hd
-                // dP = dO_h [T, hd] @ V_g^T [hd, T]
-                sgemm(transB: true, M: T, N: T, K: hd, A: doh, lda: ldq, B: vg, ldb: ldk,
-                      C: dS, ldc: T)
-                // dS = P * (dP - rowsum(P * dP)) in place; P is 0 beyond the diagonal.
+                for i0 in stride(from: 0, to: T, by: causalBlock) {
+                    let i1 = min(T, i0 + causalBlock)
+                    // dP[i0..<i1, 0..<i1] = dO_h[i0..<i1] @ V_g[0..<i1]^T
+                    sgemm(transB: true, M: i1 - i0, N: i1, K: hd, A: doh + i0 * ldq, lda: ldq,
+                          B: vg, ldb: ldk, C: dS + i0 * T, ldc: T)
+                }
+                // dS = P * (dP - rowsum(P * dP)) in place; 0 beyond the diagonal.
                 Parallel.chunks(T, grain: max(1, 8192 / max(T, 1))) { rows in
                     for i in rows {
                         let p = P + i * T, d = dS + i * T
@@ -99,15 +115,21 @@ public enum Attention {
                         (d + n).update(repeating: 0, count: T - n)
                     }
                 }
-                // dQ_h = alpha * dS [T, T] @ K_g [T, hd]
-                sgemm(M: T, N: hd, K: T, alpha: alpha, A: dS, lda: T, B: kg, ldb: ldk,
-                      C: dqh, ldc: ldq)
-                // dK_g (+)= alpha * dS^T [T, T] @ Q_h [T, hd]
-                sgemm(transA: true, M: T, N: hd, K: T, alpha: alpha, A: dS, lda: T,
-                      B: qh, ldb: ldq, beta: first ? 0 : 1, C: dkg, ldc: ldk)
-                // dV_g (+)= P^T [T, T] @ dO_h [T, hd]
-                sgemm(transA: true, M: T, N: hd, K: T, A: P, lda: T, B: doh, ldb: ldq,
-                      beta: first ? 0 : 1, C: dvg, ldc: ldk)
+                // Last block first: it spans every key row, so the group's first head can
+                // overwrite dk and dv there and all later products add.
+                for i0 in stride(from: lastBlock, through: 0, by: -causalBlock) {
+                    let i1 = min(T, i0 + causalBlock)
+                    let beta: Float = i0 == lastBlock ? 0 : 1
+                    // dQ_h[i0..<i1] = alpha * dS[i0..<i1, 0..<i1] @ K_g[0..<i1]
+                    sgemm(M: i1 - i0, N: hd, K: i1, alpha: alpha, A: dS + i0 * T, lda: T,
+                          B: kg, ldb: ldk, C: dqh + i0 * ldq, ldc: ldq)
+                    // dK_g[0..<i1] (+)= alpha * dS[i0..<i1, 0..<i1]^T @ Q_h[i0..<i1]
+                    sgemm(transA: true, M: i1, N: hd, K: i1 - i0, alpha: alpha, A: dS + i0 * T, lda: T,
+                          B: qh + i0 * ldq, ldb: ldq, beta: beta, C: dkg, ldc: ldk)
+                    // dV_g[0..<i1] (+)= P[i0..<i1, 0..<i1]^T @ dO_h[i0..<i1]
+                    sgemm(transA: true, M: i1, N: hd, K: i1 - i0, A: P + i0 * T, lda: T,
+                          B: doh + i0 * ldq, ldb: ldq, beta: beta, C: dvg, ldc: ldk)
+                }
             }
         }
     }

@@ -75,11 +75,14 @@ public enum RoPE {
                              sin: UnsafeMutablePointer<Float>, // [maxT, half]
                              invFreq: UnsafePointer<Float>,    // [half]
                              maxT: Int, half: Int, attentionScaling: Float) {
-        for pos in 0..<maxT {
-            for i in 0..<half {
-                let angle = Double(Float(pos) * invFreq[i])
-                cos[pos * half + i] = Float(Foundation.cos(angle)) * attentionScaling
-                sin[pos * half + i] = Float(Foundation.sin(angle)) * attentionScaling
+        // maxT is max_position_embeddings (up to 131072): worth the threads.
+        Parallel.chunks(maxT, grain: 256) { positions in
+            for pos in positions {
+                for i in 0..<half {
+                    let angle = Double(Float(pos) * invFreq[i])
+                    cos[pos * half + i] = Float(Foundation.cos(angle)) * attentionScaling
+                    sin[pos * half + i] = Float(Foundation.sin(angle)) * attentionScaling
+                }
             }
         }
     }
@@ -99,7 +102,7 @@ public enum RoPE {
                                 positions: UnsafePointer<Int32>, // [rows]
                                 rows: Int, nHeads: Int, headDim: Int, table: RoPETable) {
         rotate(dx, positions: positions, rows: rows, nHeads: nHeads, headDim: headDim,
-               table: table, sign: -1)
+               table: table, sign: 1)
     }
 
     @inline(__always)

@@ -44,10 +44,14 @@ final class AttentionTests: XCTestCase {
         compareWithReference(s, mask: mask, seed: 70)
     }
 
-    /// Multi-head (nKV = nH), no mask, T not a multiple of 8; and the real model's head layout
+    /// Multi-head (nKV = nH), no mask, T not a multiple of 8; several causal blocks with a
+    /// partial last one (T = 150 > 2 * 64) and padding; and the real model's head layout
     /// (9 query heads on 3 kv heads, hd 64) at a short length.
     func testMatchesReferenceOtherShapes() {
         compareWithReference(Shape(B: 1, T: 33, nH: 3, nKV: 3, hd: 5), mask: nil, seed: 71)
+        var long = [Float](repeating: 1, count: 2 * 150)
+        for j in 0..<70 { long[150 + j] = 0 }
+        compareWithReference(Shape(B: 2, T: 150, nH: 4, nKV: 2, hd: 8), mask: long, seed: 78)
         var mask = [Float](repeating: 1, count: 2 * 20)
         for j in 0..<6 { mask[20 + j] = 0 }
         compareWithReference(Shape(B: 2, T: 20, nH: 9, nKV: 3, hd: 64), mask: mask, seed: 72)
@@ -79,6 +83,29 @@ final class AttentionTests: XCTestCase {
             XCTAssertEqual(dk[2 * nKV * hd + c], 0, "padded key gets no gradient")
             XCTAssertEqual(dv[2 * nKV * hd + c], 0, "padded value gets no gradient")
         }
+    }
+
+    /// Finite differences across causal blocks (T = 70: a full block of 64 and a partial one),
+    /// on a sample of elements from both blocks.
+    func testBackwardFiniteDifferenceAcrossBlocks() {
+        var rng = RNG(seed: 79)
+        let B = 1, T = 70, nH = 2, nKV = 1, hd = 4
+        let q = randn([B, T, nH, hd], &rng), k = randn([B, T, nKV, hd], &rng)
+        let v = randn([B, T, nKV, hd], &rng), dout = randn([B, T, nH, hd], &rng)
+        let out = Tensor(q.shape), probs = Tensor([B, nH, T, T])
+        let forward = {
+            Attention.forward(out: out.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
+                              keyMask: nil, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+        }
+        forward()
+        let dq = Tensor(q.shape), dk = Tensor(k.shape), dv = Tensor(v.shape)
+        Attention.backward(dq: dq.data, dk: dk.data, dv: dv.data, dout: dout.data, probs: probs.data,
+                           q: q.data, k: k.data, v: v.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+        let loss = { () -> Double in forward(); return project(dout, out) }
+        let qIdx = Array(stride(from: 0, to: q.count, by: 13)), kIdx = Array(stride(from: 0, to: k.count, by: 7))
+        checkGradient("attention dq", x: q, analytic: dq, indices: qIdx, loss: loss)
+        checkGradient("attention dk", x: k, analytic: dk, indices: kIdx, loss: loss)
+        checkGradient("attention dv", x: v, analytic: dv, indices: kIdx, loss: loss)
     }
 
     /// A query with no allowed key (left padding at position 0) gives zero probabilities,
@@ -134,11 +161,11 @@ final class AttentionTests: XCTestCase {
     /// without a key mask.
     func testCachedMatchesForward() {
         var rng = RNG(seed: 76)
-        let T = 11, nH = 6, nKV = 2, hd = 8
+        let T = 75, nH = 6, nKV = 2, hd = 8
         let q = randn([1, T, nH, hd], &rng), k = randn([1, T, nKV, hd], &rng)
         let v = randn([1, T, nKV, hd], &rng)
         let row = nH * hd
-        for mask in [nil, Tensor([1, T], [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1])] {
+        for mask in [nil, Tensor([1, T], [0, 0] + [Float](repeating: 1, count: T - 2))] {
             let want = Tensor(q.shape), probs = Tensor([1, nH, T, T])
             Attention.forward(out: want.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
                               keyMask: mask?.data, B: 1, T: T, nH: nH, nKV: nKV, hd: hd)
@@ -148,15 +175,15 @@ final class AttentionTests: XCTestCase {
                                     vCache: v.data, keyMask: mask?.data, start: 0, Tq: T,
                                     nH: nH, nKV: nKV, hd: hd)
             assertClose(got, want, atol: 1e-6, rtol: 1e-5, "prefill")
-            // Prefill 4, a chunk of 3 at start 4, then one token at a time.
+            // Prefill 40, a chunk of 25 at start 40, then one token at a time.
             got.zero()
             Attention.forwardCached(out: got.data, scores: scores.data, q: q.data, kCache: k.data,
-                                    vCache: v.data, keyMask: mask?.data, start: 0, Tq: 4,
+                                    vCache: v.data, keyMask: mask?.data, start: 0, Tq: 40,
                                     nH: nH, nKV: nKV, hd: hd)
-            Attention.forwardCached(out: got.data + 4 * row, scores: scores.data, q: q.data + 4 * row,
-                                    kCache: k.data, vCache: v.data, keyMask: mask?.data, start: 4, Tq: 3,
+            Attention.forwardCached(out: got.data + 40 * row, scores: scores.data, q: q.data + 40 * row,
+                                    kCache: k.data, vCache: v.data, keyMask: mask?.data, start: 40, Tq: 25,
                                     nH: nH, nKV: nKV, hd: hd)
-            for t in 7..<T {
+            for t in 65..<T {
                 Attention.forwardCached(out: got.data + t * row, scores: scores.data, q: q.data + t * row,
                                         kCache: k.data, vCache: v.data, keyMask: mask?.data, start: t,
                                         Tq: 1, nH: nH, nKV: nKV, hd: hd)

@@ -1,0 +1,28 @@
+import Foundation
+import Tensor
+
+/// Mean loss per trained token over examples (the same masking as training).
+public enum Evaluation {
+    public struct Result: Sendable {
+        public let loss: Double
+        public let tokens: Int
+        public var perplexity: Double { Foundation.exp(loss) }
+    }
+
+    /// `acts` may be passed to reuse the trainer's buffers; it must fit the examples.
+    public static func loss(model: LlamaModel, examples: [Example], padID: Int32, microBatchSize: Int,
+                            acts: Activations? = nil) -> Result {
+        let longest = examples.map(\.count).max() ?? 1
+        let acts = acts ?? Activations(model: model, maxB: microBatchSize,
+                                       maxT: (longest + Collator.padToMultipleOf - 1) / Collator.padToMultipleOf * Collator.padToMultipleOf)
+        var sum = 0.0, tokens = 0
+        var i = 0
+        while i < examples.count {
+            let b = Collator.batch(Array(examples[i..<min(examples.count, i + microBatchSize)]), padID: padID)
+            let r = model.loss(b, acts: acts)
+            sum += r.lossSum; tokens += r.tokens
+            i += microBatchSize
+        }
+        return Result(loss: tokens > 0 ? sum / Double(tokens) : .nan, tokens: tokens)
+    }
+}

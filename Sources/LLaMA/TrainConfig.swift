@@ -1,0 +1,170 @@
+import Foundation
+
+/// Every `lora finetune` option, with the YAML key as its name. The defaults are alpaca-lora
+/// finetune.py's (and transformers TrainingArguments' as finetune.py sets them); this struct is
+/// the one place they live: configs/finetune.yml, the CLI flags and the README repeat them.
+public struct TrainConfig: Codable, Sendable, Equatable {
+    // Model and data
+    public var baseModel: String = ""
+    public var dataPath: String = "yahma/alpaca-cleaned"
+    public var outputDir: String = "./lora-alpaca"
+    // Training hyper-parameters
+    public var batchSize: Int = 128
+    public var microBatchSize: Int = 4
+    public var numEpochs: Double = 3
+    public var learningRate: Double = 3e-4
+    public var cutoffLen: Int = 256
+    public var valSetSize: Int = 2000
+    // LoRA hyper-parameters
+    public var loraR: Int = 8
+    public var loraAlpha: Double = 16
+    public var loraDropout: Double = 0.05
+    public var loraTargetModules: [Projection] = [.q, .v]
+    public var useRslora: Bool = false
+    // LLM hyper-parameters
+    public var trainOnInputs: Bool = true
+    public var addEosToken: Bool = false
+    public var groupByLength: Bool = false
+    public var promptTemplateName: String = "alpaca"
+    public var resumeFromCheckpoint: String? = nil
+    // Trainer (transformers TrainingArguments as finetune.py sets them)
+    public var warmupSteps: Int = 100
+    public var loggingSteps: Int = 10
+    public var evalSteps: Int = 200
+    public var saveSteps: Int = 200
+    public var saveTotalLimit: Int = 3
+    public var maxGradNorm: Double = 1.0
+    public var weightDecay: Double = 0
+    public var seed: UInt64 = 42
+    public var maxSteps: Int = -1
+    // Machine
+    public var load8bit: Bool = true
+    public var threads: Int = 0
+
+    public init() {}
+
+    public enum CodingKeys: String, CodingKey, CaseIterable {
+        case baseModel = "base_model", dataPath = "data_path", outputDir = "output_dir"
+        case batchSize = "batch_size", microBatchSize = "micro_batch_size", numEpochs = "num_epochs"
+        case learningRate = "learning_rate", cutoffLen = "cutoff_len", valSetSize = "val_set_size"
+        case loraR = "lora_r", loraAlpha = "lora_alpha", loraDropout = "lora_dropout"
+        case loraTargetModules = "lora_target_modules", useRslora = "use_rslora"
+        case trainOnInputs = "train_on_inputs", addEosToken = "add_eos_token", groupByLength = "group_by_length"
+        case promptTemplateName = "prompt_template_name", resumeFromCheckpoint = "resume_from_checkpoint"
+        case warmupSteps = "warmup_steps", loggingSteps = "logging_steps", evalSteps = "eval_steps"
+        case saveSteps = "save_steps", saveTotalLimit = "save_total_limit", maxGradNorm = "max_grad_norm"
+        case weightDecay = "weight_decay", seed, maxSteps = "max_steps", load8bit = "load_8bit", threads
+    }
+
+    /// Missing keys keep their defaults; present keys must have the right type.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let d = TrainConfig.defaults
+        func get<T: Decodable>(_ k: CodingKeys, _ def: T) throws -> T { try c.decodeIfPresent(T.self, forKey: k) ?? def }
+        baseModel = try get(.baseModel, d.baseModel)
+        dataPath = try get(.dataPath, d.dataPath)
+        outputDir = try get(.outputDir, d.outputDir)
+        batchSize = try get(.batchSize, d.batchSize)
+        microBatchSize = try get(.microBatchSize, d.microBatchSize)
+        numEpochs = try get(.numEpochs, d.numEpochs)
+        learningRate = try get(.learningRate, d.learningRate)
+        cutoffLen = try get(.cutoffLen, d.cutoffLen)
+        valSetSize = try get(.valSetSize, d.valSetSize)
+        loraR = try get(.loraR, d.loraR)
+        loraAlpha = try get(.loraAlpha, d.loraAlpha)
+        loraDropout = try get(.loraDropout, d.loraDropout)
+        loraTargetModules = try get(.loraTargetModules, d.loraTargetModules)
+        useRslora = try get(.useRslora, d.useRslora)
+        trainOnInputs = try get(.trainOnInputs, d.trainOnInputs)
+        addEosToken = try get(.addEosToken, d.addEosToken)
+        groupByLength = try get(.groupByLength, d.groupByLength)
+        promptTemplateName = try get(.promptTemplateName, d.promptTemplateName)
+        resumeFromCheckpoint = try c.decodeIfPresent(String.self, forKey: .resumeFromCheckpoint)
+        warmupSteps = try get(.warmupSteps, d.warmupSteps)
+        loggingSteps = try get(.loggingSteps, d.loggingSteps)
+        evalSteps = try get(.evalSteps, d.evalSteps)
+        saveSteps = try get(.saveSteps, d.saveSteps)
+        saveTotalLimit = try get(.saveTotalLimit, d.saveTotalLimit)
+        maxGradNorm = try get(.maxGradNorm, d.maxGradNorm)
+        weightDecay = try get(.weightDecay, d.weightDecay)
+        seed = try get(.seed, d.seed)
+        maxSteps = try get(.maxSteps, d.maxSteps)
+        load8bit = try get(.load8bit, d.load8bit)
+        threads = try get(.threads, d.threads)
+    }
+
+    public static let defaults = TrainConfig()
+
+    public var gradientAccumulationSteps: Int { batchSize / microBatchSize }
+
+    public var adapterConfig: AdapterConfig {
+        AdapterConfig(r: loraR, loraAlpha: loraAlpha, loraDropout: loraDropout, targetModules: loraTargetModules,
+                      useRslora: useRslora, baseModelNameOrPath: baseModel)
+    }
+
+    /// Refuses nonsense before any work starts; each message names the key and the value.
+    public func validate() throws {
+        func bad(_ k: CodingKeys, _ v: Any, _ e: String) -> ConfigError { .badValue(key: k.rawValue, value: "\(v)", expected: e) }
+        if baseModel.isEmpty { throw ConfigError.missing(key: CodingKeys.baseModel.rawValue) }
+        if loraR < 1 { throw bad(.loraR, loraR, "a positive integer") }
+        if !(loraAlpha > 0) { throw bad(.loraAlpha, loraAlpha, "a positive number") }
+        if !(loraDropout >= 0 && loraDropout < 1) { throw bad(.loraDropout, loraDropout, "a number in [0, 1)") }
+        if loraTargetModules.isEmpty { throw bad(.loraTargetModules, "[]", "at least one of \(Projection.allCases.map(\.rawValue).joined(separator: ", "))") }
+        if microBatchSize < 1 { throw bad(.microBatchSize, microBatchSize, "a positive integer") }
+        if batchSize < 1 { throw bad(.batchSize, batchSize, "a positive integer") }
+        if microBatchSize > batchSize { throw bad(.microBatchSize, microBatchSize, "at most batch_size (\(batchSize))") }
+        if batchSize % microBatchSize != 0 { throw bad(.batchSize, batchSize, "a multiple of micro_batch_size (\(microBatchSize))") }
+        if cutoffLen < 2 { throw bad(.cutoffLen, cutoffLen, "at least 2 tokens") }
+        if !(numEpochs > 0) && maxSteps <= 0 { throw bad(.numEpochs, numEpochs, "a positive number (or set max_steps)") }
+        if !(learningRate > 0) { throw bad(.learningRate, learningRate, "a positive number") }
+        if valSetSize < 0 { throw bad(.valSetSize, valSetSize, "0 or more") }
+        if warmupSteps < 0 { throw bad(.warmupSteps, warmupSteps, "0 or more") }
+        if loggingSteps < 1 { throw bad(.loggingSteps, loggingSteps, "a positive integer") }
+        if evalSteps < 1 { throw bad(.evalSteps, evalSteps, "a positive integer") }
+        if saveSteps < 1 { throw bad(.saveSteps, saveSteps, "a positive integer") }
+        if saveTotalLimit < 1 { throw bad(.saveTotalLimit, saveTotalLimit, "a positive integer") }
+        if !(maxGradNorm > 0) { throw bad(.maxGradNorm, maxGradNorm, "a positive number") }
+        if !(weightDecay >= 0) { throw bad(.weightDecay, weightDecay, "0 or more") }
+        if threads < 0 { throw bad(.threads, threads, "0 (all cores) or more") }
+        if outputDir.isEmpty { throw ConfigError.missing(key: CodingKeys.outputDir.rawValue) }
+    }
+
+    /// The closest valid key to a misspelt one (edit distance), for "unknown key" messages.
+    public static func nearestKey(to key: String) -> String {
+        CodingKeys.allCases.map(\.rawValue).min { editDistance($0, key) < editDistance($1, key) }!
+    }
+}
+
+public enum ConfigError: Error, CustomStringConvertible, Equatable {
+    case unknownKey(file: String, key: String, suggestion: String)
+    case wrongType(file: String, key: String, expected: String)
+    case badValue(key: String, value: String, expected: String)
+    case missing(key: String)
+    case unreadable(file: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case let .unknownKey(file, key, suggestion): return "\(file): unknown key '\(key)' (did you mean '\(suggestion)'?)"
+        case let .wrongType(file, key, expected): return "\(file): key '\(key)' should be \(expected)"
+        case let .badValue(key, value, expected): return "\(key) = \(value): expected \(expected)"
+        case let .missing(key): return "\(key) is required"
+        case let .unreadable(file, reason): return "\(file): \(reason)"
+        }
+    }
+}
+
+/// Levenshtein distance, for suggestions.
+public func editDistance(_ a: String, _ b: String) -> Int {
+    let a = Array(a), b = Array(b)
+    if a.isEmpty { return b.count }
+    if b.isEmpty { return a.count }
+    var prev = Array(0...b.count), cur = [Int](repeating: 0, count: b.count + 1)
+    for i in 1...a.count {
+        cur[0] = i
+        for j in 1...b.count {
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+        }
+        swap(&prev, &cur)
+    }
+    return prev[b.count]
+}

@@ -1,0 +1,300 @@
+import Foundation
+import Tensor
+
+/// What the trainer reports; the CLI decides how to show it. The trainer never prints.
+public enum TrainingEvent: Sendable {
+    case started(totalSteps: Int, examples: Int, validation: Int, trainableParameters: Int, resumedAt: Int)
+    case step(Progress)
+    case log(Progress)
+    case evaluated(step: Int, loss: Double)
+    case saved(step: Int, path: String)
+    case finished(Summary)
+
+    public struct Progress: Sendable {
+        public let step: Int
+        public let totalSteps: Int
+        public let epoch: Double
+        public let loss: Double
+        public let learningRate: Double
+        public let gradNorm: Double
+        public let tokensPerSecond: Double
+        public let elapsed: Double
+    }
+
+    public struct Summary: Sendable {
+        public let steps: Int
+        public let seconds: Double
+        public let tokens: Int
+        public let tokensPerSecond: Double
+        public let finalLoss: Double?
+        public let bestEvalLoss: Double?
+        public let adapterPath: String
+    }
+}
+
+public enum TrainingError: Error, CustomStringConvertible, Equatable {
+    case nonFinite(step: Int, what: String)
+    case interrupted(checkpoint: String?)
+    case dataTooSmall(detail: String)
+    case badCheckpoint(path: String, detail: String)
+
+    public var description: String {
+        switch self {
+        case let .nonFinite(step, what):
+            return "step \(step): \(what) is not finite; stopped (the last checkpoint, if any, is intact)"
+        case let .interrupted(cp):
+            return "interrupted" + (cp.map { "; checkpoint written to \($0)" } ?? "")
+        case let .dataTooSmall(d): return d
+        case let .badCheckpoint(path, d): return "\(path): \(d)"
+        }
+    }
+}
+
+/// The training loop: micro-batches with gradient accumulation, clipping, AdamW, the linear
+/// schedule, periodic logging, evaluation and checkpoints, and exact resume.
+public final class Trainer {
+    public let config: TrainConfig
+    public let model: LlamaModel
+    public let train: [Example]
+    public let validation: [Example]
+    public let padID: Int32
+    public let outputDir: URL
+    public var state = TrainerState()
+    /// Set from a signal handler; checked between steps.
+    nonisolated(unsafe) public static var stopRequested = false
+
+    let loras: [(path: String, lora: LoRA)]
+    let optimizer: AdamW
+    let schedule: LinearSchedule
+    let acts: Activations
+    let stepsPerEpoch: Int
+    let microBatchesPerEpoch: Int
+    var best: [Tensor]? = nil   // copy of the adapter at the best eval loss
+
+    /// `model` must already carry one adapter per target (fresh or loaded).
+    public init(config: TrainConfig, model: LlamaModel, train: [Example], validation: [Example], padID: Int32) throws {
+        self.config = config
+        self.model = model
+        self.train = train
+        self.validation = validation
+        self.padID = padID
+        outputDir = URL(fileURLWithPath: config.outputDir)
+        guard !train.isEmpty else { throw TrainingError.dataTooSmall(detail: "no training examples left after the validation split") }
+        loras = model.adapters
+        for (_, a) in loras { a.enableGradients() }
+        optimizer = AdamW(params: loras.flatMap { [$0.lora.A, $0.lora.B] }, grads: loras.flatMap { [$0.lora.gradA!, $0.lora.gradB!] })
+        optimizer.weightDecay = config.weightDecay
+        microBatchesPerEpoch = (train.count + config.microBatchSize - 1) / config.microBatchSize
+        stepsPerEpoch = max(1, (microBatchesPerEpoch + config.gradientAccumulationSteps - 1) / config.gradientAccumulationSteps)
+        let total = config.maxSteps > 0 ? config.maxSteps : Int((config.numEpochs * Double(stepsPerEpoch)).rounded(.up))
+        schedule = LinearSchedule(baseLR: config.learningRate, warmup: config.warmupSteps, total: total)
+        state.totalSteps = total
+        state.rng = RNG(seed: config.seed &+ 1)
+        let longest = (train + validation).map(\.count).max() ?? 1
+        let maxT = (longest + Collator.padToMultipleOf - 1) / Collator.padToMultipleOf * Collator.padToMultipleOf
+        acts = Activations(model: model, maxB: config.microBatchSize, maxT: maxT)
+    }
+
+    public var trainableParameters: Int { loras.reduce(0) { $0 + $1.lora.A.count + $1.lora.B.count } }
+
+    /// Micro-batch `i` of `epoch` in the seeded order.
+    func microBatch(epoch: Int, index i: Int, order: [Int]) -> Batch {
+        let lo = i * config.microBatchSize, hi = min(train.count, lo + config.microBatchSize)
+        return Collator.batch(order[lo..<hi].map { train[$0] }, padID: padID)
+    }
+
+    func order(epoch: Int) -> [Int] {
+        Sampler.order(count: train.count, lengths: train.map(\.count), epoch: epoch, seed: config.seed,
+                      groupByLength: config.groupByLength, microBatchSize: config.microBatchSize)
+    }
+
+    /// Mean token loss over the validation set.
+    public func evaluate() -> Double {
+        Evaluation.loss(model: model, examples: validation, padID: padID, microBatchSize: config.microBatchSize, acts: acts).loss
+    }
+
+    /// Runs to the end (or to an interruption), reporting through `report`.
+    public func run(report: (TrainingEvent) -> Void) throws -> TrainingEvent.Summary {
+        let accum = config.gradientAccumulationSteps
+        report(.started(totalSteps: state.totalSteps, examples: train.count, validation: validation.count,
+                        trainableParameters: trainableParameters, resumedAt: state.step))
+        let t0 = Date()
+        var tokensSeen = 0
+        var windowLoss = 0.0, windowSteps = 0
+        var lastLoss: Double? = nil
+        var epochOrder = order(epoch: state.epoch)
+        var lastProgress: TrainingEvent.Progress? = nil
+        while state.step < state.totalSteps {
+            if Trainer.stopRequested {
+                let path = try saveCheckpoint()
+                throw TrainingError.interrupted(checkpoint: path)
+            }
+            // Gather this step's micro-batches (the epoch may roll over at its end).
+            var batches: [Batch] = []
+            for _ in 0..<accum {
+                if state.microBatch >= microBatchesPerEpoch {
+                    if !batches.isEmpty { break }   // an epoch's last, shorter step
+                    state.epoch += 1; state.microBatch = 0
+                    epochOrder = order(epoch: state.epoch)
+                }
+                batches.append(microBatch(epoch: state.epoch, index: state.microBatch, order: epochOrder))
+                state.microBatch += 1
+                if state.microBatch >= microBatchesPerEpoch { break }
+            }
+            let tokens = batches.reduce(0) { $0 + $1.trainedTokens }
+            optimizer.zeroGradients()
+            var lossSum = 0.0
+            if tokens > 0 {
+                let scale = 1 / Float(tokens)
+                for b in batches {
+                    lossSum += model.forwardBackward(b, acts: acts, rng: &state.rng, gradScale: scale).lossSum
+                }
+            }
+            tokensSeen += batches.reduce(0) { $0 + $1.B * $1.T }
+            let loss = tokens > 0 ? lossSum / Double(tokens) : 0
+            guard loss.isFinite else { throw TrainingError.nonFinite(step: state.step + 1, what: "the loss (\(loss))") }
+            let norm = optimizer.clipGradients(maxNorm: config.maxGradNorm)
+            guard norm.isFinite else { throw TrainingError.nonFinite(step: state.step + 1, what: "the gradient norm (\(norm))") }
+            let lr = schedule.lr(at: state.step)
+            optimizer.update(lr: lr)
+            state.step += 1
+            lastLoss = loss
+            windowLoss += loss; windowSteps += 1
+            let elapsed = Date().timeIntervalSince(t0)
+            let epochF = Double(state.epoch) + Double(state.microBatch) / Double(microBatchesPerEpoch)
+            let p = TrainingEvent.Progress(step: state.step, totalSteps: state.totalSteps, epoch: epochF,
+                                           loss: loss, learningRate: lr, gradNorm: norm,
+                                           tokensPerSecond: Double(tokensSeen) / max(elapsed, 1e-9), elapsed: elapsed)
+            lastProgress = p
+            report(.step(p))
+            if state.step % config.loggingSteps == 0 || state.step == state.totalSteps {
+                report(.log(.init(step: p.step, totalSteps: p.totalSteps, epoch: p.epoch, loss: windowLoss / Double(windowSteps),
+                                  learningRate: lr, gradNorm: norm, tokensPerSecond: p.tokensPerSecond, elapsed: elapsed)))
+                windowLoss = 0; windowSteps = 0
+            }
+            if !validation.isEmpty && (state.step % config.evalSteps == 0 || state.step == state.totalSteps) {
+                let e = evaluate()
+                report(.evaluated(step: state.step, loss: e))
+                if state.bestEvalLoss == nil || e < state.bestEvalLoss! {
+                    state.bestEvalLoss = e; state.bestStep = state.step
+                    best = loras.flatMap { [$0.lora.A.clone(), $0.lora.B.clone()] }
+                }
+            }
+            if state.step % config.saveSteps == 0 && state.step < state.totalSteps {
+                let path = try saveCheckpoint()
+                report(.saved(step: state.step, path: path))
+            }
+        }
+        // The final adapter: the best by eval loss, else the last.
+        if let best, state.bestStep != state.step {
+            let current = loras.flatMap { [$0.lora.A.clone(), $0.lora.B.clone()] }
+            restore(best)
+            try Adapter.save(model: model, config: config.adapterConfig, to: outputDir)
+            restore(current)
+        } else {
+            try Adapter.save(model: model, config: config.adapterConfig, to: outputDir)
+        }
+        let seconds = Date().timeIntervalSince(t0)
+        let summary = TrainingEvent.Summary(steps: state.step, seconds: seconds, tokens: tokensSeen,
+                                            tokensPerSecond: Double(tokensSeen) / max(seconds, 1e-9),
+                                            finalLoss: lastLoss ?? lastProgress?.loss, bestEvalLoss: state.bestEvalLoss,
+                                            adapterPath: outputDir.path)
+        report(.finished(summary))
+        return summary
+    }
+
+    private func restore(_ tensors: [Tensor]) {
+        for (k, (_, l)) in loras.enumerated() { l.A.copy(from: tensors[2 * k]); l.B.copy(from: tensors[2 * k + 1]) }
+    }
+
+    // MARK: checkpoints
+
+    /// Writes `checkpoint-N/` atomically and prunes old ones beyond save_total_limit
+    /// (the best checkpoint is kept, as transformers does with load_best_model_at_end).
+    @discardableResult
+    public func saveCheckpoint() throws -> String {
+        let fm = FileManager.default
+        try? fm.createDirectory(at: outputDir, withIntermediateDirectories: true)
+        let dir = outputDir.appendingPathComponent("checkpoint-\(state.step)")
+        try AtomicFile.writeDirectory(dir) { tmp in
+            try Adapter.save(model: model, config: config.adapterConfig, to: tmp)
+            var items: [SafeTensorsWriter.Item] = []
+            for (k, (m, v)) in optimizer.state.enumerated() {
+                items.append(.tensor("m.\(k)", m))
+                items.append(.tensor("v.\(k)", v))
+            }
+            if let best {
+                for (k, t) in best.enumerated() { items.append(.tensor("best.\(k)", t)) }
+            }
+            try AtomicFile.write(SafeTensorsWriter.encode(items, metadata: ["format": "lora-optimizer", "adamw_step": String(optimizer.step)]),
+                                 to: tmp.appendingPathComponent("optimizer.safetensors"))
+            try AtomicFile.write(state.json().serialized() + "\n", to: tmp.appendingPathComponent("trainer_state.json"))
+        }
+        // Rotation.
+        let names = (try? fm.contentsOfDirectory(atPath: outputDir.path)) ?? []
+        let steps = names.compactMap { n -> Int? in n.hasPrefix("checkpoint-") ? Int(n.dropFirst("checkpoint-".count)) : nil }.sorted()
+        var excess = steps.count - config.saveTotalLimit
+        for s in steps where excess > 0 && s != state.step && s != state.bestStep {
+            try? fm.removeItem(at: outputDir.appendingPathComponent("checkpoint-\(s)"))
+            excess -= 1
+        }
+        return dir.path
+    }
+
+    /// Continues from `checkpoint-N/` exactly, or starts from a bare adapter folder's weights.
+    public func resume(from dir: URL) throws {
+        let fm = FileManager.default
+        let stateURL = dir.appendingPathComponent("trainer_state.json")
+        let optURL = dir.appendingPathComponent("optimizer.safetensors")
+        let adapter = try AdapterWeights(dir: dir)
+        try adapter.copy(into: loras, file: dir.path)
+        guard fm.fileExists(atPath: stateURL.path) else { return }   // bare adapter: weights only
+        let j: JSON
+        do { j = try JSON.parse(contentsOf: stateURL) } catch {
+            throw TrainingError.badCheckpoint(path: stateURL.path, detail: "\(error)")
+        }
+        let saved = try TrainerState(json: j, file: stateURL.path)
+        let st = try SafeTensorsFile(path: optURL.path)
+        for (k, (m, v)) in optimizer.state.enumerated() {
+            guard let sm = try st.f32("m.\(k)"), let sv = try st.f32("v.\(k)"), sm.count == m.count, sv.count == v.count else {
+                throw TrainingError.badCheckpoint(path: optURL.path, detail: "optimizer moments do not match this run's adapters (different r or targets?)")
+            }
+            m.copy(from: sm); v.copy(from: sv)
+        }
+        optimizer.restore(step: Int(st.metadata["adamw_step"] ?? "") ?? saved.step)
+        if saved.bestStep != nil {
+            let tensors = try loras.indices.flatMap { k -> [Tensor] in
+                guard let a = try st.f32("best.\(2 * k)"), let b = try st.f32("best.\(2 * k + 1)") else { return [] }
+                return [a, b]
+            }
+            if tensors.count == loras.count * 2 { best = tensors }
+        }
+        guard saved.totalSteps == state.totalSteps else {
+            throw TrainingError.badCheckpoint(path: stateURL.path, detail: "it was made for \(saved.totalSteps) steps, this run has \(state.totalSteps); use the same data and settings to resume")
+        }
+        state = saved
+    }
+}
+
+/// Adapter tensors read from a folder, matched to the model's attached adapters by key.
+struct AdapterWeights {
+    let file: SafeTensorsFile
+    init(dir: URL) throws {
+        let p = dir.appendingPathComponent(Adapter.weightsFile)
+        guard FileManager.default.fileExists(atPath: p.path) else {
+            throw CheckpointError.notFound(path: p.path, expected: "a checkpoint-N folder or an adapter folder")
+        }
+        file = try SafeTensorsFile(path: p.path)
+    }
+
+    func copy(into loras: [(path: String, lora: LoRA)], file path: String) throws {
+        for (p, l) in loras {
+            for (ab, t) in [("A", l.A), ("B", l.B)] {
+                let key = "base_model.model.\(p).lora_\(ab).weight"
+                guard let e = file.entries[key] else { throw CheckpointError.missingTensor(file: file.path, name: key) }
+                guard e.shape == t.shape else { throw CheckpointError.shapeMismatch(file: file.path, name: key, expected: t.shape, found: e.shape) }
+                t.copy(from: try file.f32(key)!)
+            }
+        }
+    }
+}

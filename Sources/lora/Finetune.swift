@@ -1,0 +1,130 @@
+import ArgumentParser
+import Foundation
+import LLaMA
+import Tensor
+
+struct Finetune: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Train LoRA adapters on Alpaca-format data (alpaca-lora's finetune.py).",
+        discussion: "Settings come from --config (YAML, keys as in configs/finetune.yml); every key is also a flag that overrides the file.")
+
+    @Option(help: "YAML file with finetune settings.")
+    var config: String?
+
+    @Option(name: .customLong("base-model")) var baseModel: String?
+    @Option(name: .customLong("data-path"), help: "Alpaca JSON list or JSON lines file.") var dataPath: String?
+    @Option(name: .customLong("output-dir")) var outputDir: String?
+    @Option(name: .customLong("batch-size")) var batchSize: Int?
+    @Option(name: .customLong("micro-batch-size")) var microBatchSize: Int?
+    @Option(name: .customLong("num-epochs")) var numEpochs: Double?
+    @Option(name: .customLong("learning-rate")) var learningRate: Double?
+    @Option(name: .customLong("cutoff-len")) var cutoffLen: Int?
+    @Option(name: .customLong("val-set-size")) var valSetSize: Int?
+    @Option(name: .customLong("lora-r")) var loraR: Int?
+    @Option(name: .customLong("lora-alpha")) var loraAlpha: Double?
+    @Option(name: .customLong("lora-dropout")) var loraDropout: Double?
+    @Option(name: .customLong("lora-target-modules"), help: "Comma-separated, e.g. q_proj,v_proj.") var loraTargetModules: String?
+    @Option(name: .customLong("use-rslora")) var useRslora: Bool?
+    @Option(name: .customLong("train-on-inputs")) var trainOnInputs: Bool?
+    @Option(name: .customLong("add-eos-token")) var addEosToken: Bool?
+    @Option(name: .customLong("group-by-length")) var groupByLength: Bool?
+    @Option(name: .customLong("prompt-template-name")) var promptTemplateName: String?
+    @Option(name: .customLong("resume-from-checkpoint")) var resumeFromCheckpoint: String?
+    @Option(name: .customLong("warmup-steps")) var warmupSteps: Int?
+    @Option(name: .customLong("logging-steps")) var loggingSteps: Int?
+    @Option(name: .customLong("eval-steps")) var evalSteps: Int?
+    @Option(name: .customLong("save-steps")) var saveSteps: Int?
+    @Option(name: .customLong("save-total-limit")) var saveTotalLimit: Int?
+    @Option(name: .customLong("max-grad-norm")) var maxGradNorm: Double?
+    @Option(name: .customLong("weight-decay")) var weightDecay: Double?
+    @Option var seed: UInt64?
+    @Option(name: .customLong("max-steps"), help: "Stop after this many optimizer steps (-1 = from num_epochs).") var maxSteps: Int?
+    @Option(name: .customLong("load-8bit")) var load8bit: Bool?
+    @Option(help: "Threads (0 = all cores).") var threads: Int?
+
+    /// The YAML file's settings with the flags given on the command line on top.
+    func resolved() throws -> TrainConfig {
+        var c = try config.map(ConfigFile.load) ?? TrainConfig()
+        if let v = baseModel { c.baseModel = v }
+        if let v = dataPath { c.dataPath = v }
+        if let v = outputDir { c.outputDir = v }
+        if let v = batchSize { c.batchSize = v }
+        if let v = microBatchSize { c.microBatchSize = v }
+        if let v = numEpochs { c.numEpochs = v }
+        if let v = learningRate { c.learningRate = v }
+        if let v = cutoffLen { c.cutoffLen = v }
+        if let v = valSetSize { c.valSetSize = v }
+        if let v = loraR { c.loraR = v }
+        if let v = loraAlpha { c.loraAlpha = v }
+        if let v = loraDropout { c.loraDropout = v }
+        if let v = loraTargetModules {
+            c.loraTargetModules = try v.split(separator: ",").map { s in
+                let n = s.trimmingCharacters(in: .whitespaces)
+                guard let p = Projection(rawValue: n) else {
+                    throw ValidationError("--lora-target-modules: unknown module '\(n)' (expected \(Projection.allCases.map(\.rawValue).joined(separator: ", ")))")
+                }
+                return p
+            }
+        }
+        if let v = useRslora { c.useRslora = v }
+        if let v = trainOnInputs { c.trainOnInputs = v }
+        if let v = addEosToken { c.addEosToken = v }
+        if let v = groupByLength { c.groupByLength = v }
+        if let v = promptTemplateName { c.promptTemplateName = v }
+        if let v = resumeFromCheckpoint { c.resumeFromCheckpoint = v }
+        if let v = warmupSteps { c.warmupSteps = v }
+        if let v = loggingSteps { c.loggingSteps = v }
+        if let v = evalSteps { c.evalSteps = v }
+        if let v = saveSteps { c.saveSteps = v }
+        if let v = saveTotalLimit { c.saveTotalLimit = v }
+        if let v = maxGradNorm { c.maxGradNorm = v }
+        if let v = weightDecay { c.weightDecay = v }
+        if let v = seed { c.seed = v }
+        if let v = maxSteps { c.maxSteps = v }
+        if let v = load8bit { c.load8bit = v }
+        if let v = threads { c.threads = v }
+        try c.validate()
+        return c
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            let c = try resolved()
+            configureThreads(c.threads)
+            let memory = MemoryMeter()
+            note("Training Alpaca-LoRA model with params:")
+            for k in TrainConfig.CodingKeys.allCases { note("  \(k.rawValue): \(describe(c, k))") }
+            let loaded = try LoadedModel(path: c.baseModel, load8bit: c.load8bit)
+            let prompter = try loadPrompter(c.promptTemplateName)
+            let records = try AlpacaData.load(URL(fileURLWithPath: c.dataPath))
+            if c.valSetSize >= records.count {
+                throw ConfigError.badValue(key: "val_set_size", value: "\(c.valSetSize)", expected: "fewer than the \(records.count) records in \(c.dataPath)")
+            }
+            let builder = ExampleBuilder(tokenizer: loaded.tokenizer, prompter: prompter, cutoffLen: c.cutoffLen,
+                                         trainOnInputs: c.trainOnInputs, addEOSToken: c.addEosToken)
+            let (trainIdx, valIdx) = Sampler.split(count: records.count, valSize: c.valSetSize, seed: c.seed)
+            let train = trainIdx.map { builder.example(records[$0]) }
+            let val = valIdx.map { builder.example(records[$0]) }
+            var rng = RNG(seed: c.seed)
+            Adapter.attachNew(to: loaded.model, config: c.adapterConfig, rng: &rng)
+            let trainer = try Trainer(config: c, model: loaded.model, train: train, validation: val, padID: loaded.padID)
+            if let r = c.resumeFromCheckpoint { try trainer.resume(from: URL(fileURLWithPath: r)) }
+            let progress = ProgressPrinter(outputDir: URL(fileURLWithPath: c.outputDir))
+            SignalHandling.installInterruptHandler()
+            let summary = try trainer.run { progress.handle($0) }
+            try progress.finish()
+            note(String(format: "done: %d steps in %.1f s, %.1f tokens/s, peak memory %@; adapter in %@",
+                        summary.steps, summary.seconds, summary.tokensPerSecond, memory.peakDescription, summary.adapterPath))
+        }
+    }
+
+    func describe(_ c: TrainConfig, _ k: TrainConfig.CodingKeys) -> String {
+        let m = Mirror(reflecting: c)
+        for child in m.children where child.label == "\(k)" {
+            if let arr = child.value as? [Projection] { return "[" + arr.map(\.rawValue).joined(separator: ", ") + "]" }
+            if let o = child.value as? String? { return o ?? "null" }
+            return "\(child.value)"
+        }
+        return "?"
+    }
+}

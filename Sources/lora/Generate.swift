@@ -1,0 +1,169 @@
+import ArgumentParser
+import Foundation
+import LLaMA
+import Tensor
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Answer an instruction (Alpaca prompt template) or continue a raw prompt.",
+        discussion: "Defaults are alpaca-lora generate.py's: beam search with 4 beams, 128 new tokens.")
+
+    @Option(name: .customLong("base-model"), help: "Model folder (config.json, model.safetensors, tokenizer.model).")
+    var baseModel: String
+
+    @Option(name: .customLong("lora-weights"), help: "PEFT adapter folder, optionally DIR:WEIGHT; repeat to stack adapters.")
+    var loraWeights: [String] = []
+
+    @Option(name: .customLong("prompt-template"), help: "alpaca, alpaca_short, alpaca_legacy, vigogne, a JSON file, or none.")
+    var promptTemplate = "alpaca"
+
+    @Option(help: "The instruction, filled into the template.")
+    var instruction: String?
+
+    @Option(help: "Optional input for the instruction.")
+    var input: String?
+
+    @Option(help: "Raw prompt text, no template (\"\" starts from BOS alone).")
+    var prompt: String?
+
+    @Flag(help: "Read one instruction per line from standard input; Ctrl-D exits.")
+    var interactive = false
+
+    @Option(name: .customLong("num-beams"), help: "Beams for beam search (1 = greedy or sampling).")
+    var numBeams = GenerationOptions().numBeams
+
+    @Option(name: .customLong("max-new-tokens"), help: "Most new tokens to generate.")
+    var maxNewTokens = GenerationOptions().maxNewTokens
+
+    @Flag(name: .customLong("do-sample"), help: "Sample instead of greedy/beam decoding (needs --num-beams 1).")
+    var doSample = false
+
+    @Option(help: "Sampling temperature.")
+    var temperature = GenerationOptions().temperature
+
+    @Option(name: .customLong("top-p"), help: "Nucleus sampling mass.")
+    var topP = GenerationOptions().topP
+
+    @Option(name: .customLong("top-k"), help: "Sample among the k most likely tokens (0 = off).")
+    var topK = GenerationOptions().topK
+
+    @Option(name: .customLong("repetition-penalty"), help: "Penalty for tokens already in the sequence (1 = off).")
+    var repetitionPenalty = GenerationOptions().repetitionPenalty
+
+    @Option(help: "Seed of the sampling RNG.")
+    var seed: UInt64 = 0
+
+    @Option(name: .customLong("load-8bit"), help: "Quantize projection weights to int8 (true|false).")
+    var load8bit = "false"
+
+    @Option(help: "Threads (0 = all cores).")
+    var threads = 0
+
+    func validate() throws {
+        let modes = [instruction != nil, prompt != nil, interactive].filter { $0 }.count
+        if modes != 1 { throw ValidationError("give exactly one of --instruction, --prompt or --interactive") }
+        if input != nil && instruction == nil { throw ValidationError("--input goes with --instruction") }
+        if Bool.parse(load8bit) == nil { throw ValidationError("--load-8bit takes true or false, not '\(load8bit)'") }
+        if prompt != nil && !["none", "alpaca"].contains(promptTemplate) {
+            throw ValidationError("--prompt is raw text; --prompt-template must be none (or left out) with it")
+        }
+        if instruction != nil || interactive, promptTemplate == "none" {
+            throw ValidationError("--instruction needs a prompt template (not none)")
+        }
+        for a in loraWeights where AdapterSpec(argument: a) == nil { throw ValidationError("--lora-weights '\(a)': expected DIR or DIR:WEIGHT") }
+    }
+
+    var options: GenerationOptions {
+        var o = GenerationOptions()
+        o.numBeams = numBeams; o.maxNewTokens = maxNewTokens; o.doSample = doSample
+        o.temperature = temperature; o.topP = topP; o.topK = topK
+        o.repetitionPenalty = repetitionPenalty; o.seed = seed
+        return o
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            configureThreads(threads)
+            let opts = options
+            try opts.validate()
+            let loaded = try LoadedModel(path: baseModel, load8bit: Bool.parse(load8bit)!)
+            for a in loraWeights.compactMap(AdapterSpec.init(argument:)) {
+                try Adapter.load(URL(fileURLWithPath: a.path), into: loaded.model, weight: a.weight)
+            }
+            let prompter: Prompter? = prompt != nil ? nil : try loadPrompter(promptTemplate)
+            let gen = Generator(model: loaded.model, eosIDs: loaded.eosIDs)
+            if let prompt {
+                try answer(prompt, template: nil, loaded: loaded, gen: gen, opts: opts)
+            } else if let instruction, let prompter {
+                try answer(prompter.generatePrompt(instruction: instruction, input: input), template: prompter,
+                           loaded: loaded, gen: gen, opts: opts)
+            } else if let prompter {
+                while true {
+                    FileHandle.standardError.write(Data("> ".utf8))
+                    guard let line = readLine() else { note(""); break }
+                    let text = line.trimmingCharacters(in: .whitespaces)
+                    if text.isEmpty { continue }
+                    try answer(prompter.generatePrompt(instruction: text, input: nil), template: prompter,
+                               loaded: loaded, gen: gen, opts: opts)
+                }
+            }
+        }
+    }
+
+    /// Generates and prints. With a template only the response is printed, stripped of
+    /// surrounding whitespace (alpaca-lora's get_response); a single sequence streams.
+    func answer(_ text: String, template: Prompter?, loaded: LoadedModel, gen: Generator, opts: GenerationOptions) throws {
+        let ids = loaded.tokenizer.encode(text, addBOS: true)
+        let out = StreamOut(strip: template != nil)
+        var decoder = StreamingDecoder(tokenizer: loaded.tokenizer, context: ids)
+        let streaming = opts.numBeams == 1
+        let generated = try gen.generate(prompt: ids, options: opts, onToken: streaming ? { id in
+            out.write(decoder.push(id))
+        } : nil)
+        if streaming {
+            out.write(decoder.finish())
+            out.end()
+        } else {
+            let full = loaded.tokenizer.decode(ids + generated)
+            let answer = template.map { $0.response(from: full) } ?? loaded.tokenizer.decode(generated)
+            out.write(answer)
+            out.end()
+        }
+    }
+}
+
+func loadPrompter(_ name: String) throws -> Prompter {
+    if Prompter.builtinNames.contains(name) { return try Prompter(named: name) }
+    return try Prompter(path: URL(fileURLWithPath: name))
+}
+
+/// Writes streamed text to stdout; with `strip`, leading and trailing whitespace is held back
+/// so the printed text equals the stripped response.
+final class StreamOut {
+    let strip: Bool
+    var started = false
+    var pendingSpace = ""
+    init(strip: Bool) { self.strip = strip }
+
+    func write(_ s: String) {
+        guard !s.isEmpty else { return }
+        guard strip else { emit(s); return }
+        var text = s
+        if !started {
+            text = String(text.drop { $0.isWhitespace })
+            if text.isEmpty { return }
+            started = true
+        }
+        // Hold back trailing whitespace until more text arrives.
+        let trailing = text.reversed().prefix { $0.isWhitespace }
+        let body = text.dropLast(trailing.count)
+        if !body.isEmpty { emit(pendingSpace + body); pendingSpace = "" }
+        pendingSpace += String(trailing.reversed())
+    }
+
+    func end() { emit("\n") }
+
+    private func emit(_ s: String) {
+        FileHandle.standardOutput.write(Data(s.utf8))
+    }
+}

@@ -1,0 +1,79 @@
+import Foundation
+import LLaMA
+
+/// Shows training progress on stderr: a live line on a terminal, plain periodic lines
+/// otherwise; forwards logs and evals to trainer_log.jsonl and loss.svg.
+final class ProgressPrinter {
+    let log: TrainingLog
+    let tty = isatty(STDERR_FILENO) != 0
+    var lastDraw = Date.distantPast
+
+    init(outputDir: URL) { log = TrainingLog(outputDir: outputDir) }
+
+    func handle(_ e: TrainingEvent) {
+        switch e {
+        case let .started(total, examples, val, params, resumed):
+            note("training \(params) LoRA parameters on \(examples) examples (\(val) for validation), \(total) steps" +
+                 (resumed > 0 ? ", resuming after step \(resumed)" : ""))
+        case let .step(p):
+            if tty, Date().timeIntervalSince(lastDraw) > 0.2 || p.step == p.totalSteps {
+                lastDraw = Date()
+                FileHandle.standardError.write(Data(("\r\u{1B}[K" + line(p)).utf8))
+            }
+        case let .log(p):
+            log.logged(p)
+            if tty { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+            note(line(p))
+        case let .evaluated(step, loss):
+            log.evaluated(step: step, loss: loss)
+            if tty { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+            note(String(format: "step %d: eval_loss %.4f (perplexity %.2f)", step, loss, Foundation.exp(loss)))
+        case let .saved(step, path):
+            if tty { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+            note("step \(step): checkpoint saved to \(path)")
+        case .finished:
+            if tty { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+        }
+    }
+
+    func line(_ p: TrainingEvent.Progress) -> String {
+        let remaining = p.step > 0 ? p.elapsed / Double(p.step) * Double(p.totalSteps - p.step) : 0
+        return String(format: "step %d/%d  epoch %.2f  loss %.4f  lr %.3g  grad_norm %.3f  %.0f tok/s  ETA %@",
+                      p.step, p.totalSteps, p.epoch, p.loss, p.learningRate, p.gradNorm, p.tokensPerSecond, duration(remaining))
+    }
+
+    func finish() throws { try log.close() }
+}
+
+func duration(_ s: Double) -> String {
+    let t = Int(s.rounded())
+    return t >= 3600 ? String(format: "%dh%02dm", t / 3600, t % 3600 / 60) : String(format: "%dm%02ds", t / 60, t % 60)
+}
+
+/// Peak resident memory (VmHWM from /proc/self/status).
+struct MemoryMeter {
+    var peakBytes: Int {
+        guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+        for line in s.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+            let kb = line.split(separator: " ").compactMap { Int($0) }.first ?? 0
+            return kb * 1024
+        }
+        return 0
+    }
+    var peakDescription: String { String(format: "%.0f MB", Double(peakBytes) / 1e6) }
+}
+
+enum SignalHandling {
+    /// Ctrl-C asks the trainer to write a checkpoint and stop (exit 130); a second Ctrl-C
+    /// exits at once (every file is written atomically, so nothing is left half-written).
+    static func installInterruptHandler() {
+        signal(SIGINT) { _ in
+            if Trainer.stopRequested { _exit(130) }
+            Trainer.stopRequested = true
+        }
+        signal(SIGTERM) { _ in
+            if Trainer.stopRequested { _exit(143) }
+            Trainer.stopRequested = true
+        }
+    }
+}

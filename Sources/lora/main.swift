@@ -1,2 +1,0 @@
-import LLaMA
-print("lora")

@@ -1,0 +1,71 @@
+import XCTest
+@testable import LLaMA
+import Tensor
+
+/// Greedy, repetition-penalty and beam-search ids against transformers' generate().
+final class GenerationParityTests: XCTestCase {
+    func check(_ name: String, section: String, options: (JSON) -> GenerationOptions) throws {
+        let ck = try SafeTensorsCheckpoint(folder: Fixtures.model(name))
+        let model = try LlamaModel(checkpoint: ck, load8bit: false)
+        let ref = try Fixtures.json("\(name).forward.json")
+        let prompts = ref["prompts"]!.array!
+        let gen = Generator(model: model, eosIDs: Set(ck.config.eosTokenIDs))
+        let cases = try XCTUnwrap(ref["generation"]?[section]?.array)
+        XCTAssertFalse(cases.isEmpty)
+        for c in cases {
+            let prompt = prompts[c["prompt_index"]!.int!]["input_ids"]!.ints32
+            var expected = c["new_ids"]!.ints32
+            if c["ended_with_eos"]?.bool == true { expected.removeLast() }   // we return ids without EOS
+            var streamed: [Int32] = []
+            let got = try gen.generate(prompt: prompt, options: options(c)) { streamed.append($0) }
+            XCTAssertEqual(got, expected, "\(name) \(section) prompt \(c["prompt_index"]!.int!)")
+            XCTAssertEqual(streamed, got, "streamed ids equal the result")
+        }
+    }
+
+    func greedy(_ c: JSON) -> GenerationOptions {
+        var o = GenerationOptions(); o.numBeams = 1; o.maxNewTokens = 24
+        if let p = c["repetition_penalty"]?.double { o.repetitionPenalty = Float(p) }
+        return o
+    }
+
+    func beam(_ c: JSON) -> GenerationOptions {
+        var o = GenerationOptions(); o.numBeams = c["num_beams"]?.int ?? 4; o.maxNewTokens = 24
+        return o
+    }
+
+    func testGreedyMHA() throws { try check("tiny-mha", section: "greedy", options: greedy) }
+    func testGreedyGQA() throws { try check("tiny-gqa", section: "greedy", options: greedy) }
+    func testRepetitionPenaltyMHA() throws { try check("tiny-mha", section: "greedy_repetition_penalty", options: greedy) }
+    func testRepetitionPenaltyGQA() throws { try check("tiny-gqa", section: "greedy_repetition_penalty", options: greedy) }
+    func testBeamSearchMHA() throws { try check("tiny-mha", section: "beam", options: beam) }
+    func testBeamSearchGQA() throws { try check("tiny-gqa", section: "beam", options: beam) }
+
+    /// Sampling is reproducible from the seed and respects top-k = 1 (which is greedy).
+    func testSamplingIsSeeded() throws {
+        let model = try LlamaModel(checkpoint: try SafeTensorsCheckpoint(folder: Fixtures.model("tiny-mha")), load8bit: false)
+        let gen = Generator(model: model, eosIDs: [])
+        var o = GenerationOptions(); o.numBeams = 1; o.doSample = true; o.maxNewTokens = 12; o.temperature = 1; o.topP = 1; o.topK = 0
+        o.seed = 5
+        let a = try gen.generate(prompt: [1, 295], options: o)
+        XCTAssertEqual(a, try gen.generate(prompt: [1, 295], options: o))
+        o.seed = 6
+        XCTAssertNotEqual(a, try gen.generate(prompt: [1, 295], options: o))
+        o.topK = 1
+        var g = GenerationOptions(); g.numBeams = 1; g.maxNewTokens = 12
+        XCTAssertEqual(try gen.generate(prompt: [1, 295], options: o), try gen.generate(prompt: [1, 295], options: g))
+    }
+
+    func testLogitsProcessorsMatchHuggingFaceDefinitions() {
+        var s: [Float] = [2, -2, 1, 0.5]
+        LogitsProcessing.repetitionPenalty(&s, seen: [0, 1, 1], penalty: 2)
+        XCTAssertEqual(s, [1, -4, 1, 0.5])
+        var t: [Float] = [1, 3, 2, 3]
+        LogitsProcessing.topK(&t, V: 4, 2)
+        XCTAssertEqual(t, [-.infinity, 3, -.infinity, 3])
+        // top_p 0.5 over probabilities [0.1, 0.6, 0.3]: only the 0.6 token survives.
+        var p: [Float] = [log(0.1), log(0.6), log(0.3)]
+        LogitsProcessing.topP(&p, V: 3, 0.5)
+        XCTAssertEqual(p[0], -.infinity); XCTAssertEqual(p[2], -.infinity); XCTAssertEqual(p[1], log(0.6), accuracy: 1e-6)
+    }
+}
