@@ -110,10 +110,10 @@ public struct ExampleBuilder: Sendable {
         self.trainOnInputs = trainOnInputs; self.addEOSToken = addEOSToken
     }
 
-    /// finetune.py `tokenize`: BOS from the tokenizer, truncation at cutoff_len, EOS appended
+    /// finetune.py `tokenize`: BOS as the tokenizer adds it, truncation at cutoff_len, EOS appended
     /// when the last id is not EOS and the sequence is shorter than cutoff_len.
     func tokenize(_ text: String, addEOS: Bool) -> [Int32] {
-        var ids = tokenizer.encode(text, addBOS: true)
+        var ids = tokenizer.encode(text, addBOS: tokenizer.addsBOS)
         if ids.count > cutoffLen { ids.removeLast(ids.count - cutoffLen) }
         if let eos = tokenizer.eosID, addEOS, ids.last != eos, ids.count < cutoffLen { ids.append(eos) }
         return ids

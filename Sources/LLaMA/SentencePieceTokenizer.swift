@@ -21,6 +21,7 @@ public final class SentencePieceTokenizer: Tokenizer, @unchecked Sendable {
     public let unkID: Int32?
     public let padID: Int32?
     public var eosIDs: Set<Int32> { eosID.map { [$0] } ?? [] }
+    public var addsBOS: Bool { bosID != nil }
 
     /// Loads `tokenizer.model`.
     public convenience init(path: URL) throws {

@@ -14,6 +14,10 @@ public protocol Tokenizer: Sendable {
     func decode(_ ids: [Int32]) -> String
 
     var bosID: Int32? { get }
+    /// Whether `tokenizer(text)` puts BOS in front for this model (true for LLaMA's
+    /// SentencePiece; GGUF's tokenizer.ggml.add_bos_token or tokenizer.json's post-processor
+    /// decide for BPE models). Training examples and prompts follow it.
+    var addsBOS: Bool { get }
     var eosID: Int32? { get }
     /// Every id that ends generation (for SentencePiece models, just `eosID`).
     var eosIDs: Set<Int32> { get }

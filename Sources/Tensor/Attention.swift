@@ -119,7 +119,7 @@ public enum Attention {
                 // overwrite dk and dv there and all later products add.
                 for i0 in stride(from: lastBlock, through: 0, by: -causalBlock) {
                     let i1 = min(T, i0 + causalBlock)
-                    let beta: Float = i0 == lastBlock ? 0 : 1
+                    let beta: Float = h % rep == 0 && i0 == lastBlock ? 0 : 1
                     // dQ_h[i0..<i1] = alpha * dS[i0..<i1, 0..<i1] @ K_g[0..<i1]
                     sgemm(M: i1 - i0, N: hd, K: i1, alpha: alpha, A: dS + i0 * T, lda: T,
                           B: kg, ldb: ldk, C: dqh + i0 * ldq, ldc: ldq)
@@ -138,7 +138,8 @@ public enum Attention {
     /// sit at absolute positions start..<start+Tq and the cache already holds keys and values
     /// for positions 0..<start+Tq (the caller wrote the new ones first). Query i sees keys
     /// 0...start+i whose keyMask is not 0. Prefill is start = 0, Tq = prompt length; a decode
-    /// step is Tq = 1. Same numbers as `forward` for the same rows.
+    /// step is Tq = 1. Equal to `forward` on the same rows up to float rounding (the decode step
+    /// sums in a different order).
     public static func forwardCached(out: UnsafeMutablePointer<Float>,    // [Tq, nH, hd]
                                      scores: UnsafeMutablePointer<Float>, // [nH, Tq, start + Tq], scratch
                                      q: UnsafePointer<Float>,             // [Tq, nH, hd]

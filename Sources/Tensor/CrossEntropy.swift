@@ -43,7 +43,7 @@ public enum CrossEntropy {
                     sum = VectorOps.expShifted(y: dr, x: row, shift: m, count: V)
                     let s = Float(Double(gradScale) / sum)
                     for j in 0..<V { dr[j] *= s }
-                    dr[target] -= 0
+                    dr[target] -= gradScale
                 } else {
                     sum = VectorOps.expShiftedSum(row, shift: m, count: V)
                 }

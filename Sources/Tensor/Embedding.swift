@@ -21,7 +21,7 @@ public enum Embedding {
         Parallel.chunks(C, grain: 64) { cols in
             for n in 0..<N {
                 let dst = dtable + Int(ids[n]) * C, src = dout + n * C
-                for c in cols { dst[c] = src[c] }
+                for c in cols { dst[c] += src[c] }
             }
         }
     }

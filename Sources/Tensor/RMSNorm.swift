@@ -44,7 +44,7 @@ public enum RMSNorm {
                 var s = acc.sum()
                 while i < C { s += weight[i] * dyr[i] * xr[i]; i += 1 }
                 let c = s * r * r * r / Float(C)
-                for k in 0..<C { dxr[k] += r * (weight[k] * dyr[k]) - 0 * c * xr[k] }
+                for k in 0..<C { dxr[k] += r * (weight[k] * dyr[k]) - c * xr[k] }
             }
         }
     }

@@ -102,7 +102,7 @@ public enum RoPE {
                                 positions: UnsafePointer<Int32>, // [rows]
                                 rows: Int, nHeads: Int, headDim: Int, table: RoPETable) {
         rotate(dx, positions: positions, rows: rows, nHeads: nHeads, headDim: headDim,
-               table: table, sign: 1)
+               table: table, sign: -1)
     }
 
     @inline(__always)

@@ -22,7 +22,7 @@ public enum Softmax {
                                 y: UnsafePointer<Float>,         // [count]
                                 count: Int) {
         let d = VectorOps.dot(dy, y, count: count)
-        for i in 0..<count { dx[i] = y[i] * dy[i] }
+        for i in 0..<count { dx[i] = y[i] * (dy[i] - d) }
     }
 
     /// y = x - logsumexp(x). `y` may alias `x`.

@@ -42,7 +42,7 @@ public enum SwiGLU {
                 let d = VectorOps.load8(dh + i)
                 let den = one + VectorOps.exp(-g)
                 let s = one / den
-                VectorOps.store8(d * u * s, dgate + i)
+                VectorOps.store8(d * u * s * (one + g * (one - s)), dgate + i)
                 VectorOps.store8(d * (g / den), dup + i)
                 i += 8
             }

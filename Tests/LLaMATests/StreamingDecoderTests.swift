@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import LLaMA
+import Tensor
 
 /// The streamed text, concatenated, must equal a decode of the whole sequence; and no chunk may
 /// end inside a character.
@@ -62,7 +63,7 @@ final class StreamingDecoderTests: XCTestCase {
     /// normalizer settings that change how leading spaces decode.
     func testRandomSequencesMatchFullDecode() throws {
         let v = HandmadeSentencePiece.self
-        var rng = SplitMix64(seed: 0x5EED)
+        var rng = RNG(seed: 0x5EED)
         for (dummy, squeeze) in [(true, false), (true, true), (false, false)] {
             let tok = try v.tokenizer(addDummyPrefix: dummy, removeExtraWhitespaces: squeeze)
             // Bias towards the interesting ids: spaces, controls, UTF-8 lead and continuation bytes.
@@ -118,6 +119,7 @@ private struct BytesTokenizer: Tokenizer {
     func encode(_ text: String, addBOS: Bool) -> [Int32] { text.utf8.map(Int32.init) }
     func decode(_ ids: [Int32]) -> String { String(decoding: ids.map { UInt8($0) }, as: UTF8.self) }
     var bosID: Int32? { nil }
+    var addsBOS: Bool { false }
     var eosID: Int32? { nil }
     var eosIDs: Set<Int32> { [] }
     var padID: Int32? { nil }
@@ -125,15 +127,3 @@ private struct BytesTokenizer: Tokenizer {
     func piece(_ id: Int32) -> String { String(format: "<0x%02X>", id) }
 }
 
-/// A small deterministic generator for test inputs.
-private struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

@@ -205,7 +205,7 @@ final class AttentionTests: XCTestCase {
         func time(_ body: () -> Void) -> Double {
             body()
             var best = Double.infinity
-            for _ in 0..<10 {
+            for _ in 0..<20 {
                 let t0 = DispatchTime.now().uptimeNanoseconds
                 body()
                 best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
@@ -220,7 +220,7 @@ final class AttentionTests: XCTestCase {
             Attention.backward(dq: dq.data, dk: dk.data, dv: dv.data, dout: dout.data, probs: probs.data,
                                q: q.data, k: k.data, v: v.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
         }
-        print(String(format: "attention B=%d T=%d nH=%d nKV=%d hd=%d: forward %.2f ms, backward %.2f ms (best of 10, %d threads)",
+        print(String(format: "attention B=%d T=%d nH=%d nKV=%d hd=%d: forward %.2f ms, backward %.2f ms (best of 20, %d threads)",
                      B, T, nH, nKV, hd, fwd, bwd, Parallel.threads))
     }
 }
