@@ -40,7 +40,7 @@ let package = Package(
         ]),
         .testTarget(name: "TensorTests", dependencies: ["Tensor"], path: "Tests/TensorTests"),
         .testTarget(name: "LLaMATests", dependencies: ["LLaMA", "Tensor"], path: "Tests/LLaMATests"),
-        .testTarget(name: "loraTests", dependencies: ["lora"], path: "Tests/loraTests"),
+        .testTarget(name: "loraTests", dependencies: ["lora", "LLaMA"], path: "Tests/loraTests"),
     ],
     swiftLanguageModes: [.v5],
     cxxLanguageStandard: .cxx17

@@ -100,9 +100,6 @@ public func openCheckpoint(_ path: String) throws -> Checkpoint {
     let url = URL(fileURLWithPath: path)
     let ext = url.pathExtension.lowercased()
     if ext == "bin" || ext == "pt" || ext == "pth" { throw CheckpointError.pickle(path: path) }
-    if ext == "gguf" {
-        // TODO(issue 5): GGUF reader.
-        throw CheckpointError.unsupported(file: path, what: "GGUF files are not supported yet")
-    }
+    if ext == "gguf" { return try GGUFCheckpoint(path: path) }
     return try SafeTensorsCheckpoint(folder: url)
 }

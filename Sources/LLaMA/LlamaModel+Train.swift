@@ -73,6 +73,9 @@ extension LlamaModel {
               C: acts.dxn.data, ldc: C)
         acts.dres.zero()
         RMSNorm.backward(dx: acts.dres.data, dy: acts.dxn.data, x: acts.xFinal.data, weight: norm.data, rstd: acts.rstdF.data, N: M, C: C)
+        let mask = batch.attentionMask
+        mask.withUnsafeBufferPointer { mb in
+        let keyMask = mb.baseAddress!
         for l in stride(from: blocks.count - 1, through: 0, by: -1) {
             let blk = blocks[l], a = acts.layers[l]
             // MLP backward. dres holds d(block output).
@@ -84,7 +87,7 @@ extension LlamaModel {
             // Attention backward. dres now holds d(xMid).
             projectBack(blk.o, .o, dx: acts.datt.data, dy: acts.dres.data, x: a.att.data, M: M, accumulate: false, layer: a, acts: acts)
             Attention.backward(dq: acts.dq.data, dk: acts.dk.data, dv: acts.dv.data, dout: acts.datt.data, probs: a.probs.data,
-                               q: a.q.data, k: a.k.data, v: a.v.data, B: B, T: T,
+                               q: a.q.data, k: a.k.data, v: a.v.data, keyMask: keyMask, B: B, T: T,
                                nH: c.numAttentionHeads, nKV: c.numKeyValueHeads, hd: c.headDim)
             RoPE.backward(dx: acts.dq.data, positions: acts.positions, rows: M, nHeads: c.numAttentionHeads, headDim: c.headDim, table: rope)
             RoPE.backward(dx: acts.dk.data, positions: acts.positions, rows: M, nHeads: c.numKeyValueHeads, headDim: c.headDim, table: rope)
@@ -92,6 +95,7 @@ extension LlamaModel {
             projectBack(blk.k, .k, dx: acts.dxn.data, dy: acts.dk.data, x: a.xn1.data, M: M, accumulate: true, layer: a, acts: acts)
             projectBack(blk.v, .v, dx: acts.dxn.data, dy: acts.dv.data, x: a.xn1.data, M: M, accumulate: true, layer: a, acts: acts)
             RMSNorm.backward(dx: acts.dres.data, dy: acts.dxn.data, x: a.xIn.data, weight: blk.attnNorm.data, rstd: a.rstd1.data, N: M, C: C)
+        }
         }
     }
 

@@ -5,8 +5,11 @@ import Foundation
 /// the one place they live: configs/finetune.yml, the CLI flags and the README repeat them.
 public struct TrainConfig: Codable, Sendable, Equatable {
     // Model and data
-    public var baseModel: String = ""
-    public var dataPath: String = "yahma/alpaca-cleaned"
+    /// alpaca-lora has no default model; ours is the one setup downloads.
+    public var baseModel: String = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    /// alpaca-lora's default, yahma/alpaca-cleaned, is a Hub dataset (no network here); the
+    /// bundled task set is ours.
+    public var dataPath: String = "data/tasks_train.json"
     public var outputDir: String = "./lora-alpaca"
     // Training hyper-parameters
     public var batchSize: Int = 128
@@ -94,6 +97,51 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     }
 
     public static let defaults = TrainConfig()
+
+    /// The settings as YAML, one `key: value` line each in CodingKeys order (what
+    /// `lora finetune --print-config` shows).
+    public var yaml: String {
+        func num(_ d: Double) -> String { d == d.rounded() && abs(d) < 1e15 ? String(format: "%.1f", d) : "\(d)" }
+        func str(_ s: String) -> String { JSON.string(s).serialized(pretty: false) }
+        var out = ""
+        for k in CodingKeys.allCases {
+            let v: String
+            switch k {
+            case .baseModel: v = str(baseModel)
+            case .dataPath: v = str(dataPath)
+            case .outputDir: v = str(outputDir)
+            case .batchSize: v = "\(batchSize)"
+            case .microBatchSize: v = "\(microBatchSize)"
+            case .numEpochs: v = num(numEpochs)
+            case .learningRate: v = "\(learningRate)"
+            case .cutoffLen: v = "\(cutoffLen)"
+            case .valSetSize: v = "\(valSetSize)"
+            case .loraR: v = "\(loraR)"
+            case .loraAlpha: v = num(loraAlpha)
+            case .loraDropout: v = "\(loraDropout)"
+            case .loraTargetModules: v = "[" + loraTargetModules.map(\.rawValue).joined(separator: ", ") + "]"
+            case .useRslora: v = "\(useRslora)"
+            case .trainOnInputs: v = "\(trainOnInputs)"
+            case .addEosToken: v = "\(addEosToken)"
+            case .groupByLength: v = "\(groupByLength)"
+            case .promptTemplateName: v = str(promptTemplateName)
+            case .resumeFromCheckpoint: v = resumeFromCheckpoint.map(str) ?? "null"
+            case .warmupSteps: v = "\(warmupSteps)"
+            case .loggingSteps: v = "\(loggingSteps)"
+            case .evalSteps: v = "\(evalSteps)"
+            case .saveSteps: v = "\(saveSteps)"
+            case .saveTotalLimit: v = "\(saveTotalLimit)"
+            case .maxGradNorm: v = num(maxGradNorm)
+            case .weightDecay: v = num(weightDecay)
+            case .seed: v = "\(seed)"
+            case .maxSteps: v = "\(maxSteps)"
+            case .load8bit: v = "\(load8bit)"
+            case .threads: v = "\(threads)"
+            }
+            out += "\(k.rawValue): \(v)\n"
+        }
+        return out
+    }
 
     public var gradientAccumulationSteps: Int { batchSize / microBatchSize }
 

@@ -6,8 +6,12 @@
 //   key j is allowed for query i iff j <= i and keyMask[b, j] != 0
 //   P = softmax(S) over allowed keys, 0 elsewhere       [T, T]   (kept for backward)
 //   O_h = P V_g                                         [T, hd]
-// A query with no allowed key (a left-padding row) gets P = 0 and O = 0: finite, and such rows
-// carry no loss.
+// A query with no allowed key (a row of left padding) is treated as Hugging Face's eager
+// attention treats it: masked scores get the dtype's minimum added, so such a row's softmax is
+// uniform over all T keys and its output is the mean of V. Such rows matter: the last pad
+// position predicts BOS, and with train_on_inputs that prediction carries loss in transformers.
+// They are handled apart from the causal blocks (`paddingRowsForward/Backward`), and their
+// rows of `probs` stay 0.
 //
 // Q_h is the [T, hd] matrix that starts at q + h * hd with row stride nH * hd, so each product
 // is a strided sgemm per (b, h) and causal block of 64 query rows, and nothing is transposed in
@@ -71,6 +75,7 @@ public enum Attention {
                 }
             }
         }
+        if let keyMask { paddingRowsForward(out: out, v: v, keyMask: keyMask, B: B, T: T, nH: nH, nKV: nKV, hd: hd) }
     }
 
     /// Gradients of q, k, v; all three are overwritten (dk and dv sum over the heads of a group).
@@ -84,10 +89,17 @@ public enum Attention {
                                 q: UnsafePointer<Float>,         // [B, T, nH, hd]
                                 k: UnsafePointer<Float>,         // [B, T, nKV, hd]
                                 v: UnsafePointer<Float>,         // [B, T, nKV, hd]
+                                keyMask: UnsafePointer<Float>? = nil, // [B, T], as given to forward
                                 B: Int, T: Int, nH: Int, nKV: Int, hd: Int) {
         precondition(nKV > 0 && nH % nKV == 0, "nH (\(nH)) must be a multiple of nKV (\(nKV))")
         let rep = nH / nKV, ldq = nH * hd, ldk = nKV * hd
         let alpha = scale(hd: hd)
+        defer {
+            if let keyMask {
+                paddingRowsBackward(dq: dq, dk: dk, dv: dv, dout: dout, q: q, k: k, v: v, keyMask: keyMask,
+                                    B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+            }
+        }
         let dS = UnsafeMutablePointer<Float>.allocate(capacity: max(T * T, 1)) // [T, T]
         defer { dS.deallocate() }
         let lastBlock = (T - 1) / causalBlock * causalBlock
@@ -134,6 +146,75 @@ public enum Attention {
         }
     }
 
+    /// Number of leading padding tokens of row b: queries 0..<n have no allowed key.
+    @inline(__always)
+    static func leadingPadding(_ keyMask: UnsafePointer<Float>, b: Int, T: Int) -> Int {
+        var n = 0
+        while n < T && keyMask[b * T + n] == 0 { n += 1 }
+        return n
+    }
+
+    /// out[b, i, h] = mean over all T keys of V_g, for the fully masked rows i (see the top).
+    static func paddingRowsForward(out: UnsafeMutablePointer<Float>, // [B, T, nH, hd]
+                                   v: UnsafePointer<Float>,          // [B, T, nKV, hd]
+                                   keyMask: UnsafePointer<Float>,    // [B, T]
+                                   B: Int, T: Int, nH: Int, nKV: Int, hd: Int) {
+        let rep = nH / nKV, ldq = nH * hd, ldk = nKV * hd
+        for b in 0..<B {
+            let n = leadingPadding(keyMask, b: b, T: T)
+            guard n > 0 else { continue }
+            for g in 0..<nKV {
+                var mean = [Float](repeating: 0, count: hd)
+                for j in 0..<T { let vj = v + (b * T + j) * ldk + g * hd; for c in 0..<hd { mean[c] += vj[c] } }
+                for c in 0..<hd { mean[c] /= Float(T) }
+                for i in 0..<n { for h in (g * rep)..<((g + 1) * rep) {
+                    (out + (b * T + i) * ldq + h * hd).update(from: mean, count: hd)
+                } }
+            }
+        }
+    }
+
+    /// Gradients through the fully masked rows (uniform P = 1/T over all keys), added to the
+    /// causal part's: dS_j = (dP_j - mean(dP)) / T, dq_i = alpha sum_j dS_j k_j,
+    /// dk_j += alpha dS_j q_i, dv_j += dO_i / T. These dq/dk terms are what autograd computes
+    /// through HF's `scores + min` (the float result no longer depends on the scores, so finite
+    /// differences see 0 there); PEFT's gradients include them, and so do ours.
+    static func paddingRowsBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
+                                    dv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>,
+                                    q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                    keyMask: UnsafePointer<Float>, B: Int, T: Int, nH: Int, nKV: Int, hd: Int) {
+        let rep = nH / nKV, ldq = nH * hd, ldk = nKV * hd
+        let alpha = scale(hd: hd), invT = 1 / Float(T)
+        var dS = [Float](repeating: 0, count: T)
+        for b in 0..<B {
+            let n = leadingPadding(keyMask, b: b, T: T)
+            for i in 0..<n {
+                for h in 0..<nH {
+                    let g = h / rep
+                    let doi = dout + (b * T + i) * ldq + h * hd, qi = q + (b * T + i) * ldq + h * hd
+                    let dqi = dq + (b * T + i) * ldq + h * hd
+                    var mean: Float = 0
+                    for j in 0..<T {
+                        dS[j] = VectorOps.dot(doi, v + (b * T + j) * ldk + g * hd, count: hd)
+                        mean += dS[j]
+                    }
+                    mean *= invT
+                    dqi.update(repeating: 0, count: hd)
+                    for j in 0..<T {
+                        let d = (dS[j] - mean) * invT
+                        let kj = k + (b * T + j) * ldk + g * hd
+                        let dkj = dk + (b * T + j) * ldk + g * hd, dvj = dv + (b * T + j) * ldk + g * hd
+                        for c in 0..<hd {
+                            dqi[c] += alpha * d * kj[c]
+                            dkj[c] += alpha * d * qi[c]
+                            dvj[c] += invT * doi[c]
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Attention of one sequence's new queries against a KV cache, for generation. The queries
     /// sit at absolute positions start..<start+Tq and the cache already holds keys and values
     /// for positions 0..<start+Tq (the caller wrote the new ones first). Query i sees keys
@@ -157,7 +238,7 @@ public enum Attention {
                 let g = h / rep
                 let qh = q + h * hd, s = scores + h * L, o = out + h * hd
                 for j in 0..<L { s[j] = alpha * VectorOps.dot(qh, kCache + j * ldk + g * hd, count: hd) }
-                maskedSoftmaxRow(s, allowed: L, width: L, keyMask: keyMask)
+                maskedSoftmaxRow(s, allowed: L, width: L, keyMask: keyMask, emptyValue: 1 / Float(L))
                 o.update(repeating: 0, count: hd)
                 for j in 0..<L where s[j] != 0 {
                     let p = s[j], vj = vCache + j * ldk + g * hd
@@ -176,7 +257,7 @@ public enum Attention {
             for r in rows {
                 let i = r % Tq
                 maskedSoftmaxRow(scores + r * L, allowed: start + i + 1, width: L,
-                                 keyMask: keyMask)
+                                 keyMask: keyMask, emptyValue: 1 / Float(L))
             }
         }
         for h in 0..<nH {
@@ -192,13 +273,15 @@ public enum Attention {
     @inline(__always)
     static func maskedSoftmaxRow(_ row: UnsafeMutablePointer<Float>, // [width]
                                  allowed n: Int, width: Int,
-                                 keyMask: UnsafePointer<Float>?) {   // [>= n]
+                                 keyMask: UnsafePointer<Float>?,    // [>= n]
+                                 emptyValue: Float = 0) {
         if let mask = keyMask {
             for j in 0..<n where mask[j] == 0 { row[j] = -.infinity }
         }
         let m = VectorOps.max(row, count: n)
         if m == -.infinity {
-            row.update(repeating: 0, count: width)
+            // No allowed key: `emptyValue` everywhere (0, or 1/width for HF's uniform row).
+            row.update(repeating: emptyValue, count: width)
             return
         }
         let sum = VectorOps.expShifted(y: row, x: row, shift: m, count: n) // exp(-inf) = 0

@@ -3,18 +3,36 @@ import Foundation
 import LLaMA
 import Tensor
 
+enum EvalMetric: String, ExpressibleByArgument, CaseIterable {
+    case loss
+    case exactMatch = "exact_match"
+}
+
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Mean loss per trained token and perplexity over an Alpaca dataset.")
+        abstract: "Loss and perplexity, or exact-match accuracy of greedy answers, over an Alpaca dataset.",
+        discussion: """
+            --metric loss (default): mean loss per trained token and perplexity, with finetune's masking.
+            --metric exact_match: each record's prompt (template, no output) is answered greedily, stopping \
+            at EOS or --max-new-tokens; the response must equal the record's output once both are trimmed \
+            of surrounding whitespace.
+            """)
 
     @Option(name: .customLong("base-model")) var baseModel: String
     @Option(name: .customLong("lora-weights"), help: "PEFT adapter folder, optionally DIR:WEIGHT; repeatable.") var loraWeights: [String] = []
     @Option(name: .customLong("data-path")) var dataPath: String
+    @Option(help: "loss or exact_match.") var metric: EvalMetric = .loss
     @Option(name: .customLong("prompt-template")) var promptTemplate = TrainConfig.defaults.promptTemplateName
-    @Option(name: .customLong("cutoff-len")) var cutoffLen = TrainConfig.defaults.cutoffLen
-    @Option(name: .customLong("train-on-inputs")) var trainOnInputs = TrainConfig.defaults.trainOnInputs
-    @Option(name: .customLong("add-eos-token")) var addEosToken = TrainConfig.defaults.addEosToken
-    @Option(name: .customLong("micro-batch-size")) var microBatchSize = TrainConfig.defaults.microBatchSize
+    @Option(name: .customLong("cutoff-len"), help: "loss only.") var cutoffLen = TrainConfig.defaults.cutoffLen
+    @Option(name: .customLong("train-on-inputs"), help: "loss only.") var trainOnInputs = TrainConfig.defaults.trainOnInputs
+    @Option(name: .customLong("add-eos-token"), help: "loss only.") var addEosToken = TrainConfig.defaults.addEosToken
+    @Option(name: .customLong("micro-batch-size"), help: "loss only.") var microBatchSize = TrainConfig.defaults.microBatchSize
+    @Option(name: .customLong("max-new-tokens"), help: "exact_match: most new tokens per answer.")
+    var maxNewTokens = ExactMatch.defaultMaxNewTokens
+    @Option(help: "Evaluate a random sample of N records (chosen with --seed) instead of all.") var limit: Int?
+    @Option(help: "Seed of the --limit sample.") var seed: UInt64 = 0
+    @Option(name: .customLong("show-failures"), help: "exact_match: failures to print (or list in --json).")
+    var showFailures = 5
     @Option(name: .customLong("load-8bit")) var load8bit = TrainConfig.defaults.load8bit
     @Option(help: "Threads (0 = all cores).") var threads = 0
     @Flag(help: "Print one JSON object.") var json = false
@@ -22,6 +40,9 @@ struct Eval: ParsableCommand {
     func validate() throws {
         if cutoffLen < 2 { throw ValidationError("--cutoff-len must be at least 2") }
         if microBatchSize < 1 { throw ValidationError("--micro-batch-size must be at least 1") }
+        if maxNewTokens < 1 { throw ValidationError("--max-new-tokens must be at least 1") }
+        if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
+        if showFailures < 0 { throw ValidationError("--show-failures must be 0 or more") }
     }
 
     func run() throws {
@@ -32,17 +53,59 @@ struct Eval: ParsableCommand {
                 guard let spec = AdapterSpec(argument: a) else { throw ValidationError("--lora-weights '\(a)': expected DIR or DIR:WEIGHT") }
                 try Adapter.load(URL(fileURLWithPath: spec.path), into: loaded.model, weight: spec.weight)
             }
-            let records = try AlpacaData.load(URL(fileURLWithPath: dataPath))
-            let builder = ExampleBuilder(tokenizer: loaded.tokenizer, prompter: try loadPrompter(promptTemplate),
-                                         cutoffLen: cutoffLen, trainOnInputs: trainOnInputs, addEOSToken: addEosToken)
-            let r = Evaluation.loss(model: loaded.model, examples: records.map(builder.example), padID: loaded.padID,
-                                    microBatchSize: microBatchSize)
-            if json {
-                print(JSON.object([("loss", .double(r.loss)), ("perplexity", .double(r.perplexity)),
-                                   ("tokens", .int(Int64(r.tokens))), ("records", .int(Int64(records.count)))]).serialized(pretty: false))
-            } else {
-                print(String(format: "loss %.4f  perplexity %.3f  (%d tokens, %d records)", r.loss, r.perplexity, r.tokens, records.count))
+            let all = try AlpacaData.load(URL(fileURLWithPath: dataPath))
+            let indices = EvalSample.indices(count: all.count, limit: limit, seed: seed)
+            let prompter = try loadPrompter(promptTemplate)
+            switch metric {
+            case .loss: loss(indices.map { all[$0] }, loaded: loaded, prompter: prompter)
+            case .exactMatch: try exactMatch(all, indices: indices, loaded: loaded, prompter: prompter)
             }
         }
     }
+
+    func loss(_ records: [AlpacaRecord], loaded: LoadedModel, prompter: Prompter) {
+        let builder = ExampleBuilder(tokenizer: loaded.tokenizer, prompter: prompter,
+                                     cutoffLen: cutoffLen, trainOnInputs: trainOnInputs, addEOSToken: addEosToken)
+        let r = Evaluation.loss(model: loaded.model, examples: records.map(builder.example), padID: loaded.padID,
+                                microBatchSize: microBatchSize)
+        if json {
+            print(JSON.object([("loss", .double(r.loss)), ("perplexity", .double(r.perplexity)),
+                               ("tokens", .int(Int64(r.tokens))), ("records", .int(Int64(records.count)))]).serialized(pretty: false))
+        } else {
+            print(String(format: "loss %.4f  perplexity %.3f  (%d tokens, %d records)", r.loss, r.perplexity, r.tokens, records.count))
+        }
+    }
+
+    func exactMatch(_ records: [AlpacaRecord], indices: [Int], loaded: LoadedModel, prompter: Prompter) throws {
+        let tty = isatty(STDERR_FILENO) != 0
+        let r = try ExactMatch.evaluate(records: records, indices: indices, prompter: prompter,
+                                        tokenizer: loaded.tokenizer,
+                                        generator: Generator(model: loaded.model, eosIDs: loaded.eosIDs),
+                                        maxNewTokens: maxNewTokens) { done, total, correct in
+            if tty { FileHandle.standardError.write(Data("\r\u{1B}[K\(done)/\(total) answered, \(correct) correct".utf8)) }
+        }
+        if tty { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+        let shown = Array(r.failures.prefix(showFailures))
+        if json {
+            let failures: [JSON] = shown.map { f in
+                .object([("index", .int(Int64(f.index))), ("instruction", .string(f.instruction)), ("input", .string(f.input)),
+                         ("expected", .string(f.expected)), ("got", .string(f.got))])
+            }
+            print(JSON.object([("metric", .string(EvalMetric.exactMatch.rawValue)), ("accuracy", .double(r.accuracy)),
+                               ("correct", .int(Int64(r.correct))), ("total", .int(Int64(r.total))),
+                               ("failures", .array(failures))]).serialized(pretty: false))
+            return
+        }
+        print(String(format: "exact match %.4f  (%d of %d correct)", r.accuracy, r.correct, r.total))
+        guard !shown.isEmpty else { return }
+        print("failures (\(shown.count) of \(r.failures.count) shown):")
+        for f in shown {
+            print("  record \(f.index): \(quoted(f.instruction))" + (f.input.isEmpty ? "" : "  input \(quoted(f.input))"))
+            print("    expected \(quoted(f.expected))")
+            print("    got      \(quoted(f.got))")
+        }
+    }
+
+    /// A string on one line, as a JSON string literal (newlines escaped).
+    func quoted(_ s: String) -> String { JSON.string(s).serialized(pretty: false) }
 }

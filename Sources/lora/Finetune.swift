@@ -41,6 +41,7 @@ struct Finetune: ParsableCommand {
     @Option(name: .customLong("max-steps"), help: "Stop after this many optimizer steps (-1 = from num_epochs).") var maxSteps: Int?
     @Option(name: .customLong("load-8bit")) var load8bit: Bool?
     @Option(help: "Threads (0 = all cores).") var threads: Int?
+    @Flag(name: .customLong("print-config"), help: "Print the resolved settings as YAML and exit.") var printConfig = false
 
     /// The YAML file's settings with the flags given on the command line on top.
     func resolved() throws -> TrainConfig {
@@ -90,10 +91,11 @@ struct Finetune: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let c = try resolved()
+            if printConfig { print(c.yaml, terminator: ""); return }
             configureThreads(c.threads)
             let memory = MemoryMeter()
             note("Training Alpaca-LoRA model with params:")
-            for k in TrainConfig.CodingKeys.allCases { note("  \(k.rawValue): \(describe(c, k))") }
+            note(c.yaml.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
             let loaded = try LoadedModel(path: c.baseModel, load8bit: c.load8bit)
             let prompter = try loadPrompter(c.promptTemplateName)
             let records = try AlpacaData.load(URL(fileURLWithPath: c.dataPath))
@@ -116,15 +118,5 @@ struct Finetune: ParsableCommand {
             note(String(format: "done: %d steps in %.1f s, %.1f tokens/s, peak memory %@; adapter in %@",
                         summary.steps, summary.seconds, summary.tokensPerSecond, memory.peakDescription, summary.adapterPath))
         }
-    }
-
-    func describe(_ c: TrainConfig, _ k: TrainConfig.CodingKeys) -> String {
-        let m = Mirror(reflecting: c)
-        for child in m.children where child.label == "\(k)" {
-            if let arr = child.value as? [Projection] { return "[" + arr.map(\.rawValue).joined(separator: ", ") + "]" }
-            if let o = child.value as? String? { return o ?? "null" }
-            return "\(child.value)"
-        }
-        return "?"
     }
 }

@@ -20,16 +20,25 @@ final class AttentionTests: XCTestCase {
         Reference.Attention.forward(out: outRef.data, probs: probsRef.data, q: q.data, k: k.data,
                                     v: v.data, keyMask: m?.data,
                                     B: s.B, T: s.T, nH: s.nH, nKV: s.nKV, hd: s.hd)
-        assertClose(probs, probsRef, atol: 1e-6, rtol: 1e-5, "probs", file: file, line: line)
+        // Fully masked (leading padding) rows keep probs 0 in the fast path; compare the rest.
+        let cmp = probsRef.clone()
+        if let m {
+            for b in 0..<s.B {
+                var n = 0
+                while n < s.T && m[b * s.T + n] == 0 { n += 1 }
+                for h in 0..<s.nH { for i in 0..<n { (cmp.data + ((b * s.nH + h) * s.T + i) * s.T).update(repeating: 0, count: s.T) } }
+            }
+        }
+        assertClose(probs, cmp, atol: 1e-6, rtol: 1e-5, "probs", file: file, line: line)
         assertClose(out, outRef, atol: 1e-5, rtol: 1e-5, "out", file: file, line: line)
         // Garbage in the gradient buffers must be overwritten, not accumulated.
         let dq = randn(q.shape, &rng), dk = randn(k.shape, &rng), dv = randn(v.shape, &rng)
         let dqRef = Tensor(q.shape), dkRef = Tensor(k.shape), dvRef = Tensor(v.shape)
         Attention.backward(dq: dq.data, dk: dk.data, dv: dv.data, dout: dout.data, probs: probs.data,
-                           q: q.data, k: k.data, v: v.data,
+                           q: q.data, k: k.data, v: v.data, keyMask: m?.data,
                            B: s.B, T: s.T, nH: s.nH, nKV: s.nKV, hd: s.hd)
         Reference.Attention.backward(dq: dqRef.data, dk: dkRef.data, dv: dvRef.data, dout: dout.data,
-                                     probs: probs.data, q: q.data, k: k.data, v: v.data,
+                                     probs: probsRef.data, q: q.data, k: k.data, v: v.data,
                                      B: s.B, T: s.T, nH: s.nH, nKV: s.nKV, hd: s.hd)
         assertClose(dq, dqRef, atol: 1e-5, rtol: 1e-5, "dq", file: file, line: line)
         assertClose(dk, dkRef, atol: 1e-5, rtol: 1e-5, "dk", file: file, line: line)
@@ -58,14 +67,16 @@ final class AttentionTests: XCTestCase {
     }
 
     /// Finite differences of sum(dout * out) with respect to q, k and v, with GQA and a padded
-    /// key in the middle of a sequence (its dk, dv must be 0) and left padding.
+    /// key in the middle of each sequence (its dk, dv must be 0).
     func testBackwardFiniteDifference() {
         var rng = RNG(seed: 73)
         let B = 2, T = 5, nH = 4, nKV = 2, hd = 4
         let q = randn([B, T, nH, hd], &rng), k = randn([B, T, nKV, hd], &rng)
         let v = randn([B, T, nKV, hd], &rng), dout = randn([B, T, nH, hd], &rng)
+        // (Leading padding is checked in testFullyMaskedRowIsUniformOverAllKeys: its dq and dk
+        // follow autograd, not finite differences.)
         let mask = Tensor([B, T], [1, 1, 0, 1, 1,
-                                   0, 1, 1, 1, 1])
+                                   1, 0, 1, 1, 1])
         let out = Tensor(q.shape), probs = Tensor([B, nH, T, T])
         let forward = {
             Attention.forward(out: out.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
@@ -74,7 +85,7 @@ final class AttentionTests: XCTestCase {
         forward()
         let dq = Tensor(q.shape), dk = Tensor(k.shape), dv = Tensor(v.shape)
         Attention.backward(dq: dq.data, dk: dk.data, dv: dv.data, dout: dout.data, probs: probs.data,
-                           q: q.data, k: k.data, v: v.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+                           q: q.data, k: k.data, v: v.data, keyMask: mask.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
         let loss = { () -> Double in forward(); return project(dout, out) }
         checkGradient("attention dq", x: q, analytic: dq, loss: loss)
         checkGradient("attention dk", x: k, analytic: dk, loss: loss)
@@ -108,9 +119,10 @@ final class AttentionTests: XCTestCase {
         checkGradient("attention dv", x: v, analytic: dv, indices: kIdx, loss: loss)
     }
 
-    /// A query with no allowed key (left padding at position 0) gives zero probabilities,
-    /// zero output and zero dq, and every value stays finite.
-    func testFullyMaskedRowIsFinite() {
+    /// A query with no allowed key (left padding) attends uniformly to all T keys, as HF's eager
+    /// attention does with its additive dtype-minimum mask: its output is the mean of V over the
+    /// whole row, its probs row stays 0 here, and every value stays finite.
+    func testFullyMaskedRowIsUniformOverAllKeys() {
         var rng = RNG(seed: 74)
         let B = 1, T = 4, nH = 2, nKV = 1, hd = 4
         let q = randn([B, T, nH, hd], &rng), k = randn([B, T, nKV, hd], &rng)
@@ -121,9 +133,13 @@ final class AttentionTests: XCTestCase {
                           keyMask: mask.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
         let dq = Tensor(q.shape), dk = Tensor(k.shape), dv = Tensor(v.shape)
         Attention.backward(dq: dq.data, dk: dk.data, dv: dv.data, dout: dout.data, probs: probs.data,
-                           q: q.data, k: k.data, v: v.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+                           q: q.data, k: k.data, v: v.data, keyMask: mask.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
         for t in [out, probs, dq, dk, dv] { XCTAssertTrue(t.array.allSatisfy { $0.isFinite }) }
-        for i in 0..<2 * nH * hd { XCTAssertEqual(out[i], 0); XCTAssertEqual(dq[i], 0) }
+        for i in 0..<2 { for h in 0..<nH { for c in 0..<hd {
+            var mean: Float = 0
+            for j in 0..<T { mean += v[j * hd + c] }
+            XCTAssertEqual(out[(i * nH + h) * hd + c], mean / Float(T), accuracy: 1e-6, "pad row \(i) is the mean of V")
+        } } }
         for h in 0..<nH {
             for i in 0..<2 { for j in 0..<T { XCTAssertEqual(probs[(h * T + i) * T + j], 0) } }
             // Row 2 sees only key 2, row 3 sees keys 2 and 3.
@@ -132,6 +148,24 @@ final class AttentionTests: XCTestCase {
         }
         // Row 2's output is exactly value 2.
         for h in 0..<nH { for c in 0..<hd { XCTAssertEqual(out[(2 * nH + h) * hd + c], v[2 * hd + c]) } }
+        // dv by finite differences; dq and dk carry autograd's terms through the masked scores,
+        // which finite differences cannot see: they are checked against the reference (which
+        // differentiates the softmax the same way) and, end to end, against PEFT's gradients.
+        let loss = { () -> Double in
+            Attention.forward(out: out.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
+                              keyMask: mask.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+            return project(dout, out)
+        }
+        checkGradient("pad rows dv", x: v, analytic: dv, loss: loss)
+        let outRef = Tensor(q.shape), probsRef = Tensor(probs.shape)
+        Reference.Attention.forward(out: outRef.data, probs: probsRef.data, q: q.data, k: k.data, v: v.data,
+                                    keyMask: mask.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+        let dqRef = Tensor(q.shape), dkRef = Tensor(k.shape), dvRef = Tensor(v.shape)
+        Reference.Attention.backward(dq: dqRef.data, dk: dkRef.data, dv: dvRef.data, dout: dout.data, probs: probsRef.data,
+                                     q: q.data, k: k.data, v: v.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+        assertClose(dq, dqRef, atol: 1e-5, rtol: 1e-5, "pad rows dq")
+        assertClose(dk, dkRef, atol: 1e-5, rtol: 1e-5, "pad rows dk")
+        XCTAssert((0..<2 * nH * hd).contains { dq[$0] != 0 }, "autograd's dq through the uniform rows is not zero")
     }
 
     /// With q = 0 every allowed key gets the same weight, so out[i, h] is the mean of v[0...i]
@@ -188,6 +222,10 @@ final class AttentionTests: XCTestCase {
                                         kCache: k.data, vCache: v.data, keyMask: mask?.data, start: t,
                                         Tq: 1, nH: nH, nKV: nKV, hd: hd)
             }
+            // Leading padding rows are uniform over the keys present when they are computed (40
+            // here, T in `forward`), so only the rows with a real key are comparable.
+            let pads = mask == nil ? 0 : 2
+            (got.data).update(from: want.data, count: pads * row)
             assertClose(got, want, atol: 1e-6, rtol: 1e-5, "prefill + chunk + decode")
         }
     }

@@ -34,13 +34,14 @@ extension Reference {
                         if m > -.infinity {
                             for j in 0..<T where s[j] > -.infinity { s[j] = Foundation.exp(s[j] - m); sum += s[j] }
                         }
-                        for j in 0..<T { p[j] = s[j] > -.infinity && sum > 0 ? Float(s[j] / sum) : 0 }
+                        // No allowed key: HF's additive-min mask makes the row uniform over all T keys.
+                        let w: [Double] = sum > 0 ? (0..<T).map { s[$0] > -.infinity ? s[$0] / sum : 0 }
+                                                  : [Double](repeating: 1 / Double(T), count: T)
+                        for j in 0..<T { p[j] = Float(w[j]) }
                         let o = out + ((b * T + i) * nH + h) * hd
                         for c in 0..<hd {
                             var acc = 0.0
-                            for j in 0..<T where s[j] > -.infinity && sum > 0 {
-                                acc += s[j] / sum * Double(v[((b * T + j) * nKV + g) * hd + c])
-                            }
+                            for j in 0..<T where w[j] != 0 { acc += w[j] * Double(v[((b * T + j) * nKV + g) * hd + c]) }
                             o[c] = Float(acc)
                         }
                     }

@@ -1,0 +1,208 @@
+import Foundation
+import Tensor
+
+/// A llama.cpp GGUF model file as a `Checkpoint`: Hugging Face names are mapped to llama.cpp's,
+/// GGUF dims ([in, out]) are reversed to [out, in], tensors are dequantized to f32, and the rows
+/// of q_proj / k_proj are put back from llama.cpp's RoPE order into Hugging Face's.
+///
+/// llama.cpp's convert_hf_to_gguf.py permutes q (with n_head) and k (with n_head_kv) as
+/// `w.reshape(n_head, 2, head_dim / 2, in).swapaxes(1, 2)`: within each head, GGUF row 2i + j is
+/// Hugging Face row j * head_dim/2 + i (interleaved pairs instead of halves). We invert that.
+public final class GGUFCheckpoint: Checkpoint {
+    public let file: GGUFFile
+    public let config: LlamaConfig
+    public var source: String { file.path }
+
+    public init(path: String) throws {
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw CheckpointError.notFound(path: path, expected: "a .gguf model file")
+        }
+        file = try GGUFFile(path: path)
+        config = try Self.readConfig(file)
+        try Self.checkTensorNames(file, config: config)
+    }
+
+    /// The llama.cpp name of a Hugging Face LLaMA tensor name, or nil for names that have none.
+    public static func ggufName(_ hf: String) -> String? {
+        switch hf {
+        case "model.embed_tokens.weight": return "token_embd.weight"
+        case "model.norm.weight": return "output_norm.weight"
+        case "lm_head.weight": return "output.weight"
+        default: break
+        }
+        let parts = hf.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count >= 4, parts[0] == "model", parts[1] == "layers", let n = Int(parts[2]), n >= 0,
+              String(n) == parts[2], parts.last == "weight" else { return nil }
+        let rest = parts[3..<(parts.count - 1)].joined(separator: ".")
+        let map = [
+            "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+            "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+            "self_attn.o_proj": "attn_output",
+            "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+        ]
+        return map[rest].map { "blk.\(n).\($0).weight" }
+    }
+
+    public func has(_ name: String) -> Bool {
+        guard let g = Self.ggufName(name) else { return false }
+        return file.tensorInfo(g) != nil
+    }
+
+    public func tensor(_ name: String, shape: [Int]) throws -> Tensor {
+        guard let g = Self.ggufName(name), let info = file.tensorInfo(g) else {
+            throw CheckpointError.missingTensor(file: source, name: Self.ggufName(name).map { "\($0) (\(name))" } ?? name)
+        }
+        guard info.shape == shape else {
+            throw CheckpointError.shapeMismatch(file: source, name: "\(g) (\(name))", expected: shape, found: info.shape)
+        }
+        let t = try file.f32(info)
+        if name.hasSuffix(".self_attn.q_proj.weight") {
+            return try Self.unpermuteRoPE(t, heads: config.numAttentionHeads, name: g, file: source)
+        }
+        if name.hasSuffix(".self_attn.k_proj.weight") {
+            return try Self.unpermuteRoPE(t, heads: config.numKeyValueHeads, name: g, file: source)
+        }
+        return t
+    }
+
+    /// Inverse of convert_hf_to_gguf.py's permute for a [heads * head_dim, in] matrix: within
+    /// each head, Hugging Face row j * (head_dim / 2) + i is GGUF row 2i + j (i < head_dim / 2, j < 2).
+    public static func unpermuteRoPE(_ w: Tensor, heads: Int, name: String = "", file: String = "") throws -> Tensor {
+        let rows = w.shape[0], cols = w.count / max(rows, 1)
+        guard heads > 0, rows % heads == 0, (rows / heads) % 2 == 0 else {
+            throw CheckpointError.shapeMismatch(file: file, name: name, expected: [heads, 2, -1], found: w.shape)
+        }
+        let hd = rows / heads, half = hd / 2
+        let out = Tensor(w.shape)
+        Parallel.chunks(heads) { hs in
+            for h in hs {
+                for i in 0..<half {
+                    for j in 0..<2 {
+                        let src = w.data + (h * hd + 2 * i + j) * cols
+                        let dst = out.data + (h * hd + j * half + i) * cols
+                        dst.update(from: src, count: cols)
+                    }
+                }
+            }
+        }
+        return out
+    }
+
+    // MARK: config
+
+    /// `LlamaConfig` from `llama.*` and `tokenizer.ggml.*` metadata, with the checks
+    /// `LlamaConfig(json:)` makes for config.json, naming GGUF keys.
+    static func readConfig(_ f: GGUFFile) throws -> LlamaConfig {
+        let path = f.path
+        guard let arch = try f.string("general.architecture") else {
+            throw CheckpointError.missingKey(file: path, key: "general.architecture")
+        }
+        guard arch == "llama" else {
+            throw CheckpointError.unsupported(file: path, what: "general.architecture '\(arch)' (only 'llama' is implemented)")
+        }
+        let p = "llama."
+        func int(_ key: String) throws -> Int? {
+            guard let v = try f.int(p + key) else { return nil }
+            guard v > 0 else { throw CheckpointError.badValue(file: path, key: p + key, value: "\(v)", expected: "a positive integer") }
+            return v
+        }
+        func required(_ key: String) throws -> Int {
+            guard let v = try int(key) else { throw CheckpointError.missingKey(file: path, key: p + key) }
+            return v
+        }
+        func positive(_ key: String) throws -> Float? {
+            guard let v = try f.float(key) else { return nil }
+            guard v > 0, v.isFinite else { throw CheckpointError.badValue(file: path, key: key, value: "\(v)", expected: "a positive number") }
+            return v
+        }
+        func tokenID(_ key: String) throws -> Int32? {
+            guard let v = try f.int(key) else { return nil }
+            guard let i = Int32(exactly: v), i >= 0 else {
+                throw CheckpointError.badValue(file: path, key: key, value: "\(v)", expected: "a token id")
+            }
+            return i
+        }
+
+        // What this model does not implement: refuse rather than compute something else.
+        if let n = try f.int(p + "expert_count"), n > 0 {
+            throw CheckpointError.unsupported(file: path, what: "\(p)expert_count \(n) (mixture-of-experts models are not implemented)")
+        }
+        if let v = f.value(p + "rope.scaling.type") {
+            guard let s = v.string else {
+                throw CheckpointError.wrongType(file: path, key: p + "rope.scaling.type", expected: "a string", found: v.typeName)
+            }
+            if s != "none" {
+                throw CheckpointError.unsupported(file: path, what: "\(p)rope.scaling.type '\(s)' (only plain RoPE is implemented)")
+            }
+        }
+        if let s = try f.float(p + "rope.scale_linear"), s != 1 {
+            throw CheckpointError.unsupported(file: path, what: "\(p)rope.scale_linear \(s) (only plain RoPE is implemented)")
+        }
+        if f.tensorInfo("rope_freqs.weight") != nil {
+            throw CheckpointError.unsupported(file: path, what: "tensor 'rope_freqs.weight' (Llama 3.1-style RoPE frequency scaling is not implemented)")
+        }
+        if let v = f.value(p + "attention.head_count_kv"), case .array = v {
+            throw CheckpointError.unsupported(file: path, what: "\(p)attention.head_count_kv given per layer")
+        }
+
+        let layers = try required("block_count")
+        let hidden = try required("embedding_length")
+        let ffn = try required("feed_forward_length")
+        let heads = try required("attention.head_count")
+        let kvHeads = try int("attention.head_count_kv") ?? heads
+        guard let eps = try positive(p + "attention.layer_norm_rms_epsilon") else {
+            throw CheckpointError.missingKey(file: path, key: p + "attention.layer_norm_rms_epsilon")
+        }
+        let theta = try positive(p + "rope.freq_base") ?? 10000
+        let context = try int("context_length") ?? 2048
+        let ropeDims = try int("rope.dimension_count")
+        let keyLength = try int("attention.key_length")
+        let headDim = keyLength ?? ropeDims ?? hidden / heads
+        if let v = try int("attention.value_length"), v != headDim {
+            throw CheckpointError.unsupported(file: path, what: "\(p)attention.value_length \(v) differs from the key length \(headDim)")
+        }
+        if let r = ropeDims, r != headDim {
+            throw CheckpointError.unsupported(file: path, what: "\(p)rope.dimension_count \(r) (RoPE on part of a head of \(headDim) is not implemented)")
+        }
+        guard heads % kvHeads == 0 else {
+            throw CheckpointError.badValue(file: path, key: p + "attention.head_count_kv", value: "\(kvHeads)",
+                                           expected: "a divisor of \(p)attention.head_count (\(heads))")
+        }
+        guard headDim % 2 == 0 else {
+            throw CheckpointError.badValue(file: path, key: p + "rope.dimension_count", value: "\(headDim)", expected: "an even number (RoPE rotates pairs)")
+        }
+        if keyLength == nil, ropeDims == nil, hidden % heads != 0 {
+            throw CheckpointError.badValue(file: path, key: p + "embedding_length", value: "\(hidden)",
+                                           expected: "a multiple of \(p)attention.head_count (\(heads))")
+        }
+
+        // Vocabulary: llama.vocab_size, else the embedding's rows, else the tokenizer's size.
+        var vocab = try int("vocab_size")
+        if vocab == nil, let e = f.tensorInfo("token_embd.weight"), e.dims.count == 2 { vocab = e.dims[1] }
+        if vocab == nil, let t = try f.strings("tokenizer.ggml.tokens"), !t.isEmpty { vocab = t.count }
+        guard let vocab else { throw CheckpointError.missingKey(file: path, key: p + "vocab_size") }
+
+        return LlamaConfig(
+            hiddenSize: hidden, intermediateSize: ffn, numAttentionHeads: heads, numKeyValueHeads: kvHeads,
+            numHiddenLayers: layers, rmsNormEps: eps, ropeTheta: theta, headDim: headDim, vocabSize: vocab,
+            tieWordEmbeddings: f.tensorInfo("output.weight") == nil,
+            bosTokenID: try tokenID("tokenizer.ggml.bos_token_id"),
+            eosTokenIDs: try tokenID("tokenizer.ggml.eos_token_id").map { [$0] } ?? [],
+            padTokenID: try tokenID("tokenizer.ggml.padding_token_id"),
+            maxPositionEmbeddings: context, torchDtype: nil)
+    }
+
+    /// Every tensor in the file must be one the model uses: an unknown one (a bias, an expert,
+    /// a layer past block_count) means a model this code would run wrongly.
+    static func checkTensorNames(_ f: GGUFFile, config c: LlamaConfig) throws {
+        var known: Set<String> = ["token_embd.weight", "output_norm.weight", "output.weight"]
+        for n in 0..<c.numHiddenLayers {
+            for s in ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"] {
+                known.insert("blk.\(n).\(s).weight")
+            }
+        }
+        for t in f.tensors where !known.contains(t.name) {
+            throw CheckpointError.unsupported(file: f.path, what: "tensor '\(t.name)' is not part of a LLaMA model with \(c.numHiddenLayers) blocks (biases, experts and extra tensors are not implemented)")
+        }
+    }
+}

@@ -1,0 +1,173 @@
+import Foundation
+import XCTest
+import LLaMA
+
+/// Runs the built `lora` binary as a user would and checks its output and exit codes.
+final class CLITests: XCTestCase {
+    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures")
+    static let repo = fixtures.deletingLastPathComponent().deletingLastPathComponent()
+
+    /// The `lora` executable next to the test bundle (.build/<config>/lora).
+    var binary: URL {
+        var dir = Bundle(for: CLITests.self).bundleURL
+        while dir.pathExtension == "xctest" || dir.lastPathComponent == "Contents" { dir.deleteLastPathComponent() }
+        return dir.appendingPathComponent("lora")
+    }
+
+    struct Result { let status: Int32; let stdout: String; let stderr: String }
+
+    @discardableResult
+    func lora(_ args: [String], cwd: URL? = nil) throws -> Result {
+        let p = Process()
+        p.executableURL = binary
+        p.arguments = args
+        if let cwd { p.currentDirectoryURL = cwd }
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out; p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    }
+
+    func reference(_ model: String) throws -> JSON {
+        try JSON.parse(contentsOf: Self.fixtures.appendingPathComponent("reference/\(model).forward.json"))
+    }
+
+    /// Greedy and beam answers to an instruction equal transformers' ids, decoded and stripped
+    /// of surrounding whitespace as alpaca-lora's get_response does.
+    func testGenerateInstructionMatchesReferenceIDs() throws {
+        let model = Self.fixtures.appendingPathComponent("tiny-mha")
+        let ref = try reference("tiny-mha")
+        let tok = try loadTokenizer(folder: model)
+        for (section, beams) in [("greedy", "1"), ("beam", "4")] {
+            let c = try XCTUnwrap(ref["generation"]?[section]?.array?.first { $0["prompt_index"]?.int == 2 })
+            var ids = (c["new_ids"]?.array ?? []).compactMap { $0.int.map(Int32.init) }
+            if c["ended_with_eos"]?.bool == true { ids.removeLast() }
+            let expected = tok.decode(ids).trimmingCharacters(in: .whitespacesAndNewlines) + "\n"
+            let r = try lora(["generate", "--base-model", model.path, "--instruction", "Name three primary colors.",
+                              "--num-beams", beams, "--max-new-tokens", "24"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertEqual(r.stdout, expected, section)
+        }
+    }
+
+    func testGenerateRawPromptAndTokenize() throws {
+        let model = Self.fixtures.appendingPathComponent("tiny-gqa")
+        let ref = try reference("tiny-gqa")
+        let tok = try loadTokenizer(folder: model)
+        let p1 = ref["prompts"]!.array![1]
+        let c = ref["generation"]!["greedy"]!.array!.first { $0["prompt_index"]?.int == 1 }!
+        var ids = c["new_ids"]!.array!.compactMap { $0.int.map(Int32.init) }
+        if c["ended_with_eos"]?.bool == true { ids.removeLast() }
+        let r = try lora(["generate", "--base-model", model.path, "--prompt", p1["text"]!.string!, "--num-beams", "1",
+                          "--max-new-tokens", "24", "--prompt-template", "none"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        var decoder = StreamingDecoder(tokenizer: tok, context: p1["input_ids"]!.array!.compactMap { $0.int.map(Int32.init) })
+        XCTAssertEqual(r.stdout, decoder.push(contentsOf: ids) + decoder.finish() + "\n")
+        let t = try lora(["tokenize", "--base-model", model.path, "--text", p1["text"]!.string!])
+        XCTAssertEqual(t.status, 0)
+        let j = try JSON.parse(t.stdout, source: "stdout")
+        XCTAssertEqual(j["ids"], p1["input_ids"])
+    }
+
+    func testErrorsAreOneLineWithExitCode1() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lora-cli-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // A config.json missing a key.
+        let bad = dir.appendingPathComponent("bad-model")
+        try FileManager.default.copyItem(at: Self.fixtures.appendingPathComponent("tiny-mha"), to: bad)
+        let cfg = try String(contentsOf: bad.appendingPathComponent("config.json"), encoding: .utf8)
+        try cfg.replacingOccurrences(of: "\"hidden_size\"", with: "\"hidden_sizes\"").write(to: bad.appendingPathComponent("config.json"), atomically: true, encoding: .utf8)
+        var r = try lora(["generate", "--base-model", bad.path, "--prompt", "x", "--num-beams", "1"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
+        XCTAssert(r.stderr.contains("config.json") && r.stderr.contains("hidden_size"), r.stderr)
+        // A truncated safetensors file.
+        let trunc = dir.appendingPathComponent("trunc-model")
+        try FileManager.default.copyItem(at: Self.fixtures.appendingPathComponent("tiny-mha"), to: trunc)
+        let st = trunc.appendingPathComponent("model.safetensors")
+        let data = try Data(contentsOf: st)
+        try data.prefix(data.count / 2).write(to: st)
+        r = try lora(["generate", "--base-model", trunc.path, "--prompt", "x", "--num-beams", "1"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssert(r.stderr.contains("model.safetensors"), r.stderr)
+        // A pickle checkpoint is refused with advice.
+        let pk = dir.appendingPathComponent("pickle-model")
+        try FileManager.default.createDirectory(at: pk, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(at: Self.fixtures.appendingPathComponent("tiny-mha/config.json"), to: pk.appendingPathComponent("config.json"))
+        try Data([0x80, 0x02]).write(to: pk.appendingPathComponent("pytorch_model.bin"))
+        r = try lora(["generate", "--base-model", pk.path, "--prompt", "x"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssert(r.stderr.contains("safetensors"), r.stderr)
+    }
+
+    func testFinetuneConfigErrorsNameTheKey() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lora-cfg-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let y = dir.appendingPathComponent("c.yml")
+        try "lora_rank: 8\n".write(to: y, atomically: true, encoding: .utf8)
+        var r = try lora(["finetune", "--config", y.path])
+        XCTAssertEqual(r.status, 1)
+        XCTAssert(r.stderr.contains("unknown key 'lora_rank'") && r.stderr.contains("lora_r"), r.stderr)
+        try "lora_r: eight\n".write(to: y, atomically: true, encoding: .utf8)
+        r = try lora(["finetune", "--config", y.path])
+        XCTAssertEqual(r.status, 1)
+        XCTAssert(r.stderr.contains("lora_r") && r.stderr.contains("integer"), r.stderr)
+        try "lora_target_modules: [q_proj, w_proj]\n".write(to: y, atomically: true, encoding: .utf8)
+        r = try lora(["finetune", "--config", y.path])
+        XCTAssertEqual(r.status, 1)
+        XCTAssert(r.stderr.contains("lora_target_modules"), r.stderr)
+        // Nonsense values are refused before any work; the flag overrides the file.
+        try "micro_batch_size: 8\nbatch_size: 4\n".write(to: y, atomically: true, encoding: .utf8)
+        r = try lora(["finetune", "--config", y.path])
+        XCTAssertEqual(r.status, 1)
+        XCTAssert(r.stderr.contains("micro_batch_size"), r.stderr)
+        r = try lora(["finetune", "--config", y.path, "--lora-r", "0", "--micro-batch-size", "2"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssert(r.stderr.contains("lora_r = 0"), r.stderr)
+        r = try lora(["finetune", "--config", y.path, "--cutoff-len", "0", "--micro-batch-size", "2"])
+        XCTAssert(r.stderr.contains("cutoff_len = 0"), r.stderr)
+    }
+
+    /// configs/finetune.yml lists every key, with exactly the library's defaults.
+    func testFinetuneYAMLListsEveryDefault() throws {
+        let text = try String(contentsOf: Self.repo.appendingPathComponent("configs/finetune.yml"), encoding: .utf8)
+        for k in TrainConfig.CodingKeys.allCases {
+            XCTAssert(text.contains("\n\(k.rawValue):"), "configs/finetune.yml lacks \(k.rawValue)")
+        }
+        let r = try lora(["finetune", "--config", Self.repo.appendingPathComponent("configs/finetune.yml").path, "--print-config"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout, TrainConfig().yaml)
+    }
+
+    /// A short real run on the tiny model: adapter files that load back, logs and a plot.
+    func testFinetuneWritesPEFTAdapterAndLogs() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lora-ft-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let model = Self.fixtures.appendingPathComponent("tiny-mha")
+        let r = try lora(["finetune", "--base-model", model.path, "--data-path", Self.fixtures.appendingPathComponent("records.json").path,
+                          "--output-dir", dir.path, "--batch-size", "2", "--micro-batch-size", "1", "--val-set-size", "2",
+                          "--max-steps", "4", "--warmup-steps", "1", "--logging-steps", "2", "--eval-steps", "2", "--save-steps", "2",
+                          "--learning-rate", "0.01", "--cutoff-len", "64", "--load-8bit", "false"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        for f in ["adapter_config.json", "adapter_model.safetensors", "trainer_log.jsonl", "loss.svg", "checkpoint-2/trainer_state.json"] {
+            XCTAssert(FileManager.default.fileExists(atPath: dir.appendingPathComponent(f).path), "missing \(f)")
+        }
+        let m = try LlamaModel(checkpoint: try SafeTensorsCheckpoint(folder: model), load8bit: false)
+        let cfg = try Adapter.load(dir, into: m)
+        XCTAssertEqual(cfg.targetModules, [.q, .v])
+        XCTAssert(m.adapters.contains { a in (0..<a.lora.B.count).contains { a.lora.B[$0] != 0 } }, "training moved lora_B off zero")
+        let log = try String(contentsOf: dir.appendingPathComponent("trainer_log.jsonl"), encoding: .utf8)
+        XCTAssertEqual(log.split(separator: "\n").filter { $0.contains("\"loss\"") }.count, 2)
+        XCTAssertEqual(log.split(separator: "\n").filter { $0.contains("eval_loss") }.count, 2)
+        XCTAssert(r.stderr.contains("tokens/s") && r.stderr.contains("peak memory"), r.stderr)
+        // No temporary files are left behind.
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasPrefix(".") }
+        XCTAssertEqual(leftovers, [])
+    }
+}

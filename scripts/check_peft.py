@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Load an adapter that `lora finetune` wrote with Hugging Face PEFT and compare losses.
+
+Checks that PeftModel.from_pretrained accepts the folder unchanged (no missing or unexpected
+keys), then computes the mean token loss over an Alpaca data file with transformers + PEFT and
+prints it next to `lora eval`'s number for the same adapter and data.
+
+Usage (venv as in scripts/make_reference.py: torch, transformers, peft, safetensors,
+sentencepiece from PyPI):
+    python scripts/check_peft.py --base-model Tests/Fixtures/tiny-mha --adapter OUT_DIR \
+        --data Tests/Fixtures/records.json [--cutoff-len 128] [--train-on-inputs true] [--lora PATH_TO_LORA_BINARY]
+The base model is a Hugging Face folder (safetensors + tokenizer.model); int8 is not used.
+"""
+import argparse
+import json
+import subprocess
+import sys
+
+import sentencepiece as spm
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+
+def prompt(rec, template):
+    if rec.get("input"):
+        return template["prompt_input"].format(instruction=rec["instruction"], input=rec["input"])
+    return template["prompt_no_input"].format(instruction=rec["instruction"])
+
+
+def tokenize(sp, text, cutoff, add_eos, bos, eos):
+    ids = ([bos] + sp.encode(text))[:cutoff]
+    if add_eos and ids[-1] != eos and len(ids) < cutoff:
+        ids.append(eos)
+    return ids
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base-model", required=True)
+    ap.add_argument("--adapter", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--cutoff-len", type=int, default=256)
+    ap.add_argument("--train-on-inputs", default="true")
+    ap.add_argument("--template", default="configs/templates/alpaca.json")
+    ap.add_argument("--lora", default=".build/release/lora")
+    a = ap.parse_args()
+    train_on_inputs = a.train_on_inputs.lower() == "true"
+
+    base = AutoModelForCausalLM.from_pretrained(a.base_model, dtype=torch.float32, attn_implementation="eager")
+    model = PeftModel.from_pretrained(base, a.adapter)
+    # from_pretrained warns but does not fail on key mismatches: check them explicitly.
+    from peft.utils import load_peft_weights
+    saved = load_peft_weights(a.adapter)
+    expected = {k.replace(".default", "") for k in model.state_dict() if "lora_" in k}
+    missing = sorted(expected - set(saved))
+    unexpected = sorted(set(saved) - expected)
+    print(f"adapter keys: {len(saved)}, missing: {missing}, unexpected: {unexpected}")
+    model.eval()
+
+    sp = spm.SentencePieceProcessor(model_file=f"{a.base_model}/tokenizer.model")
+    bos, eos = sp.bos_id(), sp.eos_id()
+    template = json.load(open(a.template))
+    records = json.load(open(a.data))
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for r in records:
+            full = prompt(r, template) + r["output"]
+            ids = tokenize(sp, full, a.cutoff_len, True, bos, eos)
+            labels = list(ids)
+            if not train_on_inputs:
+                n = len(tokenize(sp, prompt(r, template), a.cutoff_len, False, bos, eos))
+                labels = [-100] * n + labels[n:]
+            x = torch.tensor([ids])
+            logits = model(input_ids=x).logits[0, :-1]
+            y = torch.tensor(labels[1:])
+            m = y != -100
+            total += torch.nn.functional.cross_entropy(logits[m], y[m], reduction="sum").item()
+            count += int(m.sum())
+    peft_loss = total / max(count, 1)
+    out = subprocess.run([a.lora, "eval", "--base-model", a.base_model, "--lora-weights", a.adapter,
+                          "--data-path", a.data, "--cutoff-len", str(a.cutoff_len),
+                          "--train-on-inputs", a.train_on_inputs, "--load-8bit", "false", "--micro-batch-size", "1", "--json"],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        print(out.stderr, file=sys.stderr)
+        sys.exit(1)
+    ours = json.loads(out.stdout)
+    print(f"PEFT loss {peft_loss:.6f} over {count} tokens; lora eval loss {ours['loss']:.6f} over {ours['tokens']} tokens; "
+          f"difference {abs(peft_loss - ours['loss']):.2e}")
+    ok = not missing and not unexpected and count == ours["tokens"] and abs(peft_loss - ours["loss"]) < 1e-4
+    print("OK" if ok else "MISMATCH")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs the Debian packages lora builds against; does nothing when they are present.
+set -euo pipefail
+pkgs=(libopenblas-dev libsentencepiece-dev libjson-c-dev sentencepiece pkg-config)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
