@@ -2,8 +2,9 @@
 """Byte-level BPE fixtures for BPETokenizer (Sources/LLaMA/BPETokenizer.swift), from Hugging Face `tokenizers`.
 
 The oracle for the Swift byte-level BPE tokenizer. Not needed to build or test the Swift package: its
-outputs are committed under Tests/Fixtures/bpe/. Re-run it only to regenerate them. It is deterministic
-(no randomness but a fixed-seed generator for the stress text; the BPE trainer breaks ties by pair order).
+outputs are committed under Tests/Fixtures/bpe/. Re-run it only to regenerate them. It is deterministic:
+the only randomness is a fixed-seed generator for the stress text, and the BPE trainer gives the same
+tokenizer.json on every run (checked: two runs write identical files).
 
 Environment: the venv of scripts/make_reference.py (scripts/requirements-ref.txt: tokenizers, transformers),
 plus the `gguf` package (gguf==0.19.0) for the optional SmolLM2 part.

@@ -30,6 +30,14 @@ Outputs (all under Tests/Fixtures/):
     reference/train-<case>.json|.safetensors      PEFT LoRA training references (loss, grads, 10 AdamW steps)
     reference/train-<case>.adapter/               the initial adapter, PEFT save_pretrained
     reference/alpaca_tokenize.json                alpaca-lora tokenization/masking for all records
+    gguf/quants.safetensors              raw GGML blocks of each dequantized type + gguf.quants' f32 values;
+                                         Q8_0/F16 quantizer inputs and outputs
+    gguf/tiny-mha.gguf, tiny-gqa-q8.gguf the tiny checkpoints as llama.cpp files (F32; F16/BF16/Q8_0, tied)
+    gguf/tiny-gqa-q8.forward.safetensors logits of the Q8_0 file's dequantized weights (transformers)
+    gguf/reference.json                  notes, diffs, and (when models/SmolLM2-135M-Instruct.Q4_1.gguf exists)
+                                         that model's last-position logits from transformers' GGUF loader
+
+`--only gguf` regenerates only gguf/ from the committed tiny checkpoints (the other files stay byte-identical).
 
 The JSON files carry a "notes"/"semantics" block describing exactly what was computed.
 """
@@ -1121,6 +1129,356 @@ def trainer_crosscheck(case_name: str, tok: Tok, result: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
+# 6. GGUF (llama.cpp files): dequantization, tiny GGUF models, a real model's logits
+# --------------------------------------------------------------------------------------------------
+
+GGUF_DIR = FIX / "gguf"
+SMOLLM_GGUF = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"  # git-ignored; optional
+GGUF_Q8_PROMPTS = [1, 3]  # indices into <model>.forward.json prompts whose logits the Q8_0 fixture stores
+# The tiny-gqa GGUF mixes storage types (its safetensors weights are bf16, so F16/BF16 copies are exact
+# except F16 subnormals):
+GGUF_GQA_TYPES = {"token_embd": "F16", "attn_q": "Q8_0", "attn_k": "Q8_0", "attn_v": "Q8_0",
+                  "attn_output": "Q8_0", "ffn_gate": "Q8_0", "ffn_up": "Q8_0", "ffn_down": "BF16"}
+GGUF_HF_NAMES = {  # llama.cpp name -> Hugging Face name (per block where "{n}")
+    "token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+    "blk.{n}.attn_norm.weight": "model.layers.{n}.input_layernorm.weight",
+    "blk.{n}.attn_q.weight": "model.layers.{n}.self_attn.q_proj.weight",
+    "blk.{n}.attn_k.weight": "model.layers.{n}.self_attn.k_proj.weight",
+    "blk.{n}.attn_v.weight": "model.layers.{n}.self_attn.v_proj.weight",
+    "blk.{n}.attn_output.weight": "model.layers.{n}.self_attn.o_proj.weight",
+    "blk.{n}.ffn_norm.weight": "model.layers.{n}.post_attention_layernorm.weight",
+    "blk.{n}.ffn_gate.weight": "model.layers.{n}.mlp.gate_proj.weight",
+    "blk.{n}.ffn_up.weight": "model.layers.{n}.mlp.up_proj.weight",
+    "blk.{n}.ffn_down.weight": "model.layers.{n}.mlp.down_proj.weight",
+}
+
+
+def gguf_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """convert_hf_to_gguf.py LlamaModel.permute: HF rotate-half rows -> llama.cpp interleaved-pair rows."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_random_raw(gguf, qtype, n_blocks: int, rng: np.random.Generator) -> np.ndarray:
+    """n_blocks of random but valid bytes of `qtype`: random quants, sane f16 scales (and a few edge scales)."""
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    T = gguf.GGMLQuantizationType
+    if qtype == T.F32:
+        return (rng.standard_normal(n_blocks) * 10.0 ** rng.uniform(-4, 3, n_blocks)).astype(np.float32).view(np.uint8)
+    if qtype == T.F16:
+        v = (rng.standard_normal(n_blocks) * 10.0 ** rng.uniform(-7, 4, n_blocks)).astype(np.float16)
+        v[:6] = np.array([0.0, -0.0, 65504.0, -65504.0, 2.0 ** -24, -(2.0 ** -14)], dtype=np.float16)
+        return v.view(np.uint8)
+    if qtype == T.BF16:
+        bits = rng.integers(0, 1 << 16, n_blocks, dtype=np.uint16)
+        bits[((bits >> 7) & 0xFF) == 0xFF] &= np.uint16(0xBFFF)  # no inf/NaN: clear one exponent bit
+        return bits.view(np.uint8)
+    raw = rng.integers(0, 256, (n_blocks, size), dtype=np.uint8)
+    scale = (rng.uniform(0.5, 2.0, (n_blocks, 2)) * 10.0 ** rng.integers(-4, 0, (n_blocks, 2))
+             * rng.choice([-1.0, 1.0], (n_blocks, 2))).astype(np.float16)
+    scale[0, 0] = 0.0                 # a zero scale
+    scale[1, 0] = np.float16(3e-6)    # a subnormal half scale
+    half_offsets = {T.Q8_0: [0], T.Q4_0: [0], T.Q5_0: [0], T.Q4_1: [0, 2], T.Q5_1: [0, 2],
+                    T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208]}[qtype]
+    for k, off in enumerate(half_offsets):
+        raw[:, off:off + 2] = scale[:, k:k + 1].copy().view(np.uint8)
+    return raw.reshape(-1)
+
+
+def gguf_quant_fixtures(gguf) -> dict:
+    """Raw blocks of every type we dequantize with gguf.quants.dequantize's values; Q8_0/F16 quantizer outputs."""
+    from safetensors.numpy import save_file as save_np
+    T = gguf.GGMLQuantizationType
+    rng = np.random.default_rng(5005)
+    out: dict[str, np.ndarray] = {}
+    info = {}
+    for name in ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]:
+        qt = T[name]
+        block, size = gguf.GGML_QUANT_SIZES[qt]
+        n_blocks = {1: 512, 32: 16, 256: 4}[block]
+        raw = gguf_random_raw(gguf, qt, n_blocks, rng)
+        assert raw.size == n_blocks * size
+        # F32/F16 are numpy views; the others take rows of whole blocks of bytes
+        vals = np.asarray(gguf.quants.dequantize(raw if qt in (T.F32, T.F16) else raw.reshape(1, -1), qt))
+        vals = vals.reshape(-1).astype(np.float32)
+        assert vals.size == n_blocks * block and np.isfinite(vals).all(), name
+        out[f"{name}.raw"] = raw
+        out[f"{name}.f32"] = vals
+        info[name] = {"blocks": n_blocks, "block_size": block, "type_size": size}
+    # Quantizers: ggml's quantize_row_q8_0_ref (the gguf package is bit-exact with it) and F16 (RNE)
+    x = rng.standard_normal((24, 32)).astype(np.float32) * (10.0 ** rng.uniform(-6, 2, (24, 1))).astype(np.float32)
+    x[0] = 0.0                                                          # amax 0: d = 0, id = 0
+    x[1] = np.arange(-16, 16, dtype=np.float32) + 0.5                   # ties once scaled ...
+    x[1, 0] = -127.0                                                    # ... amax 127 -> d = 1, id = 1
+    x[2] = np.linspace(-1, 1, 32, dtype=np.float32)
+    x[3, 5] = 1e30                                                      # one huge value
+    x[4] = x[4] * np.float32(1e-30)                                     # d underflows in half
+    q8 = gguf.quants.quantize(x, T.Q8_0)
+    out["Q8_0.quantize.input"] = x.reshape(-1)
+    out["Q8_0.quantize.bytes"] = np.ascontiguousarray(q8).reshape(-1).view(np.uint8)
+    xf = np.concatenate([x.reshape(-1)[:256], np.array([65519.0, 65520.0, 1e-8, 2.0 ** -25, 3 * 2.0 ** -25,
+                                                        1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11], np.float32)])
+    out["F16.quantize.input"] = xf
+    out["F16.quantize.bytes"] = gguf.quants.quantize(xf, T.F16).view(np.uint8)
+    GGUF_DIR.mkdir(parents=True, exist_ok=True)
+    save_np(dict(sorted(out.items())), str(GGUF_DIR / "quants.safetensors"), metadata={"format": "np"})
+    return info
+
+
+def gguf_write_tiny(gguf, name: str, out_name: str, types: dict[str, str]) -> Path:
+    """A tiny checkpoint as llama.cpp's convert_hf_to_gguf.py would write it (names, q/k permute, metadata,
+    SentencePiece vocabulary as tokenizer.ggml.*), tensors stored as `types` (default F32)."""
+    from sentencepiece import sentencepiece_model_pb2
+    T = gguf.GGMLQuantizationType
+    cfg = json.loads((FIX / name / "config.json").read_text())
+    H, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    with safetensors.safe_open(str(FIX / name / "model.safetensors"), "pt") as f:
+        sd = {k: f.get_tensor(k).to(torch.float32).numpy() for k in f.keys()}
+    path = GGUF_DIR / out_name
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name(name)
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(H)
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(nh)
+    w.add_head_count_kv(nkv)
+    w.add_rope_freq_base(cfg["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_vocab_size(cfg["vocab_size"])
+    w.add_rope_dimension_count(cfg["head_dim"])
+    w.add_file_type(7 if "Q8_0" in types.values() else 0)  # LLAMA_FTYPE_MOSTLY_Q8_0 / ALL_F32
+    # vocabulary, as convert_hf_to_gguf.py _create_vocab_sentencepiece
+    sp = spm.SentencePieceProcessor(model_file=str(FIX / name / "tokenizer.model"))
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString((FIX / name / "tokenizer.model").read_bytes())
+    tokens, scores, ttypes = [], [], []
+    for i in range(sp.vocab_size()):
+        tokens.append(sp.id_to_piece(i).encode("utf-8"))
+        scores.append(sp.get_score(i))
+        tt = gguf.TokenType.NORMAL
+        if sp.is_unknown(i):
+            tt = gguf.TokenType.UNKNOWN
+        elif sp.is_control(i):
+            tt = gguf.TokenType.CONTROL
+        elif sp.is_unused(i):
+            tt = gguf.TokenType.UNUSED
+        elif sp.is_byte(i):
+            tt = gguf.TokenType.BYTE
+        ttypes.append(tt)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(ttypes)
+    w.add_add_space_prefix(proto.normalizer_spec.add_dummy_prefix)
+    w.add_bos_token_id(cfg["bos_token_id"])
+    w.add_eos_token_id(cfg["eos_token_id"])
+    w.add_unk_token_id(sp.unk_id())
+    w.add_add_bos_token(TOKENIZER_CONFIG["add_bos_token"])
+    w.add_add_eos_token(TOKENIZER_CONFIG["add_eos_token"])
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    names = []
+    for n in range(cfg["num_hidden_layers"]):
+        names += [g.format(n=n) for g in GGUF_HF_NAMES if "{n}" in g]
+    names = ["token_embd.weight"] + names + ["output_norm.weight"] + (["output.weight"] if "lm_head.weight" in sd else [])
+    hf_of = {g.format(n=n): h.format(n=n) for g, h in GGUF_HF_NAMES.items() for n in range(cfg["num_hidden_layers"])}
+    for g in names:
+        t = sd[hf_of[g]]
+        if ".attn_q." in g:
+            t = gguf_permute(t, nh)
+        elif ".attn_k." in g:
+            t = gguf_permute(t, nkv)
+        kind = g.split(".")[-2]
+        qt = T[types.get(kind, "F32")] if t.ndim == 2 else T.F32
+        if qt == T.F32:
+            w.add_tensor(g, np.ascontiguousarray(t, dtype=np.float32))
+        elif qt == T.F16:
+            w.add_tensor(g, t.astype(np.float16))
+        else:
+            w.add_tensor(g, gguf.quants.quantize(np.ascontiguousarray(t), qt), raw_dtype=qt)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def gguf_read_hf(gguf, path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Reads a GGUF back into Hugging Face names: gguf.quants.dequantize, dims reversed (numpy already gives
+    [out, in]), q/k rows un-permuted."""
+    r = gguf.GGUFReader(str(path))
+    f = {k: v.contents() for k, v in r.fields.items() if not k.startswith("tokenizer.ggml.")}
+    nh, nkv = f["llama.attention.head_count"], f["llama.attention.head_count_kv"]
+    hf_of = {g.format(n=n): h.format(n=n) for g, h in GGUF_HF_NAMES.items() for n in range(f["llama.block_count"])}
+    sd = {}
+    for t in r.tensors:
+        a = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(
+            [int(d) for d in reversed(t.shape)])
+        if ".attn_q." in t.name:
+            a = gguf_unpermute(a, nh)
+        elif ".attn_k." in t.name:
+            a = gguf_unpermute(a, nkv)
+        sd[hf_of[t.name]] = torch.from_numpy(a.copy())
+    return sd, f
+
+
+@torch.no_grad()
+def gguf_reference() -> dict:
+    import gguf
+    from importlib.metadata import version as package_version
+    res: dict = {"versions": {**VERSIONS, "gguf": package_version("gguf")}}
+    res["quants"] = {
+        "file": "gguf/quants.safetensors",
+        "types": gguf_quant_fixtures(gguf),
+        "semantics": "<TYPE>.raw: U8 bytes of whole blocks (random quants, random half scales in 1e-4..2 with a "
+                     "zero and a subnormal scale; F16/BF16/F32: random finite values incl. +-0, 65504, subnormals); "
+                     "<TYPE>.f32: gguf.quants.dequantize of those bytes (bit-exact with ggml's dequantize_row_*). "
+                     "Q8_0.quantize.input -> Q8_0.quantize.bytes: gguf.quants.quantize(x [24, 32], Q8_0) (bit-exact "
+                     "with ggml's quantize_row_q8_0_ref: d = amax/127, id = 1/d, roundf(x*id), d as half; row 0 all "
+                     "zero, row 1 exact .5 ties with d = 1). F16.quantize.*: numpy astype(float16) (round to "
+                     "nearest even), with overflow and subnormal edge values.",
+    }
+
+    # Tiny models as GGUF.
+    q8_types = dict(GGUF_GQA_TYPES)
+    mha = gguf_write_tiny(gguf, "tiny-mha", "tiny-mha.gguf", {})
+    gqa = gguf_write_tiny(gguf, "tiny-gqa", "tiny-gqa-q8.gguf", q8_types)
+    res["tiny"] = {}
+    for name, path in [("tiny-mha", mha), ("tiny-gqa", gqa)]:
+        sd, meta = gguf_read_hf(gguf, path)
+        ref = load_model(name)
+        ref_sd = {k: v.float() for k, v in ref.state_dict().items() if k in sd}
+        diffs = {k: float((sd[k] - ref_sd[k]).abs().max()) for k in sorted(sd)}
+        if name == "tiny-mha":
+            assert all(d == 0 for d in diffs.values()), diffs  # F32 + exact un-permute
+        entry = {"file": f"gguf/{path.name}", "bytes": path.stat().st_size,
+                 "types": {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors},
+                 "weights_max_abs_diff_vs_safetensors": max(diffs.values()),
+                 "tied_embeddings": "lm_head.weight" not in sd}
+        if name == "tiny-gqa":
+            # Expected logits: transformers (f32, eager) with the GGUF's dequantized weights.
+            model = load_model(name)
+            missing, unexpected = model.load_state_dict(sd, strict=False)
+            assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+            model.tie_weights()
+            assert torch.equal(model.lm_head.weight, sd["model.embed_tokens.weight"])
+            fwd = json.loads((REF / f"{name}.forward.json").read_text())
+            with safetensors.safe_open(str(REF / f"{name}.forward.safetensors"), "pt") as f:
+                tensors, prompts = {}, []
+                for i in GGUF_Q8_PROMPTS:
+                    p = fwd["prompts"][i]
+                    logits = model(input_ids=torch.tensor([p["input_ids"]])).logits[0].float()
+                    ref_logits = f.get_tensor(p["logits_key"]).float()
+                    tensors[f"logits.{i}"] = logits
+                    prompts.append({"index": i, "input_ids": p["input_ids"], "logits_key": f"logits.{i}",
+                                    "max_abs_diff_vs_f32_reference": float((logits - ref_logits).abs().max()),
+                                    "argmax_agree_with_f32_reference": float(
+                                        (logits.argmax(-1) == ref_logits.argmax(-1)).float().mean())})
+            save_tensors(GGUF_DIR / "tiny-gqa-q8.forward.safetensors", tensors)
+            entry.update(prompts=prompts, logits_file="gguf/tiny-gqa-q8.forward.safetensors",
+                         how="logits.<i>: LlamaForCausalLM (f32, eager) from tiny-gqa with every weight replaced by "
+                             "the GGUF's (gguf.quants.dequantize, q/k un-permuted, lm_head tied), input_ids of "
+                             f"{name}.forward.json prompt i")
+            # Cross-check against transformers' own GGUF loader (dequantize + reverse permute + tie).
+            try:
+                tm = transformers.AutoModelForCausalLM.from_pretrained(
+                    str(GGUF_DIR), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager").eval()
+                d = max(float((tm(input_ids=torch.tensor([p["input_ids"]])).logits[0].float()
+                               - tensors[p["logits_key"]]).abs().max()) for p in prompts)
+                entry["transformers_gguf_loader_max_abs_diff"] = d
+                assert d < 1e-4, d
+            except Exception as e:  # noqa: BLE001
+                entry["transformers_gguf_loader_error"] = f"{type(e).__name__}: {e}"[:300]
+        else:
+            try:
+                tm = transformers.AutoModelForCausalLM.from_pretrained(
+                    str(GGUF_DIR), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager").eval()
+                fwd = json.loads((REF / f"{name}.forward.json").read_text())
+                with safetensors.safe_open(str(REF / f"{name}.forward.safetensors"), "pt") as f:
+                    d = max(float((tm(input_ids=torch.tensor([p["input_ids"]])).logits[0].float()
+                                   - f.get_tensor(p["logits_key"]).float()).abs().max()) for p in fwd["prompts"])
+                entry["transformers_gguf_loader_max_abs_diff_vs_forward_reference"] = d
+                assert d < 1e-4, d
+            except Exception as e:  # noqa: BLE001
+                entry["transformers_gguf_loader_error"] = f"{type(e).__name__}: {e}"[:300]
+        res["tiny"][name] = entry
+
+    # A real llama.cpp file, when present (git-ignored): transformers' GGUF loader is the reference.
+    if SMOLLM_GGUF.exists():
+        res["smollm2"] = gguf_smollm_reference()
+    elif (GGUF_DIR / "reference.json").exists():
+        old = json.loads((GGUF_DIR / "reference.json").read_text())
+        if "smollm2" in old:
+            res["smollm2"] = old["smollm2"]  # keep the committed numbers
+    write_json(GGUF_DIR / "reference.json", res)
+    return res
+
+
+SMOLLM_PROMPTS = [
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+    "Gravity is the force that",
+]
+
+
+@torch.no_grad()
+def gguf_smollm_reference() -> dict:
+    d, fname = str(SMOLLM_GGUF.parent), SMOLLM_GGUF.name
+    model = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file=fname, dtype=torch.float32,
+                                                              attn_implementation="eager").eval()
+    assert model.config.tie_word_embeddings and torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+    try:
+        tok = AutoTokenizer.from_pretrained(d, gguf_file=fname)
+        id_lists = [tok(p, add_special_tokens=False)["input_ids"] for p in SMOLLM_PROMPTS]
+        ids_from = "AutoTokenizer.from_pretrained(models/, gguf_file=...)(text, add_special_tokens=False)"
+    except Exception as e:  # noqa: BLE001
+        raise RuntimeError(f"tokenizer from GGUF failed: {e}")
+    rng = np.random.default_rng(7007)
+    probe = sorted(int(i) for i in rng.choice(model.config.vocab_size, 32, replace=False))
+    prompts = []
+    for text, ids in zip(SMOLLM_PROMPTS, id_lists):
+        logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+        last = logits[-1]
+        top = torch.topk(last, 20)
+        prompts.append({"text": text, "input_ids": ids,
+                        "top20_ids": top.indices.tolist(), "top20_logits": top.values.tolist(),
+                        "probe_ids": probe, "probe_logits": last[probe].tolist(),
+                        "argmax_all_positions": logits.argmax(-1).tolist(),
+                        "top1_top2_margin": float(top.values[0] - top.values[1])})
+    return {"file": f"models/{fname} (git-ignored, not committed)", "bytes": SMOLLM_GGUF.stat().st_size,
+            "input_ids_from": ids_from,
+            "how": "transformers AutoModelForCausalLM.from_pretrained(models/, gguf_file=..., dtype=float32, "
+                   "attn_implementation=eager) (dequantizes with gguf.quants, reverses the q/k permute, ties "
+                   "lm_head); logits of the last position: top-20 (ids, values) and 32 fixed probe ids",
+            "config": {k: getattr(model.config, k) for k in
+                       ["hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+                        "num_hidden_layers", "rms_norm_eps", "vocab_size", "max_position_embeddings",
+                        "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "head_dim"]
+                       if hasattr(model.config, k)}
+                      | {"rope_theta": (getattr(model.config, "rope_parameters", None) or {}).get(
+                          "rope_theta", getattr(model.config, "rope_theta", None))},
+            "prompts": prompts}
+
+
+def print_gguf_summary(res: dict) -> None:
+    for name, e in res["tiny"].items():
+        print(f"gguf {name}: {e['bytes']} bytes, weights max diff vs safetensors {e['weights_max_abs_diff_vs_safetensors']:.3g}",
+              {k: v for k, v in e.items() if k.startswith("transformers_")})
+        for p in e.get("prompts", []):
+            print(f"  prompt {p['index']}: max |q8 - f32 reference| {p['max_abs_diff_vs_f32_reference']:.4f}, "
+                  f"argmax agree {p['argmax_agree_with_f32_reference']:.2f}")
+    if "smollm2" in res:
+        for p in res["smollm2"]["prompts"]:
+            print(f"smollm2: ids {p['input_ids']} top5 {p['top20_ids'][:5]} margin {p['top1_top2_margin']:.3f}")
+    for p in sorted(GGUF_DIR.rglob("*")):
+        print(f"{p.stat().st_size:>9}  {p.relative_to(ROOT)}")
+
+
+# --------------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------------
 
@@ -1129,10 +1487,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--skip-trainer-check", action="store_true",
                     help="do not cross-check the manual training loop against transformers.Trainer")
+    ap.add_argument("--only", choices=["gguf"],
+                    help="run only one section from the committed fixtures (gguf: Tests/Fixtures/gguf/)")
     args = ap.parse_args()
     set_determinism(0)
     FIX.mkdir(parents=True, exist_ok=True)
     REF.mkdir(parents=True, exist_ok=True)
+    if args.only == "gguf":
+        print_gguf_summary(gguf_reference())
+        return
 
     # 1. corpus + tokenizer
     corpus = make_corpus()
@@ -1167,6 +1530,9 @@ def main() -> None:
             train[cname]["trainer_crosscheck"] = chk
             write_json(REF / f"train-{cname}.json", train[cname])
 
+    # 6. GGUF
+    gg = gguf_reference()
+
     # summary
     print("\n=== summary ===")
     print("versions:", VERSIONS)
@@ -1193,6 +1559,7 @@ def main() -> None:
               f"  norms={[round(x, 4) for x in r['grad_norms']]}\n  lrs={[round(x, 6) for x in r['lrs']]}")
         if "trainer_crosscheck" in r:
             print("  trainer crosscheck:", {k: v for k, v in r["trainer_crosscheck"].items() if k != "how"})
+    print_gguf_summary(gg)
     total = 0
     for p in sorted(FIX.rglob("*")):
         if p.is_file():

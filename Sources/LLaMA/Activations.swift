@@ -55,6 +55,8 @@ public final class Activations: @unchecked Sendable {
     let z: Tensor        // [M, maxIn] dropped-out LoRA input
     let positions: UnsafeMutablePointer<Int32>   // [M]
     let scratch = MatmulScratch()
+    /// Set to time each op of forward and backward.
+    public var profile: OpProfile? = nil
 
     public init(model: LlamaModel, maxB: Int, maxT: Int) {
         let c = model.config

@@ -44,6 +44,18 @@ public struct AdapterConfig: Sendable, Equatable {
         if let m = j["modules_to_save"], !m.isNull, m.array?.isEmpty == false {
             throw bad("modules_to_save", m, "null (fully trained extra modules are not supported)")
         }
+        if j["lora_bias"]?.bool == true { throw bad("lora_bias", .bool(true), "false (a bias on lora_B is not supported)") }
+        // Fields of newer PEFT versions that change which weights an adapter touches or how.
+        for (key, what) in [("target_parameters", "LoRA on raw parameters"), ("trainable_token_indices", "trainable token embeddings"),
+                            ("alora_invocation_tokens", "activated LoRA (aLoRA)"), ("layer_replication", "layer replication"),
+                            ("exclude_modules", "excluded modules")] {
+            guard let v = j[key] else { continue }
+            var empty = v.isNull || v.array?.isEmpty == true || v.string?.isEmpty == true
+            if case .object(let o) = v, o.isEmpty { empty = true }
+            if !empty {
+                throw bad(key, v, "null (\(what) is not supported)")
+            }
+        }
         for key in ["rank_pattern", "alpha_pattern"] {
             if case .object(let items)? = j[key], !items.isEmpty {
                 throw bad(key, j[key]!, "{} (per-module ranks or alphas are not supported)")

@@ -26,6 +26,41 @@ public enum AtomicFile {
         }
     }
 
+    /// Streams a file too large to build in memory: `body` writes through the handle into the
+    /// temporary sibling, which is flushed and renamed into place only when `body` returns.
+    /// An error from `body` removes the temporary file and is rethrown (file-system errors as
+    /// `WriteError`).
+    public static func write(to url: URL, _ body: (FileHandle) throws -> Void) throws {
+        let fm = FileManager.default
+        let tmp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
+        guard fm.createFile(atPath: tmp.path, contents: nil) else {
+            throw WriteError(path: url.path, reason: "cannot create \(tmp.path)")
+        }
+        func fail(_ error: Error) -> Error {
+            try? fm.removeItem(at: tmp)
+            let ns = error as NSError
+            if ns.domain == NSCocoaErrorDomain || ns.domain == NSPOSIXErrorDomain {
+                return WriteError(path: url.path, reason: ns.localizedDescription)
+            }
+            return error
+        }
+        let h: FileHandle
+        do { h = try FileHandle(forWritingTo: tmp) } catch { throw fail(error) }
+        do {
+            try body(h)
+            try h.synchronize()
+            try h.close()
+        } catch {
+            try? h.close()
+            throw fail(error)
+        }
+        if rename(tmp.path, url.path) != 0 {
+            let reason = String(cString: strerror(errno))
+            try? fm.removeItem(at: tmp)
+            throw WriteError(path: url.path, reason: reason)
+        }
+    }
+
     public static func write(_ text: String, to url: URL) throws {
         try write(Array(text.utf8), to: url)
     }

@@ -19,7 +19,7 @@ public final class GGUFCheckpoint: Checkpoint {
         }
         file = try GGUFFile(path: path)
         config = try Self.readConfig(file)
-        try Self.checkTensorNames(file, config: config)
+        try Self.checkTensors(file, config: config)
     }
 
     /// The llama.cpp name of a Hugging Face LLaMA tensor name, or nil for names that have none.
@@ -103,7 +103,9 @@ public final class GGUFCheckpoint: Checkpoint {
         let p = "llama."
         func int(_ key: String) throws -> Int? {
             guard let v = try f.int(p + key) else { return nil }
-            guard v > 0 else { throw CheckpointError.badValue(file: path, key: p + key, value: "\(v)", expected: "a positive integer") }
+            guard v > 0, v <= 1 << 31 else {
+                throw CheckpointError.badValue(file: path, key: p + key, value: "\(v)", expected: "a positive integer below 2^31")
+            }
             return v
         }
         func required(_ key: String) throws -> Int {
@@ -192,14 +194,34 @@ public final class GGUFCheckpoint: Checkpoint {
             maxPositionEmbeddings: context, torchDtype: nil)
     }
 
-    /// Every tensor in the file must be one the model uses: an unknown one (a bias, an expert,
-    /// a layer past block_count) means a model this code would run wrongly.
-    static func checkTensorNames(_ f: GGUFFile, config c: LlamaConfig) throws {
-        var known: Set<String> = ["token_embd.weight", "output_norm.weight", "output.weight"]
+    /// Every tensor the model needs is present with the shape the config implies, and every
+    /// tensor in the file is one the model uses: an unknown one (a bias, an expert, a layer past
+    /// block_count) means a model this code would run wrongly. Only names and dims are read, so
+    /// this is cheap, and it bounds every size in the config by what the file holds.
+    static func checkTensors(_ f: GGUFFile, config c: LlamaConfig) throws {
+        let C = c.hiddenSize, I = c.intermediateSize, V = c.vocabSize
+        guard c.numHiddenLayers <= f.tensors.count / 9 else {
+            throw CheckpointError.corrupt(file: f.path, detail: "llama.block_count \(c.numHiddenLayers) needs \(c.numHiddenLayers * 9) block tensors, the file has \(f.tensors.count) tensors")
+        }
+        var expected: [(String, [Int])] = [("model.embed_tokens.weight", [V, C]), ("model.norm.weight", [C])]
+        if !c.tieWordEmbeddings { expected.append(("lm_head.weight", [V, C])) }
         for n in 0..<c.numHiddenLayers {
-            for s in ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"] {
-                known.insert("blk.\(n).\(s).weight")
+            let p = "model.layers.\(n)."
+            expected += [
+                (p + "input_layernorm.weight", [C]), (p + "post_attention_layernorm.weight", [C]),
+                (p + "self_attn.q_proj.weight", [c.qDim, C]), (p + "self_attn.k_proj.weight", [c.kvDim, C]),
+                (p + "self_attn.v_proj.weight", [c.kvDim, C]), (p + "self_attn.o_proj.weight", [C, c.qDim]),
+                (p + "mlp.gate_proj.weight", [I, C]), (p + "mlp.up_proj.weight", [I, C]), (p + "mlp.down_proj.weight", [C, I]),
+            ]
+        }
+        var known = Set<String>()
+        for (hf, shape) in expected {
+            let g = ggufName(hf)!
+            guard let t = f.tensorInfo(g) else { throw CheckpointError.missingTensor(file: f.path, name: "\(g) (\(hf))") }
+            guard t.shape == shape else {
+                throw CheckpointError.shapeMismatch(file: f.path, name: "\(g) (\(hf))", expected: shape, found: t.shape)
             }
+            known.insert(g)
         }
         for t in f.tensors where !known.contains(t.name) {
             throw CheckpointError.unsupported(file: f.path, what: "tensor '\(t.name)' is not part of a LLaMA model with \(c.numHiddenLayers) blocks (biases, experts and extra tensors are not implemented)")

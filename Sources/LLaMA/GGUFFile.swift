@@ -6,7 +6,10 @@ public enum GGUFValueType: UInt32, Sendable, CustomStringConvertible {
     case uint8 = 0, int8 = 1, uint16 = 2, int16 = 3, uint32 = 4, int32 = 5, float32 = 6, bool = 7
     case string = 8, array = 9, uint64 = 10, int64 = 11, float64 = 12
 
-    public var description: String { "\(self)" }
+    public var description: String {
+        ["uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "bool", "string", "array", "uint64", "int64",
+         "float64"][Int(rawValue)]
+    }
 
     /// Bytes of one value on disk, or nil for strings and arrays.
     var fixedSize: Int? {

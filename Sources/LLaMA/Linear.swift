@@ -16,8 +16,9 @@ public final class Linear: @unchecked Sendable {
     /// With dropout, `loraInput[k]` is the dropped-out input the k-th adapter saw.
     public func forward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, M: Int,
                         scratch: MatmulScratch, u: [UnsafeMutablePointer<Float>],
-                        loraInput: [UnsafePointer<Float>?] = []) {
-        Matmul.forward(y: y, x: x, w: weight, M: M, scratch: scratch)
+                        loraInput: [UnsafePointer<Float>?] = [], profile: OpProfile? = nil) {
+        profile.time(.projection) { Matmul.forward(y: y, x: x, w: weight, M: M, scratch: scratch) }
+        profile.time(.lora) {
         for (k, a) in adapters.enumerated() {
             let xin = k < loraInput.count ? (loraInput[k] ?? x) : x
             // u[M, r] = xin[M, in] @ A^T
@@ -26,6 +27,7 @@ public final class Linear: @unchecked Sendable {
             // y[M, out] += scale * u[M, r] @ B^T
             sgemm(transB: true, M: M, N: a.outFeatures, K: a.r, alpha: a.scale, A: u[k], lda: a.r,
                   B: a.B.data, ldb: a.r, beta: 1, C: y, ldc: a.outFeatures)
+        }
         }
     }
 
@@ -37,9 +39,10 @@ public final class Linear: @unchecked Sendable {
                          accumulate: Bool, scratch: MatmulScratch,
                          u: UnsafePointer<Float>?, loraInput: UnsafePointer<Float>?,
                          keep: UnsafePointer<UInt8>?,
-                         du: UnsafeMutablePointer<Float>, dz: UnsafeMutablePointer<Float>?) {
-        Matmul.backwardInput(dx: dx, dy: dy, w: weight, M: M, accumulate: accumulate, scratch: scratch)
+                         du: UnsafeMutablePointer<Float>, dz: UnsafeMutablePointer<Float>?, profile: OpProfile? = nil) {
+        profile.time(.projection) { Matmul.backwardInput(dx: dx, dy: dy, w: weight, M: M, accumulate: accumulate, scratch: scratch) }
         guard let a = adapters.first, let u, let loraInput, let gA = a.gradA, let gB = a.gradB else { return }
+        profile.time(.lora) {
         let out = a.outFeatures, inF = a.inFeatures, r = a.r
         // gradB[out, r] += scale * dy^T[out, M] @ u[M, r]
         sgemm(transA: true, M: out, N: r, K: M, alpha: a.scale, A: dy, lda: out, B: u, ldb: r,
@@ -57,6 +60,7 @@ public final class Linear: @unchecked Sendable {
         } else {
             // dx[M, in] += du[M, r] @ A[r, in]
             sgemm(M: M, N: inF, K: r, A: du, lda: r, B: a.A.data, ldb: inF, beta: 1, C: dx, ldc: inF)
+        }
         }
     }
 }

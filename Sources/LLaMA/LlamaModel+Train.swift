@@ -12,7 +12,7 @@ extension LlamaModel {
         // mask (left padding shifts real tokens to later positions; the reference does the same).
         for b in 0..<B { for t in 0..<T { acts.positions[b * T + t] = Int32(t) } }
         batch.inputIDs.withUnsafeBufferPointer { ids in
-            Embedding.forward(out: acts.layers[0].xIn.data, ids: ids.baseAddress!, table: embed.data, N: M, C: C)
+            acts.profile.time(.embedding) { Embedding.forward(out: acts.layers[0].xIn.data, ids: ids.baseAddress!, table: embed.data, N: M, C: C) }
         }
         batch.attentionMask.withUnsafeBufferPointer { maskBuf in
             let keyMask = maskBuf.baseAddress!
@@ -20,36 +20,40 @@ extension LlamaModel {
                 let a = acts.layers[l]
                 let xOut = l + 1 < blocks.count ? acts.layers[l + 1].xIn : acts.xFinal
                 // Attention: x -> norm -> q, k, v -> RoPE -> causal attention -> o, + residual.
-                RMSNorm.forward(y: a.xn1.data, rstd: a.rstd1.data, x: a.xIn.data, weight: blk.attnNorm.data, N: M, C: C, eps: c.rmsNormEps)
+                acts.profile.time(.rmsnorm) { RMSNorm.forward(y: a.xn1.data, rstd: a.rstd1.data, x: a.xIn.data, weight: blk.attnNorm.data, N: M, C: C, eps: c.rmsNormEps) }
                 project(blk.q, .q, y: a.q.data, x: a.xn1.data, M: M, layer: a, acts: acts, rng: &rng, training: training)
                 project(blk.k, .k, y: a.k.data, x: a.xn1.data, M: M, layer: a, acts: acts, rng: &rng, training: training)
                 project(blk.v, .v, y: a.v.data, x: a.xn1.data, M: M, layer: a, acts: acts, rng: &rng, training: training)
-                RoPE.forward(x: a.q.data, positions: acts.positions, rows: M, nHeads: c.numAttentionHeads, headDim: c.headDim, table: rope)
-                RoPE.forward(x: a.k.data, positions: acts.positions, rows: M, nHeads: c.numKeyValueHeads, headDim: c.headDim, table: rope)
-                Attention.forward(out: a.att.data, probs: a.probs.data, q: a.q.data, k: a.k.data, v: a.v.data, keyMask: keyMask,
-                                  B: B, T: T, nH: c.numAttentionHeads, nKV: c.numKeyValueHeads, hd: c.headDim)
+                acts.profile.time(.rope) { RoPE.forward(x: a.q.data, positions: acts.positions, rows: M, nHeads: c.numAttentionHeads, headDim: c.headDim, table: rope) }
+                acts.profile.time(.rope) { RoPE.forward(x: a.k.data, positions: acts.positions, rows: M, nHeads: c.numKeyValueHeads, headDim: c.headDim, table: rope) }
+                acts.profile.time(.attention) {
+                    Attention.forward(out: a.att.data, probs: a.probs.data, q: a.q.data, k: a.k.data, v: a.v.data, keyMask: keyMask,
+                                      B: B, T: T, nH: c.numAttentionHeads, nKV: c.numKeyValueHeads, hd: c.headDim)
+                }
                 project(blk.o, .o, y: a.xMid.data, x: a.att.data, M: M, layer: a, acts: acts, rng: &rng, training: training)
-                VectorOps.add(out: a.xMid.data, a: a.xMid.data, b: a.xIn.data, count: M * C)
+                acts.profile.time(.residual) { VectorOps.add(out: a.xMid.data, a: a.xMid.data, b: a.xIn.data, count: M * C) }
                 // MLP: x -> norm -> silu(gate) * up -> down, + residual.
-                RMSNorm.forward(y: a.xn2.data, rstd: a.rstd2.data, x: a.xMid.data, weight: blk.mlpNorm.data, N: M, C: C, eps: c.rmsNormEps)
+                acts.profile.time(.rmsnorm) { RMSNorm.forward(y: a.xn2.data, rstd: a.rstd2.data, x: a.xMid.data, weight: blk.mlpNorm.data, N: M, C: C, eps: c.rmsNormEps) }
                 project(blk.gate, .gate, y: a.gate.data, x: a.xn2.data, M: M, layer: a, acts: acts, rng: &rng, training: training)
                 project(blk.up, .up, y: a.up.data, x: a.xn2.data, M: M, layer: a, acts: acts, rng: &rng, training: training)
-                SwiGLU.forward(h: a.h.data, gate: a.gate.data, up: a.up.data, count: M * I)
+                acts.profile.time(.swiglu) { SwiGLU.forward(h: a.h.data, gate: a.gate.data, up: a.up.data, count: M * I) }
                 project(blk.down, .down, y: xOut.data, x: a.h.data, M: M, layer: a, acts: acts, rng: &rng, training: training)
-                VectorOps.add(out: xOut.data, a: xOut.data, b: a.xMid.data, count: M * C)
+                acts.profile.time(.residual) { VectorOps.add(out: xOut.data, a: xOut.data, b: a.xMid.data, count: M * C) }
             }
         }
-        RMSNorm.forward(y: acts.xnF.data, rstd: acts.rstdF.data, x: acts.xFinal.data, weight: norm.data, N: M, C: C, eps: c.rmsNormEps)
+        acts.profile.time(.rmsnorm) { RMSNorm.forward(y: acts.xnF.data, rstd: acts.rstdF.data, x: acts.xFinal.data, weight: norm.data, N: M, C: C, eps: c.rmsNormEps) }
         // logits[M, V] = xnF[M, C] @ lmHead^T
-        sgemm(transB: true, M: M, N: c.vocabSize, K: C, A: acts.xnF.data, lda: C, B: lmHead.data, ldb: C,
-              C: acts.logits.data, ldc: c.vocabSize)
+        acts.profile.time(.lmHead) {
+            sgemm(transB: true, M: M, N: c.vocabSize, K: C, A: acts.xnF.data, lda: C, B: lmHead.data, ldb: C,
+                  C: acts.logits.data, ldc: c.vocabSize)
+        }
     }
 
     /// A projection with its LoRA adapter (dropout applied to the adapter's input only).
     private func project(_ lin: Linear, _ p: Projection, y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
                          M: Int, layer a: Activations.Layer, acts: Activations, rng: inout RNG, training: Bool) {
         guard let lora = lin.adapters.first, let u = a.loraU[p] else {
-            Matmul.forward(y: y, x: x, w: lin.weight, M: M, scratch: acts.scratch)
+            acts.profile.time(.projection) { Matmul.forward(y: y, x: x, w: lin.weight, M: M, scratch: acts.scratch) }
             return
         }
         var input: UnsafePointer<Float>? = nil
@@ -61,7 +65,7 @@ extension LlamaModel {
             }
             input = UnsafePointer(z)
         }
-        lin.forward(y: y, x: x, M: M, scratch: acts.scratch, u: [u.data], loraInput: [input])
+        lin.forward(y: y, x: x, M: M, scratch: acts.scratch, u: [u.data], loraInput: [input], profile: acts.profile)
     }
 
     /// Backward from `dlogits` (in `acts.logits`) down to the first block; accumulates into
@@ -69,10 +73,12 @@ extension LlamaModel {
     public func backward(_ batch: Batch, acts: Activations) {
         let c = config, B = batch.B, T = batch.T, M = B * T, C = c.hiddenSize, I = c.intermediateSize
         // dxnF[M, C] = dlogits[M, V] @ lmHead[V, C]
-        sgemm(M: M, N: C, K: c.vocabSize, A: acts.logits.data, lda: c.vocabSize, B: lmHead.data, ldb: C,
-              C: acts.dxn.data, ldc: C)
+        acts.profile.time(.lmHead) {
+            sgemm(M: M, N: C, K: c.vocabSize, A: acts.logits.data, lda: c.vocabSize, B: lmHead.data, ldb: C,
+                  C: acts.dxn.data, ldc: C)
+        }
         acts.dres.zero()
-        RMSNorm.backward(dx: acts.dres.data, dy: acts.dxn.data, x: acts.xFinal.data, weight: norm.data, rstd: acts.rstdF.data, N: M, C: C)
+        acts.profile.time(.rmsnorm) { RMSNorm.backward(dx: acts.dres.data, dy: acts.dxn.data, x: acts.xFinal.data, weight: norm.data, rstd: acts.rstdF.data, N: M, C: C) }
         let mask = batch.attentionMask
         mask.withUnsafeBufferPointer { mb in
         let keyMask = mb.baseAddress!
@@ -80,21 +86,23 @@ extension LlamaModel {
             let blk = blocks[l], a = acts.layers[l]
             // MLP backward. dres holds d(block output).
             projectBack(blk.down, .down, dx: acts.dh.data, dy: acts.dres.data, x: a.h.data, M: M, accumulate: false, layer: a, acts: acts)
-            SwiGLU.backward(dgate: acts.dgate.data, dup: acts.dup.data, dh: acts.dh.data, gate: a.gate.data, up: a.up.data, count: M * I)
+            acts.profile.time(.swiglu) { SwiGLU.backward(dgate: acts.dgate.data, dup: acts.dup.data, dh: acts.dh.data, gate: a.gate.data, up: a.up.data, count: M * I) }
             projectBack(blk.gate, .gate, dx: acts.dxn.data, dy: acts.dgate.data, x: a.xn2.data, M: M, accumulate: false, layer: a, acts: acts)
             projectBack(blk.up, .up, dx: acts.dxn.data, dy: acts.dup.data, x: a.xn2.data, M: M, accumulate: true, layer: a, acts: acts)
-            RMSNorm.backward(dx: acts.dres.data, dy: acts.dxn.data, x: a.xMid.data, weight: blk.mlpNorm.data, rstd: a.rstd2.data, N: M, C: C)
+            acts.profile.time(.rmsnorm) { RMSNorm.backward(dx: acts.dres.data, dy: acts.dxn.data, x: a.xMid.data, weight: blk.mlpNorm.data, rstd: a.rstd2.data, N: M, C: C) }
             // Attention backward. dres now holds d(xMid).
             projectBack(blk.o, .o, dx: acts.datt.data, dy: acts.dres.data, x: a.att.data, M: M, accumulate: false, layer: a, acts: acts)
-            Attention.backward(dq: acts.dq.data, dk: acts.dk.data, dv: acts.dv.data, dout: acts.datt.data, probs: a.probs.data,
-                               q: a.q.data, k: a.k.data, v: a.v.data, keyMask: keyMask, B: B, T: T,
-                               nH: c.numAttentionHeads, nKV: c.numKeyValueHeads, hd: c.headDim)
-            RoPE.backward(dx: acts.dq.data, positions: acts.positions, rows: M, nHeads: c.numAttentionHeads, headDim: c.headDim, table: rope)
-            RoPE.backward(dx: acts.dk.data, positions: acts.positions, rows: M, nHeads: c.numKeyValueHeads, headDim: c.headDim, table: rope)
+            acts.profile.time(.attention) {
+                Attention.backward(dq: acts.dq.data, dk: acts.dk.data, dv: acts.dv.data, dout: acts.datt.data, probs: a.probs.data,
+                                   q: a.q.data, k: a.k.data, v: a.v.data, keyMask: keyMask, B: B, T: T,
+                                   nH: c.numAttentionHeads, nKV: c.numKeyValueHeads, hd: c.headDim)
+            }
+            acts.profile.time(.rope) { RoPE.backward(dx: acts.dq.data, positions: acts.positions, rows: M, nHeads: c.numAttentionHeads, headDim: c.headDim, table: rope) }
+            acts.profile.time(.rope) { RoPE.backward(dx: acts.dk.data, positions: acts.positions, rows: M, nHeads: c.numKeyValueHeads, headDim: c.headDim, table: rope) }
             projectBack(blk.q, .q, dx: acts.dxn.data, dy: acts.dq.data, x: a.xn1.data, M: M, accumulate: false, layer: a, acts: acts)
             projectBack(blk.k, .k, dx: acts.dxn.data, dy: acts.dk.data, x: a.xn1.data, M: M, accumulate: true, layer: a, acts: acts)
             projectBack(blk.v, .v, dx: acts.dxn.data, dy: acts.dv.data, x: a.xn1.data, M: M, accumulate: true, layer: a, acts: acts)
-            RMSNorm.backward(dx: acts.dres.data, dy: acts.dxn.data, x: a.xIn.data, weight: blk.attnNorm.data, rstd: a.rstd1.data, N: M, C: C)
+            acts.profile.time(.rmsnorm) { RMSNorm.backward(dx: acts.dres.data, dy: acts.dxn.data, x: a.xIn.data, weight: blk.attnNorm.data, rstd: a.rstd1.data, N: M, C: C) }
         }
         }
     }
@@ -102,7 +110,7 @@ extension LlamaModel {
     private func projectBack(_ lin: Linear, _ p: Projection, dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
                              x: UnsafePointer<Float>, M: Int, accumulate: Bool, layer a: Activations.Layer, acts: Activations) {
         guard let lora = lin.adapters.first, let u = a.loraU[p] else {
-            Matmul.backwardInput(dx: dx, dy: dy, w: lin.weight, M: M, accumulate: accumulate, scratch: acts.scratch)
+            acts.profile.time(.projection) { Matmul.backwardInput(dx: dx, dy: dy, w: lin.weight, M: M, accumulate: accumulate, scratch: acts.scratch) }
             return
         }
         var input = x
@@ -115,7 +123,7 @@ extension LlamaModel {
             keep = UnsafePointer(k)
         }
         lin.backward(dx: dx, dy: dy, M: M, accumulate: accumulate, scratch: acts.scratch,
-                     u: u.data, loraInput: input, keep: keep, du: acts.du.data, dz: acts.dz.data)
+                     u: u.data, loraInput: input, keep: keep, du: acts.du.data, dz: acts.dz.data, profile: acts.profile)
     }
 
     /// Forward, cross-entropy and backward for one micro-batch. The loss gradient is scaled by
@@ -126,9 +134,11 @@ extension LlamaModel {
         forward(batch, acts: acts, rng: &rng, training: training)
         let targets = batch.shiftedTargets
         let M = batch.B * batch.T
-        let r = targets.withUnsafeBufferPointer { t in
-            CrossEntropy.forwardBackward(dlogits: acts.logits.data, logits: acts.logits.data, targets: t.baseAddress!,
-                                         N: M, V: config.vocabSize, gradScale: gradScale)
+        let r = acts.profile.time(.crossEntropy) {
+            targets.withUnsafeBufferPointer { t in
+                CrossEntropy.forwardBackward(dlogits: acts.logits.data, logits: acts.logits.data, targets: t.baseAddress!,
+                                             N: M, V: config.vocabSize, gradScale: gradScale)
+            }
         }
         backward(batch, acts: acts)
         return (r.lossSum, r.count)

@@ -1,8 +1,8 @@
 import Foundation
 import Tensor
 
-/// A model with its tokenizer, loaded from what a user points at (a Hugging Face folder;
-/// GGUF files come with issue 5).
+/// A model with its tokenizer, loaded from what a user points at: a Hugging Face folder or a
+/// GGUF file.
 public struct LoadedModel {
     public let model: LlamaModel
     public let tokenizer: Tokenizer
@@ -11,7 +11,11 @@ public struct LoadedModel {
     public init(path: String, load8bit: Bool) throws {
         let ck = try openCheckpoint(path)
         checkpoint = ck
-        tokenizer = try loadTokenizer(folder: URL(fileURLWithPath: path))
+        if let g = ck as? GGUFCheckpoint {
+            tokenizer = try loadTokenizer(gguf: g.file)
+        } else {
+            tokenizer = try loadTokenizer(folder: URL(fileURLWithPath: path))
+        }
         model = try LlamaModel(checkpoint: ck, load8bit: load8bit)
     }
 

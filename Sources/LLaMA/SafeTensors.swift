@@ -150,6 +150,23 @@ public enum SafeTensorsWriter {
 
     /// Serializes to memory; `AtomicFile` puts it on disk.
     public static func encode(_ items: [Item], metadata: [String: String] = [:]) -> [UInt8] {
+        let h = header(items, metadata: metadata)
+        let size = items.reduce(0) { $0 + $1.byteCount }
+        var out = [UInt8](repeating: 0, count: h.count + size)
+        out.replaceSubrange(0..<h.count, with: h)
+        out.withUnsafeMutableBytes { buf in
+            var o = h.count
+            for it in items {
+                it.bytes(UnsafeMutableRawBufferPointer(rebasing: buf[o..<(o + it.byteCount)]))
+                o += it.byteCount
+            }
+        }
+        return out
+    }
+
+    /// The bytes before the tensor data: the 8-byte header length and the JSON header (items'
+    /// data follow in the given order, each `byteCount` long). For writers that stream data.
+    public static func header(_ items: [Item], metadata: [String: String] = [:]) -> [UInt8] {
         var header: [(String, JSON)] = []
         if !metadata.isEmpty {
             header.append(("__metadata__", .object(metadata.sorted { $0.key < $1.key }.map { ($0.key, .string($0.value)) })))
@@ -165,16 +182,6 @@ public enum SafeTensorsWriter {
         }
         var h = Array(JSON.object(header).serialized(pretty: false).utf8)
         while h.count % 8 != 0 { h.append(0x20) }
-        var out = [UInt8](repeating: 0, count: 8 + h.count + offset)
-        withUnsafeBytes(of: UInt64(h.count).littleEndian) { for i in 0..<8 { out[i] = $0[i] } }
-        out.replaceSubrange(8..<(8 + h.count), with: h)
-        out.withUnsafeMutableBytes { buf in
-            var o = 8 + h.count
-            for it in items {
-                it.bytes(UnsafeMutableRawBufferPointer(rebasing: buf[o..<(o + it.byteCount)]))
-                o += it.byteCount
-            }
-        }
-        return out
+        return withUnsafeBytes(of: UInt64(h.count).littleEndian) { Array($0) } + h
     }
 }

@@ -60,7 +60,7 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
 /// The tokenizer stored in a model folder (a Hugging Face checkpoint folder).
 ///
 /// `tokenizer.model` (SentencePiece, LLaMA 1 and 2) is preferred when present, as Hugging Face's
-/// slow LlamaTokenizer does.
+/// slow LlamaTokenizer does; otherwise `tokenizer.json` is read as byte-level BPE (`BPETokenizer`).
 public func loadTokenizer(folder: URL) throws -> Tokenizer {
     let fm = FileManager.default
     let spm = folder.appendingPathComponent("tokenizer.model")
@@ -69,11 +69,12 @@ public func loadTokenizer(folder: URL) throws -> Tokenizer {
     }
     let json = folder.appendingPathComponent("tokenizer.json")
     if fm.fileExists(atPath: json.path) {
-        // TODO(issue 5): tokenizer.json BPE (byte-level BPE as in LLaMA 3; tokenizer.json-only
-        // SentencePiece-style BPE). Until then only tokenizer.model is read.
-        throw TokenizerError.unsupported(
-            file: json.path,
-            what: "tokenizer.json (Hugging Face BPE) is not read yet; put the model's SentencePiece tokenizer.model next to it")
+        // Byte-level BPE (SmolLM2, GPT-2, LLaMA 3); other tokenizer.json models are refused by name.
+        // BOS/EOS/pad come from tokenizer_config.json, more end-of-generation ids from
+        // generation_config.json, when the folder has them.
+        return try BPETokenizer(tokenizerJSON: json,
+                                tokenizerConfig: folder.appendingPathComponent("tokenizer_config.json"),
+                                generationConfig: folder.appendingPathComponent("generation_config.json"))
     }
     throw TokenizerError.notFound(folder: folder.path, expected: ["tokenizer.model", "tokenizer.json"])
 }

@@ -12,13 +12,13 @@ struct Tokenize: ParsableCommand {
     @Option(help: "The text to tokenize.")
     var text: String
 
-    @Flag(name: .customLong("no-bos"), help: "Do not put the BOS id in front.")
+    @Flag(name: .customLong("no-bos"), help: "Do not put the BOS id in front (when the tokenizer adds one).")
     var noBOS = false
 
     func run() throws {
         try runReportingErrors {
-            let tok = try loadTokenizer(folder: URL(fileURLWithPath: baseModel))
-            let ids = tok.encode(text, addBOS: !noBOS)
+            let tok = try loadTokenizer(path: baseModel)
+            let ids = tok.encode(text, addBOS: tok.addsBOS && !noBOS)
             let out = JSON.object([
                 ("ids", .array(ids.map { .int(Int64($0)) })),
                 ("pieces", .array(ids.map { .string(tok.piece($0)) })),

@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-import LLaMA
+@testable import LLaMA
 
 /// SentencePiece through libsentencepiece: ids against the reference (sentencepiece's Python
 /// binding and Debian's spm_encode, recorded by scripts/make_reference.py in
@@ -270,21 +270,5 @@ enum HandmadeSentencePiece {
         return model.bytes
     }
 
-    /// Just enough of the protobuf wire format.
-    struct Proto {
-        var bytes: [UInt8] = []
-        mutating func raw(_ v: UInt64) {
-            var v = v
-            while v >= 0x80 { bytes.append(UInt8(v & 0x7F) | 0x80); v >>= 7 }
-            bytes.append(UInt8(v))
-        }
-        mutating func varint(_ field: UInt64, _ v: UInt64) { raw(field << 3); raw(v) }
-        mutating func float(_ field: UInt64, _ v: Float) {
-            raw(field << 3 | 5)
-            withUnsafeBytes(of: v.bitPattern.littleEndian) { bytes.append(contentsOf: $0) }
-        }
-        mutating func data(_ field: UInt64, _ d: [UInt8]) { raw(field << 3 | 2); raw(UInt64(d.count)); bytes += d }
-        mutating func string(_ field: UInt64, _ s: String) { data(field, Array(s.utf8)) }
-        mutating func message(_ field: UInt64, _ m: Proto) { data(field, m.bytes) }
-    }
+    typealias Proto = ProtoWriter
 }

@@ -1,0 +1,397 @@
+// AVX-512 single-precision GEMM for the two products with a frozen weight W [N, K]:
+//   forward         C[M, N] (+)= A[M, K] @ W^T     (lora_gemm_abt_*, lora_gemv_abt_*)
+//   backward input  C[M, K] (+)= A[M, N] @ W       (lora_gemm_ab_*)
+// with W in f32 or as int8 rows with one f32 scale per row (W[n, k] = q[n, k] * scale[n]).
+// The OpenBLAS path in Sources/Tensor/Weight.swift is the fallback and the oracle.
+//
+// Blocking (BLIS-style, written for Zen 5: 48 KiB L1d, 1 MiB L2 per core):
+//   for jc over the output columns, GEMM_NC at a time
+//     for pc over the depth, GEMM_KC at a time
+//       pack B[pc:pc+kc, jc:jc+nc] into panels of GEMM_NR columns, [kc][NR] each (L2);
+//       int8 weights are dequantized here, so they stream from memory as int8
+//       for ir over the rows of A, GEMM_MR at a time      (the A micro-panel stays in L1)
+//         for each B panel                                 (streams from L2)
+//           micro-kernel: C[MR, NR] (+)= A[MR, kc] @ Bpanel[kc, NR]
+// The micro-kernel keeps MR x NR/16 zmm accumulators, loads NR/16 vectors of B per k and
+// broadcasts MR scalars of A straight from A's rows (A is not packed: its rows are already
+// contiguous in k, and the micro-panel is reused from L1 across all B panels).
+// Edges: B panels are zero-padded to NR columns and C is written with masked stores; row
+// counts below MR have their own unrolled kernel.
+//
+// Threading is the caller's: split the output columns into disjoint ranges (multiples of
+// lora_gemm_panel_width()) and call these functions from different threads. Packing memory is
+// per thread, allocated on first use and freed when the thread exits.
+//
+// Everything AVX-512 is compiled with a target attribute, so the rest of the target stays
+// baseline x86-64; lora_gemm_avx512_available() says at run time whether it may be called.
+// On other architectures the entry points exist and must not be called (available() is 0).
+#include "CKernels.h"
+#include <stdlib.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#include <pthread.h>
+
+#ifndef GEMM_MR
+#define GEMM_MR 8      // rows of C per micro-kernel (broadcasts of A)
+#endif
+#ifndef GEMM_NV
+#define GEMM_NV 3      // zmm vectors of C columns per micro-kernel
+#endif
+#define GEMM_NR (16 * GEMM_NV)
+#ifndef GEMM_KC
+#define GEMM_KC 256    // depth of a packed block
+#endif
+#ifndef GEMM_NC
+#define GEMM_NC 768    // output columns of a packed block (KC x NC floats = 768 KiB, in L2)
+#endif
+#define GEMM_NCPAD (((GEMM_NC + GEMM_NR - 1) / GEMM_NR) * GEMM_NR)
+
+#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#define INLINE static inline __attribute__((always_inline)) TARGET
+
+int lora_gemm_avx512_available(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
+}
+
+int lora_gemm_panel_width(void) { return GEMM_NR; }
+
+// ---- Per-thread packing buffer ------------------------------------------------------------
+
+static pthread_key_t pack_key;
+static pthread_once_t pack_once = PTHREAD_ONCE_INIT;
+static void pack_key_init(void) { pthread_key_create(&pack_key, free); }
+
+/// GEMM_KC x GEMM_NCPAD floats, 64-byte aligned, one per thread.
+static float *pack_buffer(void) {
+    pthread_once(&pack_once, pack_key_init);
+    float *p = pthread_getspecific(pack_key);
+    if (!p) {
+        void *raw = NULL;
+        if (posix_memalign(&raw, 64, sizeof(float) * GEMM_KC * GEMM_NCPAD) != 0) abort();
+        p = raw;
+        pthread_setspecific(pack_key, p);
+    }
+    return p;
+}
+
+// ---- Small helpers ------------------------------------------------------------------------
+
+INLINE __mmask16 mask16(long n) {  // the first min(max(n, 0), 16) lanes
+    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
+
+/// 16 int8 values (first `m` lanes) to f32, times `s`.
+INLINE __m512 load_i8(__mmask16 m, const int8_t *p, __m512 s) {
+    __m128i b = _mm_maskz_loadu_epi8(m, p);
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), s);
+}
+
+/// In-register transpose: r[t][k] -> r[k][t] for a 16 x 16 block.
+INLINE void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // u[4g + j]: rows 4g..4g+3, lane L holds k = j + 4L.
+    __m512 u[16];
+    for (int g = 0; g < 4; g++) {
+        __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 2]);
+        __m512d c = _mm512_castps_pd(t[4 * g + 1]), d = _mm512_castps_pd(t[4 * g + 3]);
+        u[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    for (int j = 0; j < 4; j++) {
+        __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x44);
+        __m512 v1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x44);
+        __m512 v2 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xEE);
+        __m512 v3 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xEE);
+        r[j] = _mm512_shuffle_f32x4(v0, v1, 0x88);
+        r[j + 4] = _mm512_shuffle_f32x4(v0, v1, 0xDD);
+        r[j + 8] = _mm512_shuffle_f32x4(v2, v3, 0x88);
+        r[j + 12] = _mm512_shuffle_f32x4(v2, v3, 0xDD);
+    }
+}
+
+// ---- Packing B ----------------------------------------------------------------------------
+// A packed block holds columns col0..col0+nc of the product's B (as [depth, cols]) for depth
+// d0..d0+kc: panel p is bp[p * kc * NR ...], [kc][NR], zero beyond nc.
+
+/// Forward: the product's B is W^T, W [N, K] f32 or int8 rows (`q`, `scales`); gathers 16
+/// weight rows x 16 depths, transposes in registers.
+INLINE void pack_bt(float *bp, const float *w, const int8_t *q, const float *scales, long ldw,
+                    long col0, long nc, long d0, long kc) {
+    for (long p = 0; p * GEMM_NR < nc; p++) {
+        float *dst = bp + p * kc * GEMM_NR;
+        for (int v = 0; v < GEMM_NV; v++) {
+            long j0 = p * GEMM_NR + 16 * v;  // first column of this 16-wide strip
+            long rows = nc - j0;
+            for (long k = 0; k < kc; k += 16) {
+                __mmask16 km = mask16(kc - k);
+                __m512 r[16];
+                for (int t = 0; t < 16; t++) {
+                    long n = col0 + j0 + t;
+                    if (t >= rows) r[t] = _mm512_setzero_ps();
+                    else if (q) r[t] = load_i8(km, q + n * ldw + d0 + k, _mm512_set1_ps(scales[n]));
+                    else r[t] = _mm512_maskz_loadu_ps(km, w + n * ldw + d0 + k);
+                }
+                transpose16(r);
+                long kk = kc - k < 16 ? kc - k : 16;
+                for (long t = 0; t < kk; t++) _mm512_store_ps(dst + (k + t) * GEMM_NR + 16 * v, r[t]);
+            }
+        }
+    }
+}
+
+/// Backward input: the product's B is W [N, K] itself (depth = N); copies rows, dequantizing.
+INLINE void pack_b(float *bp, const float *w, const int8_t *q, const float *scales, long ldw,
+                   long col0, long nc, long d0, long kc) {
+    long np = (nc + GEMM_NR - 1) / GEMM_NR;
+    for (long k = 0; k < kc; k++) {
+        long d = d0 + k;
+        __m512 s = q ? _mm512_set1_ps(scales[d]) : _mm512_setzero_ps();
+        for (long p = 0; p < np; p++) {
+            float *dst = bp + p * kc * GEMM_NR + k * GEMM_NR;
+            for (int v = 0; v < GEMM_NV; v++) {
+                long j = p * GEMM_NR + 16 * v;
+                __mmask16 m = mask16(nc - j);
+                __m512 x = q ? load_i8(m, q + d * ldw + col0 + j, s)
+                             : _mm512_maskz_loadu_ps(m, w + d * ldw + col0 + j);
+                _mm512_store_ps(dst + 16 * v, x);
+            }
+        }
+    }
+}
+
+// ---- Micro-kernel -------------------------------------------------------------------------
+
+/// C[mr, NR] (+)= A[mr, kc] @ B[kc, NR]; A rows at stride lda, B a packed panel, C masked
+/// per 16 columns by `mask`. `load_c`: add to C, else overwrite.
+INLINE void ukernel(const int mr, long kc, const float *restrict a, long lda,
+                    const float *restrict b, float *restrict c, long ldc,
+                    const __mmask16 *mask, int load_c) {
+    __m512 acc[GEMM_MR][GEMM_NV];
+    for (int i = 0; i < mr; i++)
+        for (int v = 0; v < GEMM_NV; v++) acc[i][v] = _mm512_setzero_ps();
+    for (long k = 0; k < kc; k++) {
+        __m512 bv[GEMM_NV];
+        for (int v = 0; v < GEMM_NV; v++) bv[v] = _mm512_load_ps(b + k * GEMM_NR + 16 * v);
+        for (int i = 0; i < mr; i++) {
+            __m512 av = _mm512_set1_ps(a[i * lda + k]);
+            for (int v = 0; v < GEMM_NV; v++) acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
+        }
+    }
+    for (int i = 0; i < mr; i++) {
+        for (int v = 0; v < GEMM_NV; v++) {
+            float *p = c + i * ldc + 16 * v;
+            __m512 r = acc[i][v];
+            if (load_c) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mask[v], p));
+            _mm512_mask_storeu_ps(p, mask[v], r);
+        }
+    }
+}
+
+#define UK(n) case n: ukernel(n, kc, a, lda, b, c, ldc, mask, load_c); break;
+TARGET __attribute__((noinline))
+static void ukernel_rows(int mr, long kc, const float *a, long lda, const float *b, float *c,
+                         long ldc, const __mmask16 *mask, int load_c) {
+    switch (mr) {
+        UK(1) UK(2) UK(3) UK(4) UK(5) UK(6) UK(7)
+#if GEMM_MR >= 8
+        UK(8)
+#endif
+#if GEMM_MR >= 9
+        UK(9)
+#endif
+#if GEMM_MR >= 10
+        UK(10)
+#endif
+#if GEMM_MR >= 11
+        UK(11)
+#endif
+#if GEMM_MR >= 12
+        UK(12)
+#endif
+#if GEMM_MR >= 13
+        UK(13)
+#endif
+#if GEMM_MR >= 14
+        UK(14)
+#endif
+        default: break;
+    }
+}
+#undef UK
+
+TARGET __attribute__((noinline))
+static void ukernel_full(long kc, const float *a, long lda, const float *b, float *c, long ldc,
+                         const __mmask16 *mask, int load_c) {
+    ukernel(GEMM_MR, kc, a, lda, b, c, ldc, mask, load_c);
+}
+
+// ---- Driver -------------------------------------------------------------------------------
+
+/// C[M, col0:col0+ncols] (+)= A[M, depth] @ B[depth, col0:col0+ncols]; B is W^T (`trans`)
+/// or W, f32 (`w`) or int8 (`q`, `scales`).
+TARGET static void gemm(long M, long col0, long ncols, long depth, const float *A, long lda,
+                        int trans, const float *w, const int8_t *q, const float *scales, long ldw,
+                        float *C, long ldc, int accumulate) {
+    if (M <= 0 || ncols <= 0) return;
+    if (depth <= 0) {
+        if (!accumulate)
+            for (long i = 0; i < M; i++)
+                for (long j = 0; j < ncols; j++) C[i * ldc + col0 + j] = 0;
+        return;
+    }
+    float *bp = pack_buffer();
+    for (long jc = 0; jc < ncols; jc += GEMM_NC) {
+        long nc = ncols - jc < GEMM_NC ? ncols - jc : GEMM_NC;
+        long np = (nc + GEMM_NR - 1) / GEMM_NR;
+        for (long pc = 0; pc < depth; pc += GEMM_KC) {
+            long kc = depth - pc < GEMM_KC ? depth - pc : GEMM_KC;
+            if (trans) pack_bt(bp, w, q, scales, ldw, col0 + jc, nc, pc, kc);
+            else pack_b(bp, w, q, scales, ldw, col0 + jc, nc, pc, kc);
+            int load_c = accumulate || pc > 0;
+            for (long ir = 0; ir < M; ir += GEMM_MR) {
+                long mr = M - ir < GEMM_MR ? M - ir : GEMM_MR;
+                const float *a = A + ir * lda + pc;
+                for (long p = 0; p < np; p++) {
+                    __mmask16 mask[GEMM_NV];
+                    for (int v = 0; v < GEMM_NV; v++) mask[v] = mask16(nc - p * GEMM_NR - 16 * v);
+                    float *c = C + ir * ldc + col0 + jc + p * GEMM_NR;
+                    const float *b = bp + p * kc * GEMM_NR;
+                    if (mr == GEMM_MR) ukernel_full(kc, a, lda, b, c, ldc, mask, load_c);
+                    else ukernel_rows((int)mr, kc, a, lda, b, c, ldc, mask, load_c);
+                }
+            }
+        }
+    }
+}
+
+void lora_gemm_abt_f32(long M, long n0, long n1, long K, const float *A, long lda,
+                       const float *W, long ldw, float *C, long ldc, int accumulate) {
+    gemm(M, n0, n1 - n0, K, A, lda, 1, W, NULL, NULL, ldw, C, ldc, accumulate);
+}
+
+void lora_gemm_abt_i8(long M, long n0, long n1, long K, const float *A, long lda,
+                      const int8_t *Wq, long ldw, const float *scales, float *C, long ldc,
+                      int accumulate) {
+    gemm(M, n0, n1 - n0, K, A, lda, 1, NULL, Wq, scales, ldw, C, ldc, accumulate);
+}
+
+void lora_gemm_ab_f32(long M, long k0, long k1, long N, const float *A, long lda,
+                      const float *W, long ldw, float *C, long ldc, int accumulate) {
+    gemm(M, k0, k1 - k0, N, A, lda, 0, W, NULL, NULL, ldw, C, ldc, accumulate);
+}
+
+void lora_gemm_ab_i8(long M, long k0, long k1, long N, const float *A, long lda,
+                     const int8_t *Wq, long ldw, const float *scales, float *C, long ldc,
+                     int accumulate) {
+    gemm(M, k0, k1 - k0, N, A, lda, 0, NULL, Wq, scales, ldw, C, ldc, accumulate);
+}
+
+// ---- Small M (decoding): C[M, n0:n1] (+)= A[M, K] @ W[n0:n1, K]^T without packing ---------
+// Memory bound: each weight row is read once (int8 rows as int8) and dotted with up to
+// GEMV_MB rows of A at a time, GEMV_RB weight rows at a time; the per-row scale is applied
+// to the finished dot product.
+
+#define GEMV_RB 4
+#define GEMV_MB 4
+
+INLINE __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+#define H8(x) _mm256_add_ps(_mm512_castps512_ps256(x), \
+                            _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)))
+#define H4(y) _mm_add_ps(_mm256_castps256_ps128(y), _mm256_extractf128_ps(y, 1))
+    __m128 a4 = H4(H8(a)), b4 = H4(H8(b)), c4 = H4(H8(c)), d4 = H4(H8(d));
+#undef H8
+#undef H4
+    return _mm_hadd_ps(_mm_hadd_ps(a4, b4), _mm_hadd_ps(c4, d4));
+}
+
+/// Rows n..n+rows of C (rows <= 4) for A rows 0..mb.
+INLINE void gemv_block(const int mb, long K, const float *A, long lda, const float *w,
+                       const int8_t *q, const float *scales, long ldw, long n, long rows,
+                       float *C, long ldc, int accumulate) {
+    __m512 acc[GEMV_MB][GEMV_RB];
+    for (int m = 0; m < mb; m++)
+        for (int r = 0; r < GEMV_RB; r++) acc[m][r] = _mm512_setzero_ps();
+    long nr[GEMV_RB];  // missing rows repeat the last one; their results are not stored
+    for (int r = 0; r < GEMV_RB; r++) nr[r] = n + (r < rows ? r : rows - 1);
+    const __m512 one = _mm512_set1_ps(1);
+    for (long k = 0; k < K; k += 16) {
+        __mmask16 km = mask16(K - k);
+        __m512 wv[GEMV_RB];
+        for (int r = 0; r < GEMV_RB; r++)
+            wv[r] = q ? load_i8(km, q + nr[r] * ldw + k, one)
+                      : _mm512_maskz_loadu_ps(km, w + nr[r] * ldw + k);
+        for (int m = 0; m < mb; m++) {
+            __m512 x = _mm512_maskz_loadu_ps(km, A + m * lda + k);
+            for (int r = 0; r < GEMV_RB; r++) acc[m][r] = _mm512_fmadd_ps(x, wv[r], acc[m][r]);
+        }
+    }
+    __mmask8 sm = (__mmask8)((1u << rows) - 1);
+    __m128 s = q ? _mm_maskz_loadu_ps(sm, scales + n) : _mm_set1_ps(1);
+    for (int m = 0; m < mb; m++) {
+        __m128 y = hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
+        if (q) y = _mm_mul_ps(y, s);
+        float *p = C + m * ldc + n;
+        if (accumulate) y = _mm_add_ps(y, _mm_maskz_loadu_ps(sm, p));
+        _mm_mask_storeu_ps(p, sm, y);
+    }
+}
+
+TARGET static void gemv(long M, long n0, long n1, long K, const float *A, long lda,
+                        const float *w, const int8_t *q, const float *scales, long ldw,
+                        float *C, long ldc, int accumulate) {
+    for (long n = n0; n < n1; n += GEMV_RB) {
+        long rows = n1 - n < GEMV_RB ? n1 - n : GEMV_RB;
+        for (long m = 0; m < M; m += GEMV_MB) {
+            const float *a = A + m * lda;
+            float *c = C + m * ldc;
+            switch (M - m) {
+            case 1: gemv_block(1, K, a, lda, w, q, scales, ldw, n, rows, c, ldc, accumulate); break;
+            case 2: gemv_block(2, K, a, lda, w, q, scales, ldw, n, rows, c, ldc, accumulate); break;
+            case 3: gemv_block(3, K, a, lda, w, q, scales, ldw, n, rows, c, ldc, accumulate); break;
+            default: gemv_block(4, K, a, lda, w, q, scales, ldw, n, rows, c, ldc, accumulate); break;
+            }
+        }
+    }
+}
+
+void lora_gemv_abt_f32(long M, long n0, long n1, long K, const float *A, long lda,
+                       const float *W, long ldw, float *C, long ldc, int accumulate) {
+    gemv(M, n0, n1, K, A, lda, W, NULL, NULL, ldw, C, ldc, accumulate);
+}
+
+void lora_gemv_abt_i8(long M, long n0, long n1, long K, const float *A, long lda,
+                      const int8_t *Wq, long ldw, const float *scales, float *C, long ldc,
+                      int accumulate) {
+    gemv(M, n0, n1, K, A, lda, NULL, Wq, scales, ldw, C, ldc, accumulate);
+}
+
+#else  // not x86-64: no kernels; lora_gemm_avx512_available() is 0 and nothing else is called.
+
+int lora_gemm_avx512_available(void) { return 0; }
+int lora_gemm_panel_width(void) { return 16; }
+void lora_gemm_abt_f32(long M, long n0, long n1, long K, const float *A, long lda,
+                       const float *W, long ldw, float *C, long ldc, int accumulate) { abort(); }
+void lora_gemm_abt_i8(long M, long n0, long n1, long K, const float *A, long lda,
+                      const int8_t *Wq, long ldw, const float *scales, float *C, long ldc,
+                      int accumulate) { abort(); }
+void lora_gemm_ab_f32(long M, long k0, long k1, long N, const float *A, long lda,
+                      const float *W, long ldw, float *C, long ldc, int accumulate) { abort(); }
+void lora_gemm_ab_i8(long M, long k0, long k1, long N, const float *A, long lda,
+                     const int8_t *Wq, long ldw, const float *scales, float *C, long ldc,
+                     int accumulate) { abort(); }
+void lora_gemv_abt_f32(long M, long n0, long n1, long K, const float *A, long lda,
+                       const float *W, long ldw, float *C, long ldc, int accumulate) { abort(); }
+void lora_gemv_abt_i8(long M, long n0, long n1, long K, const float *A, long lda,
+                      const int8_t *Wq, long ldw, const float *scales, float *C, long ldc,
+                      int accumulate) { abort(); }
+
+#endif

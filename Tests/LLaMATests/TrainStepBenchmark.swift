@@ -1,0 +1,57 @@
+import Foundation
+import XCTest
+@testable import LLaMA
+import Tensor
+
+/// Timing of one training micro-batch at SmolLM2-135M's shape with random weights.
+/// Runs only with LORA_BENCH=1 (a benchmark, not a timed test); prints a per-op profile.
+final class TrainStepBenchmark: XCTestCase {
+    static func smolShapedModel(load8bit: Bool, layers: Int = 30) -> LlamaModel {
+        let c = LlamaConfig(hiddenSize: 576, intermediateSize: 1536, numAttentionHeads: 9, numKeyValueHeads: 3,
+                            numHiddenLayers: layers, rmsNormEps: 1e-5, ropeTheta: 100000, headDim: 64, vocabSize: 49152,
+                            tieWordEmbeddings: true, bosTokenID: 1, eosTokenIDs: [2], maxPositionEmbeddings: 2048)
+        var rng = RNG(seed: 1)
+        func rand(_ shape: [Int], _ std: Float) -> Tensor {
+            let t = Tensor(shape); for i in 0..<t.count { t[i] = rng.normal() * std }; return t
+        }
+        func lin(_ o: Int, _ i: Int) -> Linear {
+            let w = rand([o, i], 0.02)
+            return Linear(load8bit ? .int8(QuantizedMatrix(quantizing: w.data, rows: o, cols: i)) : .f32(w))
+        }
+        let ones = { () -> Tensor in let t = Tensor([576]); for i in 0..<576 { t[i] = 1 }; return t }
+        let blocks = (0..<layers).map { _ in
+            Block(attnNorm: ones(), mlpNorm: ones(), q: lin(576, 576), k: lin(192, 576), v: lin(192, 576), o: lin(576, 576),
+                  gate: lin(1536, 576), up: lin(1536, 576), down: lin(576, 1536))
+        }
+        let embed = rand([49152, 576], 0.02)
+        return LlamaModel(config: c, embed: embed, blocks: blocks, norm: ones(), lmHead: embed, is8bit: load8bit)
+    }
+
+    func testTrainStepThroughput() throws {
+        guard ProcessInfo.processInfo.environment["LORA_BENCH"] == "1" else { throw XCTSkip("set LORA_BENCH=1") }
+        for load8bit in [false, true] {
+            let model = Self.smolShapedModel(load8bit: load8bit)
+            var rng = RNG(seed: 2)
+            let cfg = AdapterConfig(r: 8, loraAlpha: 16, loraDropout: 0.05, targetModules: [.q, .v], useRslora: false, baseModelNameOrPath: nil)
+            Adapter.attachNew(to: model, config: cfg, rng: &rng)
+            for (_, a) in model.adapters { a.enableGradients() }
+            let B = 4, T = 256
+            let ids = (0..<(B * T)).map { _ in Int32(rng.int(below: 49152)) }
+            let batch = Batch(B: B, T: T, inputIDs: ids, attentionMask: .init(repeating: 1, count: B * T), labels: ids)
+            let acts = Activations(model: model, maxB: B, maxT: T)
+            _ = model.forwardBackward(batch, acts: acts, rng: &rng, gradScale: 1 / Float(B * T))
+            var times: [Double] = []
+            for _ in 0..<3 {
+                let t0 = Date()
+                _ = model.forwardBackward(batch, acts: acts, rng: &rng, gradScale: 1 / Float(B * T))
+                times.append(Date().timeIntervalSince(t0))
+            }
+            acts.profile = OpProfile()
+            _ = model.forwardBackward(batch, acts: acts, rng: &rng, gradScale: 1 / Float(B * T))
+            print(acts.profile!.report)
+            acts.profile = nil
+            let best = times.min()!
+            print(String(format: "SmolLM2-shaped train step (%@, B=%d T=%d): %.3f s, %.0f tokens/s", load8bit ? "int8" : "f32", B, T, best, Double(B * T) / best))
+        }
+    }
+}

@@ -1,0 +1,237 @@
+import Foundation
+import XCTest
+@testable import Tensor
+
+/// `Matmul.forward` / `Matmul.backwardInput` with every available `MatmulKernels` against the
+/// scalar Double reference, and the fast kernels against the OpenBLAS path, for f32 and int8
+/// weights, accumulate on and off, on shapes that are not multiples of any blocking.
+///
+/// Tolerance: |C - C_ref| <= 1e-5 * sum |a| |b| over the output's terms (+ |C| before an
+/// accumulate), element by element; the reference is exact to well below that, so this bounds
+/// each kernel's own Float rounding (blocked sums over K <= 1536 stay near 1e-6 of it).
+final class MatmulTests: XCTestCase {
+    static let rtol: Float = 1e-5
+
+    /// (M, N, K). Blocking here: GEMM micro-kernel 8 x 48, depth blocks of 256, column blocks
+    /// of 768; small-M kernel (M <= 8) 4 rows x 4 columns at a time, K in 16s.
+    static let shapes: [(Int, Int, Int)] = [
+        (1, 1, 1), (1, 5, 7), (1, 37, 600), (2, 19, 33), (3, 17, 33), (3, 300, 600),
+        (4, 64, 16), (5, 1000, 300), (7, 48, 16), (8, 50, 100), (9, 50, 100), (13, 97, 257),
+        (3, 5, 0), (20, 5, 0), (16, 0, 8), (0, 4, 4),
+        (37, 800, 300), (64, 193, 300), (100, 49, 513), (17, 770, 40),
+    ]
+
+    func randomWeights(N: Int, K: Int, _ rng: inout RNG) -> [(String, Weight)] {
+        let w = randn([N, K], &rng, scale: 0.5)
+        return [("f32", .f32(w)), ("int8", .int8(QuantizedMatrix(quantizing: w.data, rows: N, cols: K)))]
+    }
+
+    /// Kernels that can run here; the AVX-512 ones are skipped (not failed) on other CPUs.
+    var kernels: [MatmulKernels] { MatmulKernels.allCases.filter(\.isAvailable) }
+
+    /// Checks `got` against `ref` within rtol * bound, and that the `extra` values after the
+    /// first `count` (a canary) were left alone.
+    func assertWithinBound(_ got: Tensor, _ ref: Tensor, _ bound: Tensor, count: Int,
+                           rtol: Float = MatmulTests.rtol, _ what: String,
+                           file: StaticString = #filePath, line: UInt = #line) {
+        var failures = 0
+        for i in 0..<count {
+            let err = abs(got[i] - ref[i])
+            if !(err <= rtol * bound[i]) {
+                failures += 1
+                if failures <= 3 {
+                    XCTFail("\(what): element \(i): \(got[i]) vs \(ref[i]) (bound \(bound[i]))", file: file, line: line)
+                }
+            }
+        }
+        for i in count..<got.count where got[i] != 1234.5 {
+            XCTFail("\(what): wrote past the end at \(i)", file: file, line: line)
+            break
+        }
+    }
+
+    /// Output buffer of `count` values (random when accumulating, else a garbage fill) plus a canary.
+    func output(count: Int, accumulate: Bool, _ rng: inout RNG) -> Tensor {
+        let t = Tensor([count + 64])
+        for i in 0..<t.count { t[i] = i < count ? (accumulate ? rng.normal() : .nan) : 1234.5 }
+        return t
+    }
+
+    func testForwardMatchesReference() {
+        var rng = RNG(seed: 70)
+        for (M, N, K) in Self.shapes {
+            let x = randn([M, K], &rng)
+            for (wname, w) in randomWeights(N: N, K: K, &rng) {
+                for accumulate in [false, true] {
+                    let y0 = output(count: M * N, accumulate: accumulate, &rng)
+                    let ref = y0.clone(), bound = Tensor([M * N + 64])
+                    Reference.Matmul.forward(y: ref.data, x: x.data, w: w, M: M, accumulate: accumulate,
+                                             bound: bound.data)
+                    var outs: [MatmulKernels: Tensor] = [:]
+                    for k in kernels {
+                        let y = y0.clone()
+                        Matmul.forward(y: y.data, x: x.data, w: w, M: M, accumulate: accumulate,
+                                       scratch: MatmulScratch(capacity: 1 << 12), kernels: k)
+                        let what = "forward \(k) \(wname) M=\(M) N=\(N) K=\(K) acc=\(accumulate)"
+                        assertWithinBound(y, ref, bound, count: M * N, what)
+                        outs[k] = y
+                    }
+                    if let fast = outs[.avx512], let blas = outs[.blas] {
+                        assertWithinBound(fast, blas, bound, count: M * N, rtol: 2 * Self.rtol,
+                                          "forward avx512 vs blas \(wname) M=\(M) N=\(N) K=\(K) acc=\(accumulate)")
+                    }
+                }
+            }
+        }
+    }
+
+    func testBackwardInputMatchesReference() {
+        var rng = RNG(seed: 71)
+        for (M, N, K) in Self.shapes {
+            let dy = randn([M, N], &rng)
+            for (wname, w) in randomWeights(N: N, K: K, &rng) {
+                for accumulate in [false, true] {
+                    let dx0 = output(count: M * K, accumulate: accumulate, &rng)
+                    let ref = dx0.clone(), bound = Tensor([M * K + 64])
+                    Reference.Matmul.backwardInput(dx: ref.data, dy: dy.data, w: w, M: M,
+                                                   accumulate: accumulate, bound: bound.data)
+                    var outs: [MatmulKernels: Tensor] = [:]
+                    for k in kernels {
+                        let dx = dx0.clone()
+                        Matmul.backwardInput(dx: dx.data, dy: dy.data, w: w, M: M, accumulate: accumulate,
+                                             scratch: MatmulScratch(capacity: 1 << 12), kernels: k)
+                        let what = "backward \(k) \(wname) M=\(M) N=\(N) K=\(K) acc=\(accumulate)"
+                        assertWithinBound(dx, ref, bound, count: M * K, what)
+                        outs[k] = dx
+                    }
+                    if let fast = outs[.avx512], let blas = outs[.blas] {
+                        assertWithinBound(fast, blas, bound, count: M * K, rtol: 2 * Self.rtol,
+                                          "backward avx512 vs blas \(wname) M=\(M) N=\(N) K=\(K) acc=\(accumulate)")
+                    }
+                }
+            }
+        }
+    }
+
+    /// The model's own shapes (SmolLM2-135M projections) at a small M, both directions,
+    /// AVX-512 against OpenBLAS; the bound comes from the reference.
+    func testRealShapesAgainstBLAS() throws {
+        guard MatmulKernels.avx512.isAvailable else { throw XCTSkip("no AVX-512 on this CPU") }
+        var rng = RNG(seed: 72)
+        for (N, K) in [(576, 576), (192, 576), (1536, 576), (576, 1536)] {
+            for M in [1, 7, 45] {
+                let x = randn([M, K], &rng), dy = randn([M, N], &rng)
+                for (wname, w) in randomWeights(N: N, K: K, &rng) {
+                    let y = Tensor([M * N + 64]), yb = Tensor([M * N + 64]), yr = Tensor([M * N + 64])
+                    let yBound = Tensor([M * N + 64])
+                    for t in [y, yb] { for i in M * N..<t.count { t[i] = 1234.5 } }
+                    let s = MatmulScratch()
+                    Matmul.forward(y: y.data, x: x.data, w: w, M: M, scratch: s, kernels: .avx512)
+                    Matmul.forward(y: yb.data, x: x.data, w: w, M: M, scratch: s, kernels: .blas)
+                    Reference.Matmul.forward(y: yr.data, x: x.data, w: w, M: M, accumulate: false, bound: yBound.data)
+                    assertWithinBound(y, yr, yBound, count: M * N, "forward avx512 \(wname) M=\(M) \(N)x\(K)")
+                    assertWithinBound(y, yb, yBound, count: M * N, rtol: 2 * Self.rtol, "forward vs blas \(wname) M=\(M) \(N)x\(K)")
+                    let dx = Tensor([M * K + 64]), dxb = Tensor([M * K + 64]), dxr = Tensor([M * K + 64])
+                    let dxBound = Tensor([M * K + 64])
+                    for t in [dx, dxb] { for i in M * K..<t.count { t[i] = 1234.5 } }
+                    Matmul.backwardInput(dx: dx.data, dy: dy.data, w: w, M: M, accumulate: false, scratch: s, kernels: .avx512)
+                    Matmul.backwardInput(dx: dxb.data, dy: dy.data, w: w, M: M, accumulate: false, scratch: s, kernels: .blas)
+                    Reference.Matmul.backwardInput(dx: dxr.data, dy: dy.data, w: w, M: M, accumulate: false, bound: dxBound.data)
+                    assertWithinBound(dx, dxr, dxBound, count: M * K, "backward avx512 \(wname) M=\(M) \(N)x\(K)")
+                    assertWithinBound(dx, dxb, dxBound, count: M * K, rtol: 2 * Self.rtol, "backward vs blas \(wname) M=\(M) \(N)x\(K)")
+                }
+            }
+        }
+    }
+
+    /// The default is a kernel this CPU can run.
+    func testDefaultKernelsAreAvailable() {
+        XCTAssertTrue(MatmulKernels.default.isAvailable)
+        if ProcessInfo.processInfo.environment["LORA_KERNELS"] == nil {
+            XCTAssertEqual(MatmulKernels.default, MatmulKernels.avx512.isAvailable ? .avx512 : .blas)
+        }
+    }
+
+    // MARK: - Benchmark (LORA_BENCH=1)
+
+    /// Best wall time of `reps` runs after one warm-up, in seconds.
+    func bestTime(reps: Int, _ body: () -> Void) -> Double {
+        body()
+        var best = Double.infinity
+        for _ in 0..<reps {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            body()
+            best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9)
+        }
+        return best
+    }
+
+    /// GFLOP/s of each real training shape (M = 4 x 256), AVX-512 vs OpenBLAS, f32 and int8,
+    /// forward and backward; then decoding (M = 1): GB/s of weights read per shape with hot
+    /// caches, and one token's worth of SmolLM2-135M projections (30 layers + lm_head, each
+    /// weight read once from memory) per second.
+    func testBenchmark() throws {
+        guard ProcessInfo.processInfo.environment["LORA_BENCH"] == "1" else { throw XCTSkip("set LORA_BENCH=1") }
+        guard MatmulKernels.avx512.isAvailable else { throw XCTSkip("no AVX-512 on this CPU") }
+        let reps = Int(ProcessInfo.processInfo.environment["LORA_BENCH_REPS"] ?? "") ?? 5
+        print("threads \(Parallel.threads), repeats \(reps) (best of)")
+        var rng = RNG(seed: 73)
+        let M = 1024
+        let s = MatmulScratch()
+        for (N, K) in [(576, 576), (192, 576), (1536, 576), (576, 1536), (49152, 576)] {
+            let x = randn([M, K], &rng), dy = randn([M, N], &rng)
+            let y = Tensor([M, N]), dx = Tensor([M, K])
+            let r = N > 10_000 ? max(1, reps / 2) : reps
+            for (wname, w) in randomWeights(N: N, K: K, &rng) {
+                let flops = 2 * Double(M * N * K)
+                var line = String(format: "M=%d N=%5d K=%4d %-4@", M, N, K, wname)
+                for (dir, run) in [("fwd", { (k: MatmulKernels) in
+                                       Matmul.forward(y: y.data, x: x.data, w: w, M: M, scratch: s, kernels: k) }),
+                                   ("bwd", { (k: MatmulKernels) in
+                                       Matmul.backwardInput(dx: dx.data, dy: dy.data, w: w, M: M, accumulate: false,
+                                                            scratch: s, kernels: k) })] {
+                    let fast = flops / bestTime(reps: r) { run(.avx512) } * 1e-9
+                    let blas = flops / bestTime(reps: r) { run(.blas) } * 1e-9
+                    line += String(format: "  %@ %6.1f vs blas %6.1f GF/s (x%.2f)", dir, fast, blas, fast / blas)
+                }
+                print(line)
+            }
+        }
+        // Decoding, one shape at a time (weights stay in cache between repeats when they fit).
+        for (N, K) in [(576, 576), (192, 576), (1536, 576), (576, 1536), (49152, 576)] {
+            let x = randn([1, K], &rng), y = Tensor([N])
+            var line = String(format: "M=1    N=%5d K=%4d", N, K)
+            for (wname, w) in randomWeights(N: N, K: K, &rng) {
+                let bytes = Double(w.byteCount)
+                let fast = bestTime(reps: 20 * reps) { Matmul.forward(y: y.data, x: x.data, w: w, M: 1, scratch: s, kernels: .avx512) }
+                let blas = bestTime(reps: 20 * reps) { Matmul.forward(y: y.data, x: x.data, w: w, M: 1, scratch: s, kernels: .blas) }
+                line += String(format: "  %@ %6.1f us %5.1f GB/s vs blas %6.1f us (x%.2f)", wname, fast * 1e6,
+                               bytes / fast * 1e-9, blas * 1e6, blas / fast)
+            }
+            print(line)
+        }
+        // One decoding step's projections, every weight distinct (135M parameters: not in cache).
+        let layerShapes = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]
+        for int8 in [true, false] {
+            var ws: [Weight] = []
+            for _ in 0..<30 {
+                for (N, K) in layerShapes {
+                    let w = randn([N, K], &rng, scale: 0.5)
+                    ws.append(int8 ? .int8(QuantizedMatrix(quantizing: w.data, rows: N, cols: K)) : .f32(w))
+                }
+            }
+            let head = randn([49152, 576], &rng, scale: 0.5)
+            ws.append(int8 ? .int8(QuantizedMatrix(quantizing: head.data, rows: 49152, cols: 576)) : .f32(head))
+            let x = randn([1, 1536], &rng), y = Tensor([49152])
+            let bytes = Double(ws.reduce(0) { $0 + $1.byteCount })
+            var line = String(format: "decode step, %@ weights (%.0f MB):", int8 ? "int8" : "f32", bytes * 1e-6)
+            for k in [MatmulKernels.avx512, .blas] {
+                let t = bestTime(reps: reps) {
+                    for w in ws { Matmul.forward(y: y.data, x: x.data, w: w, M: 1, scratch: s, kernels: k) }
+                }
+                line += String(format: "  %@ %.2f ms (%.0f tokens/s, %.1f GB/s)", k.rawValue, t * 1e3, 1 / t, bytes / t * 1e-9)
+            }
+            print(line)
+        }
+    }
+}
