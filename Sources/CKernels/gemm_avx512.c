@@ -39,13 +39,12 @@
 #define GEMM_NV 3      // zmm vectors of C columns per micro-kernel
 #endif
 #define GEMM_NR (16 * GEMM_NV)
-#ifndef GEMM_KC
-#define GEMM_KC 256    // depth of a packed block
+#ifndef GEMM_KC_MAX
+#define GEMM_KC_MAX 768   // deepest block: the A micro-panel, MR x KC floats, stays in L1
 #endif
-#ifndef GEMM_NC
-#define GEMM_NC 768    // output columns of a packed block (KC x NC floats = 768 KiB, in L2)
+#ifndef GEMM_B_FLOATS
+#define GEMM_B_FLOATS (144 * 1024)  // packed B block, KC x NC floats (576 KiB, in L2)
 #endif
-#define GEMM_NCPAD (((GEMM_NC + GEMM_NR - 1) / GEMM_NR) * GEMM_NR)
 
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #define INLINE static inline __attribute__((always_inline)) TARGET
@@ -64,13 +63,13 @@ static pthread_key_t pack_key;
 static pthread_once_t pack_once = PTHREAD_ONCE_INIT;
 static void pack_key_init(void) { pthread_key_create(&pack_key, free); }
 
-/// GEMM_KC x GEMM_NCPAD floats, 64-byte aligned, one per thread.
+/// GEMM_B_FLOATS floats, 64-byte aligned, one per thread.
 static float *pack_buffer(void) {
     pthread_once(&pack_once, pack_key_init);
     float *p = pthread_getspecific(pack_key);
     if (!p) {
         void *raw = NULL;
-        if (posix_memalign(&raw, 64, sizeof(float) * GEMM_KC * GEMM_NCPAD) != 0) abort();
+        if (posix_memalign(&raw, 64, sizeof(float) * GEMM_B_FLOATS) != 0) abort();
         p = raw;
         pthread_setspecific(pack_key, p);
     }
@@ -248,19 +247,35 @@ TARGET static void gemm(long M, long col0, long ncols, long depth, const float *
                 for (long j = 0; j < ncols; j++) C[i * ldc + col0 + j] = 0;
         return;
     }
+    // Depth blocks: as few as fit GEMM_KC_MAX, of equal size (C is read and written once per
+    // block). Column blocks: as wide as the B budget allows at that depth, of equal size.
+    long kb = (depth + GEMM_KC_MAX - 1) / GEMM_KC_MAX;
+    long kcb = (depth + kb - 1) / kb;
+    long ncmax = GEMM_B_FLOATS / kcb / GEMM_NR * GEMM_NR;
+    if (ncmax < GEMM_NR) ncmax = GEMM_NR;
+    long nb = (ncols + ncmax - 1) / ncmax;
+    long ncb = ((ncols + nb - 1) / nb + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
     float *bp = pack_buffer();
-    for (long jc = 0; jc < ncols; jc += GEMM_NC) {
-        long nc = ncols - jc < GEMM_NC ? ncols - jc : GEMM_NC;
+    for (long jc = 0; jc < ncols; jc += ncb) {
+        long nc = ncols - jc < ncb ? ncols - jc : ncb;
         long np = (nc + GEMM_NR - 1) / GEMM_NR;
-        for (long pc = 0; pc < depth; pc += GEMM_KC) {
-            long kc = depth - pc < GEMM_KC ? depth - pc : GEMM_KC;
+        for (long pc = 0; pc < depth; pc += kcb) {
+            long kc = depth - pc < kcb ? depth - pc : kcb;
             if (trans) pack_bt(bp, w, q, scales, ldw, col0 + jc, nc, pc, kc);
             else pack_b(bp, w, q, scales, ldw, col0 + jc, nc, pc, kc);
             int load_c = accumulate || pc > 0;
+            long lines = (kc + 15) / 16;  // cache lines per row of an A micro-panel
             for (long ir = 0; ir < M; ir += GEMM_MR) {
                 long mr = M - ir < GEMM_MR ? M - ir : GEMM_MR;
                 const float *a = A + ir * lda + pc;
+                // The next A micro-panel is fetched while this one is used, a share per panel.
+                long next = M - ir - mr < GEMM_MR ? M - ir - mr : GEMM_MR;
+                long pf = next * lines, pf0 = 0, pfstep = (pf + np - 1) / np;
                 for (long p = 0; p < np; p++) {
+                    for (long l = pf0; l < pf0 + pfstep && l < pf; l++)
+                        _mm_prefetch((const char *)(a + (GEMM_MR + l / lines) * lda + 16 * (l % lines)),
+                                     _MM_HINT_T0);
+                    pf0 += pfstep;
                     __mmask16 mask[GEMM_NV];
                     for (int v = 0; v < GEMM_NV; v++) mask[v] = mask16(nc - p * GEMM_NR - 16 * v);
                     float *c = C + ir * ldc + col0 + jc + p * GEMM_NR;

@@ -246,14 +246,19 @@ public final class Trainer {
         let fm = FileManager.default
         let stateURL = dir.appendingPathComponent("trainer_state.json")
         let optURL = dir.appendingPathComponent("optimizer.safetensors")
-        let adapter = try AdapterWeights(dir: dir)
-        try adapter.copy(into: loras, file: dir.path)
+        let saved = try AdapterFactors.load(dir, model: model.config)
+        for (path, l) in loras {
+            guard let (A, B) = saved.factors[path + ".weight"], A.shape == l.A.shape, B.shape == l.B.shape else {
+                throw TrainingError.badCheckpoint(path: dir.path, detail: "its adapter does not match this run's (lora_r \(l.r) on \(path)); use the same lora_r and lora_target_modules")
+            }
+            l.A.copy(from: A); l.B.copy(from: B)
+        }
         guard fm.fileExists(atPath: stateURL.path) else { return }   // bare adapter: weights only
         let j: JSON
         do { j = try JSON.parse(contentsOf: stateURL) } catch {
             throw TrainingError.badCheckpoint(path: stateURL.path, detail: "\(error)")
         }
-        let saved = try TrainerState(json: j, file: stateURL.path)
+        let savedState = try TrainerState(json: j, file: stateURL.path)
         let st = try SafeTensorsFile(path: optURL.path)
         for (k, (m, v)) in optimizer.state.enumerated() {
             guard let sm = try st.f32("m.\(k)"), let sv = try st.f32("v.\(k)"), sm.count == m.count, sv.count == v.count else {
@@ -261,40 +266,17 @@ public final class Trainer {
             }
             m.copy(from: sm); v.copy(from: sv)
         }
-        optimizer.restore(step: Int(st.metadata["adamw_step"] ?? "") ?? saved.step)
-        if saved.bestStep != nil {
+        optimizer.restore(step: Int(st.metadata["adamw_step"] ?? "") ?? savedState.step)
+        if savedState.bestStep != nil {
             let tensors = try loras.indices.flatMap { k -> [Tensor] in
                 guard let a = try st.f32("best.\(2 * k)"), let b = try st.f32("best.\(2 * k + 1)") else { return [] }
                 return [a, b]
             }
             if tensors.count == loras.count * 2 { best = tensors }
         }
-        guard saved.totalSteps == state.totalSteps else {
-            throw TrainingError.badCheckpoint(path: stateURL.path, detail: "it was made for \(saved.totalSteps) steps, this run has \(state.totalSteps); use the same data and settings to resume")
+        guard savedState.totalSteps == state.totalSteps else {
+            throw TrainingError.badCheckpoint(path: stateURL.path, detail: "it was made for \(savedState.totalSteps) steps, this run has \(state.totalSteps); use the same data and settings to resume")
         }
-        state = saved
-    }
-}
-
-/// Adapter tensors read from a folder, matched to the model's attached adapters by key.
-struct AdapterWeights {
-    let file: SafeTensorsFile
-    init(dir: URL) throws {
-        let p = dir.appendingPathComponent(Adapter.weightsFile)
-        guard FileManager.default.fileExists(atPath: p.path) else {
-            throw CheckpointError.notFound(path: p.path, expected: "a checkpoint-N folder or an adapter folder")
-        }
-        file = try SafeTensorsFile(path: p.path)
-    }
-
-    func copy(into loras: [(path: String, lora: LoRA)], file path: String) throws {
-        for (p, l) in loras {
-            for (ab, t) in [("A", l.A), ("B", l.B)] {
-                let key = "base_model.model.\(p).lora_\(ab).weight"
-                guard let e = file.entries[key] else { throw CheckpointError.missingTensor(file: file.path, name: key) }
-                guard e.shape == t.shape else { throw CheckpointError.shapeMismatch(file: file.path, name: key, expected: t.shape, found: e.shape) }
-                t.copy(from: try file.f32(key)!)
-            }
-        }
+        state = savedState
     }
 }
