@@ -44,6 +44,7 @@ def main():
     ap.add_argument("--train-on-inputs", default="true")
     ap.add_argument("--template", default="configs/templates/alpaca.json")
     ap.add_argument("--lora", default=".build/release/lora")
+    # One record per batch on both sides, padded to a multiple of 8 as the collator pads.
     a = ap.parse_args()
     train_on_inputs = a.train_on_inputs.lower() == "true"
 
@@ -71,8 +72,12 @@ def main():
             if not train_on_inputs:
                 n = len(tokenize(sp, prompt(r, template), a.cutoff_len, False, bos, eos))
                 labels = [-100] * n + labels[n:]
-            x = torch.tensor([ids])
-            logits = model(input_ids=x).logits[0, :-1]
+            # Pad as alpaca-lora's collator does (left, id 0, to a multiple of 8, labels -100).
+            pad = (-len(ids)) % 8
+            x = torch.tensor([[0] * pad + ids])
+            mask = torch.tensor([[0] * pad + [1] * len(ids)])
+            labels = [-100] * pad + labels
+            logits = model(input_ids=x, attention_mask=mask).logits[0, :-1]
             y = torch.tensor(labels[1:])
             m = y != -100
             total += torch.nn.functional.cross_entropy(logits[m], y[m], reduction="sum").item()

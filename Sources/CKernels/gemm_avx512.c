@@ -42,6 +42,9 @@
 #ifndef GEMM_KC_MAX
 #define GEMM_KC_MAX 768   // deepest block: the A micro-panel, MR x KC floats, stays in L1
 #endif
+#ifndef GEMM_NC_DEEP
+#define GEMM_NC_DEEP 384  // widest block when the depth needs several blocks
+#endif
 #ifndef GEMM_B_FLOATS
 #define GEMM_B_FLOATS (144 * 1024)  // packed B block, KC x NC floats (576 KiB, in L2)
 #endif
@@ -247,14 +250,25 @@ TARGET static void gemm(long M, long col0, long ncols, long depth, const float *
                 for (long j = 0; j < ncols; j++) C[i * ldc + col0 + j] = 0;
         return;
     }
-    // Depth blocks: as few as fit GEMM_KC_MAX, of equal size (C is read and written once per
-    // block). Column blocks: as wide as the B budget allows at that depth, of equal size.
-    long kb = (depth + GEMM_KC_MAX - 1) / GEMM_KC_MAX;
-    long kcb = (depth + kb - 1) / kb;
-    long ncmax = GEMM_B_FLOATS / kcb / GEMM_NR * GEMM_NR;
-    if (ncmax < GEMM_NR) ncmax = GEMM_NR;
-    long nb = (ncols + ncmax - 1) / ncmax;
-    long ncb = ((ncols + nb - 1) / nb + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
+    // Block sizes (kcb deep, ncb wide, kcb x ncb <= GEMM_B_FLOATS), equal blocks:
+    // - shallow products (depth <= GEMM_KC_MAX): the whole depth at once, so C is written
+    //   once (the lm_head's C is 200 MB) and B blocks as wide as the budget allows;
+    // - deep ones: up to GEMM_NC_DEEP columns at once, so A (the backward lm_head's
+    //   dlogits, 200 MB) is read as few times as possible, and as deep as then fits.
+    long kcb, ncb;
+    if (depth <= GEMM_KC_MAX) {
+        kcb = depth;
+        long ncmax = GEMM_B_FLOATS / kcb / GEMM_NR * GEMM_NR;
+        long nb = (ncols + ncmax - 1) / ncmax;
+        ncb = ((ncols + nb - 1) / nb + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
+    } else {
+        long nb = (ncols + GEMM_NC_DEEP - 1) / GEMM_NC_DEEP;
+        ncb = ((ncols + nb - 1) / nb + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
+        long kcmax = GEMM_B_FLOATS / ncb;
+        if (kcmax > GEMM_KC_MAX) kcmax = GEMM_KC_MAX;
+        long kb = (depth + kcmax - 1) / kcmax;
+        kcb = (depth + kb - 1) / kb;
+    }
     float *bp = pack_buffer();
     for (long jc = 0; jc < ncols; jc += ncb) {
         long nc = ncols - jc < ncb ? ncols - jc : ncb;
@@ -264,18 +278,10 @@ TARGET static void gemm(long M, long col0, long ncols, long depth, const float *
             if (trans) pack_bt(bp, w, q, scales, ldw, col0 + jc, nc, pc, kc);
             else pack_b(bp, w, q, scales, ldw, col0 + jc, nc, pc, kc);
             int load_c = accumulate || pc > 0;
-            long lines = (kc + 15) / 16;  // cache lines per row of an A micro-panel
             for (long ir = 0; ir < M; ir += GEMM_MR) {
                 long mr = M - ir < GEMM_MR ? M - ir : GEMM_MR;
                 const float *a = A + ir * lda + pc;
-                // The next A micro-panel is fetched while this one is used, a share per panel.
-                long next = M - ir - mr < GEMM_MR ? M - ir - mr : GEMM_MR;
-                long pf = next * lines, pf0 = 0, pfstep = (pf + np - 1) / np;
                 for (long p = 0; p < np; p++) {
-                    for (long l = pf0; l < pf0 + pfstep && l < pf; l++)
-                        _mm_prefetch((const char *)(a + (GEMM_MR + l / lines) * lda + 16 * (l % lines)),
-                                     _MM_HINT_T0);
-                    pf0 += pfstep;
                     __mmask16 mask[GEMM_NV];
                     for (int v = 0; v < GEMM_NV; v++) mask[v] = mask16(nc - p * GEMM_NR - 16 * v);
                     float *c = C + ir * ldc + col0 + jc + p * GEMM_NR;
