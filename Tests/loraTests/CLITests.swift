@@ -9,11 +9,12 @@ final class CLITests: XCTestCase {
     static let repo = fixtures.deletingLastPathComponent().deletingLastPathComponent()
 
     /// The `lora` executable next to the test bundle (.build/<config>/lora).
-    var binary: URL {
+    static var binary: URL {
         var dir = Bundle(for: CLITests.self).bundleURL
         while dir.pathExtension == "xctest" || dir.lastPathComponent == "Contents" { dir.deleteLastPathComponent() }
         return dir.appendingPathComponent("lora")
     }
+    var binary: URL { Self.binary }
 
     struct Result { let status: Int32; let stdout: String; let stderr: String }
 
