@@ -35,6 +35,12 @@ struct Generate: ParsableCommand {
     @Option(name: .customLong("max-new-tokens"), help: "Most new tokens to generate.")
     var maxNewTokens = GenerationOptions().maxNewTokens
 
+    @Option(name: .customLong("min-new-tokens"), help: "EOS is ignored until this many new tokens (benchmarks).")
+    var minNewTokens = GenerationOptions().minNewTokens
+
+    @Flag(help: "Print prompt length, time to first token and decode speed to stderr.")
+    var stats = false
+
     @Flag(name: .customLong("do-sample"), help: "Sample instead of greedy/beam decoding (needs --num-beams 1).")
     var doSample = false
 
@@ -75,7 +81,7 @@ struct Generate: ParsableCommand {
 
     var options: GenerationOptions {
         var o = GenerationOptions()
-        o.numBeams = numBeams; o.maxNewTokens = maxNewTokens; o.doSample = doSample
+        o.numBeams = numBeams; o.maxNewTokens = maxNewTokens; o.minNewTokens = minNewTokens; o.doSample = doSample
         o.temperature = temperature; o.topP = topP; o.topK = topK
         o.repetitionPenalty = repetitionPenalty; o.seed = seed
         return o
@@ -117,9 +123,22 @@ struct Generate: ParsableCommand {
         let out = StreamOut(strip: template != nil)
         var decoder = StreamingDecoder(tokenizer: loaded.tokenizer, context: ids)
         let streaming = opts.numBeams == 1
+        let t0 = Date()
+        var firstToken: Date? = nil
         let generated = try gen.generate(prompt: ids, options: opts, onToken: streaming ? { id in
+            if firstToken == nil { firstToken = Date() }
             out.write(decoder.push(id))
         } : nil)
+        let t1 = Date()
+        defer {
+            if stats {
+                let ttft = (firstToken ?? t1).timeIntervalSince(t0)
+                let rest = t1.timeIntervalSince(firstToken ?? t1)
+                note(String(format: "prompt %d tokens, %d new tokens; time to first token %.3f s; decode %.1f tokens/s; total %.2f s",
+                            ids.count, generated.count, ttft, generated.count > 1 ? Double(generated.count - 1) / max(rest, 1e-9) : 0,
+                            t1.timeIntervalSince(t0)))
+            }
+        }
         if streaming {
             out.write(decoder.finish())
             out.end()

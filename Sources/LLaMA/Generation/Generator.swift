@@ -30,6 +30,7 @@ public final class Generator {
         let scores = cache.logits.data
         for _ in 0..<o.maxNewTokens {
             LogitsProcessing.repetitionPenalty(scores, seen: seq, penalty: o.repetitionPenalty)
+            LogitsProcessing.suppressEOS(scores, eos: eosIDs, generated: out.count, minNew: o.minNewTokens)
             let next: Int
             if o.doSample {
                 LogitsProcessing.temperature(scores, V: V, o.temperature)
@@ -74,6 +75,7 @@ public final class Generator {
                 let row = cache.logits.data + b * V
                 LogitsProcessing.logSoftmax(row, V: V)
                 LogitsProcessing.repetitionPenalty(row, seen: prompt + beams[b], penalty: o.repetitionPenalty)
+                LogitsProcessing.suppressEOS(row, eos: eosIDs, generated: step, minNew: o.minNewTokens)
                 // Per-beam top candidates are enough to find the global top `keep`.
                 var local: [(Float, Int)] = []
                 for t in 0..<V {

@@ -4,6 +4,8 @@ import Tensor
 /// Decoding settings, with alpaca-lora generate.py's defaults and Hugging Face semantics.
 public struct GenerationOptions: Sendable, Equatable {
     public var maxNewTokens = 128
+    /// EOS is suppressed until this many tokens exist (HF's min_new_tokens; benchmarks use it).
+    public var minNewTokens = 0
     public var numBeams = 4
     public var doSample = false
     public var temperature: Float = 0.1
@@ -103,6 +105,12 @@ public enum LogitsProcessing {
             if cum > r { return i }
         }
         return last
+    }
+
+    /// HF's MinNewTokensLengthLogitsProcessor: EOS impossible before `minNew` new tokens.
+    public static func suppressEOS(_ scores: UnsafeMutablePointer<Float>, eos: Set<Int32>, generated: Int, minNew: Int) {
+        guard generated < minNew else { return }
+        for id in eos { scores[Int(id)] = -.infinity }
     }
 
     /// log_softmax in place.
