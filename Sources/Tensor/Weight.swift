@@ -69,6 +69,7 @@ public enum Matmul {
                   beta: accumulate ? 1 : 0, C: y, ldc: N)
         case .int8(let q):
             // Dequantize a tile of rows of W, then one GEMM for that tile over all M rows.
+            precondition(scratch.capacity >= K, "MatmulScratch(\(scratch.capacity)) is smaller than a row of W (\(K))")
             let tile = max(1, min(N, scratch.capacity / max(K, 1)))
             var n0 = 0
             while n0 < N {
@@ -102,6 +103,7 @@ public enum Matmul {
                 if !accumulate { dx.update(repeating: 0, count: M * K) }
                 return
             }
+            precondition(scratch.capacity >= K, "MatmulScratch(\(scratch.capacity)) is smaller than a row of W (\(K))")
             let tile = max(1, min(N, scratch.capacity / max(K, 1)))
             var n0 = 0
             var first = !accumulate

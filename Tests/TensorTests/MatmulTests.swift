@@ -12,13 +12,19 @@ import XCTest
 final class MatmulTests: XCTestCase {
     static let rtol: Float = 1e-5
 
-    /// (M, N, K). Blocking here: GEMM micro-kernel 8 x 48, depth blocks of 256, column blocks
-    /// of 768; small-M kernel (M <= 8) 4 rows x 4 columns at a time, K in 16s.
+    /// (M, N, K), chosen against the AVX-512 blocking: GEMM micro-kernel 8 rows x 48 columns
+    /// (M % 8 and column counts % 48 and % 16 left over), depth in blocks of at most 768 (the
+    /// forward's K = 1000, the backward's N = 800 and 1000 take two), column blocks of at most
+    /// 576 KiB / depth (N = 800 at K = 300 takes two); forward M <= 16 goes to the small-M kernel
+    /// (4 weight rows x 4 rows of x, K in 16s for f32 and 64s for int8, in segments of 4096).
+    /// Empty dimensions and the two-worker split (2 M N K >= 4 M flops) are covered too.
     static let shapes: [(Int, Int, Int)] = [
         (1, 1, 1), (1, 5, 7), (1, 37, 600), (2, 19, 33), (3, 17, 33), (3, 300, 600),
         (4, 64, 16), (5, 1000, 300), (7, 48, 16), (8, 50, 100), (9, 50, 100), (13, 97, 257),
+        (16, 33, 70), (2, 9, 4200), (5, 30, 1000),
         (3, 5, 0), (20, 5, 0), (16, 0, 8), (0, 4, 4),
-        (37, 800, 300), (64, 193, 300), (100, 49, 513), (17, 770, 40),
+        (17, 770, 40), (20, 60, 1000), (20, 1000, 500), (23, 49, 65),
+        (37, 800, 300), (64, 193, 300), (100, 49, 513),
     ]
 
     func randomWeights(N: Int, K: Int, _ rng: inout RNG) -> [(String, Weight)] {
@@ -71,7 +77,7 @@ final class MatmulTests: XCTestCase {
                     for k in kernels {
                         let y = y0.clone()
                         Matmul.forward(y: y.data, x: x.data, w: w, M: M, accumulate: accumulate,
-                                       scratch: MatmulScratch(capacity: 1 << 12), kernels: k)
+                                       scratch: MatmulScratch(capacity: max(1 << 12, K)), kernels: k)
                         let what = "forward \(k) \(wname) M=\(M) N=\(N) K=\(K) acc=\(accumulate)"
                         assertWithinBound(y, ref, bound, count: M * N, what)
                         outs[k] = y
@@ -99,7 +105,7 @@ final class MatmulTests: XCTestCase {
                     for k in kernels {
                         let dx = dx0.clone()
                         Matmul.backwardInput(dx: dx.data, dy: dy.data, w: w, M: M, accumulate: accumulate,
-                                             scratch: MatmulScratch(capacity: 1 << 12), kernels: k)
+                                             scratch: MatmulScratch(capacity: max(1 << 12, K)), kernels: k)
                         let what = "backward \(k) \(wname) M=\(M) N=\(N) K=\(K) acc=\(accumulate)"
                         assertWithinBound(dx, ref, bound, count: M * K, what)
                         outs[k] = dx
