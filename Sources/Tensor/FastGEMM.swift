@@ -45,10 +45,13 @@ enum AVX512GEMM {
     /// Forward with M up to this uses the unpacked small-M kernel (decoding); measured on Zen 5
     /// it is as fast as the packed GEMM up to M = 24..32 (packing W^T costs ~40 us per 576 x 576).
     static let smallM = 16
-    /// Below this many flops (2 M N K) a GEMM stays on one thread: splitting costs more.
+    /// Below this many flops (2 M N K) a product stays on one thread: splitting costs more.
     static let parallelFlops = 1 << 22
-    /// Below this many weight bytes the small-M kernel stays on one thread.
-    static let parallelBytes = 1 << 18
+    /// Decoding (M = 1) is bound by memory bandwidth, which one core nearly saturates (~34 of
+    /// ~40 GB/s measured on the 2-core Zen 5), while a split costs ~5-8 us of Dispatch
+    /// overhead per matmul: the small-M kernel splits only above `parallelFlops` (M of a
+    /// few and up, compute bound) or for weights this large (the lm_head).
+    static let parallelBytes = 1 << 24
 
     /// y[M, N] (+)= x[M, K] @ W^T, W [N, K].
     static func forward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight,
@@ -60,7 +63,8 @@ enum AVX512GEMM {
             // Rows of W in blocks of 16 per worker.
             let units = (N + 15) / 16
             let bytes = N * K * (w.isInt8 ? 1 : 4)
-            Parallel.chunks(units, grain: bytes >= parallelBytes ? 1 : units) { r in
+            let split = 2 * M * N * K >= parallelFlops || bytes >= parallelBytes
+            Parallel.chunks(units, grain: split ? 1 : units) { r in
                 let n0 = r.lowerBound * 16, n1 = min(N, r.upperBound * 16)
                 switch w {
                 case .f32(let t):

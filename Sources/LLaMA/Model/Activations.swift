@@ -5,8 +5,7 @@ import Tensor
 public final class Activations: @unchecked Sendable {
     public final class Layer: @unchecked Sendable {
         let xIn: Tensor     // [M, C]  block input (residual stream)
-        let rstd1: Tensor   // [M]
-        let xn1: Tensor     // [M, C]  input_layernorm output
+        let rstd1: Tensor   // [M]     (the normed input is recomputed in backward)
         let q: Tensor       // [M, nH*hd]  after RoPE
         let k: Tensor       // [M, nKV*hd] after RoPE
         let v: Tensor       // [M, nKV*hd]
@@ -14,21 +13,19 @@ public final class Activations: @unchecked Sendable {
         let att: Tensor     // [M, nH*hd]  attention output, o_proj input
         let xMid: Tensor    // [M, C]  residual after attention
         let rstd2: Tensor   // [M]
-        let xn2: Tensor     // [M, C]
         let gate: Tensor    // [M, I]
-        let up: Tensor      // [M, I]
-        let h: Tensor       // [M, I]  silu(gate) * up, down_proj input
+        let up: Tensor      // [M, I]  (silu(gate) * up is recomputed in backward)
         /// Per adapted projection: u = xin A^T [M, r], and the dropout keep-mask [M, in].
         var loraU: [Projection: Tensor] = [:]
         var loraKeep: [Projection: UnsafeMutablePointer<UInt8>] = [:]
 
         init(c: LlamaConfig, B: Int, T: Int) {
             let M = B * T, C = c.hiddenSize, I = c.intermediateSize
-            xIn = Tensor([M, C]); rstd1 = Tensor([M]); xn1 = Tensor([M, C])
+            xIn = Tensor([M, C]); rstd1 = Tensor([M])
             q = Tensor([M, c.qDim]); k = Tensor([M, c.kvDim]); v = Tensor([M, c.kvDim])
             probs = Tensor([B, c.numAttentionHeads, T, T]); att = Tensor([M, c.qDim])
-            xMid = Tensor([M, C]); rstd2 = Tensor([M]); xn2 = Tensor([M, C])
-            gate = Tensor([M, I]); up = Tensor([M, I]); h = Tensor([M, I])
+            xMid = Tensor([M, C]); rstd2 = Tensor([M])
+            gate = Tensor([M, I]); up = Tensor([M, I])
         }
         deinit { for p in loraKeep.values { p.deallocate() } }
     }
@@ -39,7 +36,14 @@ public final class Activations: @unchecked Sendable {
     let xFinal: Tensor   // [M, C]
     let rstdF: Tensor    // [M]
     let xnF: Tensor      // [M, C]
-    public let logits: Tensor   // [M, V] (dlogits in place during backward)
+    /// Rows of logits computed at a time by the lm_head (the full [M, V] never exists).
+    public let headRows: Int
+    let logits: Tensor   // [headRows, V] (dlogits in place)
+    // Shared by all layers: the normed block input and silu(gate) * up, as forward needs them
+    // and as backward recomputes them.
+    let xn: Tensor       // [M, C]
+    let h: Tensor        // [M, I]
+    let rstdScratch: Tensor // [M]
     // Backward work buffers, shared by all layers.
     let dres: Tensor     // [M, C]
     let dxn: Tensor      // [M, C]
@@ -64,7 +68,9 @@ public final class Activations: @unchecked Sendable {
         let M = maxB * maxT, C = c.hiddenSize, I = c.intermediateSize
         layers = (0..<c.numHiddenLayers).map { _ in Layer(c: c, B: maxB, T: maxT) }
         xFinal = Tensor([M, C]); rstdF = Tensor([M]); xnF = Tensor([M, C])
-        logits = Tensor([M, c.vocabSize])
+        headRows = min(M, 256)
+        logits = Tensor([headRows, c.vocabSize])
+        xn = Tensor([M, C]); h = Tensor([M, I]); rstdScratch = Tensor([M])
         dres = Tensor([M, C]); dxn = Tensor([M, C])
         dq = Tensor([M, c.qDim]); dk = Tensor([M, c.kvDim]); dv = Tensor([M, c.kvDim])
         datt = Tensor([M, c.qDim]); dgate = Tensor([M, I]); dup = Tensor([M, I]); dh = Tensor([M, I])
@@ -92,11 +98,11 @@ public final class Activations: @unchecked Sendable {
     public var byteCount: Int {
         var n = 0
         for l in layers {
-            n += [l.xIn, l.rstd1, l.xn1, l.q, l.k, l.v, l.probs, l.att, l.xMid, l.rstd2, l.xn2, l.gate, l.up, l.h]
+            n += [l.xIn, l.rstd1, l.q, l.k, l.v, l.probs, l.att, l.xMid, l.rstd2, l.gate, l.up]
                 .reduce(0) { $0 + $1.count * 4 }
             n += l.loraU.values.reduce(0) { $0 + $1.count * 4 }
         }
-        return n + (xFinal.count * 2 + logits.count + dres.count * 2 + dq.count * 2 + dk.count * 2
+        return n + (xFinal.count * 2 + logits.count + xn.count + h.count + dres.count * 2 + dq.count * 2 + dk.count * 2
                      + dgate.count * 3 + du.count + dz.count * 2) * 4
     }
 }

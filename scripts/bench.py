@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Driver of scripts/bench.sh: runs each peer ROUNDS times, alternating, and prints the table.
+
+Training: SmolLM2-135M-Instruct (the setup GGUF; PyTorch loads the same file through
+transformers' GGUF reader, dequantized to f32), LoRA r=8 alpha=16 dropout 0.05 on q_proj,v_proj,
+micro-batch 4 sequences of exactly 256 tokens (scripts/bench_data.py), STEPS optimizer steps.
+Generation: greedy, 128 new tokens (EOS ignored) after a short prompt, on the same GGUF file.
+Peak RSS comes from /usr/bin/time -v around each process."""
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+
+MODEL = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+LORA = ".build/release/lora"
+PROMPT = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+
+
+def timed(cmd, env=None):
+    r = subprocess.run(["/usr/bin/time", "-v"] + cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr[-3000:]}")
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1)) / 1024
+    return r.stdout, r.stderr, rss
+
+
+def lora_train(data, steps, load8bit):
+    out = tempfile.mkdtemp(prefix="lora-bench-")
+    _, err, rss = timed([LORA, "finetune", "--base-model", MODEL, "--data-path", data, "--output-dir", out,
+                         "--cutoff-len", "256", "--micro-batch-size", "4", "--batch-size", "4", "--max-steps", str(steps),
+                         "--val-set-size", "0", "--lora-r", "8", "--lora-alpha", "16", "--lora-dropout", "0.05",
+                         "--warmup-steps", "0", "--logging-steps", "1000", "--save-steps", "100000",
+                         "--load-8bit", "true" if load8bit else "false"])
+    tps = float(re.search(r"([\d.]+) tokens/s, peak memory", err).group(1))
+    return tps, rss
+
+
+def peft_train(py, data, steps, dtype):
+    out, _, rss = timed([py, "scripts/bench_peft.py", "train", "--gguf", MODEL, "--data", data, "--steps", str(steps),
+                         "--dtype", dtype])
+    return json.loads(out.strip().splitlines()[-1])["tokens_per_second"], rss
+
+
+def lora_generate():
+    _, err, rss = timed([LORA, "generate", "--base-model", MODEL, "--prompt", PROMPT, "--num-beams", "1",
+                         "--max-new-tokens", "128", "--min-new-tokens", "128", "--stats", "--load-8bit", "true"])
+    m = re.search(r"time to first token ([\d.]+) s; decode ([\d.]+) tokens/s", err)
+    return float(m.group(2)), rss, float(m.group(1))
+
+
+def llama_generate(py):
+    code = f"""
+import json, time
+from llama_cpp import Llama
+m = Llama(model_path={MODEL!r}, n_ctx=512, n_threads={os.cpu_count()}, verbose=False)
+ids = m.tokenize({PROMPT!r}.encode())
+t0 = time.time(); first = None; n = 0
+for tok in m.generate(ids, temp=0.0, top_k=1, reset=True):
+    if first is None: first = time.time()
+    n += 1
+    if n == 128: break
+t1 = time.time()
+print(json.dumps({{"ttft": first - t0, "decode": (n - 1) / (t1 - first)}}))
+"""
+    out, _, rss = timed([py, "-c", code])
+    j = json.loads(out.strip().splitlines()[-1])
+    return j["decode"], rss, j["ttft"]
+
+
+def summary(xs):
+    return statistics.median(xs), min(xs), max(xs)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=5)
+    a = ap.parse_args()
+    py = sys.executable
+    data = os.path.join(tempfile.mkdtemp(prefix="lora-bench-data-"), "bench.json")
+    subprocess.run([py, "scripts/bench_data.py", data, str(4 * (a.steps + 2))], check=True)
+    res = {k: {"v": [], "rss": [], "ttft": []} for k in
+           ["lora f32", "lora int8", "pytorch f32", "pytorch bf16", "lora generate", "llama.cpp generate"]}
+    for r in range(a.rounds):
+        print(f"round {r + 1}/{a.rounds}", file=sys.stderr)
+        for name, fn in [("lora f32", lambda: lora_train(data, a.steps, False)),
+                         ("pytorch f32", lambda: peft_train(py, data, a.steps, "f32")),
+                         ("lora int8", lambda: lora_train(data, a.steps, True)),
+                         ("pytorch bf16", lambda: peft_train(py, data, a.steps, "bf16")),
+                         ("lora generate", lora_generate), ("llama.cpp generate", lambda: llama_generate(py))]:
+            v = fn()
+            res[name]["v"].append(v[0]); res[name]["rss"].append(v[1])
+            if len(v) > 2: res[name]["ttft"].append(v[2])
+            print(f"  {name}: {v[0]:.1f} tokens/s, {v[1]:.0f} MB", file=sys.stderr)
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "")
+    print(f"machine: {cpu}, {os.cpu_count()} cores, avx512f={'avx512f' in flags} avx512_bf16={'avx512_bf16' in flags} "
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '-')}, threads = cores")
+    print(f"model {MODEL}; train: LoRA r=8 q_proj,v_proj, micro-batch 4 x 256 tokens, {a.steps} steps; "
+          f"generate: greedy, 128 new tokens; {a.rounds} rounds, alternating\n")
+    print(f"{'peer':22} {'tokens/s median':>16} {'min-max':>16} {'peak RSS MB':>12} {'TTFT s':>8}")
+    for k, d in res.items():
+        m, lo, hi = summary(d["v"])
+        ttft = f"{statistics.median(d['ttft']):.3f}" if d["ttft"] else "-"
+        print(f"{k:22} {m:16.1f} {f'{lo:.1f}-{hi:.1f}':>16} {statistics.median(d['rss']):12.0f} {ttft:>8}")
+    med = {k: statistics.median(d["v"]) for k, d in res.items()}
+    rss = {k: statistics.median(d["rss"]) for k, d in res.items()}
+    print("\nratios (target in brackets):")
+    print(f"  train tokens/s, lora int8 / pytorch f32: {med['lora int8'] / med['pytorch f32']:.2f}x  [>= 2.0]")
+    print(f"  train tokens/s, lora f32 / pytorch f32:  {med['lora f32'] / med['pytorch f32']:.2f}x")
+    print(f"  train peak RSS, lora int8 / pytorch f32: {rss['lora int8'] / rss['pytorch f32']:.2f}x  [<= 0.4]")
+    print(f"  generate tokens/s, lora / llama.cpp:     {med['lora generate'] / med['llama.cpp generate']:.2f}x  [>= 1.0]")
+    tt = {k: statistics.median(d["ttft"]) for k, d in res.items() if d["ttft"]}
+    print(f"  time to first token, lora / llama.cpp:   {tt['lora generate'] / tt['llama.cpp generate']:.2f}x  [<= 1.0]")
+
+
+if __name__ == "__main__":
+    main()
