@@ -20,6 +20,9 @@
 // Edges: B panels are zero-padded to 48 columns and C is written with masked stores; row
 // counts below 8 have their own unrolled kernels.
 //
+// Small M (decoding, matrix-vector-like; lora_gemv_abt_*): no packing, weights streamed once
+// with software prefetch; see its section below.
+//
 // Threading is the caller's: split the output columns into disjoint ranges (multiples of
 // lora_gemm_panel_width()) and call these functions from different threads. Packing memory is
 // per thread, allocated on first use and freed when the thread exits.

@@ -48,9 +48,10 @@ enum AVX512GEMM {
     /// Below this many flops (2 M N K) a product stays on one thread: splitting costs more.
     static let parallelFlops = 1 << 22
     /// Decoding (M = 1) is bound by memory bandwidth, which one core nearly saturates (~34 of
-    /// ~40 GB/s measured on the 2-core Zen 5), while a split costs ~5-8 us of Dispatch
-    /// overhead per matmul: the small-M kernel splits only above `parallelFlops` (M of a
-    /// few and up, compute bound) or for weights this large (the lm_head).
+    /// ~40 GB/s measured on the 2-core Zen 5), while a split adds Dispatch overhead to every
+    /// matmul (a 135 MB int8 decode step measured no faster split than not): the small-M
+    /// kernel splits only above `parallelFlops` (M of a few and up, compute bound) or for
+    /// weights this large (the lm_head).
     static let parallelBytes = 1 << 24
 
     /// y[M, N] (+)= x[M, K] @ W^T, W [N, K].

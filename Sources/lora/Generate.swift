@@ -119,7 +119,9 @@ struct Generate: ParsableCommand {
     /// Generates and prints. With a template only the response is printed, stripped of
     /// surrounding whitespace (alpaca-lora's get_response); a single sequence streams.
     func answer(_ text: String, template: Prompter?, loaded: LoadedModel, gen: Generator, opts: GenerationOptions) throws {
-        let ids = loaded.tokenizer.encode(text, addBOS: loaded.tokenizer.addsBOS)
+        var ids = loaded.tokenizer.encode(text, addBOS: loaded.tokenizer.addsBOS)
+        // An empty prompt starts from BOS alone, also for tokenizers that add none by default.
+        if ids.isEmpty, let bos = loaded.tokenizer.bosID { ids = [bos] }
         let out = StreamOut(strip: template != nil)
         var decoder = StreamingDecoder(tokenizer: loaded.tokenizer, context: ids)
         let streaming = opts.numBeams == 1

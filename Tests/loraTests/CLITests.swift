@@ -8,30 +8,10 @@ final class CLITests: XCTestCase {
         .appendingPathComponent("Fixtures")
     static let repo = fixtures.deletingLastPathComponent().deletingLastPathComponent()
 
-    /// The `lora` executable next to the test bundle (.build/<config>/lora).
-    static var binary: URL {
-        var dir = Bundle(for: CLITests.self).bundleURL
-        while dir.pathExtension == "xctest" || dir.lastPathComponent == "Contents" { dir.deleteLastPathComponent() }
-        return dir.appendingPathComponent("lora")
-    }
-    var binary: URL { Self.binary }
-
-    struct Result { let status: Int32; let stdout: String; let stderr: String }
+    static var binary: URL { LoraProcess.binary }
 
     @discardableResult
-    func lora(_ args: [String], cwd: URL? = nil) throws -> Result {
-        let p = Process()
-        p.executableURL = binary
-        p.arguments = args
-        if let cwd { p.currentDirectoryURL = cwd }
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out; p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
-    }
+    func lora(_ args: [String], cwd: URL? = nil) throws -> LoraProcess.Result { try LoraProcess.run(args, cwd: cwd) }
 
     func reference(_ model: String) throws -> JSON {
         try JSON.parse(contentsOf: Self.fixtures.appendingPathComponent("reference/\(model).forward.json"))

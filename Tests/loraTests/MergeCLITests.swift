@@ -11,27 +11,8 @@ final class MergeCLITests: XCTestCase {
     static func adapter(_ model: String, _ k: String) -> String { fixtures.appendingPathComponent("merge/\(model)-\(k).adapter").path }
     static let prompt = "The sky is a bright and calm blue that"
 
-    var binary: URL {
-        var dir = Bundle(for: MergeCLITests.self).bundleURL
-        while dir.pathExtension == "xctest" || dir.lastPathComponent == "Contents" { dir.deleteLastPathComponent() }
-        return dir.appendingPathComponent("lora")
-    }
-
-    struct Result { let status: Int32; let stdout: String; let stderr: String }
-
     @discardableResult
-    func lora(_ args: [String]) throws -> Result {
-        let p = Process()
-        p.executableURL = binary
-        p.arguments = args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out; p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
-    }
+    func lora(_ args: [String]) throws -> LoraProcess.Result { try LoraProcess.run(args) }
 
     var temporary: [URL] = []
     override func tearDown() {
