@@ -40,17 +40,16 @@ public enum Attention {
         let alpha = scale(hd: hd)
         // Scores for every (b, h): S = alpha * Q_h [T, hd] @ K_g^T [hd, T], by causal row
         // blocks: rows i0..<i1 only need keys 0..<i1.
-        for b in 0..<B {
-            for h in 0..<nH {
-                let g = h / rep
-                for i0 in stride(from: 0, to: T, by: causalBlock) {
-                    let i1 = min(T, i0 + causalBlock)
-                    // S[i0..<i1, 0..<i1] = alpha * Q_h[i0..<i1] @ K_g[0..<i1]^T
-                    sgemm(transB: true, M: i1 - i0, N: i1, K: hd, alpha: alpha,
-                          A: q + (b * T + i0) * ldq + h * hd, lda: ldq,
-                          B: k + b * T * ldk + g * hd, ldb: ldk,
-                          C: probs + ((b * nH + h) * T + i0) * T, ldc: T)
-                }
+        eachHead(B * nH) { bh in
+            let b = bh / nH, h = bh % nH
+            let g = h / rep
+            for i0 in stride(from: 0, to: T, by: causalBlock) {
+                let i1 = min(T, i0 + causalBlock)
+                // S[i0..<i1, 0..<i1] = alpha * Q_h[i0..<i1] @ K_g[0..<i1]^T
+                sgemm(transB: true, M: i1 - i0, N: i1, K: hd, alpha: alpha,
+                      A: q + (b * T + i0) * ldq + h * hd, lda: ldq,
+                      B: k + b * T * ldk + g * hd, ldb: ldk,
+                      C: probs + ((b * nH + h) * T + i0) * T, ldc: T)
             }
         }
         // Masked softmax of every row, all (b, h, i) at once; zeros beyond the diagonal.
@@ -62,17 +61,16 @@ public enum Attention {
             }
         }
         // O_h = P [T, T] @ V_g [T, hd], written into out's head-h columns, by row blocks.
-        for b in 0..<B {
-            for h in 0..<nH {
-                let g = h / rep
-                for i0 in stride(from: 0, to: T, by: causalBlock) {
-                    let i1 = min(T, i0 + causalBlock)
-                    // O_h[i0..<i1] = P[i0..<i1, 0..<i1] @ V_g[0..<i1]
-                    sgemm(M: i1 - i0, N: hd, K: i1,
-                          A: probs + ((b * nH + h) * T + i0) * T, lda: T,
-                          B: v + b * T * ldk + g * hd, ldb: ldk,
-                          C: out + (b * T + i0) * ldq + h * hd, ldc: ldq)
-                }
+        eachHead(B * nH) { bh in
+            let b = bh / nH, h = bh % nH
+            let g = h / rep
+            for i0 in stride(from: 0, to: T, by: causalBlock) {
+                let i1 = min(T, i0 + causalBlock)
+                // O_h[i0..<i1] = P[i0..<i1, 0..<i1] @ V_g[0..<i1]
+                sgemm(M: i1 - i0, N: hd, K: i1,
+                      A: probs + ((b * nH + h) * T + i0) * T, lda: T,
+                      B: v + b * T * ldk + g * hd, ldb: ldk,
+                      C: out + (b * T + i0) * ldq + h * hd, ldc: ldq)
             }
         }
         if let keyMask { paddingRowsForward(out: out, v: v, keyMask: keyMask, B: B, T: T, nH: nH, nKV: nKV, hd: hd) }
@@ -100,11 +98,16 @@ public enum Attention {
                                     B: B, T: T, nH: nH, nKV: nKV, hd: hd)
             }
         }
-        let dS = UnsafeMutablePointer<Float>.allocate(capacity: max(T * T, 1)) // [T, T]
-        defer { dS.deallocate() }
+        // One [T, T] dS per (b, group) task, so groups can run on separate workers; the heads of a
+        // group stay on one task because they add into the same dk and dv.
+        let groups = B * nKV, parallelGroups = blasIsSingleThreaded && groups > 1
+        let dSAll = UnsafeMutablePointer<Float>.allocate(capacity: max((parallelGroups ? groups : 1) * T * T, 1))
+        defer { dSAll.deallocate() }
         let lastBlock = (T - 1) / causalBlock * causalBlock
-        for b in 0..<B {
-            for h in 0..<nH {
+        let body = { (bg: Int) in
+            let b = bg / nKV, g0 = bg % nKV
+            let dS = dSAll + (parallelGroups ? bg * T * T : 0)
+            for h in (g0 * rep)..<((g0 + 1) * rep) {
                 let g = h / rep
                 let P = probs + (b * nH + h) * T * T
                 let qh = q + b * T * ldq + h * hd, dqh = dq + b * T * ldq + h * hd
@@ -118,7 +121,7 @@ public enum Attention {
                           B: vg, ldb: ldk, C: dS + i0 * T, ldc: T)
                 }
                 // dS = P * (dP - rowsum(P * dP)) in place; 0 beyond the diagonal.
-                Parallel.chunks(T, grain: max(1, 8192 / max(T, 1))) { rows in
+                let rowsOf = { (rows: Range<Int>) in
                     for i in rows {
                         let p = P + i * T, d = dS + i * T
                         let n = i + 1
@@ -127,6 +130,7 @@ public enum Attention {
                         (d + n).update(repeating: 0, count: T - n)
                     }
                 }
+                if parallelGroups { rowsOf(0..<T) } else { Parallel.chunks(T, grain: max(1, 8192 / max(T, 1)), rowsOf) }
                 // Last block first: it spans every key row, so the group's first head can
                 // overwrite dk and dv there and all later products add.
                 for i0 in stride(from: lastBlock, through: 0, by: -causalBlock) {
@@ -144,7 +148,17 @@ public enum Attention {
                 }
             }
         }
+        if parallelGroups { Parallel.forEach(groups, body) } else { for bg in 0..<groups { body(bg) } }
     }
+
+    /// Runs `body(b * nH + h)` for every head: on our workers when OpenBLAS runs single-threaded
+    /// (the AVX-512 path sets it so), else serially with OpenBLAS threading each product.
+    @inline(__always)
+    static func eachHead(_ n: Int, _ body: (Int) -> Void) {
+        if blasIsSingleThreaded { Parallel.forEach(n, body) } else { for i in 0..<n { body(i) } }
+    }
+
+    static var blasIsSingleThreaded: Bool { blasThreads == 1 && Parallel.threads > 1 }
 
     /// Number of leading padding tokens of row b: queries 0..<n have no allowed key.
     @inline(__always)

@@ -30,9 +30,8 @@ public enum MatmulKernels: String, Sendable, CaseIterable {
         guard let raw = getenv("LORA_KERNELS") else { return avx512Available ? .avx512 : .blas }
         let name = String(cString: raw).lowercased()
         if name.isEmpty { return avx512Available ? .avx512 : .blas }
-        guard let k = MatmulKernels(rawValue: name) else {
-            fatalError("LORA_KERNELS=\(name): expected one of \(allCases.map(\.rawValue))")
-        }
+        // An unknown name gets the default rather than a crash.
+        guard let k = MatmulKernels(rawValue: name) else { return avx512Available ? .avx512 : .blas }
         // Asking for AVX-512 on a CPU without it gets the portable path, which computes the same.
         return k.isAvailable ? k : .blas
     }()

@@ -47,9 +47,3 @@ extension Bool {
         }
     }
 }
-
-func configureThreads(_ n: Int) {
-    let t = n > 0 ? n : ProcessInfoCores.count
-    Parallel.threads = t
-    setBLASThreads(t)
-}

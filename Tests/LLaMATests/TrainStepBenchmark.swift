@@ -29,6 +29,7 @@ final class TrainStepBenchmark: XCTestCase {
 
     func testTrainStepThroughput() throws {
         guard ProcessInfo.processInfo.environment["LORA_BENCH"] == "1" else { throw XCTSkip("set LORA_BENCH=1") }
+        configureThreads(0)
         for load8bit in [false, true] {
             let model = Self.smolShapedModel(load8bit: load8bit)
             var rng = RNG(seed: 2)

@@ -45,6 +45,19 @@ final class AttentionTests: XCTestCase {
         assertClose(dv, dvRef, atol: 1e-5, rtol: 1e-5, "dv", file: file, line: line)
     }
 
+    /// With OpenBLAS single-threaded (as the AVX-512 path configures it), heads and groups run on
+    /// our workers: the same numbers as the reference.
+    func testParallelHeadsPathMatchesReference() {
+        let before = blasThreads, threads = Parallel.threads
+        defer { setBLASThreads(before > 0 ? before : ProcessInfoCores.count); Parallel.threads = threads }
+        Parallel.threads = max(2, threads)
+        setBLASThreads(1)
+        XCTAssertTrue(Attention.blasIsSingleThreaded)
+        var mask = [Float](repeating: 1, count: 3 * 70)
+        for j in 0..<9 { mask[70 + j] = 0 }
+        compareWithReference(Shape(B: 3, T: 70, nH: 6, nKV: 2, hd: 8), mask: mask, seed: 90)
+    }
+
     /// GQA (2 query heads per kv head) with left padding in the second sequence.
     func testMatchesReferenceGQAWithPadding() {
         let s = Shape(B: 2, T: 7, nH: 4, nKV: 2, hd: 8)

@@ -139,8 +139,7 @@ extension LlamaModel {
             let rows = min(acts.headRows, M - r0)
             let logits = acts.logits.data
             acts.profile.time(.lmHead) {
-                sgemm(transB: true, M: rows, N: V, K: C, A: acts.xnF.data + r0 * C, lda: C, B: lmHead.data, ldb: C,
-                      C: logits, ldc: V)
+                Matmul.forward(y: logits, x: acts.xnF.data + r0 * C, w: .f32(lmHead), M: rows, scratch: acts.scratch)
             }
             let r = acts.profile.time(.crossEntropy) {
                 targets.withUnsafeBufferPointer { t in
@@ -152,7 +151,8 @@ extension LlamaModel {
             if gradScale != nil {
                 // dxnF[rows, C] = dlogits[rows, V] @ lmHead[V, C]
                 acts.profile.time(.lmHead) {
-                    sgemm(M: rows, N: C, K: V, A: logits, lda: V, B: lmHead.data, ldb: C, C: acts.dxn.data + r0 * C, ldc: C)
+                    Matmul.backwardInput(dx: acts.dxn.data + r0 * C, dy: logits, w: .f32(lmHead), M: rows, accumulate: false,
+                                         scratch: acts.scratch)
                 }
             }
             r0 += rows
@@ -184,8 +184,7 @@ extension LlamaModel {
         forwardHidden(batch, acts: acts, rng: &rng, training: false)
         let M = batch.B * batch.T, C = config.hiddenSize
         let out = Tensor([M, config.vocabSize])
-        sgemm(transB: true, M: M, N: config.vocabSize, K: C, A: acts.xnF.data, lda: C, B: lmHead.data, ldb: C,
-              C: out.data, ldc: config.vocabSize)
+        Matmul.forward(y: out.data, x: acts.xnF.data, w: .f32(lmHead), M: M, scratch: acts.scratch)
         return out
     }
 }
