@@ -29,10 +29,10 @@ def timed(cmd, env=None):
     return r.stdout, r.stderr, rss
 
 
-def lora_train(data, steps, load8bit):
+def lora_train(data, steps, load8bit, cutoff=256):
     out = tempfile.mkdtemp(prefix="lora-bench-")
     _, err, rss = timed([LORA, "finetune", "--base-model", MODEL, "--data-path", data, "--output-dir", out,
-                         "--cutoff-len", "256", "--micro-batch-size", "4", "--batch-size", "4", "--max-steps", str(steps),
+                         "--cutoff-len", str(cutoff), "--micro-batch-size", "4", "--batch-size", "4", "--max-steps", str(steps),
                          "--val-set-size", "0", "--lora-r", "8", "--lora-alpha", "16", "--lora-dropout", "0.05",
                          "--warmup-steps", "0", "--logging-steps", "1000", "--save-steps", "100000",
                          "--load-8bit", "true" if load8bit else "false"])
@@ -85,13 +85,14 @@ def main():
     data = os.path.join(tempfile.mkdtemp(prefix="lora-bench-data-"), "bench.json")
     subprocess.run([py, "scripts/bench_data.py", data, str(4 * (a.steps + 2))], check=True)
     res = {k: {"v": [], "rss": [], "ttft": []} for k in
-           ["lora f32", "lora int8", "pytorch f32", "pytorch bf16", "lora generate", "llama.cpp generate"]}
+           ["lora f32", "lora int8", "pytorch f32", "pytorch bf16", "lora int8 T=512", "lora generate", "llama.cpp generate"]}
     for r in range(a.rounds):
         print(f"round {r + 1}/{a.rounds}", file=sys.stderr)
         for name, fn in [("lora f32", lambda: lora_train(data, a.steps, False)),
                          ("pytorch f32", lambda: peft_train(py, data, a.steps, "f32")),
                          ("lora int8", lambda: lora_train(data, a.steps, True)),
                          ("pytorch bf16", lambda: peft_train(py, data, a.steps, "bf16")),
+                         ("lora int8 T=512", lambda: lora_train(data, a.steps, True, cutoff=512)),
                          ("lora generate", lora_generate), ("llama.cpp generate", lambda: llama_generate(py))]:
             v = fn()
             res[name]["v"].append(v[0]); res[name]["rss"].append(v[1])
@@ -115,6 +116,8 @@ def main():
     print(f"  train tokens/s, lora f32 / pytorch f32:  {med['lora f32'] / med['pytorch f32']:.2f}x")
     print(f"  train peak RSS, lora int8 / pytorch f32: {rss['lora int8'] / rss['pytorch f32']:.2f}x  [<= 0.4]")
     print(f"  generate tokens/s, lora / llama.cpp:     {med['lora generate'] / med['llama.cpp generate']:.2f}x  [>= 1.0]")
+    print(f"  cost of a 512-token sequence / a 256-token one (lora int8): "
+          f"{2 * med['lora int8'] / med['lora int8 T=512']:.2f}x  [<= 2.3]")
     tt = {k: statistics.median(d["ttft"]) for k, d in res.items() if d["ttft"]}
     print(f"  time to first token, lora / llama.cpp:   {tt['lora generate'] / tt['llama.cpp generate']:.2f}x  [<= 1.0]")
 

@@ -17,7 +17,7 @@ def main():
     rng = random.Random(1234)
     recs = []
     for i in range(n):
-        body = " ".join(rng.choice(WORDS) for _ in range(400))
+        body = " ".join(rng.choice(WORDS) for _ in range(600))
         recs.append({"instruction": f"Continue the text number {i}.", "input": "", "output": body})
     with open(out, "w") as f:
         json.dump(recs, f)
