@@ -68,4 +68,21 @@ final class ForwardParityTests: XCTestCase {
             for i in 0..<s.count { XCTAssertEqual(m.scales[i], s[i], "\(name) scale[\(i)]") }
         }
     }
+
+    /// With load_8bit, generation uses an int8 copy of the lm_head (speed); its logits stay
+    /// within a stated bound of the f32 head's, which training and `logits` use.
+    static let int8HeadTolerance: Float = 0.05
+    func testInt8DecodeHeadStaysCloseToF32Head() throws {
+        let model = try LlamaModel(checkpoint: try SafeTensorsCheckpoint(folder: Fixtures.model("tiny-mha")), load8bit: true)
+        guard case .int8 = model.decodeHead else { return XCTFail("int8 model decodes with an int8 head") }
+        let ids: [Int32] = [1, 295, 268, 267, 270, 418, 262, 261, 312]
+        let batch = Batch(B: 1, T: ids.count, inputIDs: ids, attentionMask: .init(repeating: 1, count: ids.count), labels: ids)
+        let full = model.logits(batch, acts: Activations(model: model, maxB: 1, maxT: ids.count))
+        let V = model.config.vocabSize
+        let cache = KVCache(model: model, sequences: 1, capacity: ids.count, maxChunk: ids.count)
+        try model.step(tokens: ids, sequences: 1, cache: cache)
+        assertClose(cache.logits.data, full.data + (ids.count - 1) * V, count: V, abs: Self.int8HeadTolerance, "int8 head")
+        let f32 = try LlamaModel(checkpoint: try SafeTensorsCheckpoint(folder: Fixtures.model("tiny-mha")), load8bit: false)
+        guard case .f32 = f32.decodeHead else { return XCTFail("f32 model decodes with the f32 head") }
+    }
 }

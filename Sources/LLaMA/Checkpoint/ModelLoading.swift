@@ -6,11 +6,11 @@ import Tensor
 public struct LoadedModel {
     public let model: LlamaModel
     public let tokenizer: Tokenizer
-    public let checkpoint: Checkpoint
 
+    /// The checkpoint is read and let go: the model holds copies, so the mapped file (a GGUF
+    /// is mapped whole) leaves memory once loading is done.
     public init(path: String, load8bit: Bool) throws {
         let ck = try openCheckpoint(path)
-        checkpoint = ck
         if let g = ck as? GGUFCheckpoint {
             tokenizer = try loadTokenizer(gguf: g.file)
         } else {

@@ -10,6 +10,7 @@ public final class Generator {
     public init(model: LlamaModel, eosIDs: Set<Int32>) {
         self.model = model
         self.eosIDs = eosIDs
+        _ = model.decodeHead   // quantize the head now, not inside the first token's time
     }
 
     /// Generates new token ids after `prompt`. `onToken` sees each new id as soon as it is

@@ -68,7 +68,7 @@ extension LlamaModel {
             (cache.lastHidden.data + s * C).update(from: cache.x.data + (s * Tq + Tq - 1) * C, count: C)
         }
         RMSNorm.forward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.lastHidden.data, weight: norm.data, N: S, C: C, eps: c.rmsNormEps)
-        Matmul.forward(y: cache.logits.data, x: cache.xn.data, w: .f32(lmHead), M: S, scratch: cache.scratch)
+        Matmul.forward(y: cache.logits.data, x: cache.xn.data, w: decodeHead, M: S, scratch: cache.scratch)
         cache.advance(Tq)
     }
 

@@ -40,6 +40,14 @@ public final class LlamaModel: @unchecked Sendable {
     public let rope: RoPETable
     public let is8bit: Bool
 
+    /// The lm_head as generation uses it: with `load8bit`, an int8 row-quantized copy (decoding
+    /// is bound by memory traffic, and the f32 head is ~40% of a step's bytes for a small model;
+    /// llama.cpp uses the GGUF's quantized output the same way). Training and `logits` keep the
+    /// f32 head, as alpaca-lora's int8 training does. Made on first use.
+    public private(set) lazy var decodeHead: Weight = is8bit
+        ? .int8(QuantizedMatrix(quantizing: lmHead.data, rows: config.vocabSize, cols: config.hiddenSize))
+        : .f32(lmHead)
+
     public init(config: LlamaConfig, embed: Tensor, blocks: [Block], norm: Tensor, lmHead: Tensor, is8bit: Bool) {
         self.config = config
         self.embed = embed
