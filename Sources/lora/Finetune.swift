@@ -11,37 +11,43 @@ struct Finetune: ParsableCommand {
     @Option(help: "YAML file with finetune settings.")
     var config: String?
 
-    @Option(name: .customLong("base-model")) var baseModel: String?
-    @Option(name: .customLong("data-path"), help: "Alpaca JSON list or JSON lines file.") var dataPath: String?
-    @Option(name: .customLong("output-dir")) var outputDir: String?
-    @Option(name: .customLong("batch-size")) var batchSize: Int?
-    @Option(name: .customLong("micro-batch-size")) var microBatchSize: Int?
-    @Option(name: .customLong("num-epochs")) var numEpochs: Double?
-    @Option(name: .customLong("learning-rate")) var learningRate: Double?
-    @Option(name: .customLong("cutoff-len")) var cutoffLen: Int?
-    @Option(name: .customLong("val-set-size")) var valSetSize: Int?
-    @Option(name: .customLong("lora-r")) var loraR: Int?
-    @Option(name: .customLong("lora-alpha")) var loraAlpha: Double?
-    @Option(name: .customLong("lora-dropout")) var loraDropout: Double?
-    @Option(name: .customLong("lora-target-modules"), help: "Comma-separated, e.g. q_proj,v_proj.") var loraTargetModules: String?
-    @Option(name: .customLong("use-rslora")) var useRslora: Bool?
-    @Option(name: .customLong("train-on-inputs")) var trainOnInputs: Bool?
-    @Option(name: .customLong("add-eos-token")) var addEosToken: Bool?
-    @Option(name: .customLong("group-by-length")) var groupByLength: Bool?
-    @Option(name: .customLong("prompt-template-name")) var promptTemplateName: String?
-    @Option(name: .customLong("resume-from-checkpoint")) var resumeFromCheckpoint: String?
-    @Option(name: .customLong("warmup-steps")) var warmupSteps: Int?
-    @Option(name: .customLong("logging-steps")) var loggingSteps: Int?
-    @Option(name: .customLong("eval-steps")) var evalSteps: Int?
-    @Option(name: .customLong("save-steps")) var saveSteps: Int?
-    @Option(name: .customLong("save-total-limit")) var saveTotalLimit: Int?
-    @Option(name: .customLong("max-grad-norm")) var maxGradNorm: Double?
-    @Option(name: .customLong("weight-decay")) var weightDecay: Double?
-    @Option var seed: UInt64?
-    @Option(name: .customLong("max-steps"), help: "Stop after this many optimizer steps (-1 = from num_epochs).") var maxSteps: Int?
-    @Option(name: .customLong("load-8bit")) var load8bit: Bool?
-    @Option(help: "Threads (0 = all cores).") var threads: Int?
+    @Option(name: .customLong("base-model"), help: Self.help(.baseModel, "Model folder (config.json, model.safetensors, tokenizer) or .gguf file")) var baseModel: String?
+    @Option(name: .customLong("data-path"), help: Self.help(.dataPath, "Alpaca JSON list or JSON lines of {instruction, input, output}")) var dataPath: String?
+    @Option(name: .customLong("output-dir"), help: Self.help(.outputDir, "Where the adapter, checkpoints, trainer_log.jsonl and loss.svg go")) var outputDir: String?
+    @Option(name: .customLong("batch-size"), help: Self.help(.batchSize, "Examples per optimizer step")) var batchSize: Int?
+    @Option(name: .customLong("micro-batch-size"), help: Self.help(.microBatchSize, "Examples per forward/backward pass")) var microBatchSize: Int?
+    @Option(name: .customLong("num-epochs"), help: Self.help(.numEpochs, "Passes over the training split")) var numEpochs: Double?
+    @Option(name: .customLong("learning-rate"), help: Self.help(.learningRate, "Peak AdamW learning rate")) var learningRate: Double?
+    @Option(name: .customLong("cutoff-len"), help: Self.help(.cutoffLen, "Tokens per example; longer ones are truncated")) var cutoffLen: Int?
+    @Option(name: .customLong("val-set-size"), help: Self.help(.valSetSize, "Records held out for eval loss (0 = none)")) var valSetSize: Int?
+    @Option(name: .customLong("lora-r"), help: Self.help(.loraR, "Adapter rank")) var loraR: Int?
+    @Option(name: .customLong("lora-alpha"), help: Self.help(.loraAlpha, "Scale = alpha / r (alpha / sqrt(r) with rsLoRA)")) var loraAlpha: Double?
+    @Option(name: .customLong("lora-dropout"), help: Self.help(.loraDropout, "Dropout on the adapter input")) var loraDropout: Double?
+    @Option(name: .customLong("lora-target-modules"), help: Self.help(.loraTargetModules, "Comma-separated projections, e.g. q_proj,v_proj")) var loraTargetModules: String?
+    @Option(name: .customLong("use-rslora"), help: Self.help(.useRslora, "Scale alpha / sqrt(r) (true|false)")) var useRslora: Bool?
+    @Option(name: .customLong("train-on-inputs"), help: Self.help(.trainOnInputs, "false masks the prompt out of the loss (true|false)")) var trainOnInputs: Bool?
+    @Option(name: .customLong("add-eos-token"), help: Self.help(.addEosToken, "As finetune.py: shifts the prompt mask when train_on_inputs is false (true|false)")) var addEosToken: Bool?
+    @Option(name: .customLong("group-by-length"), help: Self.help(.groupByLength, "Batch examples of similar length (true|false)")) var groupByLength: Bool?
+    @Option(name: .customLong("prompt-template-name"), help: Self.help(.promptTemplateName, "alpaca, alpaca_short, alpaca_legacy, vigogne, or a JSON file")) var promptTemplateName: String?
+    @Option(name: .customLong("resume-from-checkpoint"), help: Self.help(.resumeFromCheckpoint, "A checkpoint-N folder (continues exactly) or an adapter folder")) var resumeFromCheckpoint: String?
+    @Option(name: .customLong("warmup-steps"), help: Self.help(.warmupSteps, "Linear warm-up steps")) var warmupSteps: Int?
+    @Option(name: .customLong("logging-steps"), help: Self.help(.loggingSteps, "Log the mean loss every N steps")) var loggingSteps: Int?
+    @Option(name: .customLong("eval-steps"), help: Self.help(.evalSteps, "Eval loss every N steps")) var evalSteps: Int?
+    @Option(name: .customLong("save-steps"), help: Self.help(.saveSteps, "Write checkpoint-N every N steps")) var saveSteps: Int?
+    @Option(name: .customLong("save-total-limit"), help: Self.help(.saveTotalLimit, "Checkpoints kept (the best is never removed)")) var saveTotalLimit: Int?
+    @Option(name: .customLong("max-grad-norm"), help: Self.help(.maxGradNorm, "Gradient clipping norm")) var maxGradNorm: Double?
+    @Option(name: .customLong("weight-decay"), help: Self.help(.weightDecay, "AdamW decoupled weight decay")) var weightDecay: Double?
+    @Option(help: Self.help(.seed, "Seed of data order, split, LoRA init and dropout")) var seed: UInt64?
+    @Option(name: .customLong("max-steps"), help: Self.help(.maxSteps, "Stop after N optimizer steps (-1 = from num_epochs)")) var maxSteps: Int?
+    @Option(name: .customLong("load-8bit"), help: Self.help(.load8bit, "int8 frozen weights (true|false)")) var load8bit: Bool?
+    @Option(help: Self.help(.threads, "Threads (0 = all cores)")) var threads: Int?
     @Flag(name: .customLong("print-config"), help: "Print the resolved settings as YAML and exit.") var printConfig = false
+
+    /// Help text with the default from TrainConfig (the one place defaults live).
+    static func help(_ k: TrainConfig.CodingKeys, _ text: String) -> ArgumentHelp {
+        let line = TrainConfig.defaults.yaml.split(separator: "\n").first { $0.hasPrefix(k.rawValue + ": ") }
+        return ArgumentHelp("\(text) (\(k.rawValue), default: \(line.map { String($0.dropFirst(k.rawValue.count + 2)) } ?? "?"))")
+    }
 
     /// The YAML file's settings with the flags given on the command line on top.
     func resolved() throws -> TrainConfig {

@@ -124,6 +124,15 @@ final class CLITests: XCTestCase {
         let r = try lora(["finetune", "--config", Self.repo.appendingPathComponent("configs/finetune.yml").path, "--print-config"])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(r.stdout, TrainConfig().yaml)
+        // ... and `lora finetune --help` has a flag for every key, with the same default.
+        let help = try lora(["finetune", "--help"]).stdout.replacingOccurrences(of: "\n", with: " ")
+            .replacingOccurrences(of: "  +", with: " ", options: .regularExpression)
+        for line in TrainConfig().yaml.split(separator: "\n") {
+            let parts = line.split(separator: ":", maxSplits: 1)
+            let key = String(parts[0]), value = parts[1].trimmingCharacters(in: .whitespaces)
+            XCTAssert(help.contains("--\(key.replacingOccurrences(of: "_", with: "-"))"), "no flag for \(key)")
+            XCTAssert(help.contains("(\(key), default: \(value))"), "help of \(key) lacks its default \(value)")
+        }
     }
 
     /// A short real run on the tiny model: adapter files that load back, logs and a plot.
