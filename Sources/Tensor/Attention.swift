@@ -88,6 +88,7 @@ public enum Attention {
                                 k: UnsafePointer<Float>,         // [B, T, nKV, hd]
                                 v: UnsafePointer<Float>,         // [B, T, nKV, hd]
                                 keyMask: UnsafePointer<Float>? = nil, // [B, T], as given to forward
+                                scratch: UnsafeMutablePointer<Float>? = nil, // [backwardScratchCount]; nil = allocate
                                 B: Int, T: Int, nH: Int, nKV: Int, hd: Int) {
         precondition(nKV > 0 && nH % nKV == 0, "nH (\(nH)) must be a multiple of nKV (\(nKV))")
         let rep = nH / nKV, ldq = nH * hd, ldk = nKV * hd
@@ -101,8 +102,8 @@ public enum Attention {
         // One [T, T] dS per (b, group) task, so groups can run on separate workers; the heads of a
         // group stay on one task because they add into the same dk and dv.
         let groups = B * nKV, parallelGroups = blasIsSingleThreaded && groups > 1
-        let dSAll = UnsafeMutablePointer<Float>.allocate(capacity: max((parallelGroups ? groups : 1) * T * T, 1))
-        defer { dSAll.deallocate() }
+        let dSAll = scratch ?? .allocate(capacity: backwardScratchCount(B: B, T: T, nKV: nKV))
+        defer { if scratch == nil { dSAll.deallocate() } }
         let lastBlock = (T - 1) / causalBlock * causalBlock
         let body = { (bg: Int) in
             let b = bg / nKV, g0 = bg % nKV
@@ -150,6 +151,9 @@ public enum Attention {
         }
         if parallelGroups { Parallel.forEach(groups, body) } else { for bg in 0..<groups { body(bg) } }
     }
+
+    /// Floats of scratch `backward` needs: one [T, T] dS per (b, kv group).
+    public static func backwardScratchCount(B: Int, T: Int, nKV: Int) -> Int { max(B * nKV * T * T, 1) }
 
     /// Runs `body(b * nH + h)` for every head: on our workers when OpenBLAS runs single-threaded
     /// (the AVX-512 path sets it so), else serially with OpenBLAS threading each product.

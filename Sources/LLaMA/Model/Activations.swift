@@ -58,6 +58,7 @@ public final class Activations: @unchecked Sendable {
     let dz: Tensor       // [M, maxIn]
     let z: Tensor        // [M, maxIn] dropped-out LoRA input
     let positions: UnsafeMutablePointer<Int32>   // [M]
+    let attentionScratch: Tensor  // Attention.backward's dS buffers
     let scratch = MatmulScratch()
     /// Set to time each op of forward and backward.
     public var profile: OpProfile? = nil
@@ -88,6 +89,7 @@ public final class Activations: @unchecked Sendable {
             }
         }
         du = Tensor([M, maxR]); dz = Tensor([M, maxIn]); z = Tensor([M, maxIn])
+        attentionScratch = Tensor([Attention.backwardScratchCount(B: maxB, T: maxT, nKV: c.numKeyValueHeads)])
         positions = .allocate(capacity: M)
         positions.initialize(repeating: 0, count: M)
     }

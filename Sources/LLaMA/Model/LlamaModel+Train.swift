@@ -92,7 +92,8 @@ extension LlamaModel {
             projectBack(blk.o, .o, dx: acts.datt.data, dy: acts.dres.data, x: a.att.data, M: M, accumulate: false, layer: a, acts: acts)
             acts.profile.time(.attention) {
                 Attention.backward(dq: acts.dq.data, dk: acts.dk.data, dv: acts.dv.data, dout: acts.datt.data, probs: a.probs.data,
-                                   q: a.q.data, k: a.k.data, v: a.v.data, keyMask: keyMask, B: B, T: T,
+                                   q: a.q.data, k: a.k.data, v: a.v.data, keyMask: keyMask,
+                                   scratch: acts.attentionScratch.data, B: B, T: T,
                                    nH: c.numAttentionHeads, nKV: c.numKeyValueHeads, hd: c.headDim)
             }
             acts.profile.time(.rope) { RoPE.backward(dx: acts.dq.data, positions: acts.positions, rows: M, nHeads: c.numAttentionHeads, headDim: c.headDim, table: rope) }
