@@ -39,4 +39,45 @@ void lora_gemv_abt_f32(long M, long n0, long n1, long K, const float *A, long ld
 void lora_gemv_abt_i8(long M, long n0, long n1, long K, const float *A, long lda,
                       const int8_t *Wq, long ldw, const float *scales, float *C, long ldc,
                       int accumulate);
+// ---- Kernel families x weight formats (dispatch.c) -----------------------------------------
+// One entry point per product; `family` picks the instruction set (chosen once at start from
+// the CPU, or forced by LORA_KERNELS in tests), `format` the weight's byte layout. Contracts are
+// those of lora_gemm_abt_f32 / lora_gemm_ab_f32 / lora_gemv_abt_f32 above, with W given as the
+// format's bytes:
+//   LORA_FORMAT_F32      W: float [N][ldw]                  scales: unused (NULL)
+//   LORA_FORMAT_I8_ROWS  W: int8  [N][ldw], W[n,k] = q[n,k] * scales[n]
+//   LORA_FORMAT_BF16     W: uint16 (bfloat16 bits) [N][ldw], W[n,k] = (float)(bits << 16)
+// The portable family is plain C (any CPU, and the scalar reference the others are tested
+// against); a family that is not available must not be called (lora_family_available).
+
+enum { LORA_FAMILY_PORTABLE = 0, LORA_FAMILY_AVX2 = 1, LORA_FAMILY_AVX512 = 2 };
+enum { LORA_FORMAT_F32 = 0, LORA_FORMAT_I8_ROWS = 1, LORA_FORMAT_BF16 = 2 };
+
+/// 1 when `family` can run on this CPU (portable: always).
+int lora_family_available(int family);
+/// The fastest available family.
+int lora_family_best(void);
+/// Column unit in which callers split C's columns across threads for lora_gemm_abt / _ab.
+int lora_family_panel_width(int family);
+
+/// Forward, columns n0..<n1: C[M, n0:n1] (+)= A[M, K] @ W[n0:n1, K]^T (packed, many rows).
+void lora_gemm_abt(int family, int format, long M, long n0, long n1, long K,
+                   const float *A, long lda, const void *W, long ldw, const float *scales,
+                   float *C, long ldc, int accumulate);
+/// Backward input, columns k0..<k1: C[M, k0:k1] (+)= A[M, N] @ W[N, k0:k1].
+void lora_gemm_ab(int family, int format, long M, long k0, long k1, long N,
+                  const float *A, long lda, const void *W, long ldw, const float *scales,
+                  float *C, long ldc, int accumulate);
+/// Forward for small M (decoding), rows n0..<n1 of W, unpacked, weights streamed once.
+void lora_gemv_abt(int family, int format, long M, long n0, long n1, long K,
+                   const float *A, long lda, const void *W, long ldw, const float *scales,
+                   float *C, long ldc, int accumulate);
+
+// Element-wise helpers with FMA where the family has it (the Swift ops call these on the
+// hot loops so they are not limited to baseline x86-64 code generation).
+/// sum_i a[i] * b[i]
+float lora_dot(int family, const float *a, const float *b, long n);
+/// y[i] += alpha * x[i]
+void lora_axpy(int family, float alpha, const float *x, float *y, long n);
+
 #endif
