@@ -15,10 +15,9 @@
 //
 // Q_h is the [T, hd] matrix that starts at q + h * hd with row stride nH * hd, so each product
 // is a strided sgemm per (b, h) and causal block of 64 query rows, and nothing is transposed in
-// memory. The (b, h) loop is serial and OpenBLAS threads the products it finds large enough;
-// the softmax rows, which are not BLAS, run on Parallel. We do not call sgemm from inside
-// Parallel workers: OpenBLAS's thread count is process-global, so its threads would pile on
-// top of ours. Reference/AttentionReference.swift is the scalar triple-loop oracle.
+// memory. The (b, h) products and the softmax rows run on the pool's workers, each sgemm on
+// one thread (OpenBLAS is kept single-threaded, see GEMM.swift: its own threads would pile on
+// top of ours). Reference/AttentionReference.swift is the scalar triple-loop oracle.
 public enum Attention {
     /// Query rows per causal block: rows i0..<i0+64 only multiply keys 0..<i0+64, so most of
     /// the upper triangle is skipped (at T = 256 the products cost 62.5% of the full square).
@@ -28,7 +27,7 @@ public enum Attention {
     @inline(__always)
     public static func scale(hd: Int) -> Float { Float(1 / Double(hd).squareRoot()) }
 
-    public static func forward(out: UnsafeMutablePointer<Float>,   // [B, T, nH, hd]
+    public static func forward(pool: WorkerPool, out: UnsafeMutablePointer<Float>,   // [B, T, nH, hd]
                                probs: UnsafeMutablePointer<Float>, // [B, nH, T, T], kept for backward
                                q: UnsafePointer<Float>,            // [B, T, nH, hd]
                                k: UnsafePointer<Float>,            // [B, T, nKV, hd]
@@ -40,7 +39,7 @@ public enum Attention {
         let alpha = scale(hd: hd)
         // Scores for every (b, h): S = alpha * Q_h [T, hd] @ K_g^T [hd, T], by causal row
         // blocks: rows i0..<i1 only need keys 0..<i1.
-        eachHead(B * nH) { bh in
+        eachHead(pool: pool, B * nH) { bh in
             let b = bh / nH, h = bh % nH
             let g = h / rep
             for i0 in stride(from: 0, to: T, by: causalBlock) {
@@ -53,7 +52,7 @@ public enum Attention {
             }
         }
         // Masked softmax of every row, all (b, h, i) at once; zeros beyond the diagonal.
-        Parallel.chunks(B * nH * T, grain: max(1, 4096 / max(T, 1))) { rows in
+        pool.chunks(B * nH * T, grain: max(1, 4096 / max(T, 1))) { rows in
             for r in rows {
                 let bh = r / T, i = r % T, b = bh / nH
                 maskedSoftmaxRow(probs + r * T, allowed: i + 1, width: T,
@@ -61,7 +60,7 @@ public enum Attention {
             }
         }
         // O_h = P [T, T] @ V_g [T, hd], written into out's head-h columns, by row blocks.
-        eachHead(B * nH) { bh in
+        eachHead(pool: pool, B * nH) { bh in
             let b = bh / nH, h = bh % nH
             let g = h / rep
             for i0 in stride(from: 0, to: T, by: causalBlock) {
@@ -79,7 +78,7 @@ public enum Attention {
     /// Gradients of q, k, v; all three are overwritten (dk and dv sum over the heads of a group).
     ///   dP = dO_h V_g^T                       dS = P * (dP - rowsum(P * dP))
     ///   dQ_h = alpha dS K_g                   dK_g += alpha dS^T Q_h         dV_g += P^T dO_h
-    public static func backward(dq: UnsafeMutablePointer<Float>, // [B, T, nH, hd]
+    public static func backward(pool: WorkerPool, dq: UnsafeMutablePointer<Float>, // [B, T, nH, hd]
                                 dk: UnsafeMutablePointer<Float>, // [B, T, nKV, hd]
                                 dv: UnsafeMutablePointer<Float>, // [B, T, nKV, hd]
                                 dout: UnsafePointer<Float>,      // [B, T, nH, hd]
@@ -101,7 +100,7 @@ public enum Attention {
         }
         // One [T, T] dS per (b, group) task, so groups can run on separate workers; the heads of a
         // group stay on one task because they add into the same dk and dv.
-        let groups = B * nKV, parallelGroups = blasIsSingleThreaded && groups > 1
+        let groups = B * nKV, parallelGroups = pool.threads > 1 && groups > 1
         let dSAll = scratch ?? .allocate(capacity: backwardScratchCount(B: B, T: T, nKV: nKV))
         defer { if scratch == nil { dSAll.deallocate() } }
         let lastBlock = (T - 1) / causalBlock * causalBlock
@@ -131,7 +130,7 @@ public enum Attention {
                         (d + n).update(repeating: 0, count: T - n)
                     }
                 }
-                if parallelGroups { rowsOf(0..<T) } else { Parallel.chunks(T, grain: max(1, 8192 / max(T, 1)), rowsOf) }
+                if parallelGroups { rowsOf(0..<T) } else { pool.chunks(T, grain: max(1, 8192 / max(T, 1)), rowsOf) }
                 // Last block first: it spans every key row, so the group's first head can
                 // overwrite dk and dv there and all later products add.
                 for i0 in stride(from: lastBlock, through: 0, by: -causalBlock) {
@@ -149,20 +148,19 @@ public enum Attention {
                 }
             }
         }
-        if parallelGroups { Parallel.forEach(groups, body) } else { for bg in 0..<groups { body(bg) } }
+        if parallelGroups { pool.forEach(groups, body) } else { for bg in 0..<groups { body(bg) } }
     }
 
     /// Floats of scratch `backward` needs: one [T, T] dS per (b, kv group).
     public static func backwardScratchCount(B: Int, T: Int, nKV: Int) -> Int { max(B * nKV * T * T, 1) }
 
-    /// Runs `body(b * nH + h)` for every head: on our workers when OpenBLAS runs single-threaded
-    /// (the AVX-512 path sets it so), else serially with OpenBLAS threading each product.
+    /// Runs `body(b * nH + h)` for every head on the pool's workers.
     @inline(__always)
-    static func eachHead(_ n: Int, _ body: (Int) -> Void) {
-        if blasIsSingleThreaded { Parallel.forEach(n, body) } else { for i in 0..<n { body(i) } }
+    static func eachHead(pool: WorkerPool, _ n: Int, _ body: (Int) -> Void) {
+        if pool.threads > 1 { pool.forEach(n, body) } else { for i in 0..<n { body(i) } }
     }
 
-    static var blasIsSingleThreaded: Bool { blasThreads == 1 && Parallel.threads > 1 }
+    
 
     /// Number of leading padding tokens of row b: queries 0..<n have no allowed key.
     @inline(__always)
@@ -239,7 +237,7 @@ public enum Attention {
     /// 0...start+i whose keyMask is not 0. Prefill is start = 0, Tq = prompt length; a decode
     /// step is Tq = 1. Equal to `forward` on the same rows up to float rounding (the decode step
     /// sums in a different order).
-    public static func forwardCached(out: UnsafeMutablePointer<Float>,    // [Tq, nH, hd]
+    public static func forwardCached(pool: WorkerPool, out: UnsafeMutablePointer<Float>,    // [Tq, nH, hd]
                                      scores: UnsafeMutablePointer<Float>, // [nH, Tq, start + Tq], scratch
                                      q: UnsafePointer<Float>,             // [Tq, nH, hd]
                                      kCache: UnsafePointer<Float>,        // [maxT, nKV, hd], rows 0..<start+Tq used
@@ -252,7 +250,7 @@ public enum Attention {
         let alpha = scale(hd: hd)
         if Tq == 1 {
             // One query per head: dot products, parallel over heads.
-            Parallel.forEach(nH) { h in
+            pool.forEach(nH) { h in
                 let g = h / rep
                 let qh = q + h * hd, s = scores + h * L, o = out + h * hd
                 for j in 0..<L { s[j] = alpha * VectorOps.dot(qh, kCache + j * ldk + g * hd, count: hd) }
@@ -271,7 +269,7 @@ public enum Attention {
             sgemm(transB: true, M: Tq, N: L, K: hd, alpha: alpha, A: q + h * hd, lda: ldq,
                   B: kCache + g * hd, ldb: ldk, C: scores + h * Tq * L, ldc: L)
         }
-        Parallel.chunks(nH * Tq, grain: max(1, 4096 / max(L, 1))) { rows in
+        pool.chunks(nH * Tq, grain: max(1, 4096 / max(L, 1))) { rows in
             for r in rows {
                 let i = r % Tq
                 maskedSoftmaxRow(scores + r * L, allowed: start + i + 1, width: L,

@@ -17,14 +17,14 @@ public enum CrossEntropy {
     /// `dlogits` may be the same buffer as `logits` (the gradient then replaces the logits,
     /// which saves a [N, V] buffer); any other overlap is not allowed.
     @discardableResult
-    public static func forwardBackward(dlogits: UnsafeMutablePointer<Float>?, // [N, V]; nil = loss only
+    public static func forwardBackward(pool: WorkerPool, dlogits: UnsafeMutablePointer<Float>?, // [N, V]; nil = loss only
                                        logits: UnsafePointer<Float>,          // [N, V]
                                        targets: UnsafePointer<Int32>,         // [N], -100 = ignore
                                        N: Int, V: Int,
                                        gradScale: Float) -> (lossSum: Double, count: Int) {
         let rowLoss = UnsafeMutablePointer<Double>.allocate(capacity: max(N, 1))
         defer { rowLoss.deallocate() }
-        Parallel.chunks(N) { rows in
+        pool.chunks(N) { rows in
             for n in rows {
                 let row = logits + n * V
                 let t = targets[n]

@@ -27,20 +27,9 @@ public func sgemm(transA: Bool = false, transB: Bool = false,
                 beta, C, blasint(ldc))
 }
 
-/// Sets the number of threads OpenBLAS uses (it defaults to all cores).
-public func setBLASThreads(_ n: Int) {
-    openblas_set_num_threads(Int32(n))
-    blasThreads = n
-}
-
-/// What `setBLASThreads` last set (0 = OpenBLAS's own default).
-nonisolated(unsafe) public private(set) var blasThreads = 0
-
-/// Threads for our kernels, and for OpenBLAS: with the AVX-512 kernels doing the large products,
-/// OpenBLAS only gets small ones (LoRA, attention blocks) that our workers call in parallel, so
-/// it runs single-threaded; its idle threads would otherwise spin and take cores from ours.
-public func configureThreads(_ n: Int) {
-    let t = n > 0 ? n : ProcessInfoCores.count
-    Parallel.threads = t
-    setBLASThreads(MatmulKernels.default == .avx512 ? 1 : t)
+/// OpenBLAS runs on one thread, always: our pool's workers call it with disjoint pieces of
+/// work, and its own threads (process-wide, spinning while idle) would take the cores from ours.
+/// Done once, before the first context computes anything.
+enum BLASThreads {
+    static let single: Void = { openblas_set_num_threads(1) }()
 }

@@ -1,14 +1,26 @@
 import Dispatch
 
-/// Splits `0..<n` into `parts` contiguous chunks and runs them on all cores.
-/// Element-wise ops use it so both cores are busy; BLAS calls thread themselves.
-public enum Parallel {
-    /// Number of worker threads our own kernels use; set once at start-up from config.
-    nonisolated(unsafe) public static var threads: Int = ProcessInfoCores.count
+/// The worker threads of one execution context. Ops take the pool they run on as an argument:
+/// there is no process-wide thread setting, so two contexts (a test at 1 thread beside one at
+/// 2, a server's requests) never see each other's choice.
+///
+/// Every op splits work so that each output element is computed by one worker, in an order
+/// that does not depend on how many workers there are: results are bit-identical at any
+/// thread count (a resumed run on another machine continues the same numbers).
+public struct WorkerPool: Sendable, Equatable {
+    public let threads: Int
+
+    public init(threads: Int) { self.threads = max(1, threads) }
+
+    /// One thread: tests and small jobs.
+    public static let serial = WorkerPool(threads: 1)
+
+    /// As many workers as the machine has cores.
+    public static var allCores: WorkerPool { WorkerPool(threads: ProcessInfoCores.count) }
 
     /// Runs `body(range)` over disjoint chunks of `0..<n`. Small `n` (below `grain`) stays serial.
     @inline(__always)
-    public static func chunks(_ n: Int, grain: Int = 1, _ body: (Range<Int>) -> Void) {
+    public func chunks(_ n: Int, grain: Int = 1, _ body: (Range<Int>) -> Void) {
         let t = min(threads, max(1, n / max(grain, 1)))
         if t <= 1 || n <= 1 { body(0..<n); return }
         let per = (n + t - 1) / t
@@ -20,9 +32,9 @@ public enum Parallel {
         }
     }
 
-    /// Runs `body(i)` for each i in 0..<n, distributed over the worker threads.
+    /// Runs `body(i)` for each i in 0..<n, distributed over the workers.
     @inline(__always)
-    public static func forEach(_ n: Int, _ body: (Int) -> Void) {
+    public func forEach(_ n: Int, _ body: (Int) -> Void) {
         chunks(n) { r in for i in r { body(i) } }
     }
 }

@@ -5,12 +5,12 @@
 // whose gradient also arrives through the skip connection.
 public enum RMSNorm {
     /// y = weight * (x * rstd). `y` may alias `x`.
-    public static func forward(y: UnsafeMutablePointer<Float>,    // [N, C]
+    public static func forward(pool: WorkerPool, y: UnsafeMutablePointer<Float>,    // [N, C]
                                rstd: UnsafeMutablePointer<Float>, // [N], kept for backward
                                x: UnsafePointer<Float>,           // [N, C]
                                weight: UnsafePointer<Float>,      // [C]
                                N: Int, C: Int, eps: Float) {
-        Parallel.chunks(N, grain: max(1, 8192 / max(C, 1))) { rows in
+        pool.chunks(N, grain: max(1, 8192 / max(C, 1))) { rows in
             for n in rows {
                 let xr = x + n * C, yr = y + n * C
                 let meanSquare = VectorOps.sumOfSquaresRow(xr, count: C) / Float(C)
@@ -23,13 +23,13 @@ public enum RMSNorm {
 
     /// dx += r * (w * dy) - x * r^3 * sum(w * dy * x) / C, per row, with r = rstd.
     /// (From y_k = w_k x_k r and dr/dx_k = -r^3 x_k / C.)
-    public static func backward(dx: UnsafeMutablePointer<Float>, // [N, C], accumulated (+=)
+    public static func backward(pool: WorkerPool, dx: UnsafeMutablePointer<Float>, // [N, C], accumulated (+=)
                                 dy: UnsafePointer<Float>,        // [N, C]
                                 x: UnsafePointer<Float>,         // [N, C]
                                 weight: UnsafePointer<Float>,    // [C]
                                 rstd: UnsafePointer<Float>,      // [N]
                                 N: Int, C: Int) {
-        Parallel.chunks(N, grain: max(1, 8192 / max(C, 1))) { rows in
+        pool.chunks(N, grain: max(1, 8192 / max(C, 1))) { rows in
             for n in rows {
                 let xr = x + n * C, dyr = dy + n * C, dxr = dx + n * C
                 let r = rstd[n]

@@ -75,8 +75,8 @@ public enum RoPE {
                              sin: UnsafeMutablePointer<Float>, // [maxT, half]
                              invFreq: UnsafePointer<Float>,    // [half]
                              maxT: Int, half: Int, attentionScaling: Float) {
-        // maxT is max_position_embeddings (up to 131072): worth the threads.
-        Parallel.chunks(maxT, grain: 256) { positions in
+        // maxT is max_position_embeddings (up to 131072): worth all the cores, once per model.
+        WorkerPool.allCores.chunks(maxT, grain: 256) { positions in
             for pos in positions {
                 for i in 0..<half {
                     let angle = Double(Float(pos) * invFreq[i])
@@ -88,32 +88,32 @@ public enum RoPE {
     }
 
     /// Rotates every head of every row in place by the angle of that row's position.
-    public static func forward(x: UnsafeMutablePointer<Float>,  // [rows, nHeads, headDim], in place
+    public static func forward(pool: WorkerPool, x: UnsafeMutablePointer<Float>,  // [rows, nHeads, headDim], in place
                                positions: UnsafePointer<Int32>, // [rows]
                                rows: Int, nHeads: Int, headDim: Int, table: RoPETable) {
-        rotate(x, positions: positions, rows: rows, nHeads: nHeads, headDim: headDim,
+        rotate(pool: pool, x, positions: positions, rows: rows, nHeads: nHeads, headDim: headDim,
                table: table, sign: 1)
     }
 
     /// The transpose of forward (rotation by -angle), in place on the gradient:
     ///   dx[i]        =  dy[i] * cos + dy[i + half] * sin
     ///   dx[i + half] = -dy[i] * sin + dy[i + half] * cos
-    public static func backward(dx: UnsafeMutablePointer<Float>, // [rows, nHeads, headDim], in place
+    public static func backward(pool: WorkerPool, dx: UnsafeMutablePointer<Float>, // [rows, nHeads, headDim], in place
                                 positions: UnsafePointer<Int32>, // [rows]
                                 rows: Int, nHeads: Int, headDim: Int, table: RoPETable) {
-        rotate(dx, positions: positions, rows: rows, nHeads: nHeads, headDim: headDim,
+        rotate(pool: pool, dx, positions: positions, rows: rows, nHeads: nHeads, headDim: headDim,
                table: table, sign: -1)
     }
 
     @inline(__always)
-    private static func rotate(_ x: UnsafeMutablePointer<Float>, // [rows, nHeads, headDim]
+    private static func rotate(pool: WorkerPool, _ x: UnsafeMutablePointer<Float>, // [rows, nHeads, headDim]
                                positions: UnsafePointer<Int32>,  // [rows]
                                rows: Int, nHeads: Int, headDim: Int, table: RoPETable,
                                sign: Float) {
         precondition(headDim == table.headDim, "RoPE table built for headDim \(table.headDim)")
         let half = headDim / 2
         let maxT = table.maxT
-        Parallel.chunks(rows, grain: max(1, 4096 / max(nHeads * headDim, 1))) { r in
+        pool.chunks(rows, grain: max(1, 4096 / max(nHeads * headDim, 1))) { r in
             for row in r {
                 let pos = Int(positions[row])
                 precondition(pos >= 0 && pos < maxT, "position \(pos) outside RoPE table")

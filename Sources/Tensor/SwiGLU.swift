@@ -6,11 +6,11 @@
 // Every output element depends only on the same element of the inputs, so any output may
 // alias any input (each element is read before it is written).
 public enum SwiGLU {
-    public static func forward(h: UnsafeMutablePointer<Float>, // [N, I]
+    public static func forward(pool: WorkerPool, h: UnsafeMutablePointer<Float>, // [N, I]
                                gate: UnsafePointer<Float>,     // [N, I]
                                up: UnsafePointer<Float>,       // [N, I]
                                count: Int) {
-        Parallel.chunks(count, grain: 1 << 14) { r in
+        pool.chunks(count, grain: 1 << 14) { r in
             var i = r.lowerBound
             let one = SIMD8<Float>(repeating: 1)
             while i + 8 <= r.upperBound {
@@ -28,13 +28,13 @@ public enum SwiGLU {
     }
 
     /// Overwrites dgate and dup.
-    public static func backward(dgate: UnsafeMutablePointer<Float>, // [N, I]
+    public static func backward(pool: WorkerPool, dgate: UnsafeMutablePointer<Float>, // [N, I]
                                 dup: UnsafeMutablePointer<Float>,   // [N, I]
                                 dh: UnsafePointer<Float>,           // [N, I]
                                 gate: UnsafePointer<Float>,         // [N, I]
                                 up: UnsafePointer<Float>,           // [N, I]
                                 count: Int) {
-        Parallel.chunks(count, grain: 1 << 14) { r in
+        pool.chunks(count, grain: 1 << 14) { r in
             var i = r.lowerBound
             let one = SIMD8<Float>(repeating: 1)
             while i + 8 <= r.upperBound {

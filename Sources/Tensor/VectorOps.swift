@@ -7,29 +7,29 @@
 // dominates softmax, SiLU and cross-entropy on a vocabulary-sized row.
 public enum VectorOps {
     /// out = a + b. `out` may alias `a` or `b`.
-    public static func add(out: UnsafeMutablePointer<Float>, // [count]
+    public static func add(pool: WorkerPool, out: UnsafeMutablePointer<Float>, // [count]
                            a: UnsafePointer<Float>,          // [count]
                            b: UnsafePointer<Float>,          // [count]
                            count: Int) {
-        Parallel.chunks(count, grain: 1 << 15) { r in
+        pool.chunks(count, grain: 1 << 15) { r in
             for i in r { out[i] = a[i] + b[i] }
         }
     }
 
     /// x *= alpha, in place.
-    public static func scale(x: UnsafeMutablePointer<Float>, // [count]
+    public static func scale(pool: WorkerPool, x: UnsafeMutablePointer<Float>, // [count]
                              alpha: Float, count: Int) {
-        Parallel.chunks(count, grain: 1 << 15) { r in
+        pool.chunks(count, grain: 1 << 15) { r in
             for i in r { x[i] *= alpha }
         }
     }
 
     /// y += alpha * x.
-    public static func axpy(y: UnsafeMutablePointer<Float>, // [count]
+    public static func axpy(pool: WorkerPool, y: UnsafeMutablePointer<Float>, // [count]
                             alpha: Float,
                             x: UnsafePointer<Float>,        // [count]
                             count: Int) {
-        Parallel.chunks(count, grain: 1 << 15) { r in
+        pool.chunks(count, grain: 1 << 15) { r in
             for i in r { y[i] += alpha * x[i] }
         }
     }

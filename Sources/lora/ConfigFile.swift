@@ -18,7 +18,7 @@ enum ConfigFile {
         guard let dict = node as? [String: Any] else {
             throw ConfigError.unreadable(file: path, reason: "expected a mapping of keys to values at the top level")
         }
-        let valid = Set(TrainConfig.CodingKeys.allCases.map(\.rawValue))
+        let valid = Set(TrainConfig.CodingKeys.allCases.map(\.rawValue) + TrainConfig.AliasKeys.allCases.map(\.rawValue))
         for key in dict.keys.sorted() where !valid.contains(key) {
             throw ConfigError.unknownKey(file: path, key: key, suggestion: TrainConfig.nearestKey(to: key))
         }
@@ -28,6 +28,8 @@ enum ConfigFile {
             throw ConfigError.wrongType(file: path, key: keyPath(ctx), expected: describe(type))
         } catch let DecodingError.dataCorrupted(ctx) {
             throw ConfigError.wrongType(file: path, key: keyPath(ctx), expected: expectation(for: ctx))
+        } catch let e as ConfigError {
+            throw e
         } catch {
             throw ConfigError.unreadable(file: path, reason: "\(error)")
         }
@@ -40,6 +42,9 @@ enum ConfigFile {
     static func expectation(for ctx: DecodingError.Context) -> String {
         if ctx.codingPath.first?.stringValue == TrainConfig.CodingKeys.loraTargetModules.rawValue {
             return "a list of \(Projection.allCases.map(\.rawValue).joined(separator: ", "))"
+        }
+        if ctx.codingPath.first?.stringValue == TrainConfig.CodingKeys.quantization.rawValue {
+            return "one of \(Quantization.allCases.map(\.rawValue).joined(separator: ", "))"
         }
         return "a valid value (\(ctx.debugDescription))"
     }

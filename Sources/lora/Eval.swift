@@ -18,8 +18,8 @@ struct Eval: ParsableCommand {
             of surrounding whitespace.
             """)
 
-    @Option(name: .customLong("base-model")) var baseModel: String
-    @Option(name: .customLong("lora-weights"), help: "PEFT adapter folder, optionally DIR:WEIGHT; repeatable.") var loraWeights: [String] = []
+    @OptionGroup var model: ModelOptions
+    @OptionGroup var adapters: AdapterOptions
     @Option(name: .customLong("data-path")) var dataPath: String
     @Option(help: "loss or exact_match.") var metric: EvalMetric = .loss
     @Option(name: .customLong("prompt-template")) var promptTemplate = TrainConfig.defaults.promptTemplateName
@@ -33,8 +33,7 @@ struct Eval: ParsableCommand {
     @Option(help: "Seed of the --limit sample.") var seed: UInt64 = 0
     @Option(name: .customLong("show-failures"), help: "exact_match: failures to print (or list in --json).")
     var showFailures = 5
-    @Option(name: .customLong("load-8bit")) var load8bit = TrainConfig.defaults.load8bit
-    @Option(help: "Threads (0 = all cores).") var threads = 0
+    @OptionGroup var compute: ComputeOptions
     @Flag(help: "Print one JSON object.") var json = false
 
     func validate() throws {
@@ -47,26 +46,23 @@ struct Eval: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            configureThreads(threads)
-            let loaded = try LoadedModel(path: baseModel, load8bit: load8bit)
-            for a in loraWeights {
-                guard let spec = AdapterSpec(argument: a) else { throw ValidationError("--lora-weights '\(a)': expected DIR or DIR:WEIGHT") }
-                try Adapter.load(URL(fileURLWithPath: spec.path), into: loaded.model, weight: spec.weight)
-            }
+            let ctx = try compute.context()
+            let loaded = try model.load(default: TrainConfig.defaults.quantization, ctx: ctx)
+            let set = try adapters.load(model: loaded.model.config)
             let all = try AlpacaData.load(URL(fileURLWithPath: dataPath))
             let indices = EvalSample.indices(count: all.count, limit: limit, seed: seed)
             let prompter = try loadPrompter(promptTemplate)
             switch metric {
-            case .loss: loss(indices.map { all[$0] }, loaded: loaded, prompter: prompter)
-            case .exactMatch: try exactMatch(all, indices: indices, loaded: loaded, prompter: prompter)
+            case .loss: loss(indices.map { all[$0] }, loaded: loaded, adapters: set, ctx: ctx, prompter: prompter)
+            case .exactMatch: try exactMatch(all, indices: indices, loaded: loaded, adapters: set, ctx: ctx, prompter: prompter)
             }
         }
     }
 
-    func loss(_ records: [AlpacaRecord], loaded: LoadedModel, prompter: Prompter) {
+    func loss(_ records: [AlpacaRecord], loaded: LoadedModel, adapters: AdapterSet, ctx: ExecutionContext, prompter: Prompter) {
         let builder = ExampleBuilder(tokenizer: loaded.tokenizer, prompter: prompter,
                                      cutoffLen: cutoffLen, trainOnInputs: trainOnInputs, addEOSToken: addEosToken)
-        let r = Evaluation.loss(model: loaded.model, examples: records.map(builder.example), padID: loaded.padID,
+        let r = Evaluation.loss(model: loaded.model, adapters: adapters, ctx: ctx, examples: records.map(builder.example), padID: loaded.padID,
                                 microBatchSize: microBatchSize)
         if json {
             print(JSON.object([("loss", .double(r.loss)), ("perplexity", .double(r.perplexity)),
@@ -76,11 +72,12 @@ struct Eval: ParsableCommand {
         }
     }
 
-    func exactMatch(_ records: [AlpacaRecord], indices: [Int], loaded: LoadedModel, prompter: Prompter) throws {
+    func exactMatch(_ records: [AlpacaRecord], indices: [Int], loaded: LoadedModel, adapters: AdapterSet, ctx: ExecutionContext,
+                    prompter: Prompter) throws {
         let tty = isatty(STDERR_FILENO) != 0
         let r = try ExactMatch.evaluate(records: records, indices: indices, prompter: prompter,
                                         tokenizer: loaded.tokenizer,
-                                        generator: Generator(model: loaded.model, eosIDs: loaded.eosIDs),
+                                        generator: Generator(model: loaded.model, adapters: adapters, ctx: ctx, eosIDs: loaded.eosIDs),
                                         maxNewTokens: maxNewTokens) { done, total, correct in
             if tty { FileHandle.standardError.write(Data("\r\u{1B}[K\(done)/\(total) answered, \(correct) correct".utf8)) }
         }

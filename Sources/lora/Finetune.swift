@@ -39,7 +39,8 @@ struct Finetune: ParsableCommand {
     @Option(name: .customLong("weight-decay"), help: Self.help(.weightDecay, "AdamW decoupled weight decay")) var weightDecay: Double?
     @Option(help: Self.help(.seed, "Seed of data order, split, LoRA init and dropout")) var seed: UInt64?
     @Option(name: .customLong("max-steps"), help: Self.help(.maxSteps, "Stop after N optimizer steps (-1 = from num_epochs)")) var maxSteps: Int?
-    @Option(name: .customLong("load-8bit"), help: Self.help(.load8bit, "int8 frozen weights (true|false)")) var load8bit: Bool?
+    @Option(help: Self.help(.quantization, "Frozen weights: none (f32), bf16 or int8")) var quantization: Quantization?
+    @Option(name: .customLong("load-8bit"), help: "alpaca-lora's flag: true = --quantization int8, false = none") var load8bit: Bool?
     @Option(help: Self.help(.threads, "Threads (0 = all cores)")) var threads: Int?
     @Flag(name: .customLong("print-config"), help: "Print the resolved settings as YAML and exit.") var printConfig = false
 
@@ -88,7 +89,13 @@ struct Finetune: ParsableCommand {
         if let v = weightDecay { c.weightDecay = v }
         if let v = seed { c.seed = v }
         if let v = maxSteps { c.maxSteps = v }
-        if let v = load8bit { c.load8bit = v }
+        if let v = load8bit {
+            if let q = quantization, q != Quantization(load8bit: v) {
+                throw ValidationError("--load-8bit \(v) disagrees with --quantization \(q.rawValue); give one of them")
+            }
+            c.quantization = Quantization(load8bit: v)
+        }
+        if let v = quantization { c.quantization = v }
         if let v = threads { c.threads = v }
         try c.validate()
         return c
@@ -98,11 +105,11 @@ struct Finetune: ParsableCommand {
         try runReportingErrors {
             let c = try resolved()
             if printConfig { print(c.yaml, terminator: ""); return }
-            configureThreads(c.threads)
+            let ctx = try makeContext(threads: c.threads)
             let memory = MemoryMeter()
             note("Training Alpaca-LoRA model with params:")
             note(c.yaml.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
-            let loaded = try LoadedModel(path: c.baseModel, load8bit: c.load8bit)
+            let loaded = try LoadedModel(path: c.baseModel, quantization: c.quantization, pool: ctx.pool)
             let prompter = try loadPrompter(c.promptTemplateName)
             let records = try AlpacaData.load(URL(fileURLWithPath: c.dataPath))
             if c.valSetSize >= records.count {
@@ -114,11 +121,12 @@ struct Finetune: ParsableCommand {
             let train = trainIdx.map { builder.example(records[$0]) }
             let val = valIdx.map { builder.example(records[$0]) }
             var rng = RNG(seed: c.seed)
-            Adapter.attachNew(to: loaded.model, config: c.adapterConfig, rng: &rng)
-            let trainer = try Trainer(config: c, model: loaded.model, train: train, validation: val, padID: loaded.padID)
+            let adapter = LoRAAdapter(new: c.adapterConfig, model: loaded.model.config, rng: &rng)
+            let trainer = try Trainer(config: c, model: loaded.model, adapter: adapter, ctx: ctx,
+                                      train: train, validation: val, padID: loaded.padID)
             if let r = c.resumeFromCheckpoint { try trainer.resume(from: URL(fileURLWithPath: r)) }
             let progress = ProgressPrinter(outputDir: URL(fileURLWithPath: c.outputDir))
-            SignalHandling.installInterruptHandler()
+            SignalHandling.installInterruptHandler(ctx.cancellation)
             let summary = try trainer.run { progress.handle($0) }
             try progress.finish()
             note(String(format: "done: %d steps in %.1f s, %.1f tokens/s, peak memory %@; adapter in %@",

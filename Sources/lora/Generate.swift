@@ -8,11 +8,8 @@ struct Generate: ParsableCommand {
         abstract: "Answer an instruction (Alpaca prompt template) or continue a raw prompt.",
         discussion: "Defaults are alpaca-lora generate.py's: beam search with 4 beams, 128 new tokens.")
 
-    @Option(name: .customLong("base-model"), help: "Model folder (config.json, model.safetensors, tokenizer.model).")
-    var baseModel: String
-
-    @Option(name: .customLong("lora-weights"), help: "PEFT adapter folder, optionally DIR:WEIGHT; repeat to stack adapters.")
-    var loraWeights: [String] = []
+    @OptionGroup var model: ModelOptions
+    @OptionGroup var adapters: AdapterOptions
 
     @Option(name: .customLong("prompt-template"), help: "alpaca, alpaca_short, alpaca_legacy, vigogne, a JSON file, or none.")
     var promptTemplate = "alpaca"
@@ -59,24 +56,18 @@ struct Generate: ParsableCommand {
     @Option(help: "Seed of the sampling RNG.")
     var seed: UInt64 = 0
 
-    @Option(name: .customLong("load-8bit"), help: "Quantize projection weights to int8 (true|false).")
-    var load8bit = "false"
-
-    @Option(help: "Threads (0 = all cores).")
-    var threads = 0
+    @OptionGroup var compute: ComputeOptions
 
     func validate() throws {
         let modes = [instruction != nil, prompt != nil, interactive].filter { $0 }.count
         if modes != 1 { throw ValidationError("give exactly one of --instruction, --prompt or --interactive") }
         if input != nil && instruction == nil { throw ValidationError("--input goes with --instruction") }
-        if Bool.parse(load8bit) == nil { throw ValidationError("--load-8bit takes true or false, not '\(load8bit)'") }
         if prompt != nil && !["none", "alpaca"].contains(promptTemplate) {
             throw ValidationError("--prompt is raw text; --prompt-template must be none (or left out) with it")
         }
         if instruction != nil || interactive, promptTemplate == "none" {
             throw ValidationError("--instruction needs a prompt template (not none)")
         }
-        for a in loraWeights where AdapterSpec(argument: a) == nil { throw ValidationError("--lora-weights '\(a)': expected DIR or DIR:WEIGHT") }
     }
 
     var options: GenerationOptions {
@@ -89,15 +80,13 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            configureThreads(threads)
+            let ctx = try compute.context()
             let opts = options
             try opts.validate()
-            let loaded = try LoadedModel(path: baseModel, load8bit: Bool.parse(load8bit)!)
-            for a in loraWeights.compactMap(AdapterSpec.init(argument:)) {
-                try Adapter.load(URL(fileURLWithPath: a.path), into: loaded.model, weight: a.weight)
-            }
+            let loaded = try model.load(default: .none, ctx: ctx)
+            let set = try adapters.load(model: loaded.model.config)
             let prompter: Prompter? = prompt != nil ? nil : try loadPrompter(promptTemplate)
-            let gen = Generator(model: loaded.model, eosIDs: loaded.eosIDs)
+            let gen = Generator(model: loaded.model, adapters: set, ctx: ctx, eosIDs: loaded.eosIDs)
             if let prompt {
                 try answer(prompt, template: nil, loaded: loaded, gen: gen, opts: opts)
             } else if let instruction, let prompter {

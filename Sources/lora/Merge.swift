@@ -15,11 +15,10 @@ struct Merge: ParsableCommand {
 
     enum Format: String, ExpressibleByArgument, CaseIterable { case hf, gguf }
 
-    @Option(name: .customLong("base-model"), help: "Base model: a Hugging Face folder or a .gguf file.")
+    @Option(name: .customLong("base-model"), help: "Base model: a Hugging Face folder or a .gguf file (merged from its full-precision weights).")
     var baseModel: String
 
-    @Option(name: .customLong("lora-weights"), help: "PEFT adapter folder, optionally DIR:WEIGHT (default weight 1); repeat to combine adapters.")
-    var loraWeights: [String] = []
+    @OptionGroup var adapters: AdapterOptions
 
     @Option(help: "Output folder (--format hf) or file (--format gguf).")
     var output: String
@@ -39,14 +38,12 @@ struct Merge: ParsableCommand {
     @Flag(name: .customLong("adapter-only"), help: "With --format gguf: write the adapter itself as a llama.cpp LoRA adapter (for --lora), not a merged model.")
     var adapterOnly = false
 
-    @Option(help: "Threads (0 = all cores).")
-    var threads = 0
+    @OptionGroup var compute: ComputeOptions
 
     var exportDType: ExportDType { ExportDType(rawValue: dtype ?? (adapterOnly ? "f32" : "f16"))! }
 
     func validate() throws {
-        if loraWeights.isEmpty { throw ValidationError("give at least one --lora-weights DIR[:WEIGHT]") }
-        for a in loraWeights where AdapterSpec(argument: a) == nil { throw ValidationError("--lora-weights '\(a)': expected DIR or DIR:WEIGHT") }
+        if adapters.loraWeights.isEmpty { throw ValidationError("give at least one --lora-weights DIR[:WEIGHT]") }
         if let d = dtype, ExportDType(rawValue: d) == nil {
             throw ValidationError("--dtype '\(d)': expected one of \(ExportDType.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -54,17 +51,17 @@ struct Merge: ParsableCommand {
         if HFExport.parseSize(maxShardSize) == nil { throw ValidationError("--max-shard-size '\(maxShardSize)': expected a size such as 2GB, 500MB or 1GiB") }
         if adapterOnly {
             if format != .gguf { throw ValidationError("--adapter-only writes a GGUF LoRA adapter; add --format gguf") }
-            if loraWeights.count != 1 { throw ValidationError("--adapter-only converts one adapter; give --lora-weights once") }
+            if adapters.loraWeights.count != 1 { throw ValidationError("--adapter-only converts one adapter; give --lora-weights once") }
             if ![.f32, .f16].contains(exportDType) { throw ValidationError("--adapter-only writes f32 or f16 tensors, not \(exportDType.rawValue)") }
         }
     }
 
     func run() throws {
         try runReportingErrors {
-            configureThreads(threads)
+            _ = try compute.context()
             let out = URL(fileURLWithPath: output)
             try ExportError.checkOutput(out, file: format == .gguf, force: force)
-            let specs = loraWeights.compactMap(AdapterSpec.init(argument:))
+            let specs = adapters.specs
             let start = Date()
             // Every adapter is read and checked against the base before anything is written.
             let merger = try Merger(base: baseModel, adapters: specs)

@@ -1,5 +1,6 @@
 import Foundation
 import LLaMA
+import Tensor
 
 /// Shows training progress on stderr: a live line on a terminal, plain periodic lines
 /// otherwise; forwards logs and evals to trainer_log.jsonl and loss.svg.
@@ -66,14 +67,20 @@ struct MemoryMeter {
 enum SignalHandling {
     /// Ctrl-C asks the trainer to write a checkpoint and stop (exit 130); a second Ctrl-C
     /// exits at once (every file is written atomically, so nothing is left half-written).
-    static func installInterruptHandler() {
+    static func installInterruptHandler(_ c: Cancellation) {
+        // A C signal handler cannot capture; the flag's address is the one process-wide value,
+        // and only the CLI has it.
+        flag = c.rawFlag
         signal(SIGINT) { _ in
-            if Trainer.stopRequested { _exit(130) }
-            Trainer.stopRequested = true
+            guard let f = SignalHandling.flag else { _exit(130) }
+            if f.pointee != 0 { _exit(130) }
+            f.pointee = 1
         }
         signal(SIGTERM) { _ in
-            if Trainer.stopRequested { _exit(143) }
-            Trainer.stopRequested = true
+            guard let f = SignalHandling.flag else { _exit(143) }
+            if f.pointee != 0 { _exit(143) }
+            f.pointee = 1
         }
     }
+    nonisolated(unsafe) static var flag: UnsafeMutablePointer<Int32>?
 }

@@ -52,9 +52,9 @@ final class ExactMatchTests: XCTestCase {
     /// front, greedy, `maxNewTokens`), cut with Prompter.response as `lora generate` does.
     /// Generator itself is checked against transformers in GenerationParityTests.
     func testScoresTheGreedyAnswersTheGeneratorGives() throws {
-        let loaded = try LoadedModel(path: Fixtures.model("tiny-mha").path, load8bit: false)
+        let loaded = try LoadedModel(path: Fixtures.model("tiny-mha").path, quantization: .none, pool: testPool)
         let prompter = try Prompter(named: "alpaca")
-        let gen = Generator(model: loaded.model, eosIDs: loaded.eosIDs)
+        let gen = Generator(model: loaded.model, ctx: testCtx, eosIDs: loaded.eosIDs)
         let questions = [("Name a color.", ""), ("Add the numbers.", "2, 3"), ("Reverse the word.", "apple"),
                          ("Say hello.", ""), ("What is the capital of France?", "")]
         func direct(_ q: (String, String), budget: Int) throws -> String {

@@ -29,3 +29,8 @@ func assertClose(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: In
         XCTFail("\(what): element \(worstAt) is \(a[worstAt]), expected \(b[worstAt]) (tolerance \(absTol) abs + \(rel) rel)", file: file, line: line)
     }
 }
+
+/// The worker pool and CPU context the model tests run on: two workers, so threaded splits are
+/// exercised; the kernel family is the CPU's best unless LORA_KERNELS names another.
+let testPool = WorkerPool(threads: 2)
+let testCtx: ExecutionContext = try! ExecutionContext.cpu(threads: 2, environment: ProcessInfo.processInfo.environment)

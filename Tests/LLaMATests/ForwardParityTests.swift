@@ -9,7 +9,7 @@ final class ForwardParityTests: XCTestCase {
 
     func checkLogits(model name: String, load8bit: Bool) throws {
         let ck = try SafeTensorsCheckpoint(folder: Fixtures.model(name))
-        let model = try LlamaModel(checkpoint: ck, load8bit: load8bit)
+        let model = try LlamaModel(checkpoint: ck, quantization: Quantization(load8bit: load8bit), pool: testPool)
         let ref = try Fixtures.json("\(name).forward.json")
         let tensors = try Fixtures.tensors("\(name).forward.safetensors")
         let prompts = try XCTUnwrap(ref["prompts"]?.array)
@@ -21,7 +21,7 @@ final class ForwardParityTests: XCTestCase {
             let batch = Batch(B: 1, T: ids.count, inputIDs: ids, attentionMask: .init(repeating: 1, count: ids.count),
                               labels: ids)
             let acts = Activations(model: model, maxB: 1, maxT: ids.count)
-            let logits = model.logits(batch, acts: acts)
+            let logits = model.logits(batch, adapters: .none, acts: acts, ctx: testCtx)
             XCTAssertEqual(expected.count, ids.count * model.config.vocabSize)
             assertClose(logits.data, expected.data, count: expected.count, abs: Self.logitsTolerance,
                         "\(name) \(load8bit ? "int8" : "f32") logits of prompt \(p["index"]!.int!)")
@@ -37,7 +37,7 @@ final class ForwardParityTests: XCTestCase {
     func testCachedDecodeMatchesFullForward() throws {
         for name in ["tiny-mha", "tiny-gqa"] {
             let ck = try SafeTensorsCheckpoint(folder: Fixtures.model(name))
-            let model = try LlamaModel(checkpoint: ck, load8bit: false)
+            let model = try LlamaModel(checkpoint: ck, quantization: .none, pool: testPool)
             let ref = try Fixtures.json("\(name).forward.json")
             let tensors = try Fixtures.tensors("\(name).forward.safetensors")
             let p = ref["prompts"]!.array!.max { $0["input_ids"]!.array!.count < $1["input_ids"]!.array!.count }!
@@ -47,10 +47,10 @@ final class ForwardParityTests: XCTestCase {
             // Prefill half, then one token at a time.
             let cache = KVCache(model: model, sequences: 1, capacity: ids.count, maxChunk: 4)
             let half = ids.count / 2
-            try model.step(tokens: Array(ids[..<half]), sequences: 1, cache: cache)
+            try model.step(tokens: Array(ids[..<half]), sequences: 1, cache: cache, adapters: .none, ctx: testCtx)
             assertClose(cache.logits.data, expected.data + (half - 1) * V, count: V, abs: Self.logitsTolerance, "\(name) prefill")
             for t in half..<ids.count {
-                try model.step(tokens: [ids[t]], sequences: 1, cache: cache)
+                try model.step(tokens: [ids[t]], sequences: 1, cache: cache, adapters: .none, ctx: testCtx)
                 assertClose(cache.logits.data, expected.data + t * V, count: V, abs: Self.logitsTolerance, "\(name) step \(t)")
             }
         }
@@ -59,13 +59,15 @@ final class ForwardParityTests: XCTestCase {
     func testInt8QuantizationMatchesReference() throws {
         for name in ["tiny-mha", "tiny-gqa"] {
             let ck = try SafeTensorsCheckpoint(folder: Fixtures.model(name))
-            let model = try LlamaModel(checkpoint: ck, load8bit: true)
+            let model = try LlamaModel(checkpoint: ck, quantization: .int8, pool: testPool)
             let tensors = try Fixtures.tensors("\(name).forward.safetensors")
             let q = try XCTUnwrap(try tensors.f32("int8.q.layers.0.self_attn.q_proj"))
             let s = try XCTUnwrap(try tensors.f32("int8.scale.layers.0.self_attn.q_proj"))
-            guard case .int8(let m) = model.blocks[0].q.weight else { return XCTFail("q_proj not int8") }
-            for i in 0..<q.count { XCTAssertEqual(Float(m.q[i]), q[i], "\(name) q[\(i)]"); if Float(m.q[i]) != q[i] { break } }
-            for i in 0..<s.count { XCTAssertEqual(m.scales[i], s[i], "\(name) scale[\(i)]") }
+            let w = model.blocks[0].q.weight
+            guard w.format.name == "int8", let scales = w.scales else { return XCTFail("q_proj not int8") }
+            let mq = w.data.assumingMemoryBound(to: Int8.self)
+            for i in 0..<q.count { XCTAssertEqual(Float(mq[i]), q[i], "\(name) q[\(i)]"); if Float(mq[i]) != q[i] { break } }
+            for i in 0..<s.count { XCTAssertEqual(scales[i], s[i], "\(name) scale[\(i)]") }
         }
     }
 
@@ -73,16 +75,16 @@ final class ForwardParityTests: XCTestCase {
     /// within a stated bound of the f32 head's, which training and `logits` use.
     static let int8HeadTolerance: Float = 0.05
     func testInt8DecodeHeadStaysCloseToF32Head() throws {
-        let model = try LlamaModel(checkpoint: try SafeTensorsCheckpoint(folder: Fixtures.model("tiny-mha")), load8bit: true)
-        guard case .int8 = model.decodeHead else { return XCTFail("int8 model decodes with an int8 head") }
+        let model = try LlamaModel(checkpoint: try SafeTensorsCheckpoint(folder: Fixtures.model("tiny-mha")), quantization: .int8, pool: testPool)
+        XCTAssertEqual(model.decodeHead.format.name, "int8", "int8 model decodes with an int8 head")
         let ids: [Int32] = [1, 295, 268, 267, 270, 418, 262, 261, 312]
         let batch = Batch(B: 1, T: ids.count, inputIDs: ids, attentionMask: .init(repeating: 1, count: ids.count), labels: ids)
-        let full = model.logits(batch, acts: Activations(model: model, maxB: 1, maxT: ids.count))
+        let full = model.logits(batch, adapters: .none, acts: Activations(model: model, maxB: 1, maxT: ids.count), ctx: testCtx)
         let V = model.config.vocabSize
         let cache = KVCache(model: model, sequences: 1, capacity: ids.count, maxChunk: ids.count)
-        try model.step(tokens: ids, sequences: 1, cache: cache)
+        try model.step(tokens: ids, sequences: 1, cache: cache, adapters: .none, ctx: testCtx)
         assertClose(cache.logits.data, full.data + (ids.count - 1) * V, count: V, abs: Self.int8HeadTolerance, "int8 head")
-        let f32 = try LlamaModel(checkpoint: try SafeTensorsCheckpoint(folder: Fixtures.model("tiny-mha")), load8bit: false)
-        guard case .f32 = f32.decodeHead else { return XCTFail("f32 model decodes with the f32 head") }
+        let f32 = try LlamaModel(checkpoint: try SafeTensorsCheckpoint(folder: Fixtures.model("tiny-mha")), quantization: .none, pool: testPool)
+        XCTAssertEqual(f32.decodeHead.format.name, "f32", "f32 model decodes with the f32 head")
     }
 }

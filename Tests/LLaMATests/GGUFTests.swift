@@ -158,11 +158,11 @@ final class GGUFTests: XCTestCase {
     func logits(_ model: LlamaModel, _ ids: [Int32]) -> Tensor {
         let batch = Batch(B: 1, T: ids.count, inputIDs: ids, attentionMask: .init(repeating: 1, count: ids.count), labels: ids)
         let acts = Activations(model: model, maxB: 1, maxT: ids.count)
-        return model.logits(batch, acts: acts)
+        return model.logits(batch, adapters: .none, acts: acts, ctx: testCtx)
     }
 
     func testF32FileLogitsMatchTransformers() throws {
-        let model = try LlamaModel(checkpoint: try GGUFCheckpoint(path: Self.gguf("tiny-mha.gguf")), load8bit: false)
+        let model = try LlamaModel(checkpoint: try GGUFCheckpoint(path: Self.gguf("tiny-mha.gguf")), quantization: .none, pool: testPool)
         let ref = try Fixtures.json("tiny-mha.forward.json")
         let tensors = try Fixtures.tensors("tiny-mha.forward.safetensors")
         let prompts = try XCTUnwrap(ref["prompts"]?.array)
@@ -178,7 +178,7 @@ final class GGUFTests: XCTestCase {
     }
 
     func testQ8_0FileLogitsMatchDequantizedReferenceAndAreCloseToF32() throws {
-        let model = try LlamaModel(checkpoint: try GGUFCheckpoint(path: Self.gguf("tiny-gqa-q8.gguf")), load8bit: false)
+        let model = try LlamaModel(checkpoint: try GGUFCheckpoint(path: Self.gguf("tiny-gqa-q8.gguf")), quantization: .none, pool: testPool)
         let info = try JSON.parse(contentsOf: Self.ggufDir.appendingPathComponent("reference.json"))
         let q8 = try SafeTensorsFile(path: Self.gguf("tiny-gqa-q8.forward.safetensors"))
         let f32 = try Fixtures.tensors("tiny-gqa.forward.safetensors")
@@ -305,7 +305,7 @@ final class GGUFTests: XCTestCase {
             do {
                 let ck = try GGUFCheckpoint(path: path)
                 opened += 1
-                _ = try LlamaModel(checkpoint: ck, load8bit: false)
+                _ = try LlamaModel(checkpoint: ck, quantization: .none, pool: testPool)
             } catch let e as CheckpointError {
                 XCTAssertFalse(e.description.isEmpty)
             } catch {
@@ -447,7 +447,7 @@ final class GGUFTests: XCTestCase {
         XCTAssertEqual(try ck.file.string("tokenizer.ggml.model"), "gpt2")
         XCTAssertEqual(try ck.file.strings("tokenizer.ggml.merges")?.count, 48900)
 
-        let model = try LlamaModel(checkpoint: ck, load8bit: false)
+        let model = try LlamaModel(checkpoint: ck, quantization: .none, pool: testPool)
         let V = c.vocabSize
         for p in try XCTUnwrap(ref["prompts"]?.array) {
             let ids = p["input_ids"]!.ints32

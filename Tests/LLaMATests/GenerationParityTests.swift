@@ -6,10 +6,10 @@ import Tensor
 final class GenerationParityTests: XCTestCase {
     func check(_ name: String, section: String, options: (JSON) -> GenerationOptions) throws {
         let ck = try SafeTensorsCheckpoint(folder: Fixtures.model(name))
-        let model = try LlamaModel(checkpoint: ck, load8bit: false)
+        let model = try LlamaModel(checkpoint: ck, quantization: .none, pool: testPool)
         let ref = try Fixtures.json("\(name).forward.json")
         let prompts = ref["prompts"]!.array!
-        let gen = Generator(model: model, eosIDs: Set(ck.config.eosTokenIDs))
+        let gen = Generator(model: model, ctx: testCtx, eosIDs: Set(ck.config.eosTokenIDs))
         let cases = try XCTUnwrap(ref["generation"]?[section]?.array)
         XCTAssertFalse(cases.isEmpty)
         for c in cases {
@@ -43,8 +43,8 @@ final class GenerationParityTests: XCTestCase {
 
     /// Sampling is reproducible from the seed and respects top-k = 1 (which is greedy).
     func testSamplingIsSeeded() throws {
-        let model = try LlamaModel(checkpoint: try SafeTensorsCheckpoint(folder: Fixtures.model("tiny-mha")), load8bit: false)
-        let gen = Generator(model: model, eosIDs: [])
+        let model = try LlamaModel(checkpoint: try SafeTensorsCheckpoint(folder: Fixtures.model("tiny-mha")), quantization: .none, pool: testPool)
+        let gen = Generator(model: model, ctx: testCtx, eosIDs: [])
         var o = GenerationOptions(); o.numBeams = 1; o.doSample = true; o.maxNewTokens = 12; o.temperature = 1; o.topP = 1; o.topK = 0
         o.seed = 5
         let a = try gen.generate(prompt: [1, 295], options: o)

@@ -52,11 +52,11 @@ final class MergeTests: XCTestCase {
 
     /// Logits [T, V] of every position, through the KV-cache decode path `lora generate` uses
     /// (one token at a time; every attached adapter applied).
-    func logits(_ model: LlamaModel, _ ids: [Int32]) throws -> [Float] {
-        let cache = KVCache(model: model, sequences: 1, capacity: ids.count, maxChunk: 1)
+    func logits(_ model: LlamaModel, _ ids: [Int32], _ adapters: AdapterSet = .none) throws -> [Float] {
+        let cache = KVCache(model: model, sequences: 1, capacity: ids.count, maxChunk: 1, maxRank: adapters.maxRank)
         var out: [Float] = []
         for t in ids {
-            try model.step(tokens: [t], sequences: 1, cache: cache)
+            try model.step(tokens: [t], sequences: 1, cache: cache, adapters: adapters, ctx: testCtx)
             out += Array(UnsafeBufferPointer(start: cache.logits.data, count: model.config.vocabSize))
         }
         return out
@@ -117,11 +117,14 @@ final class MergeTests: XCTestCase {
         for model in Self.models {
             let (ref, st) = try Self.reference(model)
             let ids = ref["ids"]!.ints32
-            let m = try LlamaModel(checkpoint: try SafeTensorsCheckpoint(folder: Fixtures.model(model)), load8bit: false)
-            try Adapter.load(Self.adapter(model, "a"), into: m)
-            assertLogitsClose(try logits(m, ids), try XCTUnwrap(try st.f32("logits.a")).array, "\(model) PEFT logits, adapter a")
-            try Adapter.load(Self.adapter(model, "b"), into: m)
-            assertLogitsClose(try logits(m, ids), try XCTUnwrap(try st.f32("logits.ab")).array, "\(model) PEFT logits, adapters a + b")
+            let m = try LlamaModel(checkpoint: try SafeTensorsCheckpoint(folder: Fixtures.model(model)), quantization: .none, pool: testPool)
+            let a = try Adapter.load(Self.adapter(model, "a"), model: m.config)
+            let b = try Adapter.load(Self.adapter(model, "b"), model: m.config)
+            assertLogitsClose(try logits(m, ids, AdapterSet(a)), try XCTUnwrap(try st.f32("logits.a")).array, "\(model) PEFT logits, adapter a")
+            assertLogitsClose(try logits(m, ids, AdapterSet([(a, 1), (b, 1)])), try XCTUnwrap(try st.f32("logits.ab")).array,
+                              "\(model) PEFT logits, adapters a + b")
+            // The model was not changed by either call: no adapter, base logits.
+            XCTAssertEqual(try logits(m, ids), try logits(m, ids, .none))
         }
     }
 
@@ -132,12 +135,12 @@ final class MergeTests: XCTestCase {
             let (ref, st) = try Self.reference(model)
             let ids = ref["ids"]!.ints32
             let wa = Float(ref["combo_weights"]!["a"]!.double!), wb = Float(ref["combo_weights"]!["b"]!.double!)
-            let merged = try LlamaModel(checkpoint: MergedCheckpoint(try merger(model, [("a", wa), ("b", wb)])), load8bit: false)
-            let unmerged = try LlamaModel(checkpoint: try SafeTensorsCheckpoint(folder: Fixtures.model(model)), load8bit: false)
-            try Adapter.load(Self.adapter(model, "a"), into: unmerged, weight: wa)
-            try Adapter.load(Self.adapter(model, "b"), into: unmerged, weight: wb)
+            let merged = try LlamaModel(checkpoint: MergedCheckpoint(try merger(model, [("a", wa), ("b", wb)])), quantization: .none, pool: testPool)
+            let unmerged = try LlamaModel(checkpoint: try SafeTensorsCheckpoint(folder: Fixtures.model(model)), quantization: .none, pool: testPool)
+            let set = AdapterSet([(try Adapter.load(Self.adapter(model, "a"), model: unmerged.config), wa),
+                                  (try Adapter.load(Self.adapter(model, "b"), model: unmerged.config), wb)])
             let lm = try logits(merged, ids)
-            assertLogitsClose(lm, try logits(unmerged, ids), "\(model) merged vs unmerged logits")
+            assertLogitsClose(lm, try logits(unmerged, ids, set), "\(model) merged vs unmerged logits")
             assertLogitsClose(lm, try XCTUnwrap(try st.f32("logits.combo")).array, "\(model) merged vs transformers logits")
         }
     }
@@ -154,13 +157,13 @@ final class MergeTests: XCTestCase {
                 try AdapterFactors.load(dir, weight: -0.5, model: base.config),
             ])
             XCTAssertEqual(m.adapters[1].factors.count, 7 * base.config.numHiddenLayers)
-            let merged = try LlamaModel(checkpoint: MergedCheckpoint(m), load8bit: false)
-            let unmerged = try LlamaModel(checkpoint: base, load8bit: false)
-            try Adapter.load(Self.adapter(model, "a"), into: unmerged, weight: 0.7)
-            try Adapter.load(dir, into: unmerged, weight: -0.5)
-            XCTAssertEqual(unmerged.blocks[0].q.adapters.count, 2)
+            let merged = try LlamaModel(checkpoint: MergedCheckpoint(m), quantization: .none, pool: testPool)
+            let unmerged = try LlamaModel(checkpoint: base, quantization: .none, pool: testPool)
+            let set = AdapterSet([(try Adapter.load(Self.adapter(model, "a"), model: unmerged.config), 0.7),
+                                  (try Adapter.load(dir, model: unmerged.config), -0.5)])
+            XCTAssertEqual(set.layers(at: LoRASite(0, .q)).count, 2)
             let ids: [Int32] = [1, 40, 300, 12, 77, 5, 410]
-            assertLogitsClose(try logits(merged, ids), try logits(unmerged, ids), "\(adapter) + a merged vs unmerged")
+            assertLogitsClose(try logits(merged, ids), try logits(unmerged, ids, set), "\(adapter) + a merged vs unmerged")
         }
     }
 

@@ -6,22 +6,24 @@ import Tensor
 /// An interrupted run resumed from its checkpoint ends with a byte-identical adapter to an
 /// uninterrupted run (same seed, dropout on, an eval split, gradient accumulation).
 final class ResumeTests: XCTestCase {
-    func makeTrainer(out: URL) throws -> Trainer {
+    /// `threads` workers: resuming on another core count must continue the same numbers.
+    func makeTrainer(out: URL, threads: Int = 2) throws -> Trainer {
         var c = TrainConfig()
         c.baseModel = Fixtures.model("tiny-gqa").path
         c.outputDir = out.path
         c.batchSize = 2; c.microBatchSize = 1; c.maxSteps = 6; c.saveSteps = 3; c.evalSteps = 2
         c.warmupSteps = 1; c.learningRate = 1e-2; c.loraDropout = 0.1; c.seed = 7; c.cutoffLen = 64
-        c.valSetSize = 2; c.loggingSteps = 1; c.load8bit = true
+        c.valSetSize = 2; c.loggingSteps = 1; c.quantization = .int8
         try c.validate()
-        let loaded = try LoadedModel(path: c.baseModel, load8bit: c.load8bit)
+        let ctx = try ExecutionContext.cpu(threads: threads, environment: ProcessInfo.processInfo.environment)
+        let loaded = try LoadedModel(path: c.baseModel, quantization: c.quantization, pool: ctx.pool)
         let records = try AlpacaData.load(Fixtures.root.appendingPathComponent("records.json"))
         let builder = ExampleBuilder(tokenizer: loaded.tokenizer, prompter: try Prompter(named: "alpaca"), cutoffLen: c.cutoffLen,
                                      trainOnInputs: true, addEOSToken: false)
         let (tr, va) = Sampler.split(count: records.count, valSize: c.valSetSize, seed: c.seed)
         var rng = RNG(seed: c.seed)
-        Adapter.attachNew(to: loaded.model, config: c.adapterConfig, rng: &rng)
-        return try Trainer(config: c, model: loaded.model, train: tr.map { builder.example(records[$0]) },
+        let adapter = LoRAAdapter(new: c.adapterConfig, model: loaded.model.config, rng: &rng)
+        return try Trainer(config: c, model: loaded.model, adapter: adapter, ctx: ctx, train: tr.map { builder.example(records[$0]) },
                            validation: va.map { builder.example(records[$0]) }, padID: loaded.padID)
     }
 
@@ -36,17 +38,17 @@ final class ResumeTests: XCTestCase {
         // Interrupt after step 4 (as Ctrl-C would): a checkpoint is written and the run throws.
         var lossesB: [Double] = []
         let t = try makeTrainer(out: b)
-        defer { Trainer.stopRequested = false }
         XCTAssertThrowsError(try t.run { e in
-            if case let .step(p) = e { lossesB.append(p.loss); if p.step == 4 { Trainer.stopRequested = true } }
+            if case let .step(p) = e { lossesB.append(p.loss); if p.step == 4 { t.ctx.cancellation.cancel() } }
         }) { e in
             guard case .interrupted(let cp)? = e as? TrainingError else { return XCTFail("\(e)") }
             XCTAssertEqual(cp.map { URL(fileURLWithPath: $0).lastPathComponent }, "checkpoint-4")
         }
-        Trainer.stopRequested = false
         XCTAssertFalse(FileManager.default.fileExists(atPath: b.appendingPathComponent(Adapter.weightsFile).path),
                        "no final adapter from an interrupted run")
-        let resumed = try makeTrainer(out: b)
+        // Resumed with one worker instead of two: the same bits (every reduction's order is
+        // independent of how work is split over threads).
+        let resumed = try makeTrainer(out: b, threads: 1)
         try resumed.resume(from: b.appendingPathComponent("checkpoint-4"))
         XCTAssertEqual(resumed.state.step, 4)
         _ = try resumed.run { if case let .step(p) = $0 { lossesB.append(p.loss) } }
@@ -69,9 +71,9 @@ final class ResumeTests: XCTestCase {
         try t2.resume(from: a)
         XCTAssertEqual(t2.state.step, 0)
         let st = try SafeTensorsFile(path: a.appendingPathComponent(Adapter.weightsFile).path)
-        for (path, l) in t2.model.adapters {
-            let ref = try XCTUnwrap(try st.f32("base_model.model.\(path).lora_B.weight"))
-            XCTAssertEqual(l.B.array, ref.array)
+        for site in t2.adapter.sites {
+            let ref = try XCTUnwrap(try st.f32("base_model.model.\(site.path).lora_B.weight"))
+            XCTAssertEqual(t2.adapter.layers[site]!.B.array, ref.array)
         }
     }
 
@@ -80,8 +82,9 @@ final class ResumeTests: XCTestCase {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("lora-nan-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         defer { try? FileManager.default.removeItem(at: root) }
         let t = try makeTrainer(out: root)
-        t.model.adapters[0].lora.A[0] = .nan
-        t.model.adapters[0].lora.B[0] = 1
+        let first = t.adapter.layers[t.adapter.sites[0]]!
+        first.A[0] = .nan
+        first.B[0] = 1
         XCTAssertThrowsError(try t.run { _ in }) { e in
             guard case .nonFinite(let step, _)? = e as? TrainingError else { return XCTFail("\(e)") }
             XCTAssertEqual(step, 1)

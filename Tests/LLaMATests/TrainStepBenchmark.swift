@@ -16,7 +16,7 @@ final class TrainStepBenchmark: XCTestCase {
         }
         func lin(_ o: Int, _ i: Int) -> Linear {
             let w = rand([o, i], 0.02)
-            return Linear(load8bit ? .int8(QuantizedMatrix(quantizing: w.data, rows: o, cols: i)) : .f32(w))
+            return Linear(Weight.make(Quantization(load8bit: load8bit).format, from: w, pool: .allCores))
         }
         let ones = { () -> Tensor in let t = Tensor([576]); for i in 0..<576 { t[i] = 1 }; return t }
         let blocks = (0..<layers).map { _ in
@@ -24,33 +24,35 @@ final class TrainStepBenchmark: XCTestCase {
                   gate: lin(1536, 576), up: lin(1536, 576), down: lin(576, 1536))
         }
         let embed = rand([49152, 576], 0.02)
-        return LlamaModel(config: c, embed: embed, blocks: blocks, norm: ones(), lmHead: embed, is8bit: load8bit)
+        return LlamaModel(config: c, embed: embed, blocks: blocks, norm: ones(), lmHead: embed, quantization: Quantization(load8bit: load8bit))
     }
 
     func testTrainStepThroughput() throws {
         guard ProcessInfo.processInfo.environment["LORA_BENCH"] == "1" else { throw XCTSkip("set LORA_BENCH=1") }
-        configureThreads(0)
+        let ctx = try ExecutionContext.cpu(threads: 0, environment: ProcessInfo.processInfo.environment)
+        print("\(KernelFamily.cpuDescription), \(ctx.backend.name)")
         for load8bit in [false, true] {
             let model = Self.smolShapedModel(load8bit: load8bit)
             var rng = RNG(seed: 2)
             let cfg = AdapterConfig(r: 8, loraAlpha: 16, loraDropout: 0.05, targetModules: [.q, .v], useRslora: false, baseModelNameOrPath: nil)
-            Adapter.attachNew(to: model, config: cfg, rng: &rng)
-            for (_, a) in model.adapters { a.enableGradients() }
+            let adapter = LoRAAdapter(new: cfg, model: model.config, rng: &rng)
+            adapter.enableGradients()
+            let set = AdapterSet(adapter)
             let B = 4, T = 256
             let ids = (0..<(B * T)).map { _ in Int32(rng.int(below: 49152)) }
             let batch = Batch(B: B, T: T, inputIDs: ids, attentionMask: .init(repeating: 1, count: B * T), labels: ids)
-            let acts = Activations(model: model, maxB: B, maxT: T)
-            _ = model.forwardBackward(batch, acts: acts, rng: &rng, gradScale: 1 / Float(B * T))
+            let acts = Activations(model: model, trained: adapter, maxB: B, maxT: T)
+            _ = model.forwardBackward(batch, adapters: set, acts: acts, ctx: ctx, rng: &rng, gradScale: 1 / Float(B * T))
             var times: [Double] = []
             for _ in 0..<3 {
                 let t0 = Date()
-                _ = model.forwardBackward(batch, acts: acts, rng: &rng, gradScale: 1 / Float(B * T))
+                _ = model.forwardBackward(batch, adapters: set, acts: acts, ctx: ctx, rng: &rng, gradScale: 1 / Float(B * T))
                 times.append(Date().timeIntervalSince(t0))
             }
-            acts.profile = OpProfile()
-            _ = model.forwardBackward(batch, acts: acts, rng: &rng, gradScale: 1 / Float(B * T))
-            print(acts.profile!.report)
-            acts.profile = nil
+            ctx.profile = OpProfile()
+            _ = model.forwardBackward(batch, adapters: set, acts: acts, ctx: ctx, rng: &rng, gradScale: 1 / Float(B * T))
+            print(ctx.profile!.report)
+            ctx.profile = nil
             let best = times.min()!
             print(String(format: "SmolLM2-shaped train step (%@, B=%d T=%d): %.3f s, %.0f tokens/s", load8bit ? "int8" : "f32", B, T, best, Double(B * T) / best))
         }

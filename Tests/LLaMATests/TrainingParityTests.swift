@@ -17,6 +17,7 @@ final class TrainingParityTests: XCTestCase {
         let ref: JSON
         let tensors: SafeTensorsFile
         let adapterConfig: AdapterConfig
+        let adapter: LoRAAdapter
     }
 
     func load(_ name: String) throws -> Case {
@@ -24,10 +25,11 @@ final class TrainingParityTests: XCTestCase {
         let settings = ref["settings"]!
         let int8 = !(settings["int8"]?.isNull ?? true)
         let ck = try SafeTensorsCheckpoint(folder: Fixtures.model(ref["model"]!.string!))
-        let model = try LlamaModel(checkpoint: ck, load8bit: int8)
-        let cfg = try Adapter.load(Fixtures.reference("train-\(name).adapter"), into: model)
+        let model = try LlamaModel(checkpoint: ck, quantization: Quantization(load8bit: int8), pool: testPool)
+        let adapter = try Adapter.load(Fixtures.reference("train-\(name).adapter"), model: model.config)
+        let cfg = adapter.config
         XCTAssertEqual(Double(cfg.scale), settings["scaling"]!.double!, accuracy: 1e-6)
-        for (_, a) in model.adapters { a.enableGradients() }
+        adapter.enableGradients()
         let batches: [Batch] = ref["micro_batches"]!.array!.map { mb in
             let ids = mb["input_ids"]!.array!.map { $0.ints32 }
             let mask = mb["attention_mask"]!.array!.map { $0.ints32 }
@@ -36,16 +38,17 @@ final class TrainingParityTests: XCTestCase {
                          attentionMask: mask.flatMap { $0 }.map(Float.init), labels: labels.flatMap { $0 })
         }
         return Case(model: model, batches: batches, numItems: ref["num_items"]!.int!, ref: ref,
-                    tensors: try Fixtures.tensors("train-\(name).safetensors"), adapterConfig: cfg)
+                    tensors: try Fixtures.tensors("train-\(name).safetensors"), adapterConfig: cfg, adapter: adapter)
     }
 
     /// Runs the accumulated batch; returns the loss (sum / num_items) with gradients in place.
     func accumulate(_ c: Case, acts: Activations) -> Double {
-        for (_, a) in c.model.adapters { a.zeroGradients() }
+        c.adapter.zeroGradients()
         var rng = RNG(seed: 0)
         var sum = 0.0, tokens = 0
         for b in c.batches {
-            let r = c.model.forwardBackward(b, acts: acts, rng: &rng, gradScale: 1 / Float(c.numItems))
+            let r = c.model.forwardBackward(b, adapters: AdapterSet(c.adapter), acts: acts, ctx: testCtx, rng: &rng,
+                                            gradScale: 1 / Float(c.numItems))
             sum += r.lossSum; tokens += r.tokens
         }
         XCTAssertEqual(tokens, c.numItems, "trained-token count")
@@ -54,14 +57,14 @@ final class TrainingParityTests: XCTestCase {
 
     func checkLossAndGradients(_ name: String) throws {
         let c = try load(name)
-        let acts = Activations(model: c.model, maxB: c.batches.map(\.B).max()!, maxT: c.batches.map(\.T).max()!)
+        let acts = Activations(model: c.model, trained: c.adapter, maxB: c.batches.map(\.B).max()!, maxT: c.batches.map(\.T).max()!)
         let loss = accumulate(c, acts: acts)
         let loss0 = c.ref["loss0"]!.double!
         XCTAssertEqual(loss, loss0, accuracy: loss0 * Self.lossRelTolerance, "\(name) loss")
         var checked = 0
-        for (path, a) in c.model.adapters {
-            for (ab, g) in [("A", a.gradA!), ("B", a.gradB!)] {
-                let key = "base_model.model.\(path).lora_\(ab).weight"
+        for t in c.adapter.trainable {
+            do {
+                let key = t.name, g = t.grad!
                 let ref = try XCTUnwrap(try c.tensors.f32("grad.\(key)"), key)
                 XCTAssertEqual(ref.shape, g.shape)
                 assertClose(g.data, ref.data, count: g.count, abs: Self.gradAbsFloor, rel: Self.gradRelTolerance, "\(name) grad \(key)")
@@ -74,9 +77,8 @@ final class TrainingParityTests: XCTestCase {
     func checkTenSteps(_ name: String) throws {
         let c = try load(name)
         let s = c.ref["settings"]!
-        let acts = Activations(model: c.model, maxB: c.batches.map(\.B).max()!, maxT: c.batches.map(\.T).max()!)
-        let loras = c.model.adapters.map(\.lora)
-        let opt = AdamW(params: loras.flatMap { [$0.A, $0.B] }, grads: loras.flatMap { [$0.gradA!, $0.gradB!] })
+        let acts = Activations(model: c.model, trained: c.adapter, maxB: c.batches.map(\.B).max()!, maxT: c.batches.map(\.T).max()!)
+        let opt = AdamW(params: c.adapter.trainable.map(\.param), grads: c.adapter.trainable.map { $0.grad! })
         let sched = LinearSchedule(baseLR: s["optimizer"]!["lr"]!.double!, warmup: s["scheduler"]!["num_warmup_steps"]!.int!,
                                    total: s["scheduler"]!["num_training_steps"]!.int!)
         let losses = c.ref["losses"]!.array!.map { $0.double! }
@@ -90,9 +92,9 @@ final class TrainingParityTests: XCTestCase {
             XCTAssertEqual(sched.lr(at: step), lrs[step], accuracy: 1e-12, "\(name) lr at step \(step)")
             opt.update(lr: sched.lr(at: step))
         }
-        for (path, a) in c.model.adapters {
-            for (ab, p) in [("A", a.A), ("B", a.B)] {
-                let key = "base_model.model.\(path).lora_\(ab).weight"
+        for t in c.adapter.trainable {
+            do {
+                let key = t.name, p = t.param
                 let ref = try XCTUnwrap(try c.tensors.f32("final.\(key)"), key)
                 assertClose(p.data, ref.data, count: p.count, abs: 1e-4, rel: 1e-3, "\(name) final \(key)")
             }

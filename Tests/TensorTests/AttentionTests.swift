@@ -15,7 +15,7 @@ final class AttentionTests: XCTestCase {
         let out = Tensor(q.shape), probs = Tensor([s.B, s.nH, s.T, s.T])
         let outRef = Tensor(q.shape), probsRef = Tensor([s.B, s.nH, s.T, s.T])
         let m = mask.map { Tensor([s.B, s.T], $0) }
-        Attention.forward(out: out.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
+        Attention.forward(pool: testPool, out: out.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
                           keyMask: m?.data, B: s.B, T: s.T, nH: s.nH, nKV: s.nKV, hd: s.hd)
         Reference.Attention.forward(out: outRef.data, probs: probsRef.data, q: q.data, k: k.data,
                                     v: v.data, keyMask: m?.data,
@@ -34,7 +34,7 @@ final class AttentionTests: XCTestCase {
         // Garbage in the gradient buffers must be overwritten, not accumulated.
         let dq = randn(q.shape, &rng), dk = randn(k.shape, &rng), dv = randn(v.shape, &rng)
         let dqRef = Tensor(q.shape), dkRef = Tensor(k.shape), dvRef = Tensor(v.shape)
-        Attention.backward(dq: dq.data, dk: dk.data, dv: dv.data, dout: dout.data, probs: probs.data,
+        Attention.backward(pool: testPool, dq: dq.data, dk: dk.data, dv: dv.data, dout: dout.data, probs: probs.data,
                            q: q.data, k: k.data, v: v.data, keyMask: m?.data,
                            B: s.B, T: s.T, nH: s.nH, nKV: s.nKV, hd: s.hd)
         Reference.Attention.backward(dq: dqRef.data, dk: dkRef.data, dv: dvRef.data, dout: dout.data,
@@ -45,14 +45,9 @@ final class AttentionTests: XCTestCase {
         assertClose(dv, dvRef, atol: 1e-5, rtol: 1e-5, "dv", file: file, line: line)
     }
 
-    /// With OpenBLAS single-threaded (as the AVX-512 path configures it), heads and groups run on
-    /// our workers: the same numbers as the reference.
+    /// Heads and groups on two workers (the test pool): the same numbers as the reference.
     func testParallelHeadsPathMatchesReference() {
-        let before = blasThreads, threads = Parallel.threads
-        defer { setBLASThreads(before > 0 ? before : ProcessInfoCores.count); Parallel.threads = threads }
-        Parallel.threads = max(2, threads)
-        setBLASThreads(1)
-        XCTAssertTrue(Attention.blasIsSingleThreaded)
+        XCTAssertGreaterThan(testPool.threads, 1)
         var mask = [Float](repeating: 1, count: 3 * 70)
         for j in 0..<9 { mask[70 + j] = 0 }
         compareWithReference(Shape(B: 3, T: 70, nH: 6, nKV: 2, hd: 8), mask: mask, seed: 90)
@@ -92,12 +87,12 @@ final class AttentionTests: XCTestCase {
                                    1, 0, 1, 1, 1])
         let out = Tensor(q.shape), probs = Tensor([B, nH, T, T])
         let forward = {
-            Attention.forward(out: out.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
+            Attention.forward(pool: testPool, out: out.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
                               keyMask: mask.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
         }
         forward()
         let dq = Tensor(q.shape), dk = Tensor(k.shape), dv = Tensor(v.shape)
-        Attention.backward(dq: dq.data, dk: dk.data, dv: dv.data, dout: dout.data, probs: probs.data,
+        Attention.backward(pool: testPool, dq: dq.data, dk: dk.data, dv: dv.data, dout: dout.data, probs: probs.data,
                            q: q.data, k: k.data, v: v.data, keyMask: mask.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
         let loss = { () -> Double in forward(); return project(dout, out) }
         checkGradient("attention dq", x: q, analytic: dq, loss: loss)
@@ -118,12 +113,12 @@ final class AttentionTests: XCTestCase {
         let v = randn([B, T, nKV, hd], &rng), dout = randn([B, T, nH, hd], &rng)
         let out = Tensor(q.shape), probs = Tensor([B, nH, T, T])
         let forward = {
-            Attention.forward(out: out.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
+            Attention.forward(pool: testPool, out: out.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
                               keyMask: nil, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
         }
         forward()
         let dq = Tensor(q.shape), dk = Tensor(k.shape), dv = Tensor(v.shape)
-        Attention.backward(dq: dq.data, dk: dk.data, dv: dv.data, dout: dout.data, probs: probs.data,
+        Attention.backward(pool: testPool, dq: dq.data, dk: dk.data, dv: dv.data, dout: dout.data, probs: probs.data,
                            q: q.data, k: k.data, v: v.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
         let loss = { () -> Double in forward(); return project(dout, out) }
         let qIdx = Array(stride(from: 0, to: q.count, by: 13)), kIdx = Array(stride(from: 0, to: k.count, by: 7))
@@ -142,10 +137,10 @@ final class AttentionTests: XCTestCase {
         let v = randn([B, T, nKV, hd], &rng), dout = randn([B, T, nH, hd], &rng)
         let mask = Tensor([B, T], [0, 0, 1, 1])
         let out = Tensor(q.shape), probs = Tensor([B, nH, T, T])
-        Attention.forward(out: out.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
+        Attention.forward(pool: testPool, out: out.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
                           keyMask: mask.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
         let dq = Tensor(q.shape), dk = Tensor(k.shape), dv = Tensor(v.shape)
-        Attention.backward(dq: dq.data, dk: dk.data, dv: dv.data, dout: dout.data, probs: probs.data,
+        Attention.backward(pool: testPool, dq: dq.data, dk: dk.data, dv: dv.data, dout: dout.data, probs: probs.data,
                            q: q.data, k: k.data, v: v.data, keyMask: mask.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
         for t in [out, probs, dq, dk, dv] { XCTAssertTrue(t.array.allSatisfy { $0.isFinite }) }
         for i in 0..<2 { for h in 0..<nH { for c in 0..<hd {
@@ -165,7 +160,7 @@ final class AttentionTests: XCTestCase {
         // which finite differences cannot see: they are checked against the reference (which
         // differentiates the softmax the same way) and, end to end, against PEFT's gradients.
         let loss = { () -> Double in
-            Attention.forward(out: out.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
+            Attention.forward(pool: testPool, out: out.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
                               keyMask: mask.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
             return project(dout, out)
         }
@@ -188,7 +183,7 @@ final class AttentionTests: XCTestCase {
         let B = 1, T = 6, nH = 6, nKV = 2, hd = 3
         let q = Tensor([B, T, nH, hd]), k = randn([B, T, nKV, hd], &rng), v = randn([B, T, nKV, hd], &rng)
         let out = Tensor(q.shape), probs = Tensor([B, nH, T, T])
-        Attention.forward(out: out.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
+        Attention.forward(pool: testPool, out: out.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
                           keyMask: nil, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
         for i in 0..<T {
             for h in 0..<nH {
@@ -214,24 +209,24 @@ final class AttentionTests: XCTestCase {
         let row = nH * hd
         for mask in [nil, Tensor([1, T], [0, 0] + [Float](repeating: 1, count: T - 2))] {
             let want = Tensor(q.shape), probs = Tensor([1, nH, T, T])
-            Attention.forward(out: want.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
+            Attention.forward(pool: testPool, out: want.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
                               keyMask: mask?.data, B: 1, T: T, nH: nH, nKV: nKV, hd: hd)
             let got = Tensor(q.shape), scores = Tensor([nH, T * T])
             // Whole prompt at once.
-            Attention.forwardCached(out: got.data, scores: scores.data, q: q.data, kCache: k.data,
+            Attention.forwardCached(pool: testPool, out: got.data, scores: scores.data, q: q.data, kCache: k.data,
                                     vCache: v.data, keyMask: mask?.data, start: 0, Tq: T,
                                     nH: nH, nKV: nKV, hd: hd)
             assertClose(got, want, atol: 1e-6, rtol: 1e-5, "prefill")
             // Prefill 40, a chunk of 25 at start 40, then one token at a time.
             got.zero()
-            Attention.forwardCached(out: got.data, scores: scores.data, q: q.data, kCache: k.data,
+            Attention.forwardCached(pool: testPool, out: got.data, scores: scores.data, q: q.data, kCache: k.data,
                                     vCache: v.data, keyMask: mask?.data, start: 0, Tq: 40,
                                     nH: nH, nKV: nKV, hd: hd)
-            Attention.forwardCached(out: got.data + 40 * row, scores: scores.data, q: q.data + 40 * row,
+            Attention.forwardCached(pool: testPool, out: got.data + 40 * row, scores: scores.data, q: q.data + 40 * row,
                                     kCache: k.data, vCache: v.data, keyMask: mask?.data, start: 40, Tq: 25,
                                     nH: nH, nKV: nKV, hd: hd)
             for t in 65..<T {
-                Attention.forwardCached(out: got.data + t * row, scores: scores.data, q: q.data + t * row,
+                Attention.forwardCached(pool: testPool, out: got.data + t * row, scores: scores.data, q: q.data + t * row,
                                         kCache: k.data, vCache: v.data, keyMask: mask?.data, start: t,
                                         Tq: 1, nH: nH, nKV: nKV, hd: hd)
             }
@@ -264,14 +259,14 @@ final class AttentionTests: XCTestCase {
             return best
         }
         let fwd = time {
-            Attention.forward(out: out.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
+            Attention.forward(pool: testPool, out: out.data, probs: probs.data, q: q.data, k: k.data, v: v.data,
                               keyMask: nil, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
         }
         let bwd = time {
-            Attention.backward(dq: dq.data, dk: dk.data, dv: dv.data, dout: dout.data, probs: probs.data,
+            Attention.backward(pool: testPool, dq: dq.data, dk: dk.data, dv: dv.data, dout: dout.data, probs: probs.data,
                                q: q.data, k: k.data, v: v.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
         }
         print(String(format: "attention B=%d T=%d nH=%d nKV=%d hd=%d: forward %.2f ms, backward %.2f ms (best of 20, %d threads)",
-                     B, T, nH, nKV, hd, fwd, bwd, Parallel.threads))
+                     B, T, nH, nKV, hd, fwd, bwd, testPool.threads))
     }
 }

@@ -9,7 +9,7 @@ final class CrossEntropyTests: XCTestCase {
         let logits = Tensor([N, V], [Float](repeating: 2.5, count: N * V))
         var targets: [Int32] = [0, 17, 49]
         let d = Tensor([N, V])
-        let (loss, count) = CrossEntropy.forwardBackward(dlogits: d.data, logits: logits.data,
+        let (loss, count) = CrossEntropy.forwardBackward(pool: testPool, dlogits: d.data, logits: logits.data,
                                                          targets: &targets, N: N, V: V, gradScale: 0.5)
         XCTAssertEqual(count, 3)
         XCTAssertEqual(loss, 3 * Foundation.log(50.0), accuracy: 1e-5)
@@ -28,7 +28,7 @@ final class CrossEntropyTests: XCTestCase {
         let logits = randn([N, V], &rng, scale: 3)
         var targets: [Int32] = [-100, 5, -100, 32]
         let d = Tensor([N, V], [Float](repeating: 9, count: N * V))
-        let (loss, count) = CrossEntropy.forwardBackward(dlogits: d.data, logits: logits.data,
+        let (loss, count) = CrossEntropy.forwardBackward(pool: testPool, dlogits: d.data, logits: logits.data,
                                                          targets: &targets, N: N, V: V, gradScale: 1)
         XCTAssertEqual(count, 2)
         for j in 0..<V { XCTAssertEqual(d[j], 0); XCTAssertEqual(d[2 * V + j], 0) }
@@ -36,7 +36,7 @@ final class CrossEntropyTests: XCTestCase {
         let rows = Tensor([2, V])
         (rows.data).update(from: logits.data + V, count: V)
         (rows.data + V).update(from: logits.data + 3 * V, count: V)
-        let (loss2, count2) = CrossEntropy.forwardBackward(dlogits: nil, logits: rows.data,
+        let (loss2, count2) = CrossEntropy.forwardBackward(pool: testPool, dlogits: nil, logits: rows.data,
                                                            targets: &only, N: 2, V: V, gradScale: 1)
         XCTAssertEqual(count2, 2)
         XCTAssertEqual(loss, loss2, accuracy: 1e-12)
@@ -53,18 +53,18 @@ final class CrossEntropyTests: XCTestCase {
         var targets: [Int32] = (0..<N).map { Int32(($0 * 97) % V) }
         targets[4] = -100
         let d = Tensor([N, V]), dRef = Tensor([N, V])
-        let fast = CrossEntropy.forwardBackward(dlogits: d.data, logits: logits.data, targets: &targets,
+        let fast = CrossEntropy.forwardBackward(pool: testPool, dlogits: d.data, logits: logits.data, targets: &targets,
                                                 N: N, V: V, gradScale: 0.125)
         let ref = Reference.CrossEntropy.forwardBackward(dlogits: dRef.data, logits: logits.data,
                                                          targets: &targets, N: N, V: V, gradScale: 0.125)
         XCTAssertEqual(fast.count, ref.count)
         XCTAssertEqual(fast.lossSum, ref.lossSum, accuracy: 1e-5 * abs(ref.lossSum))
         assertClose(d, dRef, atol: 1e-8, rtol: 1e-5, "dlogits")
-        let lossOnly = CrossEntropy.forwardBackward(dlogits: nil, logits: logits.data, targets: &targets,
+        let lossOnly = CrossEntropy.forwardBackward(pool: testPool, dlogits: nil, logits: logits.data, targets: &targets,
                                                     N: N, V: V, gradScale: 0.125)
         XCTAssertEqual(lossOnly.lossSum, fast.lossSum)
         let inPlace = logits.clone()
-        let aliased = CrossEntropy.forwardBackward(dlogits: inPlace.data, logits: inPlace.data,
+        let aliased = CrossEntropy.forwardBackward(pool: testPool, dlogits: inPlace.data, logits: inPlace.data,
                                                    targets: &targets, N: N, V: V, gradScale: 0.125)
         XCTAssertEqual(aliased.lossSum, fast.lossSum)
         assertClose(inPlace, d, atol: 0, "in place")
@@ -75,7 +75,7 @@ final class CrossEntropyTests: XCTestCase {
         let logits = Tensor([1, 2], [1000, 0])
         var t: [Int32] = [1]
         let d = Tensor([1, 2])
-        let (loss, _) = CrossEntropy.forwardBackward(dlogits: d.data, logits: logits.data, targets: &t,
+        let (loss, _) = CrossEntropy.forwardBackward(pool: testPool, dlogits: d.data, logits: logits.data, targets: &t,
                                                      N: 1, V: 2, gradScale: 1)
         XCTAssertEqual(loss, 1000, accuracy: 1e-3)
         XCTAssertEqual(d.array, [1, -1])
@@ -89,10 +89,10 @@ final class CrossEntropyTests: XCTestCase {
         var targets: [Int32] = [3, -100, 0, 6]
         let d = Tensor([N, V])
         let scale: Float = 0.7
-        CrossEntropy.forwardBackward(dlogits: d.data, logits: logits.data, targets: &targets,
+        CrossEntropy.forwardBackward(pool: testPool, dlogits: d.data, logits: logits.data, targets: &targets,
                                      N: N, V: V, gradScale: scale)
         checkGradient("cross-entropy dlogits", x: logits, analytic: d, atol: 1e-3) {
-            let r = CrossEntropy.forwardBackward(dlogits: nil, logits: logits.data, targets: &targets,
+            let r = CrossEntropy.forwardBackward(pool: testPool, dlogits: nil, logits: logits.data, targets: &targets,
                                                  N: N, V: V, gradScale: scale)
             return r.lossSum * Double(scale)
         }

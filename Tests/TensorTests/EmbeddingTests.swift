@@ -9,7 +9,7 @@ final class EmbeddingTests: XCTestCase {
         let table = randn([V, C], &rng)
         var ids: [Int32] = [3, 0, 9, 3]
         let out = Tensor([4, C])
-        Embedding.forward(out: out.data, ids: &ids, table: table.data, N: 4, C: C)
+        Embedding.forward(pool: testPool, out: out.data, ids: &ids, table: table.data, N: 4, C: C)
         for n in 0..<4 {
             for c in 0..<C { XCTAssertEqual(out[n * C + c], table[Int(ids[n]) * C + c]) }
         }
@@ -24,7 +24,7 @@ final class EmbeddingTests: XCTestCase {
         var ids: [Int32] = [2, 4, 2, 0, 2]
         let prior = randn([V, C], &rng)
         let dtable = prior.clone()
-        Embedding.backward(dtable: dtable.data, dout: dout.data, ids: &ids, N: N, C: C)
+        Embedding.backward(pool: testPool, dtable: dtable.data, dout: dout.data, ids: &ids, N: N, C: C)
         for c in 0..<C {
             XCTAssertEqual(dtable[2 * C + c], prior[2 * C + c] + dout[c] + dout[2 * C + c] + dout[4 * C + c],
                            accuracy: 1e-6)
@@ -34,7 +34,7 @@ final class EmbeddingTests: XCTestCase {
         for i in 0..<grad.count { grad[i] = dtable[i] - prior[i] }
         let out = Tensor([N, C])
         checkGradient("embedding dtable", x: table, analytic: grad, atol: 1e-3) {
-            Embedding.forward(out: out.data, ids: &ids, table: table.data, N: N, C: C)
+            Embedding.forward(pool: testPool, out: out.data, ids: &ids, table: table.data, N: N, C: C)
             return project(dout, out)
         }
     }

@@ -2,9 +2,9 @@ import Foundation
 import XCTest
 @testable import Tensor
 
-/// `Matmul.forward` / `Matmul.backwardInput` with every available `MatmulKernels` against the
-/// scalar Double reference, and the fast kernels against the OpenBLAS path, for f32 and int8
-/// weights, accumulate on and off, on shapes that are not multiples of any blocking.
+/// `CPUBackend.matmul` / `matmulBackwardInput` with every available `KernelFamily` against the
+/// scalar Double reference, and the C kernel families against the OpenBLAS path, for every
+/// weight format (f32, bf16, int8 rows), accumulate on and off, on shapes that are not multiples of any blocking.
 ///
 /// Tolerance: |C - C_ref| <= 1e-5 * sum |a| |b| over the output's terms (+ |C| before an
 /// accumulate), element by element; the reference is exact to well below that, so this bounds
@@ -30,11 +30,20 @@ final class MatmulTests: XCTestCase {
 
     func randomWeights(N: Int, K: Int, _ rng: inout RNG) -> [(String, Weight)] {
         let w = randn([N, K], &rng, scale: 0.5)
-        return [("f32", .f32(w)), ("int8", .int8(QuantizedMatrix(quantizing: w.data, rows: N, cols: K)))]
+        return WeightFormats.all.map { ($0.name, Weight.make($0, from: w, pool: testPool)) }
     }
 
-    /// Kernels that can run here; the AVX-512 ones are skipped (not failed) on other CPUs.
-    var kernels: [MatmulKernels] { MatmulKernels.allCases.filter(\.isAvailable) }
+    /// Families that can run here (an AVX-512 one is simply absent on other CPUs).
+    var kernels: [KernelFamily] { KernelFamily.available }
+
+    static var backends: [KernelFamily: CPUBackend] = [:]
+    /// A two-worker backend of family `k`.
+    func backend(_ k: KernelFamily) -> CPUBackend {
+        if let b = Self.backends[k] { return b }
+        let b = CPUBackend(family: k, pool: testPool)
+        Self.backends[k] = b
+        return b
+    }
 
     /// Checks `got` against `ref` within rtol * bound, and that the `extra` values after the
     /// first `count` (a canary) were left alone.
@@ -74,18 +83,18 @@ final class MatmulTests: XCTestCase {
                     let ref = y0.clone(), bound = Tensor([M * N + 64])
                     Reference.Matmul.forward(y: ref.data, x: x.data, w: w, M: M, accumulate: accumulate,
                                              bound: bound.data)
-                    var outs: [MatmulKernels: Tensor] = [:]
+                    var outs: [KernelFamily: Tensor] = [:]
                     for k in kernels {
                         let y = y0.clone()
-                        Matmul.forward(y: y.data, x: x.data, w: w, M: M, accumulate: accumulate,
-                                       scratch: MatmulScratch(capacity: max(1 << 12, K)), kernels: k)
+                        backend(k).matmul(y: y.data, x: x.data, w: w, M: M, accumulate: accumulate,
+                                          scratch: MatmulScratch(capacity: max(1 << 12, 2 * K)))
                         let what = "forward \(k) \(wname) M=\(M) N=\(N) K=\(K) acc=\(accumulate)"
                         assertWithinBound(y, ref, bound, count: M * N, what)
                         outs[k] = y
                     }
-                    if let fast = outs[.avx512], let blas = outs[.blas] {
-                        assertWithinBound(fast, blas, bound, count: M * N, rtol: 2 * Self.rtol,
-                                          "forward avx512 vs blas \(wname) M=\(M) N=\(N) K=\(K) acc=\(accumulate)")
+                    for (k, fast) in outs where k != .blas {
+                        assertWithinBound(fast, outs[.blas]!, bound, count: M * N, rtol: 2 * Self.rtol,
+                                          "forward \(k) vs blas \(wname) M=\(M) N=\(N) K=\(K) acc=\(accumulate)")
                     }
                 }
             }
@@ -102,60 +111,81 @@ final class MatmulTests: XCTestCase {
                     let ref = dx0.clone(), bound = Tensor([M * K + 64])
                     Reference.Matmul.backwardInput(dx: ref.data, dy: dy.data, w: w, M: M,
                                                    accumulate: accumulate, bound: bound.data)
-                    var outs: [MatmulKernels: Tensor] = [:]
+                    var outs: [KernelFamily: Tensor] = [:]
                     for k in kernels {
                         let dx = dx0.clone()
-                        Matmul.backwardInput(dx: dx.data, dy: dy.data, w: w, M: M, accumulate: accumulate,
-                                             scratch: MatmulScratch(capacity: max(1 << 12, K)), kernels: k)
+                        backend(k).matmulBackwardInput(dx: dx.data, dy: dy.data, w: w, M: M, accumulate: accumulate,
+                                                       scratch: MatmulScratch(capacity: max(1 << 12, 2 * K)))
                         let what = "backward \(k) \(wname) M=\(M) N=\(N) K=\(K) acc=\(accumulate)"
                         assertWithinBound(dx, ref, bound, count: M * K, what)
                         outs[k] = dx
                     }
-                    if let fast = outs[.avx512], let blas = outs[.blas] {
-                        assertWithinBound(fast, blas, bound, count: M * K, rtol: 2 * Self.rtol,
-                                          "backward avx512 vs blas \(wname) M=\(M) N=\(N) K=\(K) acc=\(accumulate)")
+                    for (k, fast) in outs where k != .blas {
+                        assertWithinBound(fast, outs[.blas]!, bound, count: M * K, rtol: 2 * Self.rtol,
+                                          "backward \(k) vs blas \(wname) M=\(M) N=\(N) K=\(K) acc=\(accumulate)")
                     }
                 }
             }
         }
     }
 
-    /// The model's own shapes (SmolLM2-135M projections) at a small M, both directions,
-    /// AVX-512 against OpenBLAS; the bound comes from the reference.
+    /// The model's own shapes (SmolLM2-135M projections) at small M, both directions, every
+    /// family against OpenBLAS and the reference.
     func testRealShapesAgainstBLAS() throws {
-        guard MatmulKernels.avx512.isAvailable else { throw XCTSkip("no AVX-512 on this CPU") }
         var rng = RNG(seed: 72)
         for (N, K) in [(576, 576), (192, 576), (1536, 576), (576, 1536)] {
             for M in [1, 7, 45] {
                 let x = randn([M, K], &rng), dy = randn([M, N], &rng)
                 for (wname, w) in randomWeights(N: N, K: K, &rng) {
-                    let y = Tensor([M * N + 64]), yb = Tensor([M * N + 64]), yr = Tensor([M * N + 64])
-                    let yBound = Tensor([M * N + 64])
-                    for t in [y, yb] { for i in M * N..<t.count { t[i] = 1234.5 } }
-                    let s = MatmulScratch()
-                    Matmul.forward(y: y.data, x: x.data, w: w, M: M, scratch: s, kernels: .avx512)
-                    Matmul.forward(y: yb.data, x: x.data, w: w, M: M, scratch: s, kernels: .blas)
+                    let yr = Tensor([M * N + 64]), yBound = Tensor([M * N + 64])
                     Reference.Matmul.forward(y: yr.data, x: x.data, w: w, M: M, accumulate: false, bound: yBound.data)
-                    assertWithinBound(y, yr, yBound, count: M * N, "forward avx512 \(wname) M=\(M) \(N)x\(K)")
-                    assertWithinBound(y, yb, yBound, count: M * N, rtol: 2 * Self.rtol, "forward vs blas \(wname) M=\(M) \(N)x\(K)")
-                    let dx = Tensor([M * K + 64]), dxb = Tensor([M * K + 64]), dxr = Tensor([M * K + 64])
-                    let dxBound = Tensor([M * K + 64])
-                    for t in [dx, dxb] { for i in M * K..<t.count { t[i] = 1234.5 } }
-                    Matmul.backwardInput(dx: dx.data, dy: dy.data, w: w, M: M, accumulate: false, scratch: s, kernels: .avx512)
-                    Matmul.backwardInput(dx: dxb.data, dy: dy.data, w: w, M: M, accumulate: false, scratch: s, kernels: .blas)
+                    let dxr = Tensor([M * K + 64]), dxBound = Tensor([M * K + 64])
                     Reference.Matmul.backwardInput(dx: dxr.data, dy: dy.data, w: w, M: M, accumulate: false, bound: dxBound.data)
-                    assertWithinBound(dx, dxr, dxBound, count: M * K, "backward avx512 \(wname) M=\(M) \(N)x\(K)")
-                    assertWithinBound(dx, dxb, dxBound, count: M * K, rtol: 2 * Self.rtol, "backward vs blas \(wname) M=\(M) \(N)x\(K)")
+                    let s = MatmulScratch()
+                    for k in kernels {
+                        let y = Tensor([M * N + 64]), dx = Tensor([M * K + 64])
+                        for i in M * N..<y.count { y[i] = 1234.5 }
+                        for i in M * K..<dx.count { dx[i] = 1234.5 }
+                        backend(k).matmul(y: y.data, x: x.data, w: w, M: M, accumulate: false, scratch: s)
+                        backend(k).matmulBackwardInput(dx: dx.data, dy: dy.data, w: w, M: M, accumulate: false, scratch: s)
+                        assertWithinBound(y, yr, yBound, count: M * N, "forward \(k) \(wname) M=\(M) \(N)x\(K)")
+                        assertWithinBound(dx, dxr, dxBound, count: M * K, "backward \(k) \(wname) M=\(M) \(N)x\(K)")
+                    }
                 }
             }
         }
     }
 
-    /// The default is a kernel this CPU can run.
-    func testDefaultKernelsAreAvailable() {
-        XCTAssertTrue(MatmulKernels.default.isAvailable)
-        if ProcessInfo.processInfo.environment["LORA_KERNELS"] == nil {
-            XCTAssertEqual(MatmulKernels.default, MatmulKernels.avx512.isAvailable ? .avx512 : .blas)
+    /// Each output element is computed by one worker in a fixed order: one and two workers give
+    /// the same bits (resuming on a machine with another core count continues the same run).
+    func testThreadCountDoesNotChangeBits() {
+        var rng = RNG(seed: 74)
+        let (M, N, K) = (37, 800, 300)
+        let x = randn([M, K], &rng), dy = randn([M, N], &rng)
+        for (wname, w) in randomWeights(N: N, K: K, &rng) {
+            for k in kernels {
+                var ys: [[Float]] = [], dxs: [[Float]] = []
+                for t in [1, 2, 3] {
+                    let b = CPUBackend(family: k, pool: WorkerPool(threads: t))
+                    let y = Tensor([M, N]), dx = Tensor([M, K])
+                    b.matmul(y: y.data, x: x.data, w: w, M: M, accumulate: false, scratch: MatmulScratch())
+                    b.matmulBackwardInput(dx: dx.data, dy: dy.data, w: w, M: M, accumulate: false, scratch: MatmulScratch())
+                    ys.append(y.array); dxs.append(dx.array)
+                }
+                XCTAssertTrue(ys.allSatisfy { $0 == ys[0] }, "forward \(k) \(wname) differs across thread counts")
+                XCTAssertTrue(dxs.allSatisfy { $0 == dxs[0] }, "backward \(k) \(wname) differs across thread counts")
+            }
+        }
+    }
+
+    /// LORA_KERNELS picks a family; unknown or unavailable names are errors, not a silent fallback.
+    func testFamilySelection() throws {
+        XCTAssertTrue(KernelFamily.best.isAvailable)
+        XCTAssertEqual(try KernelFamily.select(environment: [:]), KernelFamily.best)
+        for k in kernels { XCTAssertEqual(try KernelFamily.select(environment: ["LORA_KERNELS": k.rawValue]), k) }
+        XCTAssertThrowsError(try KernelFamily.select(environment: ["LORA_KERNELS": "sse9"]))
+        for k in KernelFamily.allCases where !k.isAvailable {
+            XCTAssertThrowsError(try KernelFamily.select(environment: ["LORA_KERNELS": k.rawValue]))
         }
     }
 
@@ -187,9 +217,10 @@ final class MatmulTests: XCTestCase {
     /// weight read once from memory) per second.
     func testBenchmark() throws {
         guard ProcessInfo.processInfo.environment["LORA_BENCH"] == "1" else { throw XCTSkip("set LORA_BENCH=1") }
-        guard MatmulKernels.avx512.isAvailable else { throw XCTSkip("no AVX-512 on this CPU") }
+        let fast0 = KernelFamily.best, bench = CPUBackend(family: fast0, pool: .allCores)
+        let blasB = CPUBackend(family: .blas, pool: .allCores)
         let reps = Int(ProcessInfo.processInfo.environment["LORA_BENCH_REPS"] ?? "") ?? 5
-        print("threads \(Parallel.threads), repeats \(reps) (best of)")
+        print("\(KernelFamily.cpuDescription), family \(fast0), threads \(bench.pool.threads), repeats \(reps) (best of)")
         var rng = RNG(seed: 73)
         let M = 1024
         let s = MatmulScratch()
@@ -200,13 +231,13 @@ final class MatmulTests: XCTestCase {
             for (wname, w) in randomWeights(N: N, K: K, &rng) {
                 let flops = 2 * Double(M * N * K)
                 var line = String(format: "M=%d N=%5d K=%4d %-4@", M, N, K, wname)
-                for (dir, run) in [("fwd", { (k: MatmulKernels) in
-                                       Matmul.forward(y: y.data, x: x.data, w: w, M: M, scratch: s, kernels: k) }),
-                                   ("bwd", { (k: MatmulKernels) in
-                                       Matmul.backwardInput(dx: dx.data, dy: dy.data, w: w, M: M, accumulate: false,
-                                                            scratch: s, kernels: k) })] {
-                    let fast = flops / bestTime(reps: r) { run(.avx512) } * 1e-9
-                    let blas = flops / bestTime(reps: r) { run(.blas) } * 1e-9
+                for (dir, run) in [("fwd", { (b: CPUBackend) in
+                                       b.matmul(y: y.data, x: x.data, w: w, M: M, accumulate: false, scratch: s) }),
+                                   ("bwd", { (b: CPUBackend) in
+                                       b.matmulBackwardInput(dx: dx.data, dy: dy.data, w: w, M: M, accumulate: false,
+                                                             scratch: s) })] {
+                    let fast = flops / bestTime(reps: r) { run(bench) } * 1e-9
+                    let blas = flops / bestTime(reps: r) { run(blasB) } * 1e-9
                     line += String(format: "  %@ %6.1f vs blas %6.1f GF/s (x%.2f)", dir, fast, blas, fast / blas)
                 }
                 print(line)
@@ -218,8 +249,8 @@ final class MatmulTests: XCTestCase {
             var line = String(format: "M=1    N=%5d K=%4d", N, K)
             for (wname, w) in randomWeights(N: N, K: K, &rng) {
                 let bytes = Double(w.byteCount)
-                let fast = bestTime(reps: reps) { Matmul.forward(y: y.data, x: x.data, w: w, M: 1, scratch: s, kernels: .avx512) }
-                let blas = bestTime(reps: reps) { Matmul.forward(y: y.data, x: x.data, w: w, M: 1, scratch: s, kernels: .blas) }
+                let fast = bestTime(reps: reps) { bench.matmul(y: y.data, x: x.data, w: w, M: 1, accumulate: false, scratch: s) }
+                let blas = bestTime(reps: reps) { blasB.matmul(y: y.data, x: x.data, w: w, M: 1, accumulate: false, scratch: s) }
                 line += String(format: "  %@ %6.1f us %5.1f GB/s vs blas %6.1f us (x%.2f)", wname, fast * 1e6,
                                bytes / fast * 1e-9, blas * 1e6, blas / fast)
             }
@@ -234,19 +265,19 @@ final class MatmulTests: XCTestCase {
             for _ in 0..<30 {
                 for (N, K) in layerShapes {
                     let w = randn([N, K], &rng, scale: 0.5)
-                    ws.append(int8 ? .int8(QuantizedMatrix(quantizing: w.data, rows: N, cols: K)) : .f32(w))
+                    ws.append(int8 ? Weight.make(WeightFormats.int8, from: w, pool: testPool) : .f32(w))
                 }
             }
             let head = randn([49152, 576], &rng, scale: 0.5)
-            ws.append(int8 ? .int8(QuantizedMatrix(quantizing: head.data, rows: 49152, cols: 576)) : .f32(head))
+            ws.append(int8 ? Weight.make(WeightFormats.int8, from: head, pool: testPool) : .f32(head))
             let x = randn([1, 1536], &rng), y = Tensor([49152])
             let bytes = Double(ws.reduce(0) { $0 + $1.byteCount })
             var line = String(format: "decode step, %@ weights (%.0f MB):", int8 ? "int8" : "f32", bytes * 1e-6)
-            for k in [MatmulKernels.avx512, .blas] {
+            for b in [bench, blasB] {
                 let t = bestTime(reps: reps) {
-                    for w in ws { Matmul.forward(y: y.data, x: x.data, w: w, M: 1, scratch: s, kernels: k) }
+                    for w in ws { b.matmul(y: y.data, x: x.data, w: w, M: 1, accumulate: false, scratch: s) }
                 }
-                line += String(format: "  %@ %.2f ms (%.0f tokens/s, %.1f GB/s)", k.rawValue, t * 1e3, 1 / t, bytes / t * 1e-9)
+                line += String(format: "  %@ %.2f ms (%.0f tokens/s, %.1f GB/s)", b.family.rawValue, t * 1e3, 1 / t, bytes / t * 1e-9)
             }
             print(line)
         }

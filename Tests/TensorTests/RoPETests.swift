@@ -25,13 +25,13 @@ final class RoPETests: XCTestCase {
         let table = RoPETable(maxT: 4, headDim: 8, theta: 10_000)
         let x = randn([1, 3, 8], &rng), y = x.clone()
         var pos: [Int32] = [0]
-        RoPE.forward(x: y.data, positions: &pos, rows: 1, nHeads: 3, headDim: 8, table: table)
+        RoPE.forward(pool: testPool, x: y.data, positions: &pos, rows: 1, nHeads: 3, headDim: 8, table: table)
         XCTAssertEqual(y.array, x.array)
 
         let t2 = RoPETable(maxT: 4, headDim: 2, theta: 10_000)
         let v = Tensor([1, 1, 2], [1, 0])
         pos = [3]
-        RoPE.forward(x: v.data, positions: &pos, rows: 1, nHeads: 1, headDim: 2, table: t2)
+        RoPE.forward(pool: testPool, x: v.data, positions: &pos, rows: 1, nHeads: 1, headDim: 2, table: t2)
         XCTAssertEqual(v[0], Float(Foundation.cos(3.0)), accuracy: 1e-7)
         XCTAssertEqual(v[1], Float(Foundation.sin(3.0)), accuracy: 1e-7)
     }
@@ -45,7 +45,7 @@ final class RoPETests: XCTestCase {
         var pos: [Int32] = [0, 1, 7, 300, 599]
         let x = randn([rows, nH, hd], &rng)
         let fast = x.clone(), ref = x.clone()
-        RoPE.forward(x: fast.data, positions: &pos, rows: rows, nHeads: nH, headDim: hd, table: table)
+        RoPE.forward(pool: testPool, x: fast.data, positions: &pos, rows: rows, nHeads: nH, headDim: hd, table: table)
         Reference.RoPE.forward(x: ref.data, positions: &pos, rows: rows, nHeads: nH, headDim: hd,
                                theta: 500_000)
         assertClose(fast, ref, atol: 1e-6, rtol: 1e-6, "rope")
@@ -64,16 +64,16 @@ final class RoPETests: XCTestCase {
         var pos: [Int32] = [5, 0, 11]
         let x = randn([rows, nH, hd], &rng), dy = randn([rows, nH, hd], &rng)
         let dx = dy.clone()
-        RoPE.backward(dx: dx.data, positions: &pos, rows: rows, nHeads: nH, headDim: hd, table: table)
+        RoPE.backward(pool: testPool, dx: dx.data, positions: &pos, rows: rows, nHeads: nH, headDim: hd, table: table)
         let y = Tensor([rows, nH, hd])
         checkGradient("rope dx", x: x, analytic: dx, atol: 1e-3) {
             y.copy(from: x)
-            RoPE.forward(x: y.data, positions: &pos, rows: rows, nHeads: nH, headDim: hd, table: table)
+            RoPE.forward(pool: testPool, x: y.data, positions: &pos, rows: rows, nHeads: nH, headDim: hd, table: table)
             return project(dy, y)
         }
         let z = x.clone()
-        RoPE.forward(x: z.data, positions: &pos, rows: rows, nHeads: nH, headDim: hd, table: table)
-        RoPE.backward(dx: z.data, positions: &pos, rows: rows, nHeads: nH, headDim: hd, table: table)
+        RoPE.forward(pool: testPool, x: z.data, positions: &pos, rows: rows, nHeads: nH, headDim: hd, table: table)
+        RoPE.backward(pool: testPool, dx: z.data, positions: &pos, rows: rows, nHeads: nH, headDim: hd, table: table)
         assertClose(z, x, atol: 1e-6, "backward(forward(x))")
     }
 }

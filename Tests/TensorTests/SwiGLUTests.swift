@@ -8,7 +8,7 @@ final class SwiGLUTests: XCTestCase {
         let gate = Tensor([5], [0, 1, 20, -100, -1])
         let up = Tensor([5], [7, 2, 0.5, 3, 1])
         let h = Tensor([5])
-        SwiGLU.forward(h: h.data, gate: gate.data, up: up.data, count: 5)
+        SwiGLU.forward(pool: testPool, h: h.data, gate: gate.data, up: up.data, count: 5)
         XCTAssertEqual(h[0], 0)
         XCTAssertEqual(h[1], Float(2 / (1 + Foundation.exp(-1.0))), accuracy: 1e-7)
         XCTAssertEqual(h[2], 10, accuracy: 1e-5)
@@ -22,18 +22,18 @@ final class SwiGLUTests: XCTestCase {
         let n = 4099
         let gate = randn([n], &rng, scale: 4), up = randn([n], &rng), dh = randn([n], &rng)
         let h = Tensor([n]), hRef = Tensor([n])
-        SwiGLU.forward(h: h.data, gate: gate.data, up: up.data, count: n)
+        SwiGLU.forward(pool: testPool, h: h.data, gate: gate.data, up: up.data, count: n)
         Reference.SwiGLU.forward(h: hRef.data, gate: gate.data, up: up.data, count: n)
         assertClose(h, hRef, atol: 1e-6, rtol: 1e-5, "h")
         let dg = Tensor([n]), du = Tensor([n]), dgRef = Tensor([n]), duRef = Tensor([n])
-        SwiGLU.backward(dgate: dg.data, dup: du.data, dh: dh.data, gate: gate.data, up: up.data, count: n)
+        SwiGLU.backward(pool: testPool, dgate: dg.data, dup: du.data, dh: dh.data, gate: gate.data, up: up.data, count: n)
         Reference.SwiGLU.backward(dgate: dgRef.data, dup: duRef.data, dh: dh.data, gate: gate.data,
                                   up: up.data, count: n)
         assertClose(dg, dgRef, atol: 1e-6, rtol: 1e-5, "dgate")
         assertClose(du, duRef, atol: 1e-6, rtol: 1e-5, "dup")
         // Outputs may alias inputs.
         let g2 = gate.clone(), u2 = up.clone()
-        SwiGLU.backward(dgate: g2.data, dup: u2.data, dh: dh.data, gate: g2.data, up: u2.data, count: n)
+        SwiGLU.backward(pool: testPool, dgate: g2.data, dup: u2.data, dh: dh.data, gate: g2.data, up: u2.data, count: n)
         assertClose(g2, dg, atol: 0, "dgate in place")
         assertClose(u2, du, atol: 0, "dup in place")
     }
@@ -44,9 +44,9 @@ final class SwiGLUTests: XCTestCase {
         let n = 19
         let gate = randn([n], &rng, scale: 2), up = randn([n], &rng), dh = randn([n], &rng)
         let dg = Tensor([n]), du = Tensor([n]), h = Tensor([n])
-        SwiGLU.backward(dgate: dg.data, dup: du.data, dh: dh.data, gate: gate.data, up: up.data, count: n)
+        SwiGLU.backward(pool: testPool, dgate: dg.data, dup: du.data, dh: dh.data, gate: gate.data, up: up.data, count: n)
         let loss = { () -> Double in
-            SwiGLU.forward(h: h.data, gate: gate.data, up: up.data, count: n)
+            SwiGLU.forward(pool: testPool, h: h.data, gate: gate.data, up: up.data, count: n)
             return project(dh, h)
         }
         checkGradient("swiglu dgate", x: gate, analytic: dg, atol: 1e-3, loss: loss)

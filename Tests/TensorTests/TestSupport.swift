@@ -69,3 +69,6 @@ func checkGradient(_ what: String, x: Tensor, analytic: Tensor, indices: [Int]? 
     XCTAssertLessThanOrEqual(diff2.squareRoot(), rtol * norm2.squareRoot(),
                              "\(what): relative 2-norm error", file: file, line: line)
 }
+
+/// The worker pool the op tests run on: two workers, so the threaded splits are exercised.
+let testPool = WorkerPool(threads: 2)

@@ -9,12 +9,12 @@ final class VectorOpsTests: XCTestCase {
         let n = 1003
         let a = randn([n], &rng), b = randn([n], &rng)
         let out = Tensor([n])
-        VectorOps.add(out: out.data, a: a.data, b: b.data, count: n)
+        VectorOps.add(pool: testPool, out: out.data, a: a.data, b: b.data, count: n)
         for i in 0..<n { XCTAssertEqual(out[i], a[i] + b[i]) }
         let y = b.clone()
-        VectorOps.axpy(y: y.data, alpha: -0.5, x: a.data, count: n)
+        VectorOps.axpy(pool: testPool, y: y.data, alpha: -0.5, x: a.data, count: n)
         for i in 0..<n { XCTAssertEqual(y[i], b[i] + -0.5 * a[i]) }
-        VectorOps.scale(x: y.data, alpha: 3, count: n)
+        VectorOps.scale(pool: testPool, x: y.data, alpha: 3, count: n)
         for i in 0..<n { XCTAssertEqual(y[i], (b[i] + -0.5 * a[i]) * 3) }
     }
 

@@ -148,10 +148,10 @@ final class CLITests: XCTestCase {
         for f in ["adapter_config.json", "adapter_model.safetensors", "trainer_log.jsonl", "loss.svg", "checkpoint-2/trainer_state.json"] {
             XCTAssert(FileManager.default.fileExists(atPath: dir.appendingPathComponent(f).path), "missing \(f)")
         }
-        let m = try LlamaModel(checkpoint: try SafeTensorsCheckpoint(folder: model), load8bit: false)
-        let cfg = try Adapter.load(dir, into: m)
-        XCTAssertEqual(cfg.targetModules, [.q, .v])
-        XCTAssert(m.adapters.contains { a in (0..<a.lora.B.count).contains { a.lora.B[$0] != 0 } }, "training moved lora_B off zero")
+        let m = try LlamaModel(checkpoint: try SafeTensorsCheckpoint(folder: model), quantization: .none, pool: .serial)
+        let adapter = try Adapter.load(dir, model: m.config)
+        XCTAssertEqual(adapter.config.targetModules, [Projection.q, .v])
+        XCTAssert(adapter.layers.values.contains { l in (0..<l.B.count).contains { l.B[$0] != 0 } }, "training moved lora_B off zero")
         let log = try String(contentsOf: dir.appendingPathComponent("trainer_log.jsonl"), encoding: .utf8)
         XCTAssertEqual(log.split(separator: "\n").filter { $0.contains("\"loss\"") }.count, 2)
         XCTAssertEqual(log.split(separator: "\n").filter { $0.contains("eval_loss") }.count, 2)

@@ -141,7 +141,7 @@ public enum GGMLQuants {
         let bs = type.blockSize, ts = type.typeSize
         let nb = count / bs
         // ~64K elements per chunk at least, so small tensors stay on one thread.
-        Parallel.chunks(nb, grain: max(1, 65_536 / bs)) { r in
+        WorkerPool.allCores.chunks(nb, grain: max(1, 65_536 / bs)) { r in
             dequantize(src + r.lowerBound * ts, type: type, count: r.count * bs, into: dst + r.lowerBound * bs)
         }
     }
@@ -322,7 +322,7 @@ public enum GGMLQuants {
         let bs = type.blockSize == 1 ? 32 : type.blockSize   // elements per unit of work
         precondition(type.blockSize == 1 || count % bs == 0)
         let units = (count + bs - 1) / bs
-        Parallel.chunks(units, grain: max(1, 65_536 / bs)) { r in
+        WorkerPool.allCores.chunks(units, grain: max(1, 65_536 / bs)) { r in
             let lo = r.lowerBound * bs, n = min(count, r.upperBound * bs) - lo
             let out = dst + lo / type.blockSize * type.typeSize
             switch type {

@@ -74,7 +74,7 @@ public final class GGUFCheckpoint: Checkpoint {
         }
         let hd = rows / heads, half = hd / 2
         let out = Tensor(w.shape)
-        Parallel.chunks(heads) { hs in
+        WorkerPool.allCores.chunks(heads) { hs in
             for h in hs {
                 for i in 0..<half {
                     for j in 0..<2 {

@@ -9,14 +9,15 @@ public struct LoadedModel {
 
     /// The checkpoint is read and let go: the model holds copies, so the mapped file (a GGUF
     /// is mapped whole) leaves memory once loading is done.
-    public init(path: String, load8bit: Bool) throws {
+    /// Projections are stored as `quantization` says; `pool` does the converting.
+    public init(path: String, quantization: Quantization, pool: WorkerPool) throws {
         let ck = try openCheckpoint(path)
         if let g = ck as? GGUFCheckpoint {
             tokenizer = try loadTokenizer(gguf: g.file)
         } else {
             tokenizer = try loadTokenizer(folder: URL(fileURLWithPath: path))
         }
-        model = try LlamaModel(checkpoint: ck, load8bit: load8bit)
+        model = try LlamaModel(checkpoint: ck, quantization: quantization, pool: pool)
     }
 
     /// End-of-sequence ids: the tokenizer's and the config's (an instruct model's EOS).

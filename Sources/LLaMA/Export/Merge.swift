@@ -156,10 +156,7 @@ public final class Merger {
         let w = try base.tensor(name, shape: shape)   // [out, in]
         for a in adapters {
             guard let f = a.factors[name] else { continue }
-            let out = shape[0], inF = shape[1], r = f.A.shape[0]
-            // W[out, in] += scale * B[out, r] @ A[r, in]
-            sgemm(M: out, N: inF, K: r, alpha: a.scale, A: f.B.data, lda: r, B: f.A.data, ldb: inF,
-                  beta: 1, C: w.data, ldc: inF)
+            LoRALayer.merge(into: w.data, A: f.A, B: f.B, multiplier: a.scale)
         }
         return w
     }

@@ -5,10 +5,15 @@ import Tensor
 /// as Hugging Face's `generate` does them. Stops at any EOS id or after maxNewTokens.
 public final class Generator {
     public let model: LlamaModel
+    public let adapters: AdapterSet
+    public let ctx: ExecutionContext
     public let eosIDs: Set<Int32>
 
-    public init(model: LlamaModel, eosIDs: Set<Int32>) {
+    /// Decodes `model` with `adapters` applied (a weighted stack, or none) on `ctx`.
+    public init(model: LlamaModel, adapters: AdapterSet = .none, ctx: ExecutionContext, eosIDs: Set<Int32>) {
         self.model = model
+        self.adapters = adapters
+        self.ctx = ctx
         self.eosIDs = eosIDs
         _ = model.decodeHead   // quantize the head now, not inside the first token's time
     }
@@ -23,11 +28,11 @@ public final class Generator {
         if o.numBeams > 1 { return try beamSearch(prompt: prompt, options: o, onToken: onToken) }
         let V = model.config.vocabSize
         let cache = KVCache(model: model, sequences: 1, capacity: prompt.count + o.maxNewTokens,
-                            maxChunk: min(prompt.count, 512))
+                            maxChunk: min(prompt.count, 512), maxRank: adapters.maxRank)
         var rng = RNG(seed: o.seed)
         var seq = prompt
         var out: [Int32] = []
-        try model.step(tokens: prompt, sequences: 1, cache: cache)
+        try model.step(tokens: prompt, sequences: 1, cache: cache, adapters: adapters, ctx: ctx)
         let scores = cache.logits.data
         for _ in 0..<o.maxNewTokens {
             LogitsProcessing.repetitionPenalty(scores, seen: seq, penalty: o.repetitionPenalty)
@@ -46,7 +51,7 @@ public final class Generator {
             out.append(id); seq.append(id)
             onToken?(id)
             if out.count == o.maxNewTokens { break }
-            try model.step(tokens: [id], sequences: 1, cache: cache)
+            try model.step(tokens: [id], sequences: 1, cache: cache, adapters: adapters, ctx: ctx)
         }
         return out
     }
@@ -59,7 +64,7 @@ public final class Generator {
         let nb = o.numBeams, V = model.config.vocabSize
         let cache = KVCache(model: model, sequences: nb, capacity: prompt.count + o.maxNewTokens,
                             maxChunk: max(1, min(prompt.count, 512) / 1))
-        try model.step(tokens: prompt, sequences: 1, cache: cache)
+        try model.step(tokens: prompt, sequences: 1, cache: cache, adapters: adapters, ctx: ctx)
         cache.broadcastFirst()
         // Copy the shared prompt logits to every beam row.
         for b in 1..<nb { (cache.logits.data + b * V).update(from: cache.logits.data, count: V) }
@@ -120,7 +125,7 @@ public final class Generator {
             beams = next.map { beams[$0.beam] + [Int32($0.token)] }
             beamScores = next.map { $0.score }
             cache.reorder(next.map { $0.beam })
-            try model.step(tokens: next.map { Int32($0.token) }, sequences: nb, cache: cache)
+            try model.step(tokens: next.map { Int32($0.token) }, sequences: nb, cache: cache, adapters: adapters, ctx: ctx)
         }
         // Unfinished beams compete with finished hypotheses at the end.
         if finished.count < nb || true {

@@ -15,7 +15,8 @@ public final class Activations: @unchecked Sendable {
         let rstd2: Tensor   // [M]
         let gate: Tensor    // [M, I]
         let up: Tensor      // [M, I]  (silu(gate) * up is recomputed in backward)
-        /// Per adapted projection: u = xin A^T [M, r], and the dropout keep-mask [M, in].
+        /// Per projection the trained adapter acts on: u = xin A^T [M, r], and the dropout
+        /// keep-mask [M, in].
         var loraU: [Projection: Tensor] = [:]
         var loraKeep: [Projection: UnsafeMutablePointer<UInt8>] = [:]
 
@@ -57,13 +58,17 @@ public final class Activations: @unchecked Sendable {
     let du: Tensor       // [M, maxR]
     let dz: Tensor       // [M, maxIn]
     let z: Tensor        // [M, maxIn] dropped-out LoRA input
+    let uScratch: Tensor // [M, maxR] u of adapters that are applied but not trained
     let positions: UnsafeMutablePointer<Int32>   // [M]
     let attentionScratch: Tensor  // Attention.backward's dS buffers
     let scratch = MatmulScratch()
-    /// Set to time each op of forward and backward.
-    public var profile: OpProfile? = nil
+    /// The adapter whose gradients backward computes (its u and dropout masks are kept here).
+    public let trained: LoRAAdapter?
 
-    public init(model: LlamaModel, maxB: Int, maxT: Int) {
+    /// Buffers for batches up to [maxB, maxT], for training `trained` (or forward only, nil)
+    /// and for applying adapters of rank up to `maxRank` besides it.
+    public init(model: LlamaModel, trained: LoRAAdapter? = nil, maxRank: Int = 0, maxB: Int, maxT: Int) {
+        self.trained = trained
         let c = model.config
         self.maxB = maxB; self.maxT = maxT
         let M = maxB * maxT, C = c.hiddenSize, I = c.intermediateSize
@@ -75,20 +80,20 @@ public final class Activations: @unchecked Sendable {
         dres = Tensor([M, C]); dxn = Tensor([M, C])
         dq = Tensor([M, c.qDim]); dk = Tensor([M, c.kvDim]); dv = Tensor([M, c.kvDim])
         datt = Tensor([M, c.qDim]); dgate = Tensor([M, I]); dup = Tensor([M, I]); dh = Tensor([M, I])
-        var maxR = 1, maxIn = 1
-        for (i, b) in model.blocks.enumerated() {
-            for p in Projection.allCases {
-                guard let a = b.linear(p).adapters.first else { continue }
+        var maxR = max(1, maxRank), maxIn = 1
+        if let trained {
+            for site in trained.sites {
+                let a = trained.layers[site]!
                 maxR = max(maxR, a.r); maxIn = max(maxIn, a.inFeatures)
-                layers[i].loraU[p] = Tensor([M, a.r])
+                layers[site.layer].loraU[site.projection] = Tensor([M, a.r])
                 if a.dropout > 0 {
                     let keep = UnsafeMutablePointer<UInt8>.allocate(capacity: M * a.inFeatures)
                     keep.initialize(repeating: 1, count: M * a.inFeatures)
-                    layers[i].loraKeep[p] = keep
+                    layers[site.layer].loraKeep[site.projection] = keep
                 }
             }
         }
-        du = Tensor([M, maxR]); dz = Tensor([M, maxIn]); z = Tensor([M, maxIn])
+        du = Tensor([M, maxR]); dz = Tensor([M, maxIn]); z = Tensor([M, maxIn]); uScratch = Tensor([M, maxR])
         attentionScratch = Tensor([Attention.backwardScratchCount(B: maxB, T: maxT, nKV: c.numKeyValueHeads)])
         positions = .allocate(capacity: M)
         positions.initialize(repeating: 0, count: M)
@@ -105,6 +110,6 @@ public final class Activations: @unchecked Sendable {
             n += l.loraU.values.reduce(0) { $0 + $1.count * 4 }
         }
         return n + (xFinal.count * 2 + logits.count + xn.count + h.count + dres.count * 2 + dq.count * 2 + dk.count * 2
-                     + dgate.count * 3 + du.count + dz.count * 2) * 4
+                     + dgate.count * 3 + du.count * 2 + dz.count * 2) * 4
     }
 }

@@ -14,14 +14,14 @@ public final class KVCache: @unchecked Sendable {
     // Step buffers for up to maxRows = S * maxChunk rows.
     let maxRows: Int
     let x, xn, q, kNew, vNew, att, gate, up, h, tmp: Tensor
-    let u: Tensor                // [maxRows, maxR] LoRA intermediate
+    let u: Tensor                // [maxRows, maxRank] LoRA intermediate
     let lastHidden: Tensor       // [S, C]
     public let logits: Tensor    // [S, V]
     let positions: UnsafeMutablePointer<Int32>
     let scores: Tensor           // [nH, maxChunk, capacity] attention scratch
     let scratch = MatmulScratch()
 
-    public init(model: LlamaModel, sequences S: Int, capacity: Int, maxChunk: Int) {
+    public init(model: LlamaModel, sequences S: Int, capacity: Int, maxChunk: Int, maxRank: Int = 0) {
         let c = model.config
         self.S = S; self.capacity = capacity; kvDim = c.kvDim
         k = (0..<c.numHiddenLayers).map { _ in Tensor([S, capacity, c.kvDim]) }
@@ -33,7 +33,7 @@ public final class KVCache: @unchecked Sendable {
         x = Tensor([M, C]); xn = Tensor([M, C]); q = Tensor([M, c.qDim])
         kNew = Tensor([M, c.kvDim]); vNew = Tensor([M, c.kvDim]); att = Tensor([M, c.qDim])
         gate = Tensor([M, I]); up = Tensor([M, I]); h = Tensor([M, I]); tmp = Tensor([M, C])
-        let maxR = model.adapters.reduce(1) { max($0, $1.lora.r) }
+        let maxR = max(1, maxRank)
         u = Tensor([M, maxR])
         lastHidden = Tensor([S, C])
         logits = Tensor([S, c.vocabSize])

@@ -17,7 +17,8 @@ extension LlamaModel {
     /// Feeds `tokens` ([S, Tq] row-major, Tq new tokens for each sequence) at positions
     /// cache.length ..< cache.length + Tq, and leaves the logits of each sequence's last new
     /// token in cache.logits [S, V]. `sequences` may be 1 for a prefill shared by all beams.
-    public func step(tokens: [Int32], sequences S: Int, cache: KVCache) throws {
+    /// `adapters` apply to every sequence; the cache must have been sized for their rank.
+    public func step(tokens: [Int32], sequences S: Int, cache: KVCache, adapters: AdapterSet, ctx: ExecutionContext) throws {
         let c = config, Tq = tokens.count / S, M = S * Tq, C = c.hiddenSize, I = c.intermediateSize
         precondition(Tq * S == tokens.count && S <= cache.S)
         let start = cache.length
@@ -31,52 +32,60 @@ extension LlamaModel {
                 let t1 = min(Tq, t0 + chunk)
                 var part: [Int32] = []
                 for s in 0..<S { part += tokens[(s * Tq + t0)..<(s * Tq + t1)] }
-                try step(tokens: part, sequences: S, cache: cache)
+                try step(tokens: part, sequences: S, cache: cache, adapters: adapters, ctx: ctx)
                 t0 = t1
             }
             return
         }
+        precondition(adapters.maxRank <= cache.u.shape[1], "KVCache sized for rank \(cache.u.shape[1]), adapters have \(adapters.maxRank)")
+        let be = ctx.backend
+        func project(_ lin: Linear, _ l: Int, _ p: Projection, y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>) {
+            be.matmul(y: y, x: x, w: lin.weight, M: M, accumulate: false, scratch: cache.scratch)
+            for (layer, weight) in adapters.layers(at: LoRASite(l, p)) {
+                layer.forward(be, y: y, xin: x, M: M, weight: weight, u: cache.u.data)
+            }
+        }
         for s in 0..<S { for t in 0..<Tq { cache.positions[s * Tq + t] = Int32(start + t) } }
         tokens.withUnsafeBufferPointer { ids in
-            Embedding.forward(out: cache.x.data, ids: ids.baseAddress!, table: embed.data, N: M, C: C)
+            be.embedding(out: cache.x.data, ids: ids.baseAddress!, table: embed.data, N: M, C: C)
         }
         for (l, blk) in blocks.enumerated() {
-            RMSNorm.forward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.x.data, weight: blk.attnNorm.data, N: M, C: C, eps: c.rmsNormEps)
-            blk.q.forwardAll(y: cache.q.data, x: cache.xn.data, M: M, scratch: cache.scratch, u: cache.u.data)
-            blk.k.forwardAll(y: cache.kNew.data, x: cache.xn.data, M: M, scratch: cache.scratch, u: cache.u.data)
-            blk.v.forwardAll(y: cache.vNew.data, x: cache.xn.data, M: M, scratch: cache.scratch, u: cache.u.data)
-            RoPE.forward(x: cache.q.data, positions: cache.positions, rows: M, nHeads: c.numAttentionHeads, headDim: c.headDim, table: rope)
-            RoPE.forward(x: cache.kNew.data, positions: cache.positions, rows: M, nHeads: c.numKeyValueHeads, headDim: c.headDim, table: rope)
+            be.rmsnormForward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.x.data, weight: blk.attnNorm.data, N: M, C: C, eps: c.rmsNormEps)
+            project(blk.q, l, .q, y: cache.q.data, x: cache.xn.data)
+            project(blk.k, l, .k, y: cache.kNew.data, x: cache.xn.data)
+            project(blk.v, l, .v, y: cache.vNew.data, x: cache.xn.data)
+            be.ropeForward(x: cache.q.data, positions: cache.positions, rows: M, nHeads: c.numAttentionHeads, headDim: c.headDim, table: rope)
+            be.ropeForward(x: cache.kNew.data, positions: cache.positions, rows: M, nHeads: c.numKeyValueHeads, headDim: c.headDim, table: rope)
             // Append the new keys and values to each sequence's cache.
             for s in 0..<S {
                 let dst = (start) * c.kvDim + s * cache.capacity * c.kvDim
                 (cache.k[l].data + dst).update(from: cache.kNew.data + s * Tq * c.kvDim, count: Tq * c.kvDim)
                 (cache.v[l].data + dst).update(from: cache.vNew.data + s * Tq * c.kvDim, count: Tq * c.kvDim)
             }
-            cachedAttention(cache: cache, layer: l, S: S, Tq: Tq, start: start)
-            blk.o.forwardAll(y: cache.tmp.data, x: cache.att.data, M: M, scratch: cache.scratch, u: cache.u.data)
-            VectorOps.add(out: cache.x.data, a: cache.x.data, b: cache.tmp.data, count: M * C)
-            RMSNorm.forward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.x.data, weight: blk.mlpNorm.data, N: M, C: C, eps: c.rmsNormEps)
-            blk.gate.forwardAll(y: cache.gate.data, x: cache.xn.data, M: M, scratch: cache.scratch, u: cache.u.data)
-            blk.up.forwardAll(y: cache.up.data, x: cache.xn.data, M: M, scratch: cache.scratch, u: cache.u.data)
-            SwiGLU.forward(h: cache.h.data, gate: cache.gate.data, up: cache.up.data, count: M * I)
-            blk.down.forwardAll(y: cache.tmp.data, x: cache.h.data, M: M, scratch: cache.scratch, u: cache.u.data)
-            VectorOps.add(out: cache.x.data, a: cache.x.data, b: cache.tmp.data, count: M * C)
+            cachedAttention(be, cache: cache, layer: l, S: S, Tq: Tq, start: start)
+            project(blk.o, l, .o, y: cache.tmp.data, x: cache.att.data)
+            be.add(out: cache.x.data, a: cache.x.data, b: cache.tmp.data, count: M * C)
+            be.rmsnormForward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.x.data, weight: blk.mlpNorm.data, N: M, C: C, eps: c.rmsNormEps)
+            project(blk.gate, l, .gate, y: cache.gate.data, x: cache.xn.data)
+            project(blk.up, l, .up, y: cache.up.data, x: cache.xn.data)
+            be.swigluForward(h: cache.h.data, gate: cache.gate.data, up: cache.up.data, count: M * I)
+            project(blk.down, l, .down, y: cache.tmp.data, x: cache.h.data)
+            be.add(out: cache.x.data, a: cache.x.data, b: cache.tmp.data, count: M * C)
         }
         // Only each sequence's last token needs logits.
         for s in 0..<S {
             (cache.lastHidden.data + s * C).update(from: cache.x.data + (s * Tq + Tq - 1) * C, count: C)
         }
-        RMSNorm.forward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.lastHidden.data, weight: norm.data, N: S, C: C, eps: c.rmsNormEps)
-        Matmul.forward(y: cache.logits.data, x: cache.xn.data, w: decodeHead, M: S, scratch: cache.scratch)
+        be.rmsnormForward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.lastHidden.data, weight: norm.data, N: S, C: C, eps: c.rmsNormEps)
+        be.matmul(y: cache.logits.data, x: cache.xn.data, w: decodeHead, M: S, accumulate: false, scratch: cache.scratch)
         cache.advance(Tq)
     }
 
     /// Causal attention of the Tq new queries of each sequence against its cached keys.
-    private func cachedAttention(cache: KVCache, layer l: Int, S: Int, Tq: Int, start: Int) {
+    private func cachedAttention(_ be: any Backend, cache: KVCache, layer l: Int, S: Int, Tq: Int, start: Int) {
         let c = config
         for s in 0..<S {
-            Attention.forwardCached(out: cache.att.data + s * Tq * c.qDim, scores: cache.scores.data,
+            be.attentionCached(out: cache.att.data + s * Tq * c.qDim, scores: cache.scores.data,
                                     q: cache.q.data + s * Tq * c.qDim,
                                     kCache: cache.k[l].data + s * cache.capacity * c.kvDim,
                                     vCache: cache.v[l].data + s * cache.capacity * c.kvDim,
@@ -86,16 +95,3 @@ extension LlamaModel {
     }
 }
 
-extension Linear {
-    /// Inference forward with every attached adapter (several may be stacked).
-    func forwardAll(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, M: Int,
-                    scratch: MatmulScratch, u: UnsafeMutablePointer<Float>) {
-        Matmul.forward(y: y, x: x, w: weight, M: M, scratch: scratch)
-        for a in adapters {
-            sgemm(transB: true, M: M, N: a.r, K: a.inFeatures, A: x, lda: a.inFeatures,
-                  B: a.A.data, ldb: a.inFeatures, C: u, ldc: a.r)
-            sgemm(transB: true, M: M, N: a.outFeatures, K: a.r, alpha: a.scale, A: u, lda: a.r,
-                  B: a.B.data, ldb: a.r, beta: 1, C: y, ldc: a.outFeatures)
-        }
-    }
-}

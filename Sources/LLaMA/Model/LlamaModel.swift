@@ -28,9 +28,31 @@ public final class Block: @unchecked Sendable {
     }
 }
 
-/// A LLaMA-family causal LM: embedding, blocks, final norm, lm_head (tied or not).
-/// Embeddings, norms and lm_head stay f32; projections are int8 rows when `load8bit`
-/// (as alpaca-lora's prepare_model_for_int8_training leaves them).
+/// What the frozen projection weights are stored as (`quantization:` in YAML, `--quantization`
+/// on the command line). Embeddings, norms and the training lm_head stay f32, as alpaca-lora's
+/// prepare_model_for_int8_training leaves them.
+public enum Quantization: String, CaseIterable, Sendable, Codable {
+    /// f32, the checkpoint's values.
+    case none
+    /// bfloat16 (exact for bf16 checkpoints, half the memory of f32).
+    case bf16
+    /// int8 rows, bitsandbytes' row-wise absmax scheme (alpaca-lora's `load_in_8bit`).
+    case int8
+
+    public var format: any WeightFormat {
+        switch self {
+        case .none: return WeightFormats.f32
+        case .bf16: return WeightFormats.bf16
+        case .int8: return WeightFormats.int8
+        }
+    }
+
+    /// `load_8bit: true|false`, as alpaca-lora users write it.
+    public init(load8bit: Bool) { self = load8bit ? .int8 : .none }
+}
+
+/// A LLaMA-family causal LM: embedding, blocks, final norm, lm_head (tied or not). Immutable
+/// after loading and shared: adapters and execution settings come with each call.
 public final class LlamaModel: @unchecked Sendable {
     public let config: LlamaConfig
     public let embed: Tensor          // [V, C]
@@ -38,35 +60,40 @@ public final class LlamaModel: @unchecked Sendable {
     public let norm: Tensor           // [C]
     public let lmHead: Tensor         // [V, C]; the same storage as `embed` when tied
     public let rope: RoPETable
-    public let is8bit: Bool
+    public let quantization: Quantization
 
-    /// The lm_head as generation uses it: with `load8bit`, an int8 row-quantized copy (decoding
-    /// is bound by memory traffic, and the f32 head is ~40% of a step's bytes for a small model;
-    /// llama.cpp uses the GGUF's quantized output the same way). Training and `logits` keep the
-    /// f32 head, as alpaca-lora's int8 training does. Made on first use.
-    public private(set) lazy var decodeHead: Weight = is8bit
-        ? .int8(QuantizedMatrix(quantizing: lmHead.data, rows: config.vocabSize, cols: config.hiddenSize))
-        : .f32(lmHead)
+    /// The lm_head as generation uses it: for a quantized model, a copy in the projections'
+    /// format (decoding is bound by memory traffic, and the f32 head is ~40% of a step's bytes
+    /// for a small model; llama.cpp uses the GGUF's quantized output the same way). Training and
+    /// `logits` keep the f32 head, as alpaca-lora's int8 training does. Made on first use.
+    public var decodeHead: Weight {
+        headLock.lock(); defer { headLock.unlock() }
+        if let h = _decodeHead { return h }
+        let h = Weight.make(quantization.format, from: lmHead, pool: .allCores)
+        _decodeHead = h
+        return h
+    }
+    private var _decodeHead: Weight?
+    private let headLock = NSLock()
 
-    public init(config: LlamaConfig, embed: Tensor, blocks: [Block], norm: Tensor, lmHead: Tensor, is8bit: Bool) {
+    public init(config: LlamaConfig, embed: Tensor, blocks: [Block], norm: Tensor, lmHead: Tensor, quantization: Quantization) {
         self.config = config
         self.embed = embed
         self.blocks = blocks
         self.norm = norm
         self.lmHead = lmHead
-        self.is8bit = is8bit
+        self.quantization = quantization
         rope = RoPETable(maxT: max(config.maxPositionEmbeddings, 1), headDim: config.headDim, theta: config.ropeTheta)
     }
 
-    /// Loads every tensor by its Hugging Face name, checking shapes against the config.
-    public convenience init(checkpoint ck: Checkpoint, load8bit: Bool) throws {
+    /// Loads every tensor by its Hugging Face name, checking shapes against the config; the
+    /// projections are converted to `quantization`'s format one tensor at a time.
+    public convenience init(checkpoint ck: Checkpoint, quantization: Quantization, pool: WorkerPool) throws {
         let c = ck.config
         let C = c.hiddenSize, I = c.intermediateSize, V = c.vocabSize
         let embed = try ck.tensor("model.embed_tokens.weight", shape: [V, C])
         func linear(_ name: String, _ out: Int, _ inF: Int) throws -> Linear {
-            let w = try ck.tensor(name, shape: [out, inF])
-            if load8bit { return Linear(.int8(QuantizedMatrix(quantizing: w.data, rows: out, cols: inF))) }
-            return Linear(.f32(w))
+            Linear(Weight.make(quantization.format, from: try ck.tensor(name, shape: [out, inF]), pool: pool))
         }
         var blocks: [Block] = []
         for i in 0..<c.numHiddenLayers {
@@ -91,22 +118,7 @@ public final class LlamaModel: @unchecked Sendable {
         } else {
             head = embed
         }
-        self.init(config: c, embed: embed, blocks: blocks, norm: norm, lmHead: head, is8bit: load8bit)
-    }
-
-    /// All LoRA adapters currently attached, by PEFT module path.
-    public var adapters: [(path: String, lora: LoRA)] {
-        var out: [(String, LoRA)] = []
-        for (i, b) in blocks.enumerated() {
-            for p in Projection.allCases {
-                for a in b.linear(p).adapters { out.append((p.path(layer: i), a)) }
-            }
-        }
-        return out
-    }
-
-    public func removeAdapters() {
-        for b in blocks { for p in Projection.allCases { b.linear(p).adapters = [] } }
+        self.init(config: c, embed: embed, blocks: blocks, norm: norm, lmHead: head, quantization: quantization)
     }
 
     /// Bytes held by weights (for memory reports).

@@ -10,16 +10,16 @@ public enum Evaluation {
     }
 
     /// `acts` may be passed to reuse the trainer's buffers; it must fit the examples.
-    public static func loss(model: LlamaModel, examples: [Example], padID: Int32, microBatchSize: Int,
-                            acts: Activations? = nil) -> Result {
+    public static func loss(model: LlamaModel, adapters: AdapterSet, ctx: ExecutionContext, examples: [Example],
+                            padID: Int32, microBatchSize: Int, acts: Activations? = nil) -> Result {
         let longest = examples.map(\.count).max() ?? 1
-        let acts = acts ?? Activations(model: model, maxB: microBatchSize,
+        let acts = acts ?? Activations(model: model, maxRank: adapters.maxRank, maxB: microBatchSize,
                                        maxT: (longest + Collator.padToMultipleOf - 1) / Collator.padToMultipleOf * Collator.padToMultipleOf)
         var sum = 0.0, tokens = 0
         var i = 0
         while i < examples.count {
             let b = Collator.batch(Array(examples[i..<min(examples.count, i + microBatchSize)]), padID: padID)
-            let r = model.loss(b, acts: acts)
+            let r = model.loss(b, adapters: adapters, acts: acts, ctx: ctx)
             sum += r.lossSum; tokens += r.tokens
             i += microBatchSize
         }

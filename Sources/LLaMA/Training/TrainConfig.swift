@@ -41,7 +41,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public var seed: UInt64 = 42
     public var maxSteps: Int = -1
     // Machine
-    public var load8bit: Bool = true
+    /// What the frozen projections are stored as; `load_8bit: true|false` is read as int8|none.
+    public var quantization: Quantization = .int8
     public var threads: Int = 0
 
     public init() {}
@@ -56,7 +57,13 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case promptTemplateName = "prompt_template_name", resumeFromCheckpoint = "resume_from_checkpoint"
         case warmupSteps = "warmup_steps", loggingSteps = "logging_steps", evalSteps = "eval_steps"
         case saveSteps = "save_steps", saveTotalLimit = "save_total_limit", maxGradNorm = "max_grad_norm"
-        case weightDecay = "weight_decay", seed, maxSteps = "max_steps", load8bit = "load_8bit", threads
+        case weightDecay = "weight_decay", seed, maxSteps = "max_steps", quantization, threads
+    }
+
+    /// Keys accepted for compatibility and mapped onto a CodingKeys one.
+    public enum AliasKeys: String, CodingKey, CaseIterable {
+        /// alpaca-lora's flag: true = int8, false = none.
+        case load8bit = "load_8bit"
     }
 
     /// Missing keys keep their defaults; present keys must have the right type.
@@ -92,7 +99,16 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         weightDecay = try get(.weightDecay, d.weightDecay)
         seed = try get(.seed, d.seed)
         maxSteps = try get(.maxSteps, d.maxSteps)
-        load8bit = try get(.load8bit, d.load8bit)
+        quantization = try get(.quantization, d.quantization)
+        let aliases = try decoder.container(keyedBy: AliasKeys.self)
+        if let l8 = try aliases.decodeIfPresent(Bool.self, forKey: .load8bit) {
+            let q = Quantization(load8bit: l8)
+            if c.contains(.quantization), q != quantization {
+                throw ConfigError.badValue(key: AliasKeys.load8bit.rawValue, value: "\(l8)",
+                                           expected: "to agree with quantization: \(quantization.rawValue) (give one of the two)")
+            }
+            quantization = q
+        }
         threads = try get(.threads, d.threads)
     }
 
@@ -135,7 +151,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
             case .weightDecay: v = num(weightDecay)
             case .seed: v = "\(seed)"
             case .maxSteps: v = "\(maxSteps)"
-            case .load8bit: v = "\(load8bit)"
+            case .quantization: v = quantization.rawValue
             case .threads: v = "\(threads)"
             }
             out += "\(k.rawValue): \(v)\n"

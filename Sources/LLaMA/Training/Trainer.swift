@@ -55,15 +55,15 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
 public final class Trainer {
     public let config: TrainConfig
     public let model: LlamaModel
+    /// The adapter being trained (the model itself is never changed).
+    public let adapter: LoRAAdapter
+    public let ctx: ExecutionContext
     public let train: [Example]
     public let validation: [Example]
     public let padID: Int32
     public let outputDir: URL
     public var state = TrainerState()
-    /// Set from a signal handler; checked between steps.
-    nonisolated(unsafe) public static var stopRequested = false
 
-    let loras: [(path: String, lora: LoRA)]
     let optimizer: AdamW
     let schedule: LinearSchedule
     let acts: Activations
@@ -71,18 +71,22 @@ public final class Trainer {
     let microBatchesPerEpoch: Int
     var best: [Tensor]? = nil   // copy of the adapter at the best eval loss
 
-    /// `model` must already carry one adapter per target (fresh or loaded).
-    public init(config: TrainConfig, model: LlamaModel, train: [Example], validation: [Example], padID: Int32) throws {
+    /// Trains `adapter` (fresh or loaded) on `model`; `ctx.cancellation` stops the run at the
+    /// next step with a checkpoint.
+    public init(config: TrainConfig, model: LlamaModel, adapter: LoRAAdapter, ctx: ExecutionContext,
+                train: [Example], validation: [Example], padID: Int32) throws {
         self.config = config
         self.model = model
+        self.adapter = adapter
+        self.ctx = ctx
         self.train = train
         self.validation = validation
         self.padID = padID
         outputDir = URL(fileURLWithPath: config.outputDir)
         guard !train.isEmpty else { throw TrainingError.dataTooSmall(detail: "no training examples left after the validation split") }
-        loras = model.adapters
-        for (_, a) in loras { a.enableGradients() }
-        optimizer = AdamW(params: loras.flatMap { [$0.lora.A, $0.lora.B] }, grads: loras.flatMap { [$0.lora.gradA!, $0.lora.gradB!] })
+        adapter.enableGradients()
+        let trainable = adapter.trainable
+        optimizer = AdamW(params: trainable.map(\.param), grads: trainable.map { $0.grad! })
         optimizer.weightDecay = config.weightDecay
         microBatchesPerEpoch = (train.count + config.microBatchSize - 1) / config.microBatchSize
         stepsPerEpoch = max(1, (microBatchesPerEpoch + config.gradientAccumulationSteps - 1) / config.gradientAccumulationSteps)
@@ -92,10 +96,10 @@ public final class Trainer {
         state.rng = RNG(seed: config.seed &+ 1)
         let longest = (train + validation).map(\.count).max() ?? 1
         let maxT = (longest + Collator.padToMultipleOf - 1) / Collator.padToMultipleOf * Collator.padToMultipleOf
-        acts = Activations(model: model, maxB: config.microBatchSize, maxT: maxT)
+        acts = Activations(model: model, trained: adapter, maxB: config.microBatchSize, maxT: maxT)
     }
 
-    public var trainableParameters: Int { loras.reduce(0) { $0 + $1.lora.A.count + $1.lora.B.count } }
+    public var trainableParameters: Int { adapter.parameterCount }
 
     /// Micro-batch `i` of `epoch` in the seeded order.
     func microBatch(epoch: Int, index i: Int, order: [Int]) -> Batch {
@@ -110,7 +114,8 @@ public final class Trainer {
 
     /// Mean token loss over the validation set.
     public func evaluate() -> Double {
-        Evaluation.loss(model: model, examples: validation, padID: padID, microBatchSize: config.microBatchSize, acts: acts).loss
+        Evaluation.loss(model: model, adapters: AdapterSet(adapter), ctx: ctx, examples: validation, padID: padID,
+                        microBatchSize: config.microBatchSize, acts: acts).loss
     }
 
     /// Runs to the end (or to an interruption), reporting through `report`.
@@ -125,7 +130,7 @@ public final class Trainer {
         var epochOrder = order(epoch: state.epoch)
         var lastProgress: TrainingEvent.Progress? = nil
         while state.step < state.totalSteps {
-            if Trainer.stopRequested {
+            if ctx.cancellation.isCancelled {
                 let path = try saveCheckpoint()
                 throw TrainingError.interrupted(checkpoint: path)
             }
@@ -147,7 +152,8 @@ public final class Trainer {
             if tokens > 0 {
                 let scale = 1 / Float(tokens)
                 for b in batches {
-                    lossSum += model.forwardBackward(b, acts: acts, rng: &state.rng, gradScale: scale).lossSum
+                    lossSum += model.forwardBackward(b, adapters: AdapterSet(adapter), acts: acts, ctx: ctx,
+                                                     rng: &state.rng, gradScale: scale).lossSum
                 }
             }
             tokensSeen += batches.reduce(0) { $0 + $1.B * $1.T }
@@ -177,7 +183,7 @@ public final class Trainer {
                 report(.evaluated(step: state.step, loss: e))
                 if state.bestEvalLoss == nil || e < state.bestEvalLoss! {
                     state.bestEvalLoss = e; state.bestStep = state.step
-                    best = loras.flatMap { [$0.lora.A.clone(), $0.lora.B.clone()] }
+                    best = adapter.trainable.map { $0.param.clone() }
                 }
             }
             if state.step % config.saveSteps == 0 && state.step < state.totalSteps {
@@ -187,12 +193,12 @@ public final class Trainer {
         }
         // The final adapter: the best by eval loss, else the last.
         if let best, state.bestStep != state.step {
-            let current = loras.flatMap { [$0.lora.A.clone(), $0.lora.B.clone()] }
+            let current = adapter.trainable.map { $0.param.clone() }
             restore(best)
-            try Adapter.save(model: model, config: config.adapterConfig, to: outputDir)
+            try Adapter.save(adapter, to: outputDir)
             restore(current)
         } else {
-            try Adapter.save(model: model, config: config.adapterConfig, to: outputDir)
+            try Adapter.save(adapter, to: outputDir)
         }
         let seconds = Date().timeIntervalSince(t0)
         let summary = TrainingEvent.Summary(steps: state.step, seconds: seconds, tokens: tokensSeen,
@@ -204,7 +210,7 @@ public final class Trainer {
     }
 
     private func restore(_ tensors: [Tensor]) {
-        for (k, (_, l)) in loras.enumerated() { l.A.copy(from: tensors[2 * k]); l.B.copy(from: tensors[2 * k + 1]) }
+        for (t, saved) in zip(adapter.trainable, tensors) { t.param.copy(from: saved) }
     }
 
     // MARK: checkpoints
@@ -217,7 +223,7 @@ public final class Trainer {
         try? fm.createDirectory(at: outputDir, withIntermediateDirectories: true)
         let dir = outputDir.appendingPathComponent("checkpoint-\(state.step)")
         try AtomicFile.writeDirectory(dir) { tmp in
-            try Adapter.save(model: model, config: config.adapterConfig, to: tmp)
+            try Adapter.save(adapter, to: tmp)
             var items: [SafeTensorsWriter.Item] = []
             for (k, (m, v)) in optimizer.state.enumerated() {
                 items.append(.tensor("m.\(k)", m))
@@ -247,9 +253,10 @@ public final class Trainer {
         let stateURL = dir.appendingPathComponent("trainer_state.json")
         let optURL = dir.appendingPathComponent("optimizer.safetensors")
         let saved = try AdapterFactors.load(dir, model: model.config)
-        for (path, l) in loras {
-            guard let (A, B) = saved.factors[path + ".weight"], A.shape == l.A.shape, B.shape == l.B.shape else {
-                throw TrainingError.badCheckpoint(path: dir.path, detail: "its adapter does not match this run's (lora_r \(l.r) on \(path)); use the same lora_r and lora_target_modules")
+        for site in adapter.sites {
+            let l = adapter.layers[site]!
+            guard let (A, B) = saved.factors[site.path + ".weight"], A.shape == l.A.shape, B.shape == l.B.shape else {
+                throw TrainingError.badCheckpoint(path: dir.path, detail: "its adapter does not match this run's (lora_r \(l.r) on \(site.path)); use the same lora_r and lora_target_modules")
             }
             l.A.copy(from: A); l.B.copy(from: B)
         }
@@ -268,11 +275,9 @@ public final class Trainer {
         }
         optimizer.restore(step: Int(st.metadata["adamw_step"] ?? "") ?? savedState.step)
         if savedState.bestStep != nil {
-            let tensors = try loras.indices.flatMap { k -> [Tensor] in
-                guard let a = try st.f32("best.\(2 * k)"), let b = try st.f32("best.\(2 * k + 1)") else { return [] }
-                return [a, b]
-            }
-            if tensors.count == loras.count * 2 { best = tensors }
+            let n = adapter.trainable.count
+            let tensors = try (0..<n).compactMap { k in try st.f32("best.\(k)") }
+            if tensors.count == n { best = tensors }
         }
         guard savedState.totalSteps == state.totalSteps else {
             throw TrainingError.badCheckpoint(path: stateURL.path, detail: "it was made for \(savedState.totalSteps) steps, this run has \(state.totalSteps); use the same data and settings to resume")

@@ -1,17 +1,10 @@
 extension Reference {
     /// The products with a frozen weight, loop by loop in Double: the oracle for both
-    /// `MatmulKernels`. W[n, k] is the f32 value, or q[n, k] * scale[n] exactly as
-    /// `QuantizedMatrix.dequantizeRows` computes it in Float.
+    /// kernel families. W[n, k] is the weight's value as its format's scalar `dequantizeRows`
+    /// computes it in Float (f32 as is, bf16 widened, int8 q[n, k] * scale[n]).
     /// `bound`, when given, receives sum |a| |b| over each output's terms (plus |C| before an
     /// accumulate): the scale against which a Float kernel's rounding error is judged.
     public enum Matmul {
-        @inline(__always)
-        static func weight(_ w: Weight, _ n: Int, _ k: Int) -> Double {
-            switch w {
-            case .f32(let t): return Double(t.data[n * t.shape[1] + k])
-            case .int8(let q): return Double(Float(q.q[n * q.cols + k]) * q.scales[n])
-            }
-        }
 
         /// y[M, N] (+)= x[M, K] @ W^T, W [N, K].
         public static func forward(y: UnsafeMutablePointer<Float>,  // [M, N]
@@ -19,6 +12,8 @@ extension Reference {
                                    w: Weight, M: Int, accumulate: Bool,
                                    bound: UnsafeMutablePointer<Float>? = nil) { // [M, N]
             let N = w.outFeatures, K = w.inFeatures
+            let d = w.dense()
+            func weight(_ w: Weight, _ n: Int, _ k: Int) -> Double { Double(d.data[n * K + k]) }
             for m in 0..<M {
                 for n in 0..<N {
                     var s = accumulate ? Double(y[m * N + n]) : 0
@@ -40,6 +35,8 @@ extension Reference {
                                          w: Weight, M: Int, accumulate: Bool,
                                          bound: UnsafeMutablePointer<Float>? = nil) { // [M, K]
             let N = w.outFeatures, K = w.inFeatures
+            let d = w.dense()
+            func weight(_ w: Weight, _ n: Int, _ k: Int) -> Double { Double(d.data[n * K + k]) }
             for m in 0..<M {
                 for k in 0..<K {
                     var s = accumulate ? Double(dx[m * K + k]) : 0

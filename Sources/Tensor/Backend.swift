@@ -1,0 +1,84 @@
+// Seam 2: a backend executes ops. The model's forward, backward and decode are written once
+// against `Backend`; `CPUBackend` is the reference implementation (its kernel family chosen once
+// from the CPU), and any other backend is tested against it op by op.
+//
+// Buffers are plain pointers to f32 memory that the backend can read and write. For the CPU
+// that is host memory; a device backend (CUDA, issue 13) keeps resident buffers of its own and
+// is handed the model through the same calls.
+
+/// The ops of a LLaMA forward and backward pass. Argument order as in the `Tensor` ops (outputs
+/// first, then inputs, then dimensions); each has the semantics of the op of the same name.
+public protocol Backend: AnyObject, Sendable {
+    /// A short name for logs ("cpu avx512", ...).
+    var name: String { get }
+
+    // Products with a frozen weight (any WeightFormat).
+    func matmul(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int,
+                accumulate: Bool, scratch: MatmulScratch)
+    func matmulBackwardInput(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, w: Weight, M: Int,
+                             accumulate: Bool, scratch: MatmulScratch)
+    /// General f32 GEMM (the LoRA factors' small products): C = alpha op(A) op(B) + beta C.
+    func gemm(transA: Bool, transB: Bool, M: Int, N: Int, K: Int, alpha: Float,
+              A: UnsafePointer<Float>, lda: Int, B: UnsafePointer<Float>, ldb: Int,
+              beta: Float, C: UnsafeMutablePointer<Float>, ldc: Int)
+
+    func embedding(out: UnsafeMutablePointer<Float>, ids: UnsafePointer<Int32>, table: UnsafePointer<Float>, N: Int, C: Int)
+    func rmsnormForward(y: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
+                        weight: UnsafePointer<Float>, N: Int, C: Int, eps: Float)
+    func rmsnormBackward(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+                         weight: UnsafePointer<Float>, rstd: UnsafePointer<Float>, N: Int, C: Int)
+    func ropeForward(x: UnsafeMutablePointer<Float>, positions: UnsafePointer<Int32>, rows: Int, nHeads: Int, headDim: Int, table: RoPETable)
+    func ropeBackward(dx: UnsafeMutablePointer<Float>, positions: UnsafePointer<Int32>, rows: Int, nHeads: Int, headDim: Int, table: RoPETable)
+    func attentionForward(out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
+                          k: UnsafePointer<Float>, v: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,
+                          B: Int, T: Int, nH: Int, nKV: Int, hd: Int)
+    func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
+                           dout: UnsafePointer<Float>, probs: UnsafePointer<Float>, q: UnsafePointer<Float>,
+                           k: UnsafePointer<Float>, v: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,
+                           scratch: UnsafeMutablePointer<Float>?, B: Int, T: Int, nH: Int, nKV: Int, hd: Int)
+    func attentionCached(out: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
+                         kCache: UnsafePointer<Float>, vCache: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,
+                         start: Int, Tq: Int, nH: Int, nKV: Int, hd: Int)
+    func swigluForward(h: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count: Int)
+    func swigluBackward(dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>, dh: UnsafePointer<Float>,
+                        gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count: Int)
+    func add(out: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>, count: Int)
+    func crossEntropy(dlogits: UnsafeMutablePointer<Float>?, logits: UnsafePointer<Float>, targets: UnsafePointer<Int32>,
+                      N: Int, V: Int, gradScale: Float) -> (lossSum: Double, count: Int)
+}
+
+/// A cooperative stop request: set from a signal handler or another task, read between steps.
+public final class Cancellation: @unchecked Sendable {
+    private let flag = UnsafeMutablePointer<Int32>.allocate(capacity: 1)
+    public init() { flag.initialize(to: 0) }
+    deinit { flag.deallocate() }
+    /// Async-signal-safe: one aligned store.
+    public func cancel() { flag.pointee = 1 }
+    public var isCancelled: Bool { flag.pointee != 0 }
+    /// The raw flag, for a C signal handler.
+    public var rawFlag: UnsafeMutablePointer<Int32> { flag }
+}
+
+/// Everything a computation needs that is not data: the backend (with its threads), an
+/// optional profiler and cancellation. Made once by the caller (the CLI, a test, a server
+/// request) and passed down; nothing in the library reads a global setting instead.
+public final class ExecutionContext: @unchecked Sendable {
+    public let backend: any Backend
+    /// Wall time per op when set (docs/PERFORMANCE.md's profile).
+    public var profile: OpProfile?
+    public let cancellation: Cancellation
+
+    public init(backend: any Backend, profile: OpProfile? = nil, cancellation: Cancellation = Cancellation()) {
+        self.backend = backend; self.profile = profile; self.cancellation = cancellation
+    }
+
+    /// A CPU context: `threads` workers (0 = all cores), the kernel family from `environment`
+    /// (LORA_KERNELS) or the best the CPU has.
+    public static func cpu(threads: Int = 0, environment: [String: String] = [:]) throws -> ExecutionContext {
+        let pool = threads > 0 ? WorkerPool(threads: threads) : .allCores
+        return ExecutionContext(backend: CPUBackend(family: try KernelFamily.select(environment: environment), pool: pool))
+    }
+
+    /// The CPU backend's worker pool (loading and quantizing use it too).
+    public var pool: WorkerPool { (backend as? CPUBackend)?.pool ?? .allCores }
+}

@@ -1,0 +1,228 @@
+import CKernels
+
+/// Scratch memory for dequantized weight tiles on the OpenBLAS path. Owned by the caller (one
+/// per model run or request), sized once, so products with quantized weights allocate nothing.
+/// Each worker uses its own slice.
+public final class MatmulScratch: @unchecked Sendable {
+    public let capacity: Int
+    public let data: UnsafeMutablePointer<Float>
+    public init(capacity: Int = 1 << 18) {
+        self.capacity = capacity
+        data = .allocate(capacity: capacity)
+    }
+    deinit { data.deallocate() }
+}
+
+/// The CPU backend: the `Tensor` ops on a worker pool, and the frozen-weight products on the
+/// C kernels of one family (chosen once, at creation) or on OpenBLAS.
+public final class CPUBackend: Backend, @unchecked Sendable {
+    public let family: KernelFamily
+    public let pool: WorkerPool
+
+    public init(family: KernelFamily = .best, pool: WorkerPool) {
+        precondition(family.isAvailable, "kernel family \(family) is not available on this CPU")
+        _ = BLASThreads.single
+        self.family = family
+        self.pool = pool
+    }
+
+    public var name: String { "cpu \(family.rawValue) x\(pool.threads)" }
+
+    /// Forward with M up to this uses the unpacked small-M kernel (decoding); measured on Zen 5
+    /// it is as fast as the packed GEMM up to M = 24..32 (packing W^T costs ~40 us per 576 x 576).
+    static let smallM = 16
+    /// Below this many flops (2 M N K) a product stays on one thread: splitting costs more.
+    static let parallelFlops = 1 << 22
+    /// Decoding (M = 1) is bound by memory bandwidth, which one core nearly saturates on Zen 5,
+    /// while a split adds dispatch overhead to every matmul: the small-M kernel splits only
+    /// above `parallelFlops` or for weights this large (the lm_head).
+    static let parallelBytes = 1 << 24
+
+    // MARK: products with a frozen weight
+
+    /// y[M, out] (+)= x[M, in] @ W^T.
+    public func matmul(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int,
+                       accumulate: Bool, scratch: MatmulScratch) {
+        let N = w.rows, K = w.cols
+        if M == 0 || N == 0 { return }
+        guard let fam = family.kernelID, let fmt = w.format.kernelID else {
+            blasForward(y: y, x: x, w: w, M: M, accumulate: accumulate, scratch: scratch)
+            return
+        }
+        let acc: Int32 = accumulate ? 1 : 0
+        let scales = w.scales
+        if M <= Self.smallM {
+            // Rows of W in blocks of 16 per worker.
+            let units = (N + 15) / 16
+            let split = 2 * M * N * K >= Self.parallelFlops || w.byteCount >= Self.parallelBytes
+            pool.chunks(units, grain: split ? 1 : units) { r in
+                let n0 = r.lowerBound * 16, n1 = min(N, r.upperBound * 16)
+                lora_gemv_abt(fam, fmt, M, n0, n1, K, x, K, w.data, K, scales, y, N, acc)
+            }
+            return
+        }
+        split(columns: N, flops: 2 * M * N * K, fam) { n0, n1 in
+            lora_gemm_abt(fam, fmt, M, n0, n1, K, x, K, w.data, K, scales, y, N, acc)
+        }
+    }
+
+    /// dx[M, in] (+)= dy[M, out] @ W.
+    public func matmulBackwardInput(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, w: Weight, M: Int,
+                                    accumulate: Bool, scratch: MatmulScratch) {
+        let N = w.rows, K = w.cols
+        if M == 0 || K == 0 { return }
+        guard let fam = family.kernelID, let fmt = w.format.kernelID else {
+            blasBackwardInput(dx: dx, dy: dy, w: w, M: M, accumulate: accumulate, scratch: scratch)
+            return
+        }
+        let acc: Int32 = accumulate ? 1 : 0
+        let scales = w.scales
+        split(columns: K, flops: 2 * M * N * K, fam) { k0, k1 in
+            lora_gemm_ab(fam, fmt, M, k0, k1, N, dy, N, w.data, K, scales, dx, K, acc)
+        }
+    }
+
+    /// Runs `body(c0, c1)` over disjoint column ranges made of whole panels, one per worker:
+    /// every output element is computed by one worker, whatever the thread count.
+    @inline(__always)
+    private func split(columns: Int, flops: Int, _ fam: Int32, _ body: (Int, Int) -> Void) {
+        let nr = Int(lora_family_panel_width(fam))
+        let panels = (columns + nr - 1) / nr
+        pool.chunks(panels, grain: flops >= Self.parallelFlops ? 1 : panels) { r in
+            body(r.lowerBound * nr, min(columns, r.upperBound * nr))
+        }
+    }
+
+    // MARK: the OpenBLAS path (oracle; formats without C kernels)
+
+    /// Output columns per worker, each worker dequantizing its own tile of W's rows into its
+    /// slice of `scratch` and running one single-threaded sgemm over all M rows.
+    private func blasForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int,
+                             accumulate: Bool, scratch: MatmulScratch) {
+        let N = w.rows, K = w.cols, beta: Float = accumulate ? 1 : 0
+        if w.format.name == WeightFormats.f32.name {
+            let wf = w.data.assumingMemoryBound(to: Float.self)
+            pool.chunks(N, grain: max(1, N / pool.threads)) { r in
+                // y[:, r] = x [M, K] @ W[r, :]^T
+                sgemm(transB: true, M: M, N: r.count, K: K, A: x, lda: K, B: wf + r.lowerBound * K, ldb: K,
+                      beta: beta, C: y + r.lowerBound, ldc: N)
+            }
+            return
+        }
+        let t = pool.threads, per = scratch.capacity / t, rowsPer = (N + t - 1) / t
+        precondition(per >= K, "MatmulScratch(\(scratch.capacity)) is smaller than \(t) rows of W (\(K))")
+        let tile = max(1, per / max(K, 1))
+        pool.forEach(t) { i in
+            let slot = scratch.data + i * per
+            var n0 = i * rowsPer
+            let end = min(N, n0 + rowsPer)
+            while n0 < end {
+                let n1 = min(end, n0 + tile)
+                w.dequantizeRows(n0, n1, into: slot)
+                sgemm(transB: true, M: M, N: n1 - n0, K: K, A: x, lda: K, B: slot, ldb: K,
+                      beta: beta, C: y + n0, ldc: N)
+                n0 = n1
+            }
+        }
+    }
+
+    /// Tiles of W's rows in order (the depth of this product); per tile, workers take disjoint
+    /// column ranges of dx.
+    private func blasBackwardInput(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, w: Weight, M: Int,
+                                   accumulate: Bool, scratch: MatmulScratch) {
+        let N = w.rows, K = w.cols
+        if N == 0 {
+            if !accumulate { dx.update(repeating: 0, count: M * K) }
+            return
+        }
+        let isF32 = w.format.name == WeightFormats.f32.name
+        precondition(isF32 || scratch.capacity >= K, "MatmulScratch(\(scratch.capacity)) is smaller than a row of W (\(K))")
+        let tile = isF32 ? N : max(1, min(N, scratch.capacity / max(K, 1)))
+        var n0 = 0, first = !accumulate
+        while n0 < N {
+            let n1 = min(N, n0 + tile)
+            let wt: UnsafePointer<Float>
+            if isF32 {
+                wt = w.data.assumingMemoryBound(to: Float.self)
+            } else {
+                let rows = n1 - n0
+                pool.chunks(rows, grain: max(1, rows / pool.threads)) { r in
+                    w.dequantizeRows(n0 + r.lowerBound, n0 + r.upperBound, into: scratch.data + r.lowerBound * K)
+                }
+                wt = UnsafePointer(scratch.data)
+            }
+            let beta: Float = first ? 0 : 1
+            pool.chunks(K, grain: max(16, K / pool.threads)) { c in
+                // dx[:, c] (+)= dy[:, n0:n1] @ W[n0:n1, c]
+                sgemm(M: M, N: c.count, K: n1 - n0, A: dy + n0, lda: N, B: wt + c.lowerBound, ldb: K,
+                      beta: beta, C: dx + c.lowerBound, ldc: K)
+            }
+            first = false
+            n0 = n1
+        }
+    }
+
+    // MARK: general GEMM and the element-wise ops
+
+    /// C rows split over the workers (each row of C is one worker's), single-threaded sgemm each.
+    public func gemm(transA: Bool = false, transB: Bool = false, M: Int, N: Int, K: Int, alpha: Float = 1,
+                     A: UnsafePointer<Float>, lda: Int, B: UnsafePointer<Float>, ldb: Int,
+                     beta: Float = 0, C: UnsafeMutablePointer<Float>, ldc: Int) {
+        let flops = 2 * M * N * K
+        pool.chunks(M, grain: flops >= Self.parallelFlops ? max(1, M / pool.threads) : M) { r in
+            let a = transA ? A + r.lowerBound : A + r.lowerBound * lda
+            sgemm(transA: transA, transB: transB, M: r.count, N: N, K: K, alpha: alpha, A: a, lda: lda,
+                  B: B, ldb: ldb, beta: beta, C: C + r.lowerBound * ldc, ldc: ldc)
+        }
+    }
+
+    public func embedding(out: UnsafeMutablePointer<Float>, ids: UnsafePointer<Int32>, table: UnsafePointer<Float>, N: Int, C: Int) {
+        Embedding.forward(pool: pool, out: out, ids: ids, table: table, N: N, C: C)
+    }
+    public func rmsnormForward(y: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
+                               weight: UnsafePointer<Float>, N: Int, C: Int, eps: Float) {
+        RMSNorm.forward(pool: pool, y: y, rstd: rstd, x: x, weight: weight, N: N, C: C, eps: eps)
+    }
+    public func rmsnormBackward(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+                                weight: UnsafePointer<Float>, rstd: UnsafePointer<Float>, N: Int, C: Int) {
+        RMSNorm.backward(pool: pool, dx: dx, dy: dy, x: x, weight: weight, rstd: rstd, N: N, C: C)
+    }
+    public func ropeForward(x: UnsafeMutablePointer<Float>, positions: UnsafePointer<Int32>, rows: Int, nHeads: Int, headDim: Int, table: RoPETable) {
+        RoPE.forward(pool: pool, x: x, positions: positions, rows: rows, nHeads: nHeads, headDim: headDim, table: table)
+    }
+    public func ropeBackward(dx: UnsafeMutablePointer<Float>, positions: UnsafePointer<Int32>, rows: Int, nHeads: Int, headDim: Int, table: RoPETable) {
+        RoPE.backward(pool: pool, dx: dx, positions: positions, rows: rows, nHeads: nHeads, headDim: headDim, table: table)
+    }
+    public func attentionForward(out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
+                                 k: UnsafePointer<Float>, v: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,
+                                 B: Int, T: Int, nH: Int, nKV: Int, hd: Int) {
+        Attention.forward(pool: pool, out: out, probs: probs, q: q, k: k, v: v, keyMask: keyMask, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+    }
+    public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
+                                  dout: UnsafePointer<Float>, probs: UnsafePointer<Float>, q: UnsafePointer<Float>,
+                                  k: UnsafePointer<Float>, v: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,
+                                  scratch: UnsafeMutablePointer<Float>?, B: Int, T: Int, nH: Int, nKV: Int, hd: Int) {
+        Attention.backward(pool: pool, dq: dq, dk: dk, dv: dv, dout: dout, probs: probs, q: q, k: k, v: v, keyMask: keyMask,
+                           scratch: scratch, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+    }
+    public func attentionCached(out: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
+                                kCache: UnsafePointer<Float>, vCache: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,
+                                start: Int, Tq: Int, nH: Int, nKV: Int, hd: Int) {
+        Attention.forwardCached(pool: pool, out: out, scores: scores, q: q, kCache: kCache, vCache: vCache, keyMask: keyMask,
+                                start: start, Tq: Tq, nH: nH, nKV: nKV, hd: hd)
+    }
+    public func swigluForward(h: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count: Int) {
+        SwiGLU.forward(pool: pool, h: h, gate: gate, up: up, count: count)
+    }
+    public func swigluBackward(dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>, dh: UnsafePointer<Float>,
+                               gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count: Int) {
+        SwiGLU.backward(pool: pool, dgate: dgate, dup: dup, dh: dh, gate: gate, up: up, count: count)
+    }
+    public func add(out: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>, count: Int) {
+        VectorOps.add(pool: pool, out: out, a: a, b: b, count: count)
+    }
+    public func crossEntropy(dlogits: UnsafeMutablePointer<Float>?, logits: UnsafePointer<Float>, targets: UnsafePointer<Int32>,
+                             N: Int, V: Int, gradScale: Float) -> (lossSum: Double, count: Int) {
+        CrossEntropy.forwardBackward(pool: pool, dlogits: dlogits, logits: logits, targets: targets, N: N, V: V, gradScale: gradScale)
+    }
+}

@@ -1,0 +1,77 @@
+import ArgumentParser
+import Foundation
+import LLaMA
+import Tensor
+
+// Options shared by the subcommands, one type each (swift-argument-parser option groups), so a
+// flag means the same thing, parses the same way and is validated once everywhere. `finetune`
+// mirrors every YAML key as its own flag (TrainConfig is its one source of defaults) and uses
+// the same value types (`Quantization`, `AdapterSpec`).
+
+extension Quantization: ExpressibleByArgument {}
+
+/// `--base-model` with how its projections are stored.
+struct ModelOptions: ParsableArguments {
+    @Option(name: .customLong("base-model"), help: "Model: a Hugging Face folder (config.json, model.safetensors, tokenizer) or a .gguf file.")
+    var baseModel: String
+
+    @Option(help: "Frozen projection weights: none (f32), bf16 or int8 (bitsandbytes row-wise). Default: none for generate, int8 for eval (as finetune).")
+    var quantization: Quantization?
+
+    @Option(name: .customLong("load-8bit"), help: "alpaca-lora's flag: true = --quantization int8, false = none.")
+    var load8bit: String?
+
+    mutating func validate() throws {
+        if let s = load8bit {
+            guard let b = Bool.parse(s) else { throw ValidationError("--load-8bit takes true or false, not '\(s)'") }
+            if let q = quantization, q != Quantization(load8bit: b) {
+                throw ValidationError("--load-8bit \(s) disagrees with --quantization \(q.rawValue); give one of them")
+            }
+        }
+    }
+
+    /// The quantization asked for, else `fallback` (the command's default).
+    func quantization(default fallback: Quantization) -> Quantization {
+        if let q = quantization { return q }
+        if let s = load8bit, let b = Bool.parse(s) { return Quantization(load8bit: b) }
+        return fallback
+    }
+
+    func load(default fallback: Quantization, ctx: ExecutionContext) throws -> LoadedModel {
+        try LoadedModel(path: baseModel, quantization: quantization(default: fallback), pool: ctx.pool)
+    }
+}
+
+/// `--lora-weights DIR[:WEIGHT]`, repeatable: a weighted stack of PEFT adapters.
+struct AdapterOptions: ParsableArguments {
+    @Option(name: .customLong("lora-weights"), help: "PEFT adapter folder, optionally DIR:WEIGHT (default weight 1); repeat to stack adapters.")
+    var loraWeights: [String] = []
+
+    mutating func validate() throws {
+        for a in loraWeights where AdapterSpec(argument: a) == nil {
+            throw ValidationError("--lora-weights '\(a)': expected DIR or DIR:WEIGHT")
+        }
+    }
+
+    var specs: [AdapterSpec] { loraWeights.compactMap(AdapterSpec.init(argument:)) }
+
+    /// Every adapter read and checked against `model`, as one weighted set.
+    func load(model: LlamaConfig) throws -> AdapterSet { try Adapter.loadSet(specs, model: model) }
+}
+
+/// `--threads`, and the execution context built from it.
+struct ComputeOptions: ParsableArguments {
+    @Option(help: "Worker threads (0 = all cores).")
+    var threads = 0
+
+    mutating func validate() throws {
+        if threads < 0 || threads > 1024 { throw ValidationError("--threads \(threads): expected 0 (all cores) to 1024") }
+    }
+
+    func context() throws -> ExecutionContext { try makeContext(threads: threads) }
+}
+
+/// The CPU context for `threads` (0 = all cores), with the kernel family LORA_KERNELS names.
+func makeContext(threads: Int) throws -> ExecutionContext {
+    try ExecutionContext.cpu(threads: threads, environment: ProcessInfo.processInfo.environment)
+}
