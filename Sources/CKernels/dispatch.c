@@ -1,0 +1,71 @@
+// Entry points of the kernel families x weight formats API (CKernels.h): switch on the
+// family, each family switches on the format. A family that is not available here falls back
+// to the portable one instead of executing instructions the CPU lacks.
+#include "CKernels.h"
+#include "families.h"
+
+static int available_avx2 = -1, available_avx512 = -1;  // -1: not checked yet
+
+int lora_family_available(int family) {
+    switch (family) {
+    case LORA_FAMILY_PORTABLE: return 1;
+    case LORA_FAMILY_AVX2:
+        if (available_avx2 < 0) available_avx2 = lora_avx2_available();
+        return available_avx2;
+    case LORA_FAMILY_AVX512:
+        if (available_avx512 < 0) available_avx512 = lora_gemm_avx512_available();
+        return available_avx512;
+    default: return 0;
+    }
+}
+
+int lora_family_best(void) {
+    if (lora_family_available(LORA_FAMILY_AVX512)) return LORA_FAMILY_AVX512;
+    if (lora_family_available(LORA_FAMILY_AVX2)) return LORA_FAMILY_AVX2;
+    return LORA_FAMILY_PORTABLE;
+}
+
+int lora_family_panel_width(int family) {
+    switch (lora_family_available(family) ? family : LORA_FAMILY_PORTABLE) {
+    case LORA_FAMILY_AVX2: return lora_avx2_panel_width();
+    case LORA_FAMILY_AVX512: return lora_gemm_panel_width();
+    default: return 16;
+    }
+}
+
+static int usable(int family) {
+    return lora_family_available(family) ? family : LORA_FAMILY_PORTABLE;
+}
+
+#define DISPATCH(fn, ...)                                                 \
+    switch (usable(family)) {                                             \
+    case LORA_FAMILY_AVX2: return lora_avx2_##fn(__VA_ARGS__);            \
+    case LORA_FAMILY_AVX512: return lora_avx512_##fn(__VA_ARGS__);        \
+    default: return lora_portable_##fn(__VA_ARGS__);                      \
+    }
+
+void lora_gemm_abt(int family, int format, long M, long n0, long n1, long K,
+                   const float *A, long lda, const void *W, long ldw, const float *scales,
+                   float *C, long ldc, int accumulate) {
+    DISPATCH(gemm_abt, format, M, n0, n1, K, A, lda, W, ldw, scales, C, ldc, accumulate)
+}
+
+void lora_gemm_ab(int family, int format, long M, long k0, long k1, long N,
+                  const float *A, long lda, const void *W, long ldw, const float *scales,
+                  float *C, long ldc, int accumulate) {
+    DISPATCH(gemm_ab, format, M, k0, k1, N, A, lda, W, ldw, scales, C, ldc, accumulate)
+}
+
+void lora_gemv_abt(int family, int format, long M, long n0, long n1, long K,
+                   const float *A, long lda, const void *W, long ldw, const float *scales,
+                   float *C, long ldc, int accumulate) {
+    DISPATCH(gemv_abt, format, M, n0, n1, K, A, lda, W, ldw, scales, C, ldc, accumulate)
+}
+
+float lora_dot(int family, const float *a, const float *b, long n) {
+    DISPATCH(dot, a, b, n)
+}
+
+void lora_axpy(int family, float alpha, const float *x, float *y, long n) {
+    DISPATCH(axpy, alpha, x, y, n)
+}
