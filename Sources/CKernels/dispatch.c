@@ -4,17 +4,23 @@
 #include "CKernels.h"
 #include "families.h"
 
-static int available_avx2 = -1, available_avx512 = -1;  // -1: not checked yet
+// Cached CPU checks, -1 until first asked; threads may race to fill them with the same value.
+static int available_avx2 = -1, available_avx512 = -1;
+
+static int cached(int *slot, int (*check)(void)) {
+    int v = __atomic_load_n(slot, __ATOMIC_RELAXED);
+    if (v < 0) {
+        v = check() ? 1 : 0;
+        __atomic_store_n(slot, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
 
 int lora_family_available(int family) {
     switch (family) {
     case LORA_FAMILY_PORTABLE: return 1;
-    case LORA_FAMILY_AVX2:
-        if (available_avx2 < 0) available_avx2 = lora_avx2_available();
-        return available_avx2;
-    case LORA_FAMILY_AVX512:
-        if (available_avx512 < 0) available_avx512 = lora_gemm_avx512_available();
-        return available_avx512;
+    case LORA_FAMILY_AVX2: return cached(&available_avx2, lora_avx2_available);
+    case LORA_FAMILY_AVX512: return cached(&available_avx512, lora_gemm_avx512_available);
     default: return 0;
     }
 }
