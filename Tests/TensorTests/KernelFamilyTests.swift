@@ -1,4 +1,5 @@
 import CKernels
+import Dispatch
 import XCTest
 
 /// The C kernel families x weight formats API (CKernels.h, "Kernel families x weight formats"):
@@ -193,6 +194,63 @@ final class KernelFamilyTests: XCTestCase {
                         }
                     }
                     if failures > 20 { return XCTFail("too many failures; stopping") }
+                }
+            }
+        }
+    }
+
+    /// Threads calling with disjoint column ranges (multiples of the panel width) at once, as
+    /// the Swift side does: per-thread packing buffers must not collide.
+    func testConcurrentColumnRanges() {
+        var rng = Rand()
+        let (M, N, K) = (37, 800, 300)
+        for format in [Int32(LORA_FORMAT_F32), Int32(LORA_FORMAT_I8_ROWS), Int32(LORA_FORMAT_BF16)] {
+            let W = Weight(format: format, N: N, K: K, ldw: K, rng: &rng)
+            for product in Product.allCases {
+                let (depth, cols) = product == .ab ? (N, K) : (K, N)
+                let rows = product == .gemv ? 3 : M
+                let A = (0..<(rows * depth)).map { _ in rng.uniform() }
+                for family in Self.families {
+                    let what = "\(Self.familyNames[Int(family)]) \(Self.formatNames[Int(format)]) \(product) threaded"
+                    let pw = Int(lora_family_panel_width(family))
+                    let panels = (cols + pw - 1) / pw, parts = 5
+                    var C = [Float](repeating: .nan, count: rows * cols)
+                    C.withUnsafeMutableBufferPointer { c in
+                        let cp = c.baseAddress!
+                        DispatchQueue.concurrentPerform(iterations: parts) { t in
+                            let r0 = min(cols, panels * t / parts * pw), r1 = min(cols, panels * (t + 1) / parts * pw)
+                            guard r0 < r1 else { return }
+                            A.withUnsafeBufferPointer { a in
+                                W.bytes.withUnsafeBytes { w in
+                                    W.scales.withUnsafeBufferPointer { s in
+                                        switch product {
+                                        case .abt: lora_gemm_abt(family, format, rows, r0, r1, K, a.baseAddress, K,
+                                                                 w.baseAddress, K, s.baseAddress, cp, cols, 0)
+                                        case .ab: lora_gemm_ab(family, format, rows, r0, r1, N, a.baseAddress, N,
+                                                               w.baseAddress, K, s.baseAddress, cp, cols, 0)
+                                        case .gemv: lora_gemv_abt(family, format, rows, r0, r1, K, a.baseAddress, K,
+                                                                  w.baseAddress, K, s.baseAddress, cp, cols, 0)
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    var bad = 0
+                    for m in 0..<rows {
+                        for j in 0..<cols where bad == 0 {
+                            var r = 0.0, g = 0.0
+                            for d in 0..<depth {
+                                let t = Double(A[m * depth + d]) * (product == .ab ? W.value[d * K + j] : W.value[j * K + d])
+                                r += t
+                                g += abs(t)
+                            }
+                            if !(abs(Double(C[m * cols + j]) - r) <= Self.rtol * g) {
+                                XCTFail("\(what): C[\(m), \(j)] = \(C[m * cols + j]), reference \(r)")
+                                bad += 1
+                            }
+                        }
+                    }
                 }
             }
         }
