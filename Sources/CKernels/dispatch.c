@@ -43,12 +43,15 @@ static int usable(int family) {
     return lora_family_available(family) ? family : LORA_FAMILY_PORTABLE;
 }
 
-#define DISPATCH(fn, ...)                                                 \
+// `ret` is `return` for functions with a value, empty for void ones (ISO C has no
+// `return void_expression;`).
+#define DISPATCH_AS(ret, fn, ...)                                         \
     switch (usable(family)) {                                             \
-    case LORA_FAMILY_AVX2: return lora_avx2_##fn(__VA_ARGS__);            \
-    case LORA_FAMILY_AVX512: return lora_avx512_##fn(__VA_ARGS__);        \
-    default: return lora_portable_##fn(__VA_ARGS__);                      \
+    case LORA_FAMILY_AVX2: ret lora_avx2_##fn(__VA_ARGS__); break;        \
+    case LORA_FAMILY_AVX512: ret lora_avx512_##fn(__VA_ARGS__); break;    \
+    default: ret lora_portable_##fn(__VA_ARGS__); break;                  \
     }
+#define DISPATCH(fn, ...) DISPATCH_AS(, fn, __VA_ARGS__)
 
 void lora_gemm_abt(int family, int format, long M, long n0, long n1, long K,
                    const float *A, long lda, const void *W, long ldw, const float *scales,
@@ -69,7 +72,8 @@ void lora_gemv_abt(int family, int format, long M, long n0, long n1, long K,
 }
 
 float lora_dot(int family, const float *a, const float *b, long n) {
-    DISPATCH(dot, a, b, n)
+    DISPATCH_AS(return, dot, a, b, n)
+    return 0;
 }
 
 void lora_axpy(int family, float alpha, const float *x, float *y, long n) {
