@@ -38,7 +38,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Yams", package: "Yams"),
         ]),
-        .testTarget(name: "TensorTests", dependencies: ["Tensor"], path: "Tests/TensorTests"),
+        .testTarget(name: "TensorTests", dependencies: ["Tensor", "CKernels"], path: "Tests/TensorTests"),
         .testTarget(name: "LLaMATests", dependencies: ["LLaMA", "Tensor"], path: "Tests/LLaMATests"),
         .testTarget(name: "loraTests", dependencies: ["lora", "LLaMA"], path: "Tests/loraTests"),
     ],

@@ -1,15 +1,16 @@
 // AVX-512 single-precision GEMM for the two products with a frozen weight W [N, K]:
 //   forward         C[M, N] (+)= A[M, K] @ W^T     (lora_gemm_abt_*, lora_gemv_abt_*)
 //   backward input  C[M, K] (+)= A[M, N] @ W       (lora_gemm_ab_*)
-// with W in f32 or as int8 rows with one f32 scale per row (W[n, k] = q[n, k] * scale[n]).
+// with W in f32, as int8 rows with one f32 scale per row (W[n, k] = q[n, k] * scale[n]) or as
+// bfloat16 (widened exactly to f32 wherever it is loaded: packing, GEMV).
 // The OpenBLAS path in Sources/Tensor/Weight.swift is the fallback and the oracle.
 //
 // Blocking (BLIS-style, written for Zen 5: 48 KiB L1d, 1 MiB L2 per core; see gemm()):
 //   for jc over the output columns, NC at a time
 //     for pc over the depth, KC at a time (KC <= 768; the whole depth when it fits)
 //       pack B[pc:pc+kc, jc:jc+nc] into panels of GEMM_NR = 48 columns, [kc][48] each
-//       (KC x NC <= 576 KiB, in L2); int8 weights are dequantized here, so they stream
-//       from memory as int8
+//       (KC x NC <= 576 KiB, in L2); int8 / bf16 weights are dequantized here, so they
+//       stream from memory in their own width
 //       for ir over the rows of A, GEMM_MR = 8 at a time    (the A micro-panel stays in L1)
 //         for each B panel                                   (streams from L2)
 //           micro-kernel: C[8, 48] (+)= A[8, kc] @ Bpanel[kc, 48]
@@ -31,6 +32,7 @@
 // baseline x86-64; lora_gemm_avx512_available() says at run time whether it may be called.
 // On other architectures the entry points exist and must not be called (available() is 0).
 #include "CKernels.h"
+#include "families.h"
 #include <stdlib.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -96,6 +98,19 @@ INLINE __m512 load_i8(__mmask16 m, const int8_t *p, __m512 s) {
     return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), s);
 }
 
+/// 16 bfloat16 values (first `m` lanes) widened to f32 (exact: the bits go to the high half).
+INLINE __m512 load_bf16(__mmask16 m, const uint16_t *p) {
+    __m256i h = _mm256_maskz_loadu_epi16(m, p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/// 16 weights of any format (first `m` lanes; the rest 0) as f32; `s` the row's int8 scale.
+INLINE __m512 load_w(int fmt, __mmask16 m, const void *w, long i, __m512 s) {
+    if (fmt == LORA_FORMAT_I8_ROWS) return load_i8(m, (const int8_t *)w + i, s);
+    if (fmt == LORA_FORMAT_BF16) return load_bf16(m, (const uint16_t *)w + i);
+    return _mm512_maskz_loadu_ps(m, (const float *)w + i);
+}
+
 /// In-register transpose: r[t][k] -> r[k][t] for a 16 x 16 block.
 INLINE void transpose16(__m512 r[16]) {
     __m512 t[16];
@@ -129,9 +144,9 @@ INLINE void transpose16(__m512 r[16]) {
 // A packed block holds columns col0..col0+nc of the product's B (as [depth, cols]) for depth
 // d0..d0+kc: panel p is bp[p * kc * NR ...], [kc][NR], zero beyond nc.
 
-/// Forward: the product's B is W^T, W [N, K] f32 or int8 rows (`q`, `scales`); gathers 16
-/// weight rows x 16 depths, transposes in registers.
-INLINE void pack_bt(float *bp, const float *w, const int8_t *q, const float *scales, long ldw,
+/// Forward: the product's B is W^T, W [N, K] in format `fmt`; gathers 16 weight rows x 16
+/// depths, transposes in registers.
+INLINE void pack_bt(float *bp, int fmt, const void *w, const float *scales, long ldw,
                     long col0, long nc, long d0, long kc) {
     for (long p = 0; p * GEMM_NR < nc; p++) {
         float *dst = bp + p * kc * GEMM_NR;
@@ -144,8 +159,9 @@ INLINE void pack_bt(float *bp, const float *w, const int8_t *q, const float *sca
                 for (int t = 0; t < 16; t++) {
                     long n = col0 + j0 + t;
                     if (t >= rows) r[t] = _mm512_setzero_ps();
-                    else if (q) r[t] = load_i8(km, q + n * ldw + d0 + k, _mm512_set1_ps(scales[n]));
-                    else r[t] = _mm512_maskz_loadu_ps(km, w + n * ldw + d0 + k);
+                    else r[t] = load_w(fmt, km, w, n * ldw + d0 + k,
+                                       fmt == LORA_FORMAT_I8_ROWS ? _mm512_set1_ps(scales[n])
+                                                                  : _mm512_setzero_ps());
                 }
                 transpose16(r);
                 long kk = kc - k < 16 ? kc - k : 16;
@@ -156,19 +172,18 @@ INLINE void pack_bt(float *bp, const float *w, const int8_t *q, const float *sca
 }
 
 /// Backward input: the product's B is W [N, K] itself (depth = N); copies rows, dequantizing.
-INLINE void pack_b(float *bp, const float *w, const int8_t *q, const float *scales, long ldw,
+INLINE void pack_b(float *bp, int fmt, const void *w, const float *scales, long ldw,
                    long col0, long nc, long d0, long kc) {
     long np = (nc + GEMM_NR - 1) / GEMM_NR;
     for (long k = 0; k < kc; k++) {
         long d = d0 + k;
-        __m512 s = q ? _mm512_set1_ps(scales[d]) : _mm512_setzero_ps();
+        __m512 s = fmt == LORA_FORMAT_I8_ROWS ? _mm512_set1_ps(scales[d]) : _mm512_setzero_ps();
         for (long p = 0; p < np; p++) {
             float *dst = bp + p * kc * GEMM_NR + k * GEMM_NR;
             for (int v = 0; v < GEMM_NV; v++) {
                 long j = p * GEMM_NR + 16 * v;
                 __mmask16 m = mask16(nc - j);
-                __m512 x = q ? load_i8(m, q + d * ldw + col0 + j, s)
-                             : _mm512_maskz_loadu_ps(m, w + d * ldw + col0 + j);
+                __m512 x = load_w(fmt, m, w, d * ldw + col0 + j, s);
                 _mm512_store_ps(dst + 16 * v, x);
             }
         }
@@ -244,9 +259,9 @@ static void ukernel_full(long kc, const float *a, long lda, const float *b, floa
 // ---- Driver -------------------------------------------------------------------------------
 
 /// C[M, col0:col0+ncols] (+)= A[M, depth] @ B[depth, col0:col0+ncols]; B is W^T (`trans`)
-/// or W, f32 (`w`) or int8 (`q`, `scales`).
+/// or W, in format `fmt` (`scales` for int8 rows).
 TARGET static void gemm(long M, long col0, long ncols, long depth, const float *A, long lda,
-                        int trans, const float *w, const int8_t *q, const float *scales, long ldw,
+                        int trans, int fmt, const void *w, const float *scales, long ldw,
                         float *C, long ldc, int accumulate) {
     if (M <= 0 || ncols <= 0) return;
     if (depth <= 0) {
@@ -280,8 +295,16 @@ TARGET static void gemm(long M, long col0, long ncols, long depth, const float *
         long np = (nc + GEMM_NR - 1) / GEMM_NR;
         for (long pc = 0; pc < depth; pc += kcb) {
             long kc = depth - pc < kcb ? depth - pc : kcb;
-            if (trans) pack_bt(bp, w, q, scales, ldw, col0 + jc, nc, pc, kc);
-            else pack_b(bp, w, q, scales, ldw, col0 + jc, nc, pc, kc);
+            // One specialization per format, so the format tests leave the packing loops.
+            if (trans) {
+                if (fmt == LORA_FORMAT_I8_ROWS) pack_bt(bp, LORA_FORMAT_I8_ROWS, w, scales, ldw, col0 + jc, nc, pc, kc);
+                else if (fmt == LORA_FORMAT_BF16) pack_bt(bp, LORA_FORMAT_BF16, w, scales, ldw, col0 + jc, nc, pc, kc);
+                else pack_bt(bp, LORA_FORMAT_F32, w, scales, ldw, col0 + jc, nc, pc, kc);
+            } else {
+                if (fmt == LORA_FORMAT_I8_ROWS) pack_b(bp, LORA_FORMAT_I8_ROWS, w, scales, ldw, col0 + jc, nc, pc, kc);
+                else if (fmt == LORA_FORMAT_BF16) pack_b(bp, LORA_FORMAT_BF16, w, scales, ldw, col0 + jc, nc, pc, kc);
+                else pack_b(bp, LORA_FORMAT_F32, w, scales, ldw, col0 + jc, nc, pc, kc);
+            }
             int load_c = accumulate || pc > 0;
             for (long ir = 0; ir < M; ir += GEMM_MR) {
                 long mr = M - ir < GEMM_MR ? M - ir : GEMM_MR;
@@ -301,24 +324,24 @@ TARGET static void gemm(long M, long col0, long ncols, long depth, const float *
 
 void lora_gemm_abt_f32(long M, long n0, long n1, long K, const float *A, long lda,
                        const float *W, long ldw, float *C, long ldc, int accumulate) {
-    gemm(M, n0, n1 - n0, K, A, lda, 1, W, NULL, NULL, ldw, C, ldc, accumulate);
+    gemm(M, n0, n1 - n0, K, A, lda, 1, LORA_FORMAT_F32, W, NULL, ldw, C, ldc, accumulate);
 }
 
 void lora_gemm_abt_i8(long M, long n0, long n1, long K, const float *A, long lda,
                       const int8_t *Wq, long ldw, const float *scales, float *C, long ldc,
                       int accumulate) {
-    gemm(M, n0, n1 - n0, K, A, lda, 1, NULL, Wq, scales, ldw, C, ldc, accumulate);
+    gemm(M, n0, n1 - n0, K, A, lda, 1, LORA_FORMAT_I8_ROWS, Wq, scales, ldw, C, ldc, accumulate);
 }
 
 void lora_gemm_ab_f32(long M, long k0, long k1, long N, const float *A, long lda,
                       const float *W, long ldw, float *C, long ldc, int accumulate) {
-    gemm(M, k0, k1 - k0, N, A, lda, 0, W, NULL, NULL, ldw, C, ldc, accumulate);
+    gemm(M, k0, k1 - k0, N, A, lda, 0, LORA_FORMAT_F32, W, NULL, ldw, C, ldc, accumulate);
 }
 
 void lora_gemm_ab_i8(long M, long k0, long k1, long N, const float *A, long lda,
                      const int8_t *Wq, long ldw, const float *scales, float *C, long ldc,
                      int accumulate) {
-    gemm(M, k0, k1 - k0, N, A, lda, 0, NULL, Wq, scales, ldw, C, ldc, accumulate);
+    gemm(M, k0, k1 - k0, N, A, lda, 0, LORA_FORMAT_I8_ROWS, Wq, scales, ldw, C, ldc, accumulate);
 }
 
 // ---- Small M (decoding): C[M, n0:n1] (+)= A[M, K] @ W[n0:n1, K]^T without packing ---------
@@ -494,7 +517,123 @@ void lora_gemv_abt_i8(long M, long n0, long n1, long K, const float *A, long lda
     gemv_i8(M, n0, n1, K, A, lda, Wq, ldw, scales, C, ldc, accumulate);
 }
 
+/// Bf16 weights: rows n..n+rows (rows <= 4) for A rows 0..mb, 32 depths (one cache line of
+/// each weight row) per step; 2 accumulators per (m, row) for mb <= 2 so M = 1 has 8 chains.
+INLINE void gemv_bf16_block(const int mb, long K, const float *A, long lda, const uint16_t *h,
+                            long ldw, long n, long rows, float *C, long ldc, int accumulate) {
+    const int na = mb <= 2 ? 2 : 1;
+    __m512 acc[4][GEMV_RB][2];
+    for (int m = 0; m < mb; m++)
+        for (int r = 0; r < GEMV_RB; r++)
+            for (int a = 0; a < na; a++) acc[m][r][a] = _mm512_setzero_ps();
+    const uint16_t *hr[GEMV_RB];
+    for (int r = 0; r < GEMV_RB; r++) hr[r] = h + (n + (r < rows ? r : rows - 1)) * ldw;
+    for (long k = 0; k < K; k += 32) {
+        __mmask16 km0 = mask16(K - k), km1 = mask16(K - k - 16);
+        __m512 x[4][2];
+        for (int m = 0; m < mb; m++) {
+            x[m][0] = _mm512_maskz_loadu_ps(km0, A + m * lda + k);
+            x[m][1] = _mm512_maskz_loadu_ps(km1, A + m * lda + k + 16);
+        }
+        for (int r = 0; r < GEMV_RB; r++) {
+            _mm_prefetch((const char *)(hr[r] + GEMV_PF * ldw + k), _MM_HINT_T0);
+            __m512 w0 = load_bf16(km0, hr[r] + k), w1 = load_bf16(km1, hr[r] + k + 16);
+            for (int m = 0; m < mb; m++) {
+                acc[m][r][0] = _mm512_fmadd_ps(x[m][0], w0, acc[m][r][0]);
+                acc[m][r][1 % na] = _mm512_fmadd_ps(x[m][1], w1, acc[m][r][1 % na]);
+            }
+        }
+    }
+    __m512 sum[4][GEMV_RB];
+    for (int m = 0; m < mb; m++)
+        for (int r = 0; r < GEMV_RB; r++)
+            sum[m][r] = na == 2 ? _mm512_add_ps(acc[m][r][0], acc[m][r][1]) : acc[m][r][0];
+    gemv_store(mb, sum, NULL, n, rows, C, ldc, accumulate);
+}
+
+TARGET static void gemv_bf16(long M, long n0, long n1, long K, const float *A, long lda,
+                             const uint16_t *h, long ldw, float *C, long ldc, int accumulate) {
+    for (long n = n0; n < n1; n += GEMV_RB) {
+        long rows = n1 - n < GEMV_RB ? n1 - n : GEMV_RB;
+        for (long m = 0; m < M; m += 4) {
+#define CALL(mb) gemv_bf16_block(mb, K, A + m * lda, lda, h, ldw, n, rows, C + m * ldc, ldc, accumulate)
+            GEMV_MB_SWITCH(M - m, CALL)
+#undef CALL
+        }
+    }
+}
+
+// ---- Family entry points (dispatch.c) -----------------------------------------------------
+
+void lora_avx512_gemm_abt(int format, long M, long n0, long n1, long K, const float *A,
+                          long lda, const void *W, long ldw, const float *scales, float *C,
+                          long ldc, int accumulate) {
+    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_BF16) abort();
+    gemm(M, n0, n1 - n0, K, A, lda, 1, format, W, scales, ldw, C, ldc, accumulate);
+}
+
+void lora_avx512_gemm_ab(int format, long M, long k0, long k1, long N, const float *A,
+                         long lda, const void *W, long ldw, const float *scales, float *C,
+                         long ldc, int accumulate) {
+    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_BF16) abort();
+    gemm(M, k0, k1 - k0, N, A, lda, 0, format, W, scales, ldw, C, ldc, accumulate);
+}
+
+void lora_avx512_gemv_abt(int format, long M, long n0, long n1, long K, const float *A,
+                          long lda, const void *W, long ldw, const float *scales, float *C,
+                          long ldc, int accumulate) {
+    if (M <= 0 || n1 <= n0) return;
+    switch (format) {
+    case LORA_FORMAT_F32: gemv_f32(M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate); break;
+    case LORA_FORMAT_I8_ROWS: gemv_i8(M, n0, n1, K, A, lda, W, ldw, scales, C, ldc, accumulate); break;
+    case LORA_FORMAT_BF16: gemv_bf16(M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate); break;
+    default: abort();
+    }
+}
+
+TARGET float lora_avx512_dot(const float *a, const float *b, long n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    long i = 0;
+    for (; i + 64 <= n; i += 64) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+        s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), s2);
+        s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), s3);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 m = mask16(n - i);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+}
+
+TARGET void lora_avx512_axpy(float alpha, const float *x, float *y, long n) {
+    __m512 a = _mm512_set1_ps(alpha);
+    long i = 0;
+    for (; i + 64 <= n; i += 64)
+        for (int u = 0; u < 64; u += 16)
+            _mm512_storeu_ps(y + i + u, _mm512_fmadd_ps(a, _mm512_loadu_ps(x + i + u),
+                                                        _mm512_loadu_ps(y + i + u)));
+    for (; i < n; i += 16) {
+        __mmask16 m = mask16(n - i);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m, x + i),
+                                                        _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
 #else  // not x86-64: no kernels; lora_gemm_avx512_available() is 0 and nothing else is called.
+
+void lora_avx512_gemm_abt(int format, long M, long n0, long n1, long K, const float *A,
+                          long lda, const void *W, long ldw, const float *scales, float *C,
+                          long ldc, int accumulate) { abort(); }
+void lora_avx512_gemm_ab(int format, long M, long k0, long k1, long N, const float *A,
+                         long lda, const void *W, long ldw, const float *scales, float *C,
+                         long ldc, int accumulate) { abort(); }
+void lora_avx512_gemv_abt(int format, long M, long n0, long n1, long K, const float *A,
+                          long lda, const void *W, long ldw, const float *scales, float *C,
+                          long ldc, int accumulate) { abort(); }
+float lora_avx512_dot(const float *a, const float *b, long n) { abort(); }
+void lora_avx512_axpy(float alpha, const float *x, float *y, long n) { abort(); }
 
 int lora_gemm_avx512_available(void) { return 0; }
 int lora_gemm_panel_width(void) { return 16; }

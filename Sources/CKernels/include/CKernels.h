@@ -48,7 +48,10 @@ void lora_gemv_abt_i8(long M, long n0, long n1, long K, const float *A, long lda
 //   LORA_FORMAT_I8_ROWS  W: int8  [N][ldw], W[n,k] = q[n,k] * scales[n]
 //   LORA_FORMAT_BF16     W: uint16 (bfloat16 bits) [N][ldw], W[n,k] = (float)(bits << 16)
 // The portable family is plain C (any CPU, and the scalar reference the others are tested
-// against); a family that is not available must not be called (lora_family_available).
+// against); a family that is not available must not be called (lora_family_available; the
+// entry points fall back to portable rather than fault). An unknown format aborts.
+// Families: portable (gemm_portable.c), AVX2+FMA (gemm_avx2.c, panel 16), AVX-512
+// (gemm_avx512.c, panel 48); results agree to float rounding, not bit for bit.
 
 enum { LORA_FAMILY_PORTABLE = 0, LORA_FAMILY_AVX2 = 1, LORA_FAMILY_AVX512 = 2 };
 enum { LORA_FORMAT_F32 = 0, LORA_FORMAT_I8_ROWS = 1, LORA_FORMAT_BF16 = 2 };

@@ -1,0 +1,81 @@
+// Entry points of the kernel families x weight formats API (CKernels.h): switch on the
+// family, each family switches on the format. A family that is not available here falls back
+// to the portable one instead of executing instructions the CPU lacks.
+#include "CKernels.h"
+#include "families.h"
+
+// Cached CPU checks, -1 until first asked; threads may race to fill them with the same value.
+static int available_avx2 = -1, available_avx512 = -1;
+
+static int cached(int *slot, int (*check)(void)) {
+    int v = __atomic_load_n(slot, __ATOMIC_RELAXED);
+    if (v < 0) {
+        v = check() ? 1 : 0;
+        __atomic_store_n(slot, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+int lora_family_available(int family) {
+    switch (family) {
+    case LORA_FAMILY_PORTABLE: return 1;
+    case LORA_FAMILY_AVX2: return cached(&available_avx2, lora_avx2_available);
+    case LORA_FAMILY_AVX512: return cached(&available_avx512, lora_gemm_avx512_available);
+    default: return 0;
+    }
+}
+
+int lora_family_best(void) {
+    if (lora_family_available(LORA_FAMILY_AVX512)) return LORA_FAMILY_AVX512;
+    if (lora_family_available(LORA_FAMILY_AVX2)) return LORA_FAMILY_AVX2;
+    return LORA_FAMILY_PORTABLE;
+}
+
+int lora_family_panel_width(int family) {
+    switch (lora_family_available(family) ? family : LORA_FAMILY_PORTABLE) {
+    case LORA_FAMILY_AVX2: return lora_avx2_panel_width();
+    case LORA_FAMILY_AVX512: return lora_gemm_panel_width();
+    default: return 16;
+    }
+}
+
+static int usable(int family) {
+    return lora_family_available(family) ? family : LORA_FAMILY_PORTABLE;
+}
+
+// `ret` is `return` for functions with a value, empty for void ones (ISO C has no
+// `return void_expression;`).
+#define DISPATCH_AS(ret, fn, ...)                                         \
+    switch (usable(family)) {                                             \
+    case LORA_FAMILY_AVX2: ret lora_avx2_##fn(__VA_ARGS__); break;        \
+    case LORA_FAMILY_AVX512: ret lora_avx512_##fn(__VA_ARGS__); break;    \
+    default: ret lora_portable_##fn(__VA_ARGS__); break;                  \
+    }
+#define DISPATCH(fn, ...) DISPATCH_AS(, fn, __VA_ARGS__)
+
+void lora_gemm_abt(int family, int format, long M, long n0, long n1, long K,
+                   const float *A, long lda, const void *W, long ldw, const float *scales,
+                   float *C, long ldc, int accumulate) {
+    DISPATCH(gemm_abt, format, M, n0, n1, K, A, lda, W, ldw, scales, C, ldc, accumulate)
+}
+
+void lora_gemm_ab(int family, int format, long M, long k0, long k1, long N,
+                  const float *A, long lda, const void *W, long ldw, const float *scales,
+                  float *C, long ldc, int accumulate) {
+    DISPATCH(gemm_ab, format, M, k0, k1, N, A, lda, W, ldw, scales, C, ldc, accumulate)
+}
+
+void lora_gemv_abt(int family, int format, long M, long n0, long n1, long K,
+                   const float *A, long lda, const void *W, long ldw, const float *scales,
+                   float *C, long ldc, int accumulate) {
+    DISPATCH(gemv_abt, format, M, n0, n1, K, A, lda, W, ldw, scales, C, ldc, accumulate)
+}
+
+float lora_dot(int family, const float *a, const float *b, long n) {
+    DISPATCH_AS(return, dot, a, b, n)
+    return 0;
+}
+
+void lora_axpy(int family, float alpha, const float *x, float *y, long n) {
+    DISPATCH(axpy, alpha, x, y, n)
+}

@@ -1,0 +1,431 @@
+// AVX2 + FMA family: the products with a frozen weight W [N, K] (f32, int8 rows, bf16) for
+// x86-64 CPUs without AVX-512 (Zen 2/3, Haswell and later), same contracts as CKernels.h.
+//
+// Packed GEMM (lora_avx2_gemm_abt / _ab), BLIS-style like gemm_avx512.c, sized for the
+// smallest caches it targets (Zen 3: 32 KiB L1d, 512 KiB L2; Zen 5 has more of both):
+//   for jc over the output columns, NC at a time
+//     for pc over the depth, KC at a time (KC <= 640; the whole depth when it fits)
+//       pack B[pc:pc+kc, jc:jc+nc] into panels of NR = 16 columns, [kc][16] each
+//       (KC x NC <= 320 KiB, in L2, leaving room for A and C); int8 / bf16 weights are
+//       dequantized here, so they stream from memory in their own width
+//       for ir over the rows of A, MR = 6 at a time    (the A micro-panel, <= 15 KiB, in L1)
+//         for each B panel                              (streams from L2)
+//           micro-kernel: C[6, 16] (+)= A[6, kc] @ Bpanel[kc, 16]
+// The micro-kernel keeps 6 x 2 ymm accumulators (12 of the 16 registers), loads 2 vectors of
+// B per k and broadcasts 6 scalars of A straight from A's rows (A is not packed: its rows are
+// contiguous in k and the micro-panel is reused from L1 across all B panels).
+// Edges: B panels are zero-padded to 16 columns; a partial panel's C tile goes through a
+// local buffer (AVX2 has no cheap masked store); rows below 6 have their own kernels.
+//
+// Small M (lora_avx2_gemv_abt): no packing; each weight row is read once, converted in
+// registers (cvtepi8_epi32 / zero-extend and shift for bf16), 4 rows x up to 2 rows of A at a
+// time with software prefetch; see its section below.
+//
+// Threading is the caller's (disjoint column ranges, multiples of NR); packing memory is per
+// thread. Everything SIMD is compiled with a target attribute: the rest of the target stays
+// baseline x86-64 and lora_avx2_available() says at run time whether this may be called.
+#include "CKernels.h"
+#include "families.h"
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#include <pthread.h>
+
+#define MR 6
+#define NR 16
+#ifndef AVX2_KC_MAX
+#define AVX2_KC_MAX 640        // A micro-panel: 6 x 640 floats = 15 KiB of L1
+#endif
+#ifndef AVX2_NC_DEEP
+#define AVX2_NC_DEEP 256       // widest block when the depth needs several blocks
+#endif
+#ifndef AVX2_B_FLOATS
+#define AVX2_B_FLOATS (80 * 1024)  // packed B block: 320 KiB of a 512 KiB L2
+#endif
+
+#define TARGET __attribute__((target("avx2,fma")))
+#define INLINE static inline __attribute__((always_inline)) TARGET
+
+int lora_avx2_available(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+int lora_avx2_panel_width(void) { return NR; }
+
+// ---- Per-thread packing buffer ------------------------------------------------------------
+
+static pthread_key_t pack_key;
+static pthread_once_t pack_once = PTHREAD_ONCE_INIT;
+static void pack_key_init(void) { pthread_key_create(&pack_key, free); }
+
+static float *pack_buffer(void) {  // AVX2_B_FLOATS floats, 64-byte aligned, one per thread
+    pthread_once(&pack_once, pack_key_init);
+    float *p = pthread_getspecific(pack_key);
+    if (!p) {
+        void *raw = NULL;
+        if (posix_memalign(&raw, 64, sizeof(float) * AVX2_B_FLOATS) != 0) abort();
+        p = raw;
+        pthread_setspecific(pack_key, p);
+    }
+    return p;
+}
+
+// ---- Loading weights as f32 ---------------------------------------------------------------
+
+static inline size_t format_bytes(int fmt) {
+    return fmt == LORA_FORMAT_I8_ROWS ? 1 : fmt == LORA_FORMAT_BF16 ? 2 : 4;
+}
+
+/// 8 weights w[i..i+8) as f32 (int8 not yet scaled).
+INLINE __m256 load8(int fmt, const void *w, long i) {
+    if (fmt == LORA_FORMAT_I8_ROWS) {
+        __m128i b = _mm_loadl_epi64((const __m128i *)((const int8_t *)w + i));
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+    }
+    if (fmt == LORA_FORMAT_BF16) {
+        __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    return _mm256_loadu_ps((const float *)w + i);
+}
+
+/// The first `cnt` (0..8) of them, zeros after; reads nothing past them.
+INLINE __m256 load8_part(int fmt, const void *w, long i, long cnt) {
+    if (cnt >= 8) return load8(fmt, w, i);
+    unsigned char tmp[32] = {0};
+    size_t b = format_bytes(fmt);
+    if (cnt > 0) memcpy(tmp, (const char *)w + i * b, (size_t)cnt * b);
+    return load8(fmt, tmp, 0);
+}
+
+/// In-register transpose of an 8 x 8 block: r[t][k] -> r[k][t].
+INLINE void transpose8(__m256 r[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int g = 0; g < 2; g++) {  // rows 4g..4g+3
+        u[4 * g + 0] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+        u[4 * g + 1] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+        u[4 * g + 2] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+        u[4 * g + 3] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+    }
+    for (int j = 0; j < 4; j++) {
+        r[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+        r[j + 4] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+    }
+}
+
+// ---- Packing B ----------------------------------------------------------------------------
+// A packed block holds columns col0..col0+nc of the product's B (as [depth, cols]) for depth
+// d0..d0+kc: panel p is bp[p * kc * NR ...], [kc][NR], zero beyond nc.
+
+/// Forward: B is W^T; 8 weight rows x 8 depths at a time, transposed in registers.
+INLINE void pack_bt(float *bp, const int fmt, const void *w, const float *scales, long ldw,
+                    long col0, long nc, long d0, long kc) {
+    for (long p = 0; p * NR < nc; p++) {
+        float *dst = bp + p * kc * NR;
+        for (int v = 0; v < 2; v++) {
+            long j0 = p * NR + 8 * v, rows = nc - j0;
+            __m256 s[8];
+            for (int t = 0; t < 8; t++)
+                s[t] = _mm256_set1_ps(fmt == LORA_FORMAT_I8_ROWS && t < rows ? scales[col0 + j0 + t] : 1);
+            for (long k = 0; k < kc; k += 8) {
+                long kk = kc - k < 8 ? kc - k : 8;
+                __m256 r[8];
+                for (int t = 0; t < 8; t++) {
+                    if (t >= rows) { r[t] = _mm256_setzero_ps(); continue; }
+                    r[t] = load8_part(fmt, w, (col0 + j0 + t) * ldw + d0 + k, kk);
+                    if (fmt == LORA_FORMAT_I8_ROWS) r[t] = _mm256_mul_ps(r[t], s[t]);
+                }
+                transpose8(r);
+                for (long t = 0; t < kk; t++) _mm256_store_ps(dst + (k + t) * NR + 8 * v, r[t]);
+            }
+        }
+    }
+}
+
+/// Backward input: B is W itself (depth = N); copies row segments, dequantizing.
+INLINE void pack_b(float *bp, const int fmt, const void *w, const float *scales, long ldw,
+                   long col0, long nc, long d0, long kc) {
+    long np = (nc + NR - 1) / NR;
+    for (long k = 0; k < kc; k++) {
+        long d = d0 + k;
+        __m256 s = _mm256_set1_ps(fmt == LORA_FORMAT_I8_ROWS ? scales[d] : 1);
+        for (long p = 0; p < np; p++) {
+            float *dst = bp + p * kc * NR + k * NR;
+            for (int v = 0; v < 2; v++) {
+                long j = p * NR + 8 * v;
+                __m256 x = load8_part(fmt, w, d * ldw + col0 + j, nc - j);
+                if (fmt == LORA_FORMAT_I8_ROWS) x = _mm256_mul_ps(x, s);
+                _mm256_store_ps(dst + 8 * v, x);
+            }
+        }
+    }
+}
+
+// ---- Micro-kernel -------------------------------------------------------------------------
+
+/// C[mr, cols] (+)= A[mr, kc] @ B[kc, NR] (cols <= NR are stored); A rows at stride lda, B a
+/// packed panel. `load_c`: add to C, else overwrite.
+INLINE void ukernel(const int mr, long kc, const float *restrict a, long lda,
+                    const float *restrict b, float *restrict c, long ldc, long cols, int load_c) {
+    __m256 acc[MR][2];
+    for (int i = 0; i < mr; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (long k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_load_ps(b + k * NR), b1 = _mm256_load_ps(b + k * NR + 8);
+        for (int i = 0; i < mr; i++) {
+            __m256 av = _mm256_broadcast_ss(a + i * lda + k);
+            acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
+        }
+    }
+    if (cols == NR) {
+        for (int i = 0; i < mr; i++)
+            for (int v = 0; v < 2; v++) {
+                float *p = c + i * ldc + 8 * v;
+                __m256 r = acc[i][v];
+                if (load_c) r = _mm256_add_ps(r, _mm256_loadu_ps(p));
+                _mm256_storeu_ps(p, r);
+            }
+    } else {
+        float tile[MR][NR];
+        for (int i = 0; i < mr; i++) {
+            _mm256_storeu_ps(tile[i], acc[i][0]);
+            _mm256_storeu_ps(tile[i] + 8, acc[i][1]);
+            for (long j = 0; j < cols; j++) c[i * ldc + j] = load_c ? c[i * ldc + j] + tile[i][j] : tile[i][j];
+        }
+    }
+}
+
+#define UK(n) case n: ukernel(n, kc, a, lda, b, c, ldc, cols, load_c); break;
+TARGET __attribute__((noinline))
+static void ukernel_rows(int mr, long kc, const float *a, long lda, const float *b, float *c,
+                         long ldc, long cols, int load_c) {
+    switch (mr) { UK(1) UK(2) UK(3) UK(4) UK(5) UK(6) default: break; }
+}
+#undef UK
+
+// ---- Driver -------------------------------------------------------------------------------
+
+/// C[M, col0:col0+ncols] (+)= A[M, depth] @ B[depth, col0:col0+ncols]; B is W^T (`trans`) or
+/// W, in format `fmt`.
+TARGET static void gemm(long M, long col0, long ncols, long depth, const float *A, long lda,
+                        int trans, int fmt, const void *w, const float *scales, long ldw,
+                        float *C, long ldc, int accumulate) {
+    if (M <= 0 || ncols <= 0) return;
+    if (depth <= 0) {
+        if (!accumulate)
+            for (long i = 0; i < M; i++)
+                for (long j = 0; j < ncols; j++) C[i * ldc + col0 + j] = 0;
+        return;
+    }
+    // Equal blocks, kcb x ncb <= AVX2_B_FLOATS: shallow products take the whole depth at once
+    // (C written once), deep ones take at most AVX2_NC_DEEP columns (A read fewer times).
+    long kcb, ncb;
+    if (depth <= AVX2_KC_MAX) {
+        kcb = depth;
+        long ncmax = AVX2_B_FLOATS / kcb / NR * NR;
+        long nb = (ncols + ncmax - 1) / ncmax;
+        ncb = ((ncols + nb - 1) / nb + NR - 1) / NR * NR;
+    } else {
+        long nb = (ncols + AVX2_NC_DEEP - 1) / AVX2_NC_DEEP;
+        ncb = ((ncols + nb - 1) / nb + NR - 1) / NR * NR;
+        long kcmax = AVX2_B_FLOATS / ncb;
+        if (kcmax > AVX2_KC_MAX) kcmax = AVX2_KC_MAX;
+        long kb = (depth + kcmax - 1) / kcmax;
+        kcb = (depth + kb - 1) / kb;
+    }
+    float *bp = pack_buffer();
+    for (long jc = 0; jc < ncols; jc += ncb) {
+        long nc = ncols - jc < ncb ? ncols - jc : ncb;
+        long np = (nc + NR - 1) / NR;
+        for (long pc = 0; pc < depth; pc += kcb) {
+            long kc = depth - pc < kcb ? depth - pc : kcb;
+            // One specialization per format, so the format tests leave the packing loops.
+#define PACK(f) do { if (trans) pack_bt(bp, f, w, scales, ldw, col0 + jc, nc, pc, kc); \
+                     else pack_b(bp, f, w, scales, ldw, col0 + jc, nc, pc, kc); } while (0)
+            if (fmt == LORA_FORMAT_I8_ROWS) PACK(LORA_FORMAT_I8_ROWS);
+            else if (fmt == LORA_FORMAT_BF16) PACK(LORA_FORMAT_BF16);
+            else PACK(LORA_FORMAT_F32);
+#undef PACK
+            int load_c = accumulate || pc > 0;
+            for (long ir = 0; ir < M; ir += MR) {
+                long mr = M - ir < MR ? M - ir : MR;
+                const float *a = A + ir * lda + pc;
+                for (long p = 0; p < np; p++) {
+                    long cols = nc - p * NR < NR ? nc - p * NR : NR;
+                    float *c = C + ir * ldc + col0 + jc + p * NR;
+                    ukernel_rows((int)mr, kc, a, lda, bp + p * kc * NR, c, ldc, cols, load_c);
+                }
+            }
+        }
+    }
+}
+
+// ---- Small M: C[M, n0:n1] (+)= A[M, K] @ W[n0:n1, K]^T without packing --------------------
+// Memory bound: GEMV_RB = 4 weight rows at a time are streamed once, one 64-byte line of each
+// per step (16 f32, 32 bf16 or 64 int8 weights) with a prefetch GEMV_PF rows ahead, and
+// dotted with 1 or 2 rows of A (more rows of A re-read the 4 weight rows from L1/L2). With one
+// row of A every (row, chain) pair has 2 accumulators, so 8 FMA chains are in flight.
+// Int8 sums are scaled once at the end. Depths past the last multiple of 8 are scalar.
+
+#define GEMV_RB 4
+#define GEMV_PF 16
+
+static inline float wscalar(int fmt, const void *w, long i) {
+    if (fmt == LORA_FORMAT_I8_ROWS) return ((const int8_t *)w)[i];
+    if (fmt == LORA_FORMAT_BF16) {
+        union { uint32_t u; float f; } v = { (uint32_t)((const uint16_t *)w)[i] << 16 };
+        return v.f;
+    }
+    return ((const float *)w)[i];
+}
+
+INLINE float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/// Rows n..n+rows (rows <= 4) of W against A rows 0..mb (mb <= 2).
+INLINE void gemv_block(const int fmt, const int mb, long K, const float *A, long lda,
+                       const void *w, long ldw, const float *scales, long n, long rows,
+                       float *C, long ldc, int accumulate) {
+    const int na = mb == 1 ? 2 : 1;
+    const long step = 64 / (long)format_bytes(fmt);  // weights per cache line
+    const char *wb = w;
+    const size_t bytes = format_bytes(fmt);
+    __m256 acc[2][GEMV_RB][2];
+    for (int m = 0; m < mb; m++)
+        for (int r = 0; r < GEMV_RB; r++) acc[m][r][0] = acc[m][r][1] = _mm256_setzero_ps();
+    long wr[GEMV_RB];  // element offsets of the rows; missing rows repeat the last, unstored
+    for (int r = 0; r < GEMV_RB; r++) wr[r] = (n + (r < rows ? r : rows - 1)) * ldw;
+    long k = 0;
+    for (; k + step <= K; k += step) {
+        for (int r = 0; r < GEMV_RB; r++)
+            _mm_prefetch(wb + (size_t)(wr[r] + GEMV_PF * ldw + k) * bytes, _MM_HINT_T0);
+        for (long u = 0; u < step; u += 8) {
+            __m256 x0 = _mm256_loadu_ps(A + k + u);
+            __m256 x1 = mb == 2 ? _mm256_loadu_ps(A + lda + k + u) : x0;
+            const int c = na == 2 ? (int)((u >> 3) & 1) : 0;
+            for (int r = 0; r < GEMV_RB; r++) {
+                __m256 wv = load8(fmt, w, wr[r] + k + u);
+                acc[0][r][c] = _mm256_fmadd_ps(x0, wv, acc[0][r][c]);
+                if (mb == 2) acc[1][r][c] = _mm256_fmadd_ps(x1, wv, acc[1][r][c]);
+            }
+        }
+    }
+    for (; k + 8 <= K; k += 8) {
+        __m256 x0 = _mm256_loadu_ps(A + k);
+        __m256 x1 = mb == 2 ? _mm256_loadu_ps(A + lda + k) : x0;
+        for (int r = 0; r < GEMV_RB; r++) {
+            __m256 wv = load8(fmt, w, wr[r] + k);
+            acc[0][r][0] = _mm256_fmadd_ps(x0, wv, acc[0][r][0]);
+            if (mb == 2) acc[1][r][0] = _mm256_fmadd_ps(x1, wv, acc[1][r][0]);
+        }
+    }
+    for (int m = 0; m < mb; m++)
+        for (int r = 0; r < rows; r++) {
+            float y = hsum8(na == 2 ? _mm256_add_ps(acc[m][r][0], acc[m][r][1]) : acc[m][r][0]);
+            for (long kt = k; kt < K; kt++) y += A[m * lda + kt] * wscalar(fmt, w, wr[r] + kt);
+            if (fmt == LORA_FORMAT_I8_ROWS) y *= scales[n + r];
+            float *p = C + m * ldc + n + r;
+            *p = accumulate ? *p + y : y;
+        }
+}
+
+TARGET static void gemv(const int fmt, long M, long n0, long n1, long K, const float *A,
+                        long lda, const void *w, long ldw, const float *scales, float *C,
+                        long ldc, int accumulate) {
+    for (long n = n0; n < n1; n += GEMV_RB) {
+        long rows = n1 - n < GEMV_RB ? n1 - n : GEMV_RB;
+        for (long m = 0; m < M; m += 2) {
+#define CALL(f, mb) gemv_block(f, mb, K, A + m * lda, lda, w, ldw, scales, n, rows, C + m * ldc, ldc, accumulate)
+            if (M - m >= 2) {
+                if (fmt == LORA_FORMAT_I8_ROWS) CALL(LORA_FORMAT_I8_ROWS, 2);
+                else if (fmt == LORA_FORMAT_BF16) CALL(LORA_FORMAT_BF16, 2);
+                else CALL(LORA_FORMAT_F32, 2);
+            } else {
+                if (fmt == LORA_FORMAT_I8_ROWS) CALL(LORA_FORMAT_I8_ROWS, 1);
+                else if (fmt == LORA_FORMAT_BF16) CALL(LORA_FORMAT_BF16, 1);
+                else CALL(LORA_FORMAT_F32, 1);
+            }
+#undef CALL
+        }
+    }
+}
+
+// ---- Family entry points (dispatch.c) -----------------------------------------------------
+
+void lora_avx2_gemm_abt(int format, long M, long n0, long n1, long K, const float *A, long lda,
+                        const void *W, long ldw, const float *scales, float *C, long ldc,
+                        int accumulate) {
+    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_BF16) abort();
+    gemm(M, n0, n1 - n0, K, A, lda, 1, format, W, scales, ldw, C, ldc, accumulate);
+}
+
+void lora_avx2_gemm_ab(int format, long M, long k0, long k1, long N, const float *A, long lda,
+                       const void *W, long ldw, const float *scales, float *C, long ldc,
+                       int accumulate) {
+    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_BF16) abort();
+    gemm(M, k0, k1 - k0, N, A, lda, 0, format, W, scales, ldw, C, ldc, accumulate);
+}
+
+void lora_avx2_gemv_abt(int format, long M, long n0, long n1, long K, const float *A, long lda,
+                        const void *W, long ldw, const float *scales, float *C, long ldc,
+                        int accumulate) {
+    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_BF16) abort();
+    if (M <= 0 || n1 <= n0) return;
+    gemv(format, M, n0, n1, K, A, lda, W, ldw, scales, C, ldc, accumulate);
+}
+
+TARGET float lora_avx2_dot(const float *a, const float *b, long n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    long i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float s = hsum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+TARGET void lora_avx2_axpy(float alpha, const float *x, float *y, long n) {
+    __m256 a = _mm256_set1_ps(alpha);
+    long i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int u = 0; u < 32; u += 8)
+            _mm256_storeu_ps(y + i + u, _mm256_fmadd_ps(a, _mm256_loadu_ps(x + i + u),
+                                                        _mm256_loadu_ps(y + i + u)));
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += alpha * x[i];
+}
+
+#else  // not x86-64: lora_avx2_available() is 0 and nothing else is called.
+
+int lora_avx2_available(void) { return 0; }
+int lora_avx2_panel_width(void) { return 16; }
+void lora_avx2_gemm_abt(int format, long M, long n0, long n1, long K, const float *A, long lda,
+                        const void *W, long ldw, const float *scales, float *C, long ldc,
+                        int accumulate) { abort(); }
+void lora_avx2_gemm_ab(int format, long M, long k0, long k1, long N, const float *A, long lda,
+                       const void *W, long ldw, const float *scales, float *C, long ldc,
+                       int accumulate) { abort(); }
+void lora_avx2_gemv_abt(int format, long M, long n0, long n1, long K, const float *A, long lda,
+                        const void *W, long ldw, const float *scales, float *C, long ldc,
+                        int accumulate) { abort(); }
+float lora_avx2_dot(const float *a, const float *b, long n) { abort(); }
+void lora_avx2_axpy(float alpha, const float *x, float *y, long n) { abort(); }
+
+#endif

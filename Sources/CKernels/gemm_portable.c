@@ -1,0 +1,128 @@
+// Portable kernels: plain C for any CPU. They are the fallback off x86-64 and the scalar
+// reference the SIMD families are tested against, so clarity comes first: every output is a
+// float sum in depth order (starting from zero, then added to C when accumulating), with just
+// enough blocking that the compiler keeps several independent sums in registers (abt) or
+// vectorizes the inner loop over contiguous columns (ab).
+#include "CKernels.h"
+#include "families.h"
+#include <stdlib.h>
+
+/// W[n, k] as float, for any format.
+static inline __attribute__((always_inline)) float wval(const int format, const void *W, long ldw,
+                                                       const float *scales, long n, long k) {
+    switch (format) {
+    case LORA_FORMAT_I8_ROWS: return (float)((const int8_t *)W)[n * ldw + k] * scales[n];
+    case LORA_FORMAT_BF16: {
+        union { uint32_t u; float f; } v = { (uint32_t)((const uint16_t *)W)[n * ldw + k] << 16 };
+        return v.f;
+    }
+    default: return ((const float *)W)[n * ldw + k];
+    }
+}
+
+static inline void store(float *c, float v, int accumulate) { *c = accumulate ? *c + v : v; }
+
+// ---- Forward: C[M, n0:n1] (+)= A[M, K] @ W[n0:n1, K]^T --------------------------------------
+// 4 x 4 blocks of (row of A, row of W): 16 independent dot products over k.
+
+#define PB 4
+static inline __attribute__((always_inline)) void abt(const int format, long M, long n0, long n1,
+                                                     long K, const float *A, long lda,
+                                                     const void *W, long ldw, const float *scales,
+                                                     float *C, long ldc, int accumulate) {
+    for (long n = n0; n < n1; n += PB) {
+        long nb = n1 - n < PB ? n1 - n : PB;
+        for (long m = 0; m < M; m += PB) {
+            long mb = M - m < PB ? M - m : PB;
+            float acc[PB][PB] = {{0}};
+            if (mb == PB && nb == PB) {
+                for (long k = 0; k < K; k++) {
+                    float w[PB];
+                    for (int j = 0; j < PB; j++) w[j] = wval(format, W, ldw, scales, n + j, k);
+                    for (int i = 0; i < PB; i++) {
+                        float a = A[(m + i) * lda + k];
+                        for (int j = 0; j < PB; j++) acc[i][j] += a * w[j];
+                    }
+                }
+            } else {
+                for (long i = 0; i < mb; i++)
+                    for (long j = 0; j < nb; j++)
+                        for (long k = 0; k < K; k++)
+                            acc[i][j] += A[(m + i) * lda + k] * wval(format, W, ldw, scales, n + j, k);
+            }
+            for (long i = 0; i < mb; i++)
+                for (long j = 0; j < nb; j++) store(&C[(m + i) * ldc + n + j], acc[i][j], accumulate);
+        }
+    }
+}
+
+// ---- Backward input: C[M, k0:k1] (+)= A[M, N] @ W[N, k0:k1] ---------------------------------
+// Columns KB at a time and rows MB at a time: sums for an MB x KB tile are kept in a local
+// array while the depth n runs; the weight row segment is dequantized once per tile row.
+
+#define MB 8
+#define KB 128
+static inline __attribute__((always_inline)) void ab(const int format, long M, long k0, long k1,
+                                                    long N, const float *A, long lda,
+                                                    const void *W, long ldw, const float *scales,
+                                                    float *C, long ldc, int accumulate) {
+    for (long kb = k0; kb < k1; kb += KB) {
+        long kw = k1 - kb < KB ? k1 - kb : KB;
+        for (long m = 0; m < M; m += MB) {
+            long mb = M - m < MB ? M - m : MB;
+            float acc[MB][KB], w[KB];
+            for (long i = 0; i < mb; i++)
+                for (long k = 0; k < kw; k++) acc[i][k] = 0;
+            for (long n = 0; n < N; n++) {
+                for (long k = 0; k < kw; k++) w[k] = wval(format, W, ldw, scales, n, kb + k);
+                for (long i = 0; i < mb; i++) {
+                    float a = A[(m + i) * lda + n];
+                    for (long k = 0; k < kw; k++) acc[i][k] += a * w[k];
+                }
+            }
+            for (long i = 0; i < mb; i++)
+                for (long k = 0; k < kw; k++) store(&C[(m + i) * ldc + kb + k], acc[i][k], accumulate);
+        }
+    }
+}
+
+#define FORMAT_SWITCH(call)                                   \
+    switch (format) {                                         \
+    case LORA_FORMAT_F32: call(LORA_FORMAT_F32); break;       \
+    case LORA_FORMAT_I8_ROWS: call(LORA_FORMAT_I8_ROWS); break; \
+    case LORA_FORMAT_BF16: call(LORA_FORMAT_BF16); break;     \
+    default: abort();                                         \
+    }
+
+void lora_portable_gemm_abt(int format, long M, long n0, long n1, long K, const float *A,
+                            long lda, const void *W, long ldw, const float *scales, float *C,
+                            long ldc, int accumulate) {
+#define CALL(f) abt(f, M, n0, n1, K, A, lda, W, ldw, scales, C, ldc, accumulate)
+    FORMAT_SWITCH(CALL)
+#undef CALL
+}
+
+void lora_portable_gemm_ab(int format, long M, long k0, long k1, long N, const float *A,
+                           long lda, const void *W, long ldw, const float *scales, float *C,
+                           long ldc, int accumulate) {
+#define CALL(f) ab(f, M, k0, k1, N, A, lda, W, ldw, scales, C, ldc, accumulate)
+    FORMAT_SWITCH(CALL)
+#undef CALL
+}
+
+/// Small M: the same dot products (there is no packing to skip here).
+void lora_portable_gemv_abt(int format, long M, long n0, long n1, long K, const float *A,
+                            long lda, const void *W, long ldw, const float *scales, float *C,
+                            long ldc, int accumulate) {
+    lora_portable_gemm_abt(format, M, n0, n1, K, A, lda, W, ldw, scales, C, ldc, accumulate);
+}
+
+float lora_portable_dot(const float *a, const float *b, long n) {
+    float s = 0;
+    for (long i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+void lora_portable_axpy(float alpha, const float *x, float *y, long n) {
+    for (long i = 0; i < n; i++) y[i] += alpha * x[i];
+}

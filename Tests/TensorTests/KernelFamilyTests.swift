@@ -1,0 +1,283 @@
+import CKernels
+import Dispatch
+import XCTest
+
+/// The C kernel families x weight formats API (CKernels.h, "Kernel families x weight formats"):
+/// every available family (portable always; AVX2 and AVX-512 where the CPU has them), every
+/// format (f32, int8 rows, bf16) and every product (lora_gemm_abt, lora_gemm_ab,
+/// lora_gemv_abt) against a Double reference, on shapes that are not multiples of any
+/// family's blocking, for the full column range and a sub-range starting at one panel width,
+/// with accumulate off (C starts as NaN, which must not leak) and on.
+///
+/// Tolerance: |C - C_ref| <= 1e-5 * (sum_k |a| |w| + |C before|), element by element; the
+/// Double reference is exact to well below that, so this bounds each kernel's Float rounding.
+/// Columns outside the range, the padding between rows and a canary past C must keep their
+/// bits. Every family must also agree with the portable one (within twice the tolerance).
+final class KernelFamilyTests: XCTestCase {
+    static let rtol = 1e-5
+
+    /// (M, N, K): ragged against the AVX-512 (8 x 48, KC <= 768, GEMV 4 x 4 rows, int8 K in
+    /// 64s) and AVX2 (6 x 16, KC <= 640, GEMV 4 x 2 rows, K in 8s and cache lines) blockings;
+    /// K = 4200 and 1000-deep backward products take several depth blocks; empty dimensions.
+    static let shapes: [(Int, Int, Int)] = [
+        (1, 1, 1), (1, 5, 7), (1, 37, 600), (2, 19, 33), (3, 300, 600), (5, 1000, 300),
+        (7, 48, 16), (9, 50, 100), (13, 97, 257), (16, 33, 70), (2, 9, 4200),
+        (3, 5, 0), (16, 0, 8), (0, 4, 4),
+        (17, 770, 40), (20, 1000, 500), (37, 800, 300), (64, 193, 300), (100, 49, 513),
+    ]
+
+    static let familyNames = ["portable", "avx2", "avx512"]
+    static let formatNames = ["f32", "i8_rows", "bf16"]
+
+    enum Product: CaseIterable { case abt, ab, gemv }
+
+    /// The families this CPU can run, by their LORA_FAMILY_* value.
+    static var families: [Int32] {
+        [Int32(LORA_FAMILY_PORTABLE), Int32(LORA_FAMILY_AVX2), Int32(LORA_FAMILY_AVX512)]
+            .filter { lora_family_available($0) != 0 }
+    }
+
+    /// xorshift64: deterministic data without depending on the Tensor module's RNG.
+    struct Rand {
+        var s: UInt64 = 0x9E37_79B9_7F4A_7C15
+        mutating func next() -> UInt64 { s ^= s << 13; s ^= s >> 7; s ^= s << 17; return s }
+        /// Uniform in [-1, 1).
+        mutating func uniform() -> Float { Float(Double(next() >> 11) / Double(1 << 52) - 1) }
+    }
+
+    /// A weight W [N, K] with row stride ldw in one format: its bytes, scales and values.
+    struct Weight {
+        var bytes: [UInt8]
+        var scales: [Float]
+        var value: [Double]  // W[n, k] exactly as the format defines it, dense [N][K]
+
+        init(format: Int32, N: Int, K: Int, ldw: Int, rng: inout Rand) {
+            scales = (0..<max(N, 1)).map { _ in 0.001 + 0.005 * (1 + rng.uniform()) }
+            value = [Double](repeating: 0, count: N * K)
+            switch format {
+            case Int32(LORA_FORMAT_I8_ROWS):
+                var q = [Int8](repeating: 0, count: N * ldw + 1)
+                for n in 0..<N {
+                    for k in 0..<K {
+                        let v = Int8(clamping: Int((rng.uniform() * 127).rounded()))
+                        q[n * ldw + k] = v
+                        value[n * K + k] = Double(v) * Double(scales[n])
+                    }
+                }
+                bytes = q.withUnsafeBytes { Array($0) }
+            case Int32(LORA_FORMAT_BF16):
+                var h = [UInt16](repeating: 0, count: N * ldw + 1)
+                for n in 0..<N {
+                    for k in 0..<K {
+                        let bits = UInt16(rng.uniform().bitPattern >> 16)
+                        h[n * ldw + k] = bits
+                        value[n * K + k] = Double(Float(bitPattern: UInt32(bits) << 16))
+                    }
+                }
+                bytes = h.withUnsafeBytes { Array($0) }
+            default:
+                var w = [Float](repeating: 0, count: N * ldw + 1)
+                for n in 0..<N {
+                    for k in 0..<K {
+                        let v = rng.uniform()
+                        w[n * ldw + k] = v
+                        value[n * K + k] = Double(v)
+                    }
+                }
+                bytes = w.withUnsafeBytes { Array($0) }
+            }
+        }
+    }
+
+    /// Calls `product` of `family` on C (row stride ldc) for columns r0..<r1.
+    static func call(_ product: Product, family: Int32, format: Int32, M: Int, N: Int, K: Int,
+                     r0: Int, r1: Int, A: [Float], lda: Int, W: Weight, ldw: Int,
+                     C: inout [Float], ldc: Int, accumulate: Bool) {
+        let acc: Int32 = accumulate ? 1 : 0
+        A.withUnsafeBufferPointer { a in
+            W.bytes.withUnsafeBytes { w in
+                W.scales.withUnsafeBufferPointer { s in
+                    C.withUnsafeMutableBufferPointer { c in
+                        switch product {
+                        case .abt:
+                            lora_gemm_abt(family, format, M, r0, r1, K, a.baseAddress, lda,
+                                          w.baseAddress, ldw, s.baseAddress, c.baseAddress, ldc, acc)
+                        case .ab:
+                            lora_gemm_ab(family, format, M, r0, r1, N, a.baseAddress, lda,
+                                         w.baseAddress, ldw, s.baseAddress, c.baseAddress, ldc, acc)
+                        case .gemv:
+                            lora_gemv_abt(family, format, M, r0, r1, K, a.baseAddress, lda,
+                                          w.baseAddress, ldw, s.baseAddress, c.baseAddress, ldc, acc)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    func testFamiliesFormatsProducts() {
+        let families = Self.families
+        print("KernelFamilyTests: families run: "
+              + families.map { Self.familyNames[Int($0)] }.joined(separator: ", ")
+              + "; best: \(Self.familyNames[Int(lora_family_best())])")
+        XCTAssertTrue(families.contains(Int32(LORA_FAMILY_PORTABLE)))
+        XCTAssertTrue(families.contains(lora_family_best()))
+        XCTAssertEqual(lora_family_best(), families.max())
+        var rng = Rand()
+        var failures = 0
+        for format in [Int32(LORA_FORMAT_F32), Int32(LORA_FORMAT_I8_ROWS), Int32(LORA_FORMAT_BF16)] {
+            for (M, N, K) in Self.shapes {
+                let ldw = K + 5
+                let W = Weight(format: format, N: N, K: K, ldw: ldw, rng: &rng)
+                for product in Product.allCases {
+                    let (depth, cols) = product == .ab ? (N, K) : (K, N)
+                    let lda = depth + 3, ldc = cols + 2
+                    let A = (0..<(M * lda + 1)).map { _ in rng.uniform() }
+                    // Reference sums and magnitudes, dense [M][cols].
+                    var ref = [Double](repeating: 0, count: M * cols)
+                    var mag = [Double](repeating: 0, count: M * cols)
+                    for m in 0..<M {
+                        for j in 0..<cols {
+                            var s = 0.0, g = 0.0
+                            for d in 0..<depth {
+                                let t = Double(A[m * lda + d])
+                                    * (product == .ab ? W.value[d * K + j] : W.value[j * K + d])
+                                s += t
+                                g += abs(t)
+                            }
+                            ref[m * cols + j] = s
+                            mag[m * cols + j] = g
+                        }
+                    }
+                    let before = (0..<(M * ldc + 8)).map { _ in rng.uniform() }
+                    for accumulate in [false, true] {
+                        var portable: [Float]? = nil
+                        for family in families {
+                            let pw = Int(lora_family_panel_width(family))
+                            XCTAssertGreaterThan(pw, 0)
+                            var ranges = [(0, cols)]
+                            if cols > pw + 1 { ranges.append((pw, cols - 1)) }
+                            for (r0, r1) in ranges {
+                                let what = "\(Self.familyNames[Int(family)]) \(Self.formatNames[Int(format)]) "
+                                    + "\(product) M=\(M) N=\(N) K=\(K) cols \(r0)..<\(r1) accumulate=\(accumulate)"
+                                let c0 = accumulate ? before : [Float](repeating: .nan, count: before.count)
+                                var C = c0
+                                Self.call(product, family: family, format: format, M: M, N: N, K: K,
+                                          r0: r0, r1: r1, A: A, lda: lda, W: W, ldw: ldw,
+                                          C: &C, ldc: ldc, accumulate: accumulate)
+                                var bad = 0
+                                for i in 0..<C.count where bad == 0 {
+                                    let m = i / ldc, j = i % ldc
+                                    if m >= M || j < r0 || j >= r1 {
+                                        if C[i].bitPattern != c0[i].bitPattern {
+                                            XCTFail("\(what): wrote outside C[M, range] at \(i)")
+                                            bad += 1
+                                        }
+                                        continue
+                                    }
+                                    var r = ref[m * cols + j], g = mag[m * cols + j]
+                                    if accumulate { r += Double(c0[i]); g += abs(Double(c0[i])) }
+                                    let err = abs(Double(C[i]) - r)
+                                    if !(err <= Self.rtol * g) {
+                                        XCTFail("\(what): C[\(m), \(j)] = \(C[i]), reference \(r), |err| \(err) > \(Self.rtol) * \(g)")
+                                        bad += 1
+                                    }
+                                    if r0 == 0 && r1 == cols, let p = portable,
+                                       !(abs(Double(C[i]) - Double(p[i])) <= 2 * Self.rtol * g) {
+                                        XCTFail("\(what): C[\(m), \(j)] = \(C[i]) but portable gives \(p[i])")
+                                        bad += 1
+                                    }
+                                }
+                                failures += bad
+                                if family == Int32(LORA_FAMILY_PORTABLE) && r0 == 0 && r1 == cols { portable = C }
+                            }
+                        }
+                    }
+                    if failures > 20 { return XCTFail("too many failures; stopping") }
+                }
+            }
+        }
+    }
+
+    /// Threads calling with disjoint column ranges (multiples of the panel width) at once, as
+    /// the Swift side does: per-thread packing buffers must not collide.
+    func testConcurrentColumnRanges() {
+        var rng = Rand()
+        let (M, N, K) = (37, 800, 300)
+        for format in [Int32(LORA_FORMAT_F32), Int32(LORA_FORMAT_I8_ROWS), Int32(LORA_FORMAT_BF16)] {
+            let W = Weight(format: format, N: N, K: K, ldw: K, rng: &rng)
+            for product in Product.allCases {
+                let (depth, cols) = product == .ab ? (N, K) : (K, N)
+                let rows = product == .gemv ? 3 : M
+                let A = (0..<(rows * depth)).map { _ in rng.uniform() }
+                for family in Self.families {
+                    let what = "\(Self.familyNames[Int(family)]) \(Self.formatNames[Int(format)]) \(product) threaded"
+                    let pw = Int(lora_family_panel_width(family))
+                    let panels = (cols + pw - 1) / pw, parts = 5
+                    var C = [Float](repeating: .nan, count: rows * cols)
+                    C.withUnsafeMutableBufferPointer { c in
+                        let cp = c.baseAddress!
+                        DispatchQueue.concurrentPerform(iterations: parts) { t in
+                            let r0 = min(cols, panels * t / parts * pw), r1 = min(cols, panels * (t + 1) / parts * pw)
+                            guard r0 < r1 else { return }
+                            A.withUnsafeBufferPointer { a in
+                                W.bytes.withUnsafeBytes { w in
+                                    W.scales.withUnsafeBufferPointer { s in
+                                        switch product {
+                                        case .abt: lora_gemm_abt(family, format, rows, r0, r1, K, a.baseAddress, K,
+                                                                 w.baseAddress, K, s.baseAddress, cp, cols, 0)
+                                        case .ab: lora_gemm_ab(family, format, rows, r0, r1, N, a.baseAddress, N,
+                                                               w.baseAddress, K, s.baseAddress, cp, cols, 0)
+                                        case .gemv: lora_gemv_abt(family, format, rows, r0, r1, K, a.baseAddress, K,
+                                                                  w.baseAddress, K, s.baseAddress, cp, cols, 0)
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    var bad = 0
+                    for m in 0..<rows {
+                        for j in 0..<cols where bad == 0 {
+                            var r = 0.0, g = 0.0
+                            for d in 0..<depth {
+                                let t = Double(A[m * depth + d]) * (product == .ab ? W.value[d * K + j] : W.value[j * K + d])
+                                r += t
+                                g += abs(t)
+                            }
+                            if !(abs(Double(C[m * cols + j]) - r) <= Self.rtol * g) {
+                                XCTFail("\(what): C[\(m), \(j)] = \(C[m * cols + j]), reference \(r)")
+                                bad += 1
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    func testDotAndAxpy() {
+        var rng = Rand()
+        for family in Self.families {
+            let name = Self.familyNames[Int(family)]
+            for n in Array(0..<70) + [127, 128, 129, 1000, 4099] {
+                let a = (0..<n).map { _ in rng.uniform() }, b = (0..<n).map { _ in rng.uniform() }
+                var ref = 0.0, mag = 0.0
+                for i in 0..<n { ref += Double(a[i]) * Double(b[i]); mag += abs(Double(a[i]) * Double(b[i])) }
+                let dot = Double(lora_dot(family, a, b, n))
+                XCTAssertLessThanOrEqual(abs(dot - ref), Self.rtol * mag, "\(name) dot n=\(n)")
+
+                let alpha: Float = -0.625
+                var y = (0...n).map { _ in rng.uniform() }
+                let y0 = y
+                lora_axpy(family, alpha, a, &y, n)
+                for i in 0..<n {
+                    let r = Double(y0[i]) + Double(alpha) * Double(a[i])
+                    XCTAssertLessThanOrEqual(abs(Double(y[i]) - r), 1e-6 * (abs(Double(y0[i])) + abs(Double(alpha * a[i]))),
+                                             "\(name) axpy n=\(n) i=\(i)")
+                }
+                XCTAssertEqual(y[n].bitPattern, y0[n].bitPattern, "\(name) axpy wrote past n=\(n)")
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+// Single-thread throughput of the kernel families x weight formats (CKernels.h), no Swift:
+//   GEMM abt / ab: GFLOP/s (2 M N K flops per call)
+//   GEMV abt, M = 1: GB/s of weight bytes streamed; the weights are cycled through copies
+//   totalling >= 256 MiB so they come from memory, not the last-level cache, as in decoding.
+// Build and run: scripts/kernel_bench.sh. Each figure is the best of repeated calls over
+// ~0.3 s, which is the right statistic on a machine shared with other work.
+#include "CKernels.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+static const char *family_names[] = {"portable", "avx2", "avx512"};
+static const char *format_names[] = {"f32", "i8_rows", "bf16"};
+static size_t format_bytes(int f) { return f == LORA_FORMAT_F32 ? 4 : f == LORA_FORMAT_I8_ROWS ? 1 : 2; }
+
+static void *make_weights(int f, long n) {
+    void *w = malloc(format_bytes(f) * n);
+    for (long i = 0; i < n; i++) {
+        float x = (float)((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
+        if (f == LORA_FORMAT_F32) ((float *)w)[i] = x;
+        else if (f == LORA_FORMAT_I8_ROWS) ((int8_t *)w)[i] = (int8_t)(x * 127);
+        else { uint32_t u; memcpy(&u, &x, 4); ((uint16_t *)w)[i] = (uint16_t)(u >> 16); }
+    }
+    return w;
+}
+
+static float *make_floats(long n) {
+    float *p = malloc(sizeof(float) * (n > 0 ? n : 1));
+    for (long i = 0; i < n; i++) p[i] = (float)((i * 40503u) % 1001) / 1000.0f - 0.5f;
+    return p;
+}
+
+/// Best seconds per call of `fn` over ~budget seconds (at least 2 calls).
+#define BEST_OF(budget, call)                                             \
+    ({ double best = 1e30, start = now(); int reps = 0;                   \
+       while (reps < 2 || now() - start < (budget)) {                     \
+           double t0 = now(); call; double t = now() - t0;                \
+           if (t < best) best = t; reps++; }                              \
+       best; })
+
+static double bench_gemm(int fam, int f, int ab, long M, long N, long K) {
+    float *A = make_floats(M * (ab ? N : K)), *scales = make_floats(N);
+    for (long i = 0; i < N; i++) scales[i] = 0.01f;
+    void *W = make_weights(f, N * K);
+    float *C = make_floats(M * (ab ? K : N));
+    double t = ab ? BEST_OF(0.3, lora_gemm_ab(fam, f, M, 0, K, N, A, N, W, K, scales, C, K, 0))
+                  : BEST_OF(0.3, lora_gemm_abt(fam, f, M, 0, N, K, A, K, W, K, scales, C, N, 0));
+    free(A); free(scales); free(W); free(C);
+    return 2.0 * M * N * K / t * 1e-9;
+}
+
+static double bench_gemv(int fam, int f, long N, long K) {
+    size_t bytes = format_bytes(f) * N * K;
+    int copies = (int)((256u << 20) / bytes) + 1;
+    void **W = malloc(sizeof(void *) * copies);
+    for (int c = 0; c < copies; c++) W[c] = make_weights(f, N * K);
+    float *A = make_floats(K), *scales = make_floats(N), *C = make_floats(N);
+    int c = 0;
+    double t = BEST_OF(0.3, (lora_gemv_abt(fam, f, 1, 0, N, K, A, K, W[c], K, scales, C, N, 0),
+                             c = (c + 1) % copies));
+    for (int i = 0; i < copies; i++) free(W[i]);
+    free(W); free(A); free(scales); free(C);
+    return bytes / t * 1e-9;
+}
+
+int main(void) {
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[8192];
+    if (f) {
+        int got_model = 0, got_flags = 0;
+        while (fgets(line, sizeof line, f) && !(got_model && got_flags)) {
+            if (!got_model && !strncmp(line, "model name", 10)) { printf("cpu:%s", strchr(line, ':') + 1); got_model = 1; }
+            if (!got_flags && !strncmp(line, "flags", 5)) {
+                printf("simd flags:");
+                const char *want[] = {"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw",
+                                      "avx512vl", "avx512_vnni", "avx512_bf16", NULL};
+                for (int i = 0; want[i]; i++) {
+                    char pat[64];
+                    snprintf(pat, sizeof pat, " %s ", want[i]);
+                    if (strstr(line, pat)) printf(" %s", want[i]);
+                }
+                printf("\n");
+                got_flags = 1;
+            }
+        }
+        fclose(f);
+    }
+    printf("best family: %s; single thread\n", family_names[lora_family_best()]);
+    printf("%-9s %-8s %12s %12s %12s %12s %12s %12s\n", "family", "format", "abt 576", "abt 1536",
+           "ab 576", "ab 1536", "gemv 1536", "gemv 4096");
+    printf("%-9s %-8s %12s %12s %12s %12s %12s %12s\n", "", "", "GFLOP/s", "GFLOP/s", "GFLOP/s",
+           "GFLOP/s", "GB/s", "GB/s");
+    for (int fam = 0; fam < 3; fam++) {
+        if (!lora_family_available(fam)) { printf("%-9s (not available on this CPU)\n", family_names[fam]); continue; }
+        for (int fm = 0; fm < 3; fm++) {
+            printf("%-9s %-8s", family_names[fam], format_names[fm]);
+            fflush(stdout);
+            printf(" %12.1f", bench_gemm(fam, fm, 0, 1024, 576, 576)); fflush(stdout);
+            printf(" %12.1f", bench_gemm(fam, fm, 0, 1024, 1536, 576)); fflush(stdout);
+            printf(" %12.1f", bench_gemm(fam, fm, 1, 1024, 576, 576)); fflush(stdout);
+            printf(" %12.1f", bench_gemm(fam, fm, 1, 1024, 1536, 576)); fflush(stdout);
+            printf(" %12.2f", bench_gemv(fam, fm, 1536, 576)); fflush(stdout);
+            printf(" %12.2f\n", bench_gemv(fam, fm, 4096, 4096));
+        }
+    }
+    printf("abt N,K: C[1024, N] = A[1024, K] @ W[N, K]^T; ab N,K: C[1024, K] = A[1024, N] @ W[N, K];\n"
+           "gemv N x K: M = 1, weights cycled over >= 256 MiB of copies\n");
+    return 0;
+}
