@@ -71,11 +71,23 @@ public final class SafeTensorsFile: @unchecked Sendable {
                   let b = offs[0].int, let e = offs[1].int else {
                 throw CheckpointError.corrupt(file: path, detail: "tensor '\(name)' has no valid data_offsets")
             }
-            let elements = shape.reduce(1) { $0.multipliedReportingOverflow(by: $1).partialValue }
+            guard shape.count <= 8 else {
+                throw CheckpointError.corrupt(file: path, detail: "tensor '\(name)' has \(shape.count) dimensions (at most 8)")
+            }
+            // Overflow is an error, never a wrapped product that happens to match the byte range.
+            var elements = 1, overflow = false
+            for d in shape {
+                let (m, o) = elements.multipliedReportingOverflow(by: d)
+                elements = m; overflow = overflow || o
+            }
+            let (needed, o2) = elements.multipliedReportingOverflow(by: dtype.size)
+            guard !overflow, !o2 else {
+                throw CheckpointError.corrupt(file: path, detail: "tensor '\(name)' shape \(shape) has too many elements")
+            }
             guard b >= 0, b <= e, e <= dataSize else {
                 throw CheckpointError.corrupt(file: path, detail: "tensor '\(name)' data_offsets [\(b), \(e)] lie outside the \(dataSize) data bytes")
             }
-            guard e - b == elements * dtype.size else {
+            guard e - b == needed else {
                 throw CheckpointError.corrupt(file: path, detail: "tensor '\(name)' has \(e - b) bytes, but shape \(shape) of \(ds) needs \(elements * dtype.size)")
             }
             entries[name] = TensorEntry(name: name, dtype: dtype, shape: shape,
