@@ -80,7 +80,8 @@ public final class SafeTensorsCheckpoint: Checkpoint {
 
     public func tensor(_ name: String, shape: [Int]) throws -> Tensor {
         guard let shard = location[name], let f = files[shard] else {
-            throw CheckpointError.missingTensor(file: source, name: name)
+            // Name the file when there is one (model.safetensors), the folder for shards.
+            throw CheckpointError.missingTensor(file: files.count == 1 ? files.values.first!.path : source, name: name)
         }
         guard let e = f.entries[name] else { throw CheckpointError.missingTensor(file: f.path, name: name) }
         guard e.shape == shape else {

@@ -24,10 +24,12 @@ public final class SafeTensorsFile: @unchecked Sendable {
         guard file.size >= 8 else {
             throw CheckpointError.corrupt(file: path, detail: "\(file.size) bytes, shorter than the 8-byte header length")
         }
-        let n = Int(file.base.loadUnaligned(as: UInt64.self).littleEndian)
-        guard n > 0, n <= file.size - 8, n < 100_000_000 else {
-            throw CheckpointError.corrupt(file: path, detail: "header length \(n) does not fit in a file of \(file.size) bytes")
+        // Compared as UInt64: a length past Int.max must be an error, not a trapping conversion.
+        let n64 = UInt64(littleEndian: file.base.loadUnaligned(as: UInt64.self))
+        guard n64 > 0, n64 <= UInt64(file.size - 8), n64 < 100_000_000 else {
+            throw CheckpointError.corrupt(file: path, detail: "header length \(n64) does not fit in a file of \(file.size) bytes")
         }
+        let n = Int(n64)
         let headerBytes = file.bytes(8..<(8 + n))
         guard let text = String(bytes: headerBytes, encoding: .utf8) else {
             throw CheckpointError.corrupt(file: path, detail: "header is not UTF-8")
