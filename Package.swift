@@ -31,8 +31,9 @@ let package = Package(
                 linkerSettings: [.linkedLibrary("dl")]),
         .target(name: "Tensor", dependencies: ["COpenBLAS", "CKernels", "CUDAShim"],
                 swiftSettings: [.unsafeFlags(["-Ounchecked"])]),
-        .target(name: "LLaMA", dependencies: ["Tensor", "CSentencePiece", "CJSONC"],
-                swiftSettings: [.unsafeFlags(["-Ounchecked"])]),
+        // Checked (-O): user input (checkpoints, configs, tokenizers, data) reaches this
+        // module, so its preconditions and overflow traps must stay in.
+        .target(name: "LLaMA", dependencies: ["Tensor", "CSentencePiece", "CJSONC"]),
         .executableTarget(name: "lora", dependencies: [
             "LLaMA", "Tensor",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -6,20 +6,31 @@ import Yams
 /// closest valid key, wrong types name the key and the expected type.
 enum ConfigFile {
     static func load(_ path: String) throws -> TrainConfig {
-        let text: String
-        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
-            throw ConfigError.unreadable(file: path, reason: "cannot read: \(error.localizedDescription)")
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
+            throw ConfigError.unreadable(file: path, reason: "cannot read: \(ioReason(error))")
         }
-        let node: Any?
-        do { node = try Yams.load(yaml: text) } catch {
-            throw ConfigError.unreadable(file: path, reason: "invalid YAML: \(error)")
+        guard data.count <= TrainConfig.Limits.configFileBytes else {
+            throw ConfigError.unreadable(file: path, reason: "\(data.count) bytes; a finetune config is at most \(TrainConfig.Limits.configFileBytes)")
         }
-        guard let node else { return TrainConfig() }   // an empty file: all defaults
-        guard let dict = node as? [String: Any] else {
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw ConfigError.unreadable(file: path, reason: "not UTF-8 text")
+        }
+        // Before Yams sees the text: its composer recurses per nesting level (a deep file
+        // overflows the stack) and copies aliased subtrees (exponential "billion laughs").
+        try preScan(text, file: path)
+        let root: Node?
+        do { root = try Yams.compose(yaml: text) } catch {
+            throw ConfigError.unreadable(file: path, reason: "invalid YAML: \(oneLine(error))")
+        }
+        guard let root else { return TrainConfig() }   // an empty file: all defaults
+        if case .scalar(let s) = root, s.string.isEmpty || s.string == "~" || s.string == "null" { return TrainConfig() }
+        guard let mapping = root.mapping else {
             throw ConfigError.unreadable(file: path, reason: "expected a mapping of keys to values at the top level")
         }
+        try checkKeys(root, file: path, at: "")
         let valid = Set(TrainConfig.CodingKeys.allCases.map(\.rawValue) + TrainConfig.AliasKeys.allCases.map(\.rawValue))
-        for key in dict.keys.sorted() where !valid.contains(key) {
+        for key in mapping.keys.compactMap(\.string).sorted() where !valid.contains(key) {
             throw ConfigError.unknownKey(file: path, key: key, suggestion: TrainConfig.nearestKey(to: key))
         }
         do {
@@ -31,8 +42,105 @@ enum ConfigFile {
         } catch let e as ConfigError {
             throw e
         } catch {
-            throw ConfigError.unreadable(file: path, reason: "\(error)")
+            throw ConfigError.unreadable(file: path, reason: oneLine(error))
         }
+    }
+
+    /// Mapping keys must be plain scalars: a complex key (`? [a]`, `[a]: 1`) is refused here
+    /// instead of reaching code that expects string keys.
+    static func checkKeys(_ node: Node, file: String, at path: String) throws {
+        switch node {
+        case .mapping(let m):
+            for (k, v) in m {
+                guard let key = k.scalar?.string else {
+                    throw ConfigError.unreadable(file: file, reason: "\(path.isEmpty ? "" : "under '\(path)': ")complex mapping keys (a list or mapping used as a key) are not supported")
+                }
+                try checkKeys(v, file: file, at: path.isEmpty ? key : path + "." + key)
+            }
+        case .sequence(let items):
+            for (i, v) in items.enumerated() { try checkKeys(v, file: file, at: "\(path)[\(i)]") }
+        default: break
+        }
+    }
+
+    /// A scan of the raw text, outside quotes and comments: refuses anchors and aliases (`&a`,
+    /// `*a`), complex-key indicators (`? `), and nesting deeper than
+    /// `TrainConfig.Limits.configNesting` (block indentation levels, `- ` chains and flow
+    /// brackets together). Every finetune key is a scalar or a flat list, so none of these is
+    /// ever needed; refusing them bounds the work Yams does.
+    static func preScan(_ text: String, file: String) throws {
+        let b = Array(text.utf8), n = b.count
+        let maxDepth = TrainConfig.Limits.configNesting
+        let space: UInt8 = 0x20, tab: UInt8 = 0x09, nl: UInt8 = 0x0A, cr: UInt8 = 0x0D
+        var line = 1, i = 0, flow = 0
+        var indents: [Int] = []
+        var quote: UInt8? = nil
+        var atLineStart = true
+        func fail(_ what: String) -> ConfigError { .unreadable(file: file, reason: "line \(line): \(what)") }
+        func tooDeep() -> ConfigError { fail("nested more than \(maxDepth) levels deep") }
+        while i < n {
+            if atLineStart {
+                atLineStart = false
+                if quote == nil && flow == 0 {
+                    var col = 0
+                    while i < n, b[i] == space { col += 1; i += 1 }
+                    if i < n, b[i] != nl, b[i] != cr, b[i] != UInt8(ascii: "#") {
+                        while let last = indents.last, last >= col { indents.removeLast() }
+                        indents.append(col)
+                        var dashes = 0, j = i
+                        while j + 1 < n, b[j] == UInt8(ascii: "-"), b[j + 1] == space || b[j + 1] == tab {
+                            dashes += 1; j += 2
+                            while j < n, b[j] == space { j += 1 }
+                        }
+                        if indents.count + dashes > maxDepth { throw tooDeep() }
+                    }
+                }
+                continue
+            }
+            let c = b[i]
+            if let q = quote {
+                if q == UInt8(ascii: "\"") && c == UInt8(ascii: "\\") { i += 2; continue }
+                if c == q {
+                    if q == UInt8(ascii: "'") && i + 1 < n && b[i + 1] == q { i += 2; continue }   // '' inside '...'
+                    quote = nil
+                } else if c == nl { line += 1 }
+                i += 1; continue
+            }
+            let prev: UInt8 = i == 0 ? nl : b[i - 1]
+            let tokenStart = [space, tab, nl, cr, UInt8(ascii: "["), UInt8(ascii: "{"), UInt8(ascii: ",")].contains(prev)
+            let next: UInt8 = i + 1 < n ? b[i + 1] : nl
+            switch c {
+            case nl:
+                line += 1; atLineStart = true
+            case UInt8(ascii: "#") where tokenStart:
+                while i + 1 < n, b[i + 1] != nl { i += 1 }
+            case UInt8(ascii: "\""), UInt8(ascii: "'"):
+                if tokenStart { quote = c }
+            case UInt8(ascii: "["), UInt8(ascii: "{"):
+                if tokenStart || flow > 0 {
+                    flow += 1
+                    if flow + indents.count > maxDepth { throw tooDeep() }
+                }
+            case UInt8(ascii: "]"), UInt8(ascii: "}"):
+                if flow > 0 { flow -= 1 }
+            case UInt8(ascii: "&"), UInt8(ascii: "*"):
+                if tokenStart && ![space, tab, nl, cr].contains(next) {
+                    throw fail("YAML anchors and aliases (&name, *name) are not supported in a finetune config")
+                }
+            case UInt8(ascii: "?"):
+                if tokenStart && [space, tab, nl, cr].contains(next) {
+                    throw fail("complex mapping keys ('? ') are not supported in a finetune config")
+                }
+            default: break
+            }
+            i += 1
+        }
+    }
+
+    /// The first line of an error's description (Yams' parser errors quote the source over
+    /// several lines).
+    static func oneLine(_ error: Error) -> String {
+        "\(error)".split(separator: "\n").first.map(String.init) ?? "\(error)"
     }
 
     static func keyPath(_ ctx: DecodingError.Context) -> String {
@@ -59,3 +167,4 @@ enum ConfigFile {
         }
     }
 }
+

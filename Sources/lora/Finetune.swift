@@ -102,14 +102,19 @@ struct Finetune: ParsableCommand {
     }
 
     func run() throws {
-        try runReportingErrors {
+        try runReportingErrors { try Self.cleanIOErrors {
             let c = try resolved()
             if printConfig { print(c.yaml, terminator: ""); return }
             let ctx = try makeContext(threads: c.threads)
             let memory = MemoryMeter()
             note("Training Alpaca-LoRA model with params:")
             note(c.yaml.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
-            let loaded = try LoadedModel(path: c.baseModel, quantization: c.quantization, pool: ctx.pool)
+                        let loaded = try LoadedModel(path: c.baseModel, quantization: c.quantization, pool: ctx.pool)
+            // Positions past the model's context have no RoPE rows: refuse rather than truncate.
+            if c.cutoffLen > loaded.model.config.maxPositionEmbeddings {
+                throw ConfigError.badValue(key: "cutoff_len", value: "\(c.cutoffLen)",
+                                           expected: "at most the model's context length (\(loaded.model.config.maxPositionEmbeddings), max_position_embeddings)")
+            }
             let prompter = try loadPrompter(c.promptTemplateName)
             let records = try AlpacaData.load(URL(fileURLWithPath: c.dataPath))
             if c.valSetSize >= records.count {
@@ -124,13 +129,39 @@ struct Finetune: ParsableCommand {
             let adapter = LoRAAdapter(new: c.adapterConfig, model: loaded.model.config, rng: &rng)
             let trainer = try Trainer(config: c, model: loaded.model, adapter: adapter, ctx: ctx,
                                       train: train, validation: val, padID: loaded.padID)
-            if let r = c.resumeFromCheckpoint { try trainer.resume(from: URL(fileURLWithPath: r)) }
+            // Claimed before training: writable, locked against a second run, stale temporaries
+            // cleaned. Released (and removed if this run left it empty) on every exit path.
+            let output = try OutputFolder(URL(fileURLWithPath: c.outputDir))
+            defer { output.release() }
+            if let r = c.resumeFromCheckpoint {
+                if r == "latest" {
+                    if let latest = OutputFolder.latestCheckpoint(in: output.url) {
+                        note("resuming from \(latest.path)")
+                        try trainer.resume(from: latest)
+                    } else {
+                        note("resume_from_checkpoint: latest: no complete checkpoint in \(output.url.path); starting from step 0")
+                        try TrainingLog.truncate(in: output.url, after: 0)
+                    }
+                } else {
+                    try trainer.resume(from: URL(fileURLWithPath: r))
+                }
+            } else {
+                try TrainingLog.truncate(in: output.url, after: 0)   // a fresh run starts a fresh log
+            }
             let progress = ProgressPrinter(outputDir: URL(fileURLWithPath: c.outputDir))
             SignalHandling.installInterruptHandler(ctx.cancellation)
             let summary = try trainer.run { progress.handle($0) }
             try progress.finish()
             note(String(format: "done: %d steps in %.1f s, %.1f tokens/s, peak memory %@; adapter in %@",
                         summary.steps, summary.seconds, summary.tokensPerSecond, memory.peakDescription, summary.adapterPath))
+        } }
+    }
+
+    /// Foundation's file errors become one line (path and reason), not an NSError dump.
+    static func cleanIOErrors(_ body: () throws -> Void) throws {
+        do { try body() } catch let e as NSError where e.domain == NSCocoaErrorDomain || e.domain == NSPOSIXErrorDomain {
+            let path = (e.userInfo[NSFilePathErrorKey] as? String) ?? (e.userInfo[NSURLErrorKey] as? URL)?.path ?? "file"
+            throw WriteError(path: path, reason: ioReason(e))
         }
     }
 }

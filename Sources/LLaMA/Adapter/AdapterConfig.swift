@@ -30,12 +30,16 @@ public struct AdapterConfig: Sendable, Equatable {
         }
         if let t = j["peft_type"]?.string, t != "LORA" { throw bad("peft_type", j["peft_type"]!, "\"LORA\"") }
         guard let rj = j["r"] else { throw CheckpointError.missingKey(file: file, key: "r") }
-        guard let r = rj.int, r > 0 else { throw bad("r", rj, "a positive integer") }
+        // The same bound as lora_r in a finetune config: the factors are sized from it.
+        guard let r = rj.int, r > 0, r <= TrainConfig.Limits.loraR.upperBound else {
+            throw bad("r", rj, "a positive integer at most \(TrainConfig.Limits.loraR.upperBound)")
+        }
         self.r = r
         guard let aj = j["lora_alpha"] else { throw CheckpointError.missingKey(file: file, key: "lora_alpha") }
-        guard let a = aj.double, a > 0 else { throw bad("lora_alpha", aj, "a positive number") }
+        guard let a = aj.double, a > 0, a.isFinite else { throw bad("lora_alpha", aj, "a positive finite number") }
         loraAlpha = a
         loraDropout = j["lora_dropout"]?.double ?? 0
+        guard loraDropout >= 0, loraDropout < 1 else { throw bad("lora_dropout", j["lora_dropout"] ?? .null, "a number in [0, 1)") }
         useRslora = j["use_rslora"]?.bool ?? false
         baseModelNameOrPath = j["base_model_name_or_path"]?.string
         if j["use_dora"]?.bool == true { throw bad("use_dora", .bool(true), "false (DoRA adapters are not supported)") }
@@ -63,7 +67,7 @@ public struct AdapterConfig: Sendable, Equatable {
         }
         if let l = j["layers_to_transform"], !l.isNull {
             if let i = l.int { layersToTransform = [i] }
-            else if let arr = l.array, arr.allSatisfy({ $0.int != nil }) { layersToTransform = arr.map { $0.int! } }
+            else if let arr = l.array, arr.count <= LlamaConfig.Limits.hiddenLayers, arr.allSatisfy({ $0.int != nil }) { layersToTransform = arr.map { $0.int! } }
             else { throw bad("layers_to_transform", l, "null, an integer or a list of integers") }
         } else {
             layersToTransform = nil

@@ -62,7 +62,7 @@ public final class SafeTensorsCheckpoint: Checkpoint {
                     }
                     files[shard] = try SafeTensorsFile(path: p.path)
                 }
-                guard files[shard]!.entries[name] != nil else {
+                guard files[shard]?.entries[name] != nil else {
                     throw CheckpointError.missingTensor(file: folder.appendingPathComponent(shard).path, name: name)
                 }
                 location[name] = shard
@@ -80,13 +80,16 @@ public final class SafeTensorsCheckpoint: Checkpoint {
 
     public func tensor(_ name: String, shape: [Int]) throws -> Tensor {
         guard let shard = location[name], let f = files[shard] else {
-            throw CheckpointError.missingTensor(file: source, name: name)
+            // Name the file when there is one (model.safetensors), the folder for shards.
+            throw CheckpointError.missingTensor(file: files.count == 1 ? files.values.first!.path : source, name: name)
         }
-        let e = f.entries[name]!
+        guard let e = f.entries[name] else { throw CheckpointError.missingTensor(file: f.path, name: name) }
         guard e.shape == shape else {
             throw CheckpointError.shapeMismatch(file: f.path, name: name, expected: shape, found: e.shape)
         }
-        return try f.f32(name)!
+        guard let t = try f.f32(name) else { throw CheckpointError.missingTensor(file: f.path, name: name) }
+        try checkFinite(t, name: name, file: f.path)
+        return t
     }
 
     /// The dtype the checkpoint stores most of its weights in (for exports' defaults).
@@ -102,4 +105,19 @@ public func openCheckpoint(_ path: String) throws -> Checkpoint {
     if ext == "bin" || ext == "pt" || ext == "pth" { throw CheckpointError.pickle(path: path) }
     if ext == "gguf" { return try GGUFCheckpoint(path: path) }
     return try SafeTensorsCheckpoint(folder: url)
+}
+
+/// NaN or infinity in a weight (a damaged download, an overflowed conversion, a NaN scale in a
+/// quantized block) would silently turn every output into NaN: refuse it at load, naming the
+/// tensor and the first bad element.
+public func checkFinite(_ t: Tensor, name: String, file: String) throws {
+    let p = t.data
+    // x * 0 is 0 for every finite x and NaN otherwise: one vectorizable pass, then a search
+    // for the first bad element only when there is one.
+    var acc: Float = 0
+    for i in 0..<t.count { acc += p[i] * 0 }
+    if acc == 0 { return }
+    for i in 0..<t.count where !p[i].isFinite {
+        throw CheckpointError.nonFinite(file: file, name: name, index: i, value: p[i])
+    }
 }

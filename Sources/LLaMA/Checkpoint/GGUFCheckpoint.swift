@@ -56,6 +56,7 @@ public final class GGUFCheckpoint: Checkpoint {
             throw CheckpointError.shapeMismatch(file: source, name: "\(g) (\(name))", expected: shape, found: info.shape)
         }
         let t = try file.f32(info)
+        try checkFinite(t, name: "\(g) (\(name))", file: source)
         if name.hasSuffix(".self_attn.q_proj.weight") {
             return try Self.unpermuteRoPE(t, heads: config.numAttentionHeads, name: g, file: source)
         }
@@ -184,7 +185,7 @@ public final class GGUFCheckpoint: Checkpoint {
         if vocab == nil, let t = try f.strings("tokenizer.ggml.tokens"), !t.isEmpty { vocab = t.count }
         guard let vocab else { throw CheckpointError.missingKey(file: path, key: p + "vocab_size") }
 
-        return LlamaConfig(
+        let config = LlamaConfig(
             hiddenSize: hidden, intermediateSize: ffn, numAttentionHeads: heads, numKeyValueHeads: kvHeads,
             numHiddenLayers: layers, rmsNormEps: eps, ropeTheta: theta, headDim: headDim, vocabSize: vocab,
             tieWordEmbeddings: f.tensorInfo("output.weight") == nil,
@@ -192,6 +193,17 @@ public final class GGUFCheckpoint: Checkpoint {
             eosTokenIDs: try tokenID("tokenizer.ggml.eos_token_id").map { [$0] } ?? [],
             padTokenID: try tokenID("tokenizer.ggml.padding_token_id"),
             maxPositionEmbeddings: context, torchDtype: nil)
+        // The same bounds as config.json, named by their GGUF keys.
+        let ggufKeys = [
+            "hidden_size": p + "embedding_length", "intermediate_size": p + "feed_forward_length",
+            "num_attention_heads": p + "attention.head_count", "num_key_value_heads": p + "attention.head_count_kv",
+            "num_hidden_layers": p + "block_count", "head_dim": p + "attention.key_length", "vocab_size": p + "vocab_size",
+            "max_position_embeddings": p + "context_length", "rms_norm_eps": p + "attention.layer_norm_rms_epsilon",
+            "rope_theta": p + "rope.freq_base", "bos_token_id": "tokenizer.ggml.bos_token_id",
+            "eos_token_id": "tokenizer.ggml.eos_token_id", "pad_token_id": "tokenizer.ggml.padding_token_id",
+        ]
+        try config.checkBounds(file: path) { ggufKeys[$0] ?? $0 }
+        return config
     }
 
     /// Every tensor the model needs is present with the shape the config implies, and every

@@ -30,6 +30,59 @@ public struct LlamaConfig: Sendable, Equatable {
         self.maxPositionEmbeddings = maxPositionEmbeddings; self.torchDtype = torchDtype
     }
 
+    /// Upper bounds on every size a checkpoint declares, checked at load before anything is
+    /// allocated from them (the RoPE table, the KV cache and the activations are sized from
+    /// these). Each is well above any released LLaMA-family model.
+    public enum Limits {
+        public static let maxPositionEmbeddings = 1 << 20   // 1M positions
+        /// The RoPE table holds positions x head_dim floats: at most 512 MiB.
+        public static let maxRoPETableElements = 1 << 27
+        public static let hiddenSize = 1 << 16
+        public static let intermediateSize = 1 << 18
+        public static let attentionHeads = 1 << 10
+        public static let headDim = 1 << 12
+        public static let hiddenLayers = 1 << 10
+        public static let vocabSize = 1 << 22               // 4M tokens (largest released: ~256K)
+    }
+
+    /// Bounds and consistency shared by config.json and GGUF metadata; `key` names each field
+    /// as the file spells it, so the message points at the right line.
+    func checkBounds(file: String, key: (String) -> String) throws {
+        func bound(_ name: String, _ v: Int, _ limit: Int) throws {
+            guard v > 0, v <= limit else {
+                throw CheckpointError.badValue(file: file, key: key(name), value: "\(v)", expected: "a positive integer at most \(limit)")
+            }
+        }
+        try bound("hidden_size", hiddenSize, Limits.hiddenSize)
+        try bound("intermediate_size", intermediateSize, Limits.intermediateSize)
+        try bound("num_attention_heads", numAttentionHeads, Limits.attentionHeads)
+        try bound("num_key_value_heads", numKeyValueHeads, Limits.attentionHeads)
+        try bound("num_hidden_layers", numHiddenLayers, Limits.hiddenLayers)
+        try bound("head_dim", headDim, Limits.headDim)
+        try bound("vocab_size", vocabSize, Limits.vocabSize)
+        try bound("max_position_embeddings", maxPositionEmbeddings, Limits.maxPositionEmbeddings)
+        guard numKeyValueHeads <= numAttentionHeads, numAttentionHeads % numKeyValueHeads == 0 else {
+            throw CheckpointError.badValue(file: file, key: key("num_key_value_heads"), value: "\(numKeyValueHeads)",
+                                           expected: "a divisor of \(key("num_attention_heads")) (\(numAttentionHeads))")
+        }
+        guard headDim % 2 == 0 else {
+            throw CheckpointError.badValue(file: file, key: key("head_dim"), value: "\(headDim)", expected: "an even number (RoPE rotates pairs)")
+        }
+        guard maxPositionEmbeddings * headDim <= Limits.maxRoPETableElements else {
+            throw CheckpointError.badValue(file: file, key: key("max_position_embeddings"), value: "\(maxPositionEmbeddings)",
+                                           expected: "at most \(Limits.maxRoPETableElements / headDim) with a head_dim of \(headDim) (the RoPE table would exceed 512 MiB)")
+        }
+        guard rmsNormEps.isFinite, rmsNormEps > 0, ropeTheta.isFinite, ropeTheta > 0 else {
+            throw CheckpointError.badValue(file: file, key: key(rmsNormEps.isFinite && rmsNormEps > 0 ? "rope_theta" : "rms_norm_eps"),
+                                           value: "\(rmsNormEps.isFinite && rmsNormEps > 0 ? ropeTheta : rmsNormEps)", expected: "a positive finite number")
+        }
+        for (name, id) in [("bos_token_id", bosTokenID), ("pad_token_id", padTokenID)] + eosTokenIDs.map({ ("eos_token_id", Optional($0)) }) {
+            if let id, id < 0 || Int(id) >= vocabSize {
+                throw CheckpointError.badValue(file: file, key: key(name), value: "\(id)", expected: "a token id below \(key("vocab_size")) (\(vocabSize))")
+            }
+        }
+    }
+
     public var qDim: Int { numAttentionHeads * headDim }
     public var kvDim: Int { numKeyValueHeads * headDim }
 
@@ -68,11 +121,21 @@ public struct LlamaConfig: Sendable, Equatable {
         }
         func tokenIDs(_ key: String) throws -> [Int32] {
             guard let v = json[key], !v.isNull else { return [] }
-            if let i = v.int { return [Int32(i)] }
+            // Converted with `exactly`: an id past Int32 is an error, not a trap.
+            func id(_ i: Int) throws -> Int32 {
+                guard let x = Int32(exactly: i), x >= 0 else {
+                    throw CheckpointError.badValue(file: file, key: key, value: "\(i)", expected: "a token id (0 ..< 2^31)")
+                }
+                return x
+            }
+            if let i = v.int { return [try id(i)] }
             if let a = v.array {
+                guard a.count <= 1024 else {
+                    throw CheckpointError.badValue(file: file, key: key, value: "a list of \(a.count) ids", expected: "at most 1024 ids")
+                }
                 return try a.map {
                     guard let i = $0.int else { throw CheckpointError.wrongType(file: file, key: key, expected: "an integer or a list of integers", found: $0.typeName) }
-                    return Int32(i)
+                    return try id(i)
                 }
             }
             throw CheckpointError.wrongType(file: file, key: key, expected: "an integer or a list of integers", found: v.typeName)
@@ -127,6 +190,7 @@ public struct LlamaConfig: Sendable, Equatable {
             throw CheckpointError.badValue(file: file, key: "hidden_size", value: "\(hiddenSize)",
                                            expected: "a multiple of num_attention_heads (\(numAttentionHeads))")
         }
+        try checkBounds(file: file) { $0 }
     }
 
     /// The config.json we write for exported models (transformers' LlamaConfig keys).

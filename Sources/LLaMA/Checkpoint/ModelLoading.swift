@@ -12,12 +12,35 @@ public struct LoadedModel {
     /// Projections are stored as `quantization` says; `pool` does the converting.
     public init(path: String, quantization: Quantization, pool: WorkerPool) throws {
         let ck = try openCheckpoint(path)
+        let tokenizerFile: String
         if let g = ck as? GGUFCheckpoint {
             tokenizer = try loadTokenizer(gguf: g.file)
+            tokenizerFile = g.file.path + " (tokenizer.ggml.tokens)"
         } else {
             tokenizer = try loadTokenizer(folder: URL(fileURLWithPath: path))
+            let folder = URL(fileURLWithPath: path)
+            let spm = folder.appendingPathComponent("tokenizer.model").path
+            tokenizerFile = FileManager.default.fileExists(atPath: spm) ? spm : folder.appendingPathComponent("tokenizer.json").path
         }
+        // Checked before the weights are read: an id past the embedding's rows would read past
+        // it in generate and write past the gradient buffer in finetune.
+        try Self.checkTokenizer(tokenizer, fits: ck.config, file: tokenizerFile)
         model = try LlamaModel(checkpoint: ck, quantization: quantization, pool: pool)
+    }
+
+    /// Every id the tokenizer can produce (its vocabulary, BOS, EOS, pad) is a row of the model's
+    /// embedding.
+    public static func checkTokenizer(_ t: Tokenizer, fits c: LlamaConfig, file: String) throws {
+        guard t.vocabSize <= c.vocabSize else {
+            throw CheckpointError.badValue(file: file, key: "vocabulary size", value: "\(t.vocabSize)",
+                                           expected: "at most the model's vocab_size (\(c.vocabSize)): its ids would run past the embedding table")
+        }
+        let special = [("bos id", t.bosID), ("eos id", t.eosID), ("pad id", t.padID)] + t.eosIDs.sorted().map { ("eos id", Optional($0)) }
+        for (name, id) in special {
+            if let id, id < 0 || Int(id) >= c.vocabSize {
+                throw CheckpointError.badValue(file: file, key: name, value: "\(id)", expected: "a token id below the model's vocab_size (\(c.vocabSize))")
+            }
+        }
     }
 
     /// End-of-sequence ids: the tokenizer's and the config's (an instruct model's EOS).

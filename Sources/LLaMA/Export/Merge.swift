@@ -110,7 +110,11 @@ public struct AdapterFactors {
                     throw CheckpointError.badValue(file: cfgURL.path, key: "r", value: "\(cfg.r)",
                                                    expected: "the rank of the saved tensors (\(ka) has rank \(r))")
                 }
-                factors[p.weightName(layer: i)] = (try st.f32(ka)!, try st.f32(kb)!)
+                let (A, B) = (try st.f32(ka)!, try st.f32(kb)!)
+                // NaN or Inf in an adapter would silently poison every output it touches.
+                try checkFinite(A, name: ka, file: wURL.path)
+                try checkFinite(B, name: kb, file: wURL.path)
+                factors[p.weightName(layer: i)] = (A, B)
                 used.insert(ka); used.insert(kb)
             }
         }

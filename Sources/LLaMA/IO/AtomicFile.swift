@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Every file `lora` writes goes through here: write to a temporary sibling, flush, rename.
 /// A crash or Ctrl-C at any moment leaves either the old file or the new one, never half.
@@ -6,23 +9,25 @@ public enum AtomicFile {
     public static func write(_ bytes: [UInt8], to url: URL) throws {
         let dir = url.deletingLastPathComponent()
         let tmp = dir.appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
-        guard FileManager.default.createFile(atPath: tmp.path, contents: nil) else {
-            throw WriteError(path: url.path, reason: "cannot create \(tmp.path)")
-        }
-        do {
-            let h = try FileHandle(forWritingTo: tmp)
-            try bytes.withUnsafeBytes { try h.write(contentsOf: Data($0)) }
-            try h.synchronize()
-            try h.close()
-            if rename(tmp.path, url.path) != 0 {
-                throw WriteError(path: url.path, reason: String(cString: strerror(errno)))
+        // POSIX calls, so a failure reports errno ("permission denied"), and O_NOFOLLOW so a
+        // symlink planted at the temporary name is not followed out of the folder.
+        let fd = open(tmp.path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw WriteError(path: url.path, reason: posixReason(errno)) }
+        var failure: Int32 = 0
+        bytes.withUnsafeBytes { buf in
+            var off = 0
+            while off < buf.count {
+                let w = Glibc.write(fd, buf.baseAddress! + off, buf.count - off)
+                if w < 0 { if errno == EINTR { continue }; failure = errno; return }
+                off += w
             }
-        } catch let e as WriteError {
-            try? FileManager.default.removeItem(at: tmp)
-            throw e
-        } catch {
-            try? FileManager.default.removeItem(at: tmp)
-            throw WriteError(path: url.path, reason: "\(error.localizedDescription)")
+        }
+        if failure == 0, fsync(fd) != 0 { failure = errno }
+        if close(fd) != 0, failure == 0 { failure = errno }
+        if failure == 0, rename(tmp.path, url.path) != 0 { failure = errno }
+        if failure != 0 {
+            unlink(tmp.path)
+            throw WriteError(path: url.path, reason: posixReason(failure))
         }
     }
 
@@ -33,19 +38,17 @@ public enum AtomicFile {
     public static func write(to url: URL, _ body: (FileHandle) throws -> Void) throws {
         let fm = FileManager.default
         let tmp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
-        guard fm.createFile(atPath: tmp.path, contents: nil) else {
-            throw WriteError(path: url.path, reason: "cannot create \(tmp.path)")
-        }
+        let fd = open(tmp.path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw WriteError(path: url.path, reason: posixReason(errno)) }
         func fail(_ error: Error) -> Error {
             try? fm.removeItem(at: tmp)
             let ns = error as NSError
             if ns.domain == NSCocoaErrorDomain || ns.domain == NSPOSIXErrorDomain {
-                return WriteError(path: url.path, reason: ns.localizedDescription)
+                return WriteError(path: url.path, reason: ioReason(error))
             }
             return error
         }
-        let h: FileHandle
-        do { h = try FileHandle(forWritingTo: tmp) } catch { throw fail(error) }
+        let h = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
         do {
             try body(h)
             try h.synchronize()
@@ -55,7 +58,7 @@ public enum AtomicFile {
             throw fail(error)
         }
         if rename(tmp.path, url.path) != 0 {
-            let reason = String(cString: strerror(errno))
+            let reason = posixReason(errno)
             try? fm.removeItem(at: tmp)
             throw WriteError(path: url.path, reason: reason)
         }
@@ -74,7 +77,7 @@ public enum AtomicFile {
         let tmp = parent.appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
         try? fm.removeItem(at: tmp)
         do {
-            try fm.createDirectory(at: tmp, withIntermediateDirectories: false)
+            guard mkdir(tmp.path, 0o755) == 0 else { throw WriteError(path: url.path, reason: posixReason(errno)) }
             try fill(tmp)
         } catch {
             try? fm.removeItem(at: tmp)
@@ -86,21 +89,25 @@ public enum AtomicFile {
             try? fm.removeItem(at: o)
             if rename(url.path, o.path) != 0 {
                 try? fm.removeItem(at: tmp)
-                throw WriteError(path: url.path, reason: String(cString: strerror(errno)))
+                throw WriteError(path: url.path, reason: posixReason(errno))
             }
             old = o
         }
         if rename(tmp.path, url.path) != 0 {
-            let reason = String(cString: strerror(errno))
+            let reason = posixReason(errno)
             if let old { _ = rename(old.path, url.path) }
             throw WriteError(path: url.path, reason: reason)
         }
         if let old { try? fm.removeItem(at: old) }
+        // The renames are durable only once the parent directory is synced.
+        let dfd = open(parent.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dfd >= 0 { _ = fsync(dfd); close(dfd) }
     }
 }
 
 public struct WriteError: Error, CustomStringConvertible, Equatable {
     public let path: String
     public let reason: String
+    public init(path: String, reason: String) { self.path = path; self.reason = reason }
     public var description: String { "\(path): cannot write: \(reason)" }
 }

@@ -12,6 +12,7 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
     case shapeMismatch(file: String, name: String, expected: [Int], found: [Int])
     case unsupportedDType(file: String, name: String, dtype: String)
     case pickle(path: String)
+    case nonFinite(file: String, name: String, index: Int, value: Float)
 
     public var description: String {
         switch self {
@@ -29,6 +30,8 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
             return "\(file): tensor '\(name)' has shape \(found), expected \(expected)"
         case let .unsupportedDType(file, name, dtype):
             return "\(file): tensor '\(name)' has dtype \(dtype), expected F32, F16 or BF16"
+        case let .nonFinite(file, name, index, value):
+            return "\(file): tensor '\(name)' holds a non-finite value (\(value) at element \(index)); the weights are damaged"
         case let .pickle(path):
             return "\(path): PyTorch pickle checkpoints (.bin/.pt) are not loaded, for safety; convert to safetensors first (e.g. `model.save_pretrained(dir, safe_serialization=True)`)"
         }

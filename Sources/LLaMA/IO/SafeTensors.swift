@@ -24,10 +24,12 @@ public final class SafeTensorsFile: @unchecked Sendable {
         guard file.size >= 8 else {
             throw CheckpointError.corrupt(file: path, detail: "\(file.size) bytes, shorter than the 8-byte header length")
         }
-        let n = Int(file.base.loadUnaligned(as: UInt64.self).littleEndian)
-        guard n > 0, n <= file.size - 8, n < 100_000_000 else {
-            throw CheckpointError.corrupt(file: path, detail: "header length \(n) does not fit in a file of \(file.size) bytes")
+        // Compared as UInt64: a length past Int.max must be an error, not a trapping conversion.
+        let n64 = UInt64(littleEndian: file.base.loadUnaligned(as: UInt64.self))
+        guard n64 > 0, n64 <= UInt64(file.size - 8), n64 < 100_000_000 else {
+            throw CheckpointError.corrupt(file: path, detail: "header length \(n64) does not fit in a file of \(file.size) bytes")
         }
+        let n = Int(n64)
         let headerBytes = file.bytes(8..<(8 + n))
         guard let text = String(bytes: headerBytes, encoding: .utf8) else {
             throw CheckpointError.corrupt(file: path, detail: "header is not UTF-8")
@@ -71,11 +73,23 @@ public final class SafeTensorsFile: @unchecked Sendable {
                   let b = offs[0].int, let e = offs[1].int else {
                 throw CheckpointError.corrupt(file: path, detail: "tensor '\(name)' has no valid data_offsets")
             }
-            let elements = shape.reduce(1) { $0.multipliedReportingOverflow(by: $1).partialValue }
+            guard shape.count <= 8 else {
+                throw CheckpointError.corrupt(file: path, detail: "tensor '\(name)' has \(shape.count) dimensions (at most 8)")
+            }
+            // Overflow is an error, never a wrapped product that happens to match the byte range.
+            var elements = 1, overflow = false
+            for d in shape {
+                let (m, o) = elements.multipliedReportingOverflow(by: d)
+                elements = m; overflow = overflow || o
+            }
+            let (needed, o2) = elements.multipliedReportingOverflow(by: dtype.size)
+            guard !overflow, !o2 else {
+                throw CheckpointError.corrupt(file: path, detail: "tensor '\(name)' shape \(shape) has too many elements")
+            }
             guard b >= 0, b <= e, e <= dataSize else {
                 throw CheckpointError.corrupt(file: path, detail: "tensor '\(name)' data_offsets [\(b), \(e)] lie outside the \(dataSize) data bytes")
             }
-            guard e - b == elements * dtype.size else {
+            guard e - b == needed else {
                 throw CheckpointError.corrupt(file: path, detail: "tensor '\(name)' has \(e - b) bytes, but shape \(shape) of \(ds) needs \(elements * dtype.size)")
             }
             entries[name] = TensorEntry(name: name, dtype: dtype, shape: shape,

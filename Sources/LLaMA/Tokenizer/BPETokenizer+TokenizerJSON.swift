@@ -43,8 +43,8 @@ extension BPETokenizer {
         pairs.reserveCapacity(vocab.count)
         var size = 0
         for (token, id) in vocab {
-            guard let i = id.int, i >= 0, i < Int(Int32.max) else {
-                throw bad("model.vocab[\"\(token)\"]: expected a non-negative integer id, found \(id.serialized(pretty: false))")
+            guard let i = id.int, i >= 0, i < TokenizerLimits.maxVocabSize else {
+                throw bad("model.vocab[\"\(token)\"]: expected an integer id in 0 ..< \(TokenizerLimits.maxVocabSize), found \(id.serialized(pretty: false))")
             }
             pairs.append((token, Int32(i)))
             size = max(size, i + 1)
@@ -81,8 +81,8 @@ extension BPETokenizer {
         if let list = root["added_tokens"], !list.isNull {
             guard let items = list.array else { throw bad("added_tokens: expected an array, found \(list.typeName)") }
             for (n, item) in items.enumerated() {
-                guard let id = item["id"]?.int, id >= 0, id < Int(Int32.max) else {
-                    throw bad("added_tokens[\(n)].id: expected a non-negative integer")
+                guard let id = item["id"]?.int, id >= 0, id < TokenizerLimits.maxVocabSize else {
+                    throw bad("added_tokens[\(n)].id: expected an integer id in 0 ..< \(TokenizerLimits.maxVocabSize)")
                 }
                 guard let content = item["content"]?.string, !content.isEmpty else {
                     throw bad("added_tokens[\(n)].content: expected a non-empty string")
@@ -131,9 +131,9 @@ extension BPETokenizer {
             let gen = try Self.parse(generationConfig)
             if let v = gen["eos_token_id"], !v.isNull {
                 guard let list = v.int.map({ [JSON.int(Int64($0))] }) ?? v.array,
-                      list.allSatisfy({ $0.int != nil }) else {
+                      list.allSatisfy({ $0.int.map { $0 >= 0 && $0 < TokenizerLimits.maxVocabSize } ?? false }) else {
                     throw TokenizerError.unreadable(file: generationConfig.path,
-                                                    reason: "eos_token_id: expected an integer or a list of integers")
+                                                    reason: "eos_token_id: expected a token id or a list of token ids (0 ..< \(TokenizerLimits.maxVocabSize))")
                 }
                 extraEOS = Set(list.map { Int32($0.int!) })
             }

@@ -11,14 +11,33 @@ public func loadTokenizer(gguf f: GGUFFile) throws -> Tokenizer {
     guard let tokens = try f.strings("tokenizer.ggml.tokens") else {
         throw CheckpointError.missingKey(file: f.path, key: "tokenizer.ggml.tokens")
     }
-    let types = try f.ints("tokenizer.ggml.token_type")
-    func id(_ k: String) throws -> Int32? { try f.int("tokenizer.ggml.\(k)").map(Int32.init) }
+    guard tokens.count <= TokenizerLimits.maxVocabSize else {
+        throw CheckpointError.badValue(file: f.path, key: "tokenizer.ggml.tokens", value: "\(tokens.count) tokens",
+                                       expected: "at most \(TokenizerLimits.maxVocabSize)")
+    }
+    // Values are converted with `exactly`: a hostile 64-bit value is an error, not a trap.
+    let types = try f.ints("tokenizer.ggml.token_type").map { list in
+        try list.enumerated().map { i, t -> Int32 in
+            guard let x = Int32(exactly: t) else {
+                throw CheckpointError.badValue(file: f.path, key: "tokenizer.ggml.token_type[\(i)]", value: "\(t)", expected: "a token type (1 ... 6)")
+            }
+            return x
+        }
+    }
+    func id(_ k: String) throws -> Int32? {
+        guard let v = try f.int("tokenizer.ggml.\(k)") else { return nil }
+        guard v >= 0, v < tokens.count, let x = Int32(exactly: v) else {
+            throw CheckpointError.badValue(file: f.path, key: "tokenizer.ggml.\(k)", value: "\(v)",
+                                           expected: "a token id below the \(tokens.count) tokens of tokenizer.ggml.tokens")
+        }
+        return x
+    }
     switch model {
     case "gpt2":
         guard let merges = try f.strings("tokenizer.ggml.merges") else {
             throw CheckpointError.missingKey(file: f.path, key: "tokenizer.ggml.merges")
         }
-        return try BPETokenizer(ggufTokens: tokens, tokenTypes: types?.map(Int32.init), merges: merges,
+        return try BPETokenizer(ggufTokens: tokens, tokenTypes: types, merges: merges,
                                 pre: try f.string("tokenizer.ggml.pre"),
                                 bosID: try id("bos_token_id"), eosID: try id("eos_token_id"),
                                 unkID: try id("unknown_token_id"), padID: try id("padding_token_id"),
@@ -29,7 +48,7 @@ public func loadTokenizer(gguf f: GGUFFile) throws -> Tokenizer {
             throw CheckpointError.corrupt(file: f.path, detail: "tokenizer.ggml.tokens, .scores and .token_type differ in length")
         }
         let proto = SentencePieceProtoWriter.model(
-            pieces: tokens.indices.map { (tokens[$0], scores[$0], Int32(types?[$0] ?? 1)) },
+            pieces: tokens.indices.map { (tokens[$0], scores[$0], types?[$0] ?? 1) },
             unkID: try id("unknown_token_id") ?? 0, bosID: try id("bos_token_id") ?? 1,
             eosID: try id("eos_token_id") ?? 2, padID: try id("padding_token_id") ?? -1,
             addDummyPrefix: try f.bool("tokenizer.ggml.add_space_prefix") ?? true)

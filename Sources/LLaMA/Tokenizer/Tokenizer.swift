@@ -30,6 +30,13 @@ public protocol Tokenizer: Sendable {
     func piece(_ id: Int32) -> String
 }
 
+/// Bounds on what a tokenizer file may declare, checked before tables are sized from it.
+public enum TokenizerLimits {
+    /// Ids at or past this are refused: tables are sized by the largest id, so an id near 2^31
+    /// would ask for tens of GiB (the largest released vocabularies are ~256K).
+    public static let maxVocabSize = 1 << 22
+}
+
 /// Everything that can be wrong with a tokenizer a user points us at. Each message names the
 /// file (or folder) and what was expected.
 public enum TokenizerError: Error, CustomStringConvertible, Equatable {

@@ -159,6 +159,30 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         return out
     }
 
+    /// Upper (and lower) bounds of every size and hyper-parameter, checked by `validate()` before
+    /// anything is allocated from them. Documented in README's finetune section; each is far past
+    /// what a CPU run uses and small enough that buffers sized from it cannot overflow.
+    public enum Limits {
+        public static let loraR = 1...1024
+        public static let microBatchSize = 1...1024
+        public static let batchSize = 1...65536
+        public static let cutoffLen = 2...(1 << 20)            // also at most the model's context
+        public static let numEpochs = 0.0...10_000
+        public static let maxSteps = -1...100_000_000          // -1 or 0: from num_epochs
+        public static let valSetSize = 0...100_000_000
+        public static let steps = 1...100_000_000              // logging, eval and save steps
+        public static let warmupSteps = 0...100_000_000
+        public static let saveTotalLimit = 1...10_000
+        public static let threads = 0...4096
+        public static let learningRate = 1e-12...10.0
+        public static let loraAlpha = 1e-12...1e6
+        public static let maxGradNorm = 1e-12...1e9
+        public static let weightDecay = 0.0...10.0
+        /// A finetune YAML file: bytes, and nesting of mappings/sequences (a flat file uses 2).
+        public static let configFileBytes = 1 << 20
+        public static let configNesting = 32
+    }
+
     public var gradientAccumulationSteps: Int { batchSize / microBatchSize }
 
     public var adapterConfig: AdapterConfig {
@@ -167,30 +191,41 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     }
 
     /// Refuses nonsense before any work starts; each message names the key and the value.
+    /// Ranges come from `Limits`; NaN and infinities fail every range check.
     public func validate() throws {
         func bad(_ k: CodingKeys, _ v: Any, _ e: String) -> ConfigError { .badValue(key: k.rawValue, value: "\(v)", expected: e) }
+        func check(_ k: CodingKeys, _ v: Int, _ r: ClosedRange<Int>) throws {
+            guard r.contains(v) else { throw bad(k, v, "an integer in \(r.lowerBound) ... \(r.upperBound)") }
+        }
+        func check(_ k: CodingKeys, _ v: Double, _ r: ClosedRange<Double>, _ what: String) throws {
+            guard v.isFinite, r.contains(v) else { throw bad(k, v, "\(what), at most \(r.upperBound)") }
+        }
         if baseModel.isEmpty { throw ConfigError.missing(key: CodingKeys.baseModel.rawValue) }
-        if loraR < 1 { throw bad(.loraR, loraR, "a positive integer") }
-        if !(loraAlpha > 0) { throw bad(.loraAlpha, loraAlpha, "a positive number") }
-        if !(loraDropout >= 0 && loraDropout < 1) { throw bad(.loraDropout, loraDropout, "a number in [0, 1)") }
+        if outputDir.isEmpty { throw ConfigError.missing(key: CodingKeys.outputDir.rawValue) }
+        try check(.loraR, loraR, Limits.loraR)
+        try check(.loraAlpha, loraAlpha, Limits.loraAlpha, "a positive finite number")
+        if !(loraDropout.isFinite && loraDropout >= 0 && loraDropout < 1) { throw bad(.loraDropout, loraDropout, "a number in [0, 1)") }
         if loraTargetModules.isEmpty { throw bad(.loraTargetModules, "[]", "at least one of \(Projection.allCases.map(\.rawValue).joined(separator: ", "))") }
-        if microBatchSize < 1 { throw bad(.microBatchSize, microBatchSize, "a positive integer") }
-        if batchSize < 1 { throw bad(.batchSize, batchSize, "a positive integer") }
+        try check(.microBatchSize, microBatchSize, Limits.microBatchSize)
+        try check(.batchSize, batchSize, Limits.batchSize)
         if microBatchSize > batchSize { throw bad(.microBatchSize, microBatchSize, "at most batch_size (\(batchSize))") }
         if batchSize % microBatchSize != 0 { throw bad(.batchSize, batchSize, "a multiple of micro_batch_size (\(microBatchSize))") }
-        if cutoffLen < 2 { throw bad(.cutoffLen, cutoffLen, "at least 2 tokens") }
+        try check(.cutoffLen, cutoffLen, Limits.cutoffLen)
+        try check(.maxSteps, maxSteps, Limits.maxSteps)
+        try check(.numEpochs, numEpochs, Limits.numEpochs, "0 or a positive finite number")
         if !(numEpochs > 0) && maxSteps <= 0 { throw bad(.numEpochs, numEpochs, "a positive number (or set max_steps)") }
-        if !(learningRate > 0) { throw bad(.learningRate, learningRate, "a positive number") }
-        if valSetSize < 0 { throw bad(.valSetSize, valSetSize, "0 or more") }
-        if warmupSteps < 0 { throw bad(.warmupSteps, warmupSteps, "0 or more") }
-        if loggingSteps < 1 { throw bad(.loggingSteps, loggingSteps, "a positive integer") }
-        if evalSteps < 1 { throw bad(.evalSteps, evalSteps, "a positive integer") }
-        if saveSteps < 1 { throw bad(.saveSteps, saveSteps, "a positive integer") }
-        if saveTotalLimit < 1 { throw bad(.saveTotalLimit, saveTotalLimit, "a positive integer") }
-        if !(maxGradNorm > 0) { throw bad(.maxGradNorm, maxGradNorm, "a positive number") }
-        if !(weightDecay >= 0) { throw bad(.weightDecay, weightDecay, "0 or more") }
-        if threads < 0 { throw bad(.threads, threads, "0 (all cores) or more") }
-        if outputDir.isEmpty { throw ConfigError.missing(key: CodingKeys.outputDir.rawValue) }
+        try check(.learningRate, learningRate, Limits.learningRate, "a positive finite number")
+        try check(.valSetSize, valSetSize, Limits.valSetSize)
+        try check(.warmupSteps, warmupSteps, Limits.warmupSteps)
+        try check(.loggingSteps, loggingSteps, Limits.steps)
+        try check(.evalSteps, evalSteps, Limits.steps)
+        try check(.saveSteps, saveSteps, Limits.steps)
+        try check(.saveTotalLimit, saveTotalLimit, Limits.saveTotalLimit)
+        try check(.maxGradNorm, maxGradNorm, Limits.maxGradNorm, "a positive finite number")
+        try check(.weightDecay, weightDecay, Limits.weightDecay, "0 or a positive finite number")
+        try check(.threads, threads, Limits.threads)
+        // Steps times batch must not overflow the step and token counters.
+        if maxSteps < 0, numEpochs * Double(batchSize) > 1e12 { throw bad(.numEpochs, numEpochs, "fewer epochs (num_epochs x batch_size is past 10^12)") }
     }
 
     /// The closest valid key to a misspelt one (edit distance), for "unknown key" messages.

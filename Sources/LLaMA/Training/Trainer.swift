@@ -241,10 +241,34 @@ public final class Trainer {
         let steps = names.compactMap { n -> Int? in n.hasPrefix("checkpoint-") ? Int(n.dropFirst("checkpoint-".count)) : nil }.sorted()
         var excess = steps.count - config.saveTotalLimit
         for s in steps where excess > 0 && s != state.step && s != state.bestStep {
-            try? fm.removeItem(at: outputDir.appendingPathComponent("checkpoint-\(s)"))
+            try? Self.removeCheckpoint(outputDir.appendingPathComponent("checkpoint-\(s)"))
             excess -= 1
         }
         return dir.path
+    }
+
+    /// Renames first, then deletes: a kill mid-delete leaves a hidden `.checkpoint-N.del-*`
+    /// (cleaned at the next start), never a half-deleted `checkpoint-N` that looks complete.
+    static func removeCheckpoint(_ dir: URL) throws {
+        let doomed = dir.deletingLastPathComponent().appendingPathComponent(".\(dir.lastPathComponent).del-\(getpid())")
+        guard rename(dir.path, doomed.path) == 0 else { throw WriteError(path: dir.path, reason: posixReason(errno)) }
+        try FileManager.default.removeItem(at: doomed)
+    }
+
+    /// The checkpoint's counters against this run's data and settings: a state this run could
+    /// not have reached (e.g. past the end of an epoch) would crash or train forever.
+    func checkResumable(_ s: TrainerState, file: String) throws {
+        func bad(_ k: String, _ d: String) -> TrainingError { .badCheckpoint(path: file, detail: "key '\(k)' \(d); the checkpoint is unusable with this run") }
+        guard s.microBatch <= microBatchesPerEpoch else {
+            throw bad("micro_batch", "is \(s.microBatch), past the \(microBatchesPerEpoch) micro-batches of an epoch")
+        }
+        // Each step takes 1 ... accum micro-batches, so the micro-batches consumed bound the step.
+        let (e, o1) = s.epoch.multipliedReportingOverflow(by: microBatchesPerEpoch)
+        let (consumed, o2) = e.addingReportingOverflow(s.microBatch)
+        let (most, o3) = s.step.multipliedReportingOverflow(by: config.gradientAccumulationSteps)
+        guard !o1, !o2, !o3, consumed <= most, consumed >= s.step else {
+            throw bad("epoch", "(\(s.epoch)) and micro_batch (\(s.microBatch)) do not match step \(s.step) with \(microBatchesPerEpoch) micro-batches per epoch")
+        }
     }
 
     /// Continues from `checkpoint-N/` exactly, or starts from a bare adapter folder's weights.
@@ -260,28 +284,43 @@ public final class Trainer {
             }
             l.A.copy(from: A); l.B.copy(from: B)
         }
-        guard fm.fileExists(atPath: stateURL.path) else { return }   // bare adapter: weights only
+        guard fm.fileExists(atPath: stateURL.path) else {   // bare adapter: weights only
+            try TrainingLog.truncate(in: outputDir, after: 0)
+            return
+        }
         let j: JSON
         do { j = try JSON.parse(contentsOf: stateURL) } catch {
             throw TrainingError.badCheckpoint(path: stateURL.path, detail: "\(error)")
         }
         let savedState = try TrainerState(json: j, file: stateURL.path)
+        guard savedState.totalSteps == state.totalSteps else {
+            throw TrainingError.badCheckpoint(path: stateURL.path, detail: "key 'total_steps': it was made for \(savedState.totalSteps) steps, this run has \(state.totalSteps); use the same data and settings to resume")
+        }
+        try checkResumable(savedState, file: stateURL.path)
+        guard fm.fileExists(atPath: optURL.path) else {
+            throw TrainingError.badCheckpoint(path: optURL.path, detail: "missing (the checkpoint is incomplete)")
+        }
         let st = try SafeTensorsFile(path: optURL.path)
         for (k, (m, v)) in optimizer.state.enumerated() {
             guard let sm = try st.f32("m.\(k)"), let sv = try st.f32("v.\(k)"), sm.count == m.count, sv.count == v.count else {
                 throw TrainingError.badCheckpoint(path: optURL.path, detail: "optimizer moments do not match this run's adapters (different r or targets?)")
             }
+            try checkFinite(sm, name: "m.\(k)", file: optURL.path)
+            try checkFinite(sv, name: "v.\(k)", file: optURL.path)
             m.copy(from: sm); v.copy(from: sv)
         }
-        optimizer.restore(step: Int(st.metadata["adamw_step"] ?? "") ?? savedState.step)
+        let adamStep = st.metadata["adamw_step"].map { Int($0) } ?? savedState.step
+        guard let adamStep, adamStep >= 0, adamStep <= savedState.step else {
+            throw TrainingError.badCheckpoint(path: optURL.path, detail: "metadata 'adamw_step' is \(st.metadata["adamw_step"] ?? "?"), expected 0 ... step (\(savedState.step))")
+        }
+        optimizer.restore(step: adamStep)
         if savedState.bestStep != nil {
             let n = adapter.trainable.count
             let tensors = try (0..<n).compactMap { k in try st.f32("best.\(k)") }
             if tensors.count == n { best = tensors }
         }
-        guard savedState.totalSteps == state.totalSteps else {
-            throw TrainingError.badCheckpoint(path: stateURL.path, detail: "it was made for \(savedState.totalSteps) steps, this run has \(state.totalSteps); use the same data and settings to resume")
-        }
         state = savedState
+        // The log keeps the steps up to the checkpoint; later ones will be logged again.
+        try TrainingLog.truncate(in: outputDir, after: state.step)
     }
 }

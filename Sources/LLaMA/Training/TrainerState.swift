@@ -28,18 +28,37 @@ public struct TrainerState: Sendable, Equatable {
         ])
     }
 
+    /// Reads trainer_state.json. Values that cannot be a run's state (negative counters, a
+    /// step past the total, a zero RNG) are `TrainingError.badCheckpoint` naming the file and
+    /// key; consistency with the run (epoch length, total) is checked by `Trainer.resume`.
     public init(json j: JSON, file: String) throws {
-        func int(_ k: String) throws -> Int {
-            guard let v = j[k]?.int else { throw CheckpointError.missingKey(file: file, key: k) }
-            return v
+        func bad(_ k: String, _ detail: String) -> TrainingError { .badCheckpoint(path: file, detail: "key '\(k)' \(detail); the checkpoint is unusable") }
+        guard case .object = j else { throw TrainingError.badCheckpoint(path: file, detail: "expected a JSON object; the checkpoint is unusable") }
+        func int(_ k: String, min: Int) throws -> Int {
+            guard let v = j[k], !v.isNull else { throw bad(k, "is missing") }
+            guard let i = v.int else { throw bad(k, "should be an integer, found \(v.typeName)") }
+            guard i >= min, i <= Self.maxCounter else { throw bad(k, "is \(i), expected \(min) ... \(Self.maxCounter)") }
+            return i
         }
-        step = try int("step"); epoch = try int("epoch"); microBatch = try int("micro_batch")
-        totalSteps = try int("total_steps")
+        step = try int("step", min: 0); epoch = try int("epoch", min: 0); microBatch = try int("micro_batch", min: 0)
+        totalSteps = try int("total_steps", min: 1)
+        guard step <= totalSteps else { throw bad("step", "is \(step), past total_steps (\(totalSteps))") }
         guard let r = j["rng"]?.array, r.count == 4, let words = Optional(r.compactMap { $0.string.flatMap(UInt64.init) }), words.count == 4 else {
-            throw CheckpointError.missingKey(file: file, key: "rng")
+            throw bad("rng", "should be a list of 4 decimal strings")
         }
+        guard words.contains(where: { $0 != 0 }) else { throw bad("rng", "is all zero (not a state the generator can reach)") }
         rng.state = (words[0], words[1], words[2], words[3])
-        bestEvalLoss = j["best_eval_loss"]?.double
-        bestStep = j["best_step"]?.int
+        if let v = j["best_eval_loss"], !v.isNull {
+            guard let d = v.double, d.isFinite, d >= 0 else { throw bad("best_eval_loss", "is \(v.serialized(pretty: false)), expected a finite loss") }
+            bestEvalLoss = d
+        }
+        if let v = j["best_step"], !v.isNull {
+            guard let b = v.int, b >= 1, b <= step else { throw bad("best_step", "is \(v.serialized(pretty: false)), expected 1 ... step (\(step))") }
+            bestStep = b
+        }
+        if (bestStep == nil) != (bestEvalLoss == nil) { throw bad("best_step", "and best_eval_loss must be both set or both null") }
     }
+
+    /// Counters past this are not a real run (TrainConfig.Limits.maxSteps is 10^8).
+    static let maxCounter = 1 << 40
 }

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `output_dir/trainer_log.jsonl` (one JSON object per logged step and per eval) and
 /// `output_dir/loss.svg` (train and eval loss curves), kept up to date during a run.
@@ -12,15 +15,35 @@ public final class TrainingLog {
         dir = outputDir
     }
 
+    public static let fileName = "trainer_log.jsonl"
+
     private func append(_ j: JSON) {
         if handle == nil {
             try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-            let url = dir.appendingPathComponent("trainer_log.jsonl")
-            if !FileManager.default.fileExists(atPath: url.path) { FileManager.default.createFile(atPath: url.path, contents: nil) }
-            handle = try? FileHandle(forWritingTo: url)
-            _ = try? handle?.seekToEnd()
+            let url = dir.appendingPathComponent(Self.fileName)
+            // O_NOFOLLOW: a symlink planted at the log's name is never followed out of the folder.
+            let fd = open(url.path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0o644)
+            if fd >= 0 { handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true) }
         }
         try? handle?.write(contentsOf: Data((j.serialized(pretty: false) + "\n").utf8))
+    }
+
+    /// Drops the entries of steps after `step` (and a torn last line), so a run resumed from
+    /// checkpoint-`step` does not log those steps twice. Rewritten atomically.
+    public static func truncate(in dir: URL, after step: Int) throws {
+        let url = dir.appendingPathComponent(fileName)
+        try OutputFolder.refuseSymlink(url)
+        guard let data = FileManager.default.contents(atPath: url.path) else { return }
+        var kept = ""
+        var dropped = false
+        for line in String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: true) {
+            if let j = try? JSON.parse(String(line), source: url.path), let s = j["step"]?.int, s <= step {
+                kept += line + "\n"
+            } else {
+                dropped = true
+            }
+        }
+        if dropped { try AtomicFile.write(kept, to: url) }
     }
 
     public func logged(_ p: TrainingEvent.Progress) {
