@@ -1,9 +1,24 @@
 #!/usr/bin/env bash
 # The test command: installs what the build needs (idempotent), then runs every test in a
-# release build (numeric tests are 20-50x slower in debug). Fixtures are committed; no network
-# is needed beyond Debian's archive.
+# release build (numeric tests are 20-50x slower in debug), then the parity suites again with
+# each kernel family this CPU can run forced by LORA_KERNELS. Fixtures are committed; no
+# network is needed beyond Debian's archive.
+#   scripts/test.sh            everything
+#   scripts/test.sh --asan     the suite under AddressSanitizer (scripts/test_asan.sh)
+#   scripts/test.sh ARGS...    passed to `swift test` (e.g. --filter MatmulTests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--asan" ]; then shift; exec scripts/test_asan.sh "$@"; fi
 scripts/install_deps.sh
 swift build -c release --build-tests -Xswiftc -enable-testing
 swift test -c release --skip-build -Xswiftc -enable-testing "$@"
+if [ $# -eq 0 ]; then
+  parity='TrainingParityTests|ForwardParityTests|GenerationParityTests|MergeTests|ResumeTests'
+  for k in $(.build/release/lora info --families); do
+    echo "== parity suites with LORA_KERNELS=$k" >&2
+    LORA_KERNELS=$k swift test -c release --skip-build -Xswiftc -enable-testing --filter "$parity" 2>&1 \
+      | grep -E "error|failed|Executed [0-9]+ tests" | tail -3
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "parity suites failed with LORA_KERNELS=$k" >&2; exit 1; }
+  done
+  [ -x scripts/fuzz_ci.sh ] && scripts/fuzz_ci.sh
+fi

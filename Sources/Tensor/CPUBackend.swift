@@ -37,6 +37,8 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     /// while a split adds dispatch overhead to every matmul: the small-M kernel splits only
     /// above `parallelFlops` or for weights this large (the lm_head).
     static let parallelBytes = 1 << 24
+    /// Rows or columns per OpenBLAS call when a product is split over the workers.
+    static let blasBlock = 64
 
     // MARK: products with a frozen weight
 
@@ -100,28 +102,26 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     private func blasForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int,
                              accumulate: Bool, scratch: MatmulScratch) {
         let N = w.rows, K = w.cols, beta: Float = accumulate ? 1 : 0
-        if w.format.name == WeightFormats.f32.name {
-            let wf = w.data.assumingMemoryBound(to: Float.self)
-            pool.chunks(N, grain: max(1, N / pool.threads)) { r in
-                // y[:, r] = x [M, K] @ W[r, :]^T
-                sgemm(transB: true, M: M, N: r.count, K: K, A: x, lda: K, B: wf + r.lowerBound * K, ldb: K,
-                      beta: beta, C: y + r.lowerBound, ldc: N)
-            }
-            return
-        }
-        let t = pool.threads, per = scratch.capacity / t, rowsPer = (N + t - 1) / t
-        precondition(per >= K, "MatmulScratch(\(scratch.capacity)) is smaller than \(t) rows of W (\(K))")
-        let tile = max(1, per / max(K, 1))
-        pool.forEach(t) { i in
-            let slot = scratch.data + i * per
-            var n0 = i * rowsPer
-            let end = min(N, n0 + rowsPer)
-            while n0 < end {
-                let n1 = min(end, n0 + tile)
-                w.dequantizeRows(n0, n1, into: slot)
-                sgemm(transB: true, M: M, N: n1 - n0, K: K, A: x, lda: K, B: slot, ldb: K,
+        // Fixed blocks of W's rows (output columns), whatever the thread count.
+        let isF32 = w.format.name == WeightFormats.f32.name
+        let block = isF32 ? Self.blasBlock : max(1, min(Self.blasBlock, scratch.capacity / pool.threads / max(K, 1)))
+        precondition(isF32 || scratch.capacity / pool.threads >= K, "MatmulScratch(\(scratch.capacity)) is smaller than \(pool.threads) rows of W (\(K))")
+        let per = scratch.capacity / pool.threads
+        pool.chunks((N + block - 1) / block) { r in
+            // One scratch slice per worker: the worker's first block index names it.
+            let slot = scratch.data + (r.lowerBound * pool.threads / max((N + block - 1) / block, 1)) * per
+            for bi in r {
+                let n0 = bi * block, n1 = min(N, n0 + block)
+                let wt: UnsafePointer<Float>
+                if isF32 {
+                    wt = w.data.assumingMemoryBound(to: Float.self) + n0 * K
+                } else {
+                    w.dequantizeRows(n0, n1, into: slot)
+                    wt = UnsafePointer(slot)
+                }
+                // y[:, n0:n1] = x [M, K] @ W[n0:n1, :]^T
+                sgemm(transB: true, M: M, N: n1 - n0, K: K, A: x, lda: K, B: wt, ldb: K,
                       beta: beta, C: y + n0, ldc: N)
-                n0 = n1
             }
         }
     }
@@ -152,7 +152,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                 wt = UnsafePointer(scratch.data)
             }
             let beta: Float = first ? 0 : 1
-            pool.chunks(K, grain: max(16, K / pool.threads)) { c in
+            pool.blocks(K, block: Self.blasBlock) { c in
                 // dx[:, c] (+)= dy[:, n0:n1] @ W[n0:n1, c]
                 sgemm(M: M, N: c.count, K: n1 - n0, A: dy + n0, lda: N, B: wt + c.lowerBound, ldb: K,
                       beta: beta, C: dx + c.lowerBound, ldc: K)
@@ -168,8 +168,10 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     public func gemm(transA: Bool = false, transB: Bool = false, M: Int, N: Int, K: Int, alpha: Float = 1,
                      A: UnsafePointer<Float>, lda: Int, B: UnsafePointer<Float>, ldb: Int,
                      beta: Float = 0, C: UnsafeMutablePointer<Float>, ldc: Int) {
+        // Fixed blocks of C's rows, so the bits do not depend on the thread count.
         let flops = 2 * M * N * K
-        pool.chunks(M, grain: flops >= Self.parallelFlops ? max(1, M / pool.threads) : M) { r in
+        let block = flops >= Self.parallelFlops ? Self.blasBlock : M
+        pool.blocks(M, block: block) { r in
             let a = transA ? A + r.lowerBound : A + r.lowerBound * lda
             sgemm(transA: transA, transB: transB, M: r.count, N: N, K: K, alpha: alpha, A: a, lda: lda,
                   B: B, ldb: ldb, beta: beta, C: C + r.lowerBound * ldc, ldc: ldc)

@@ -32,6 +32,18 @@ public struct WorkerPool: Sendable, Equatable {
         }
     }
 
+    /// Runs `body(range)` over `0..<n` cut into blocks of exactly `block` (the last may be
+    /// shorter), the blocks spread over the workers. Unlike `chunks`, the pieces do not depend on
+    /// the thread count: a library call made per piece (OpenBLAS, whose summation order depends
+    /// on the shape it is given) returns the same bits at any thread count.
+    @inline(__always)
+    public func blocks(_ n: Int, block: Int, _ body: (Range<Int>) -> Void) {
+        let b = max(1, block), count = (n + b - 1) / b
+        chunks(count) { r in
+            for i in r { body(i * b ..< min(n, (i + 1) * b)) }
+        }
+    }
+
     /// Runs `body(i)` for each i in 0..<n, distributed over the workers.
     @inline(__always)
     public func forEach(_ n: Int, _ body: (Int) -> Void) {
