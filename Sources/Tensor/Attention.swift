@@ -18,6 +18,8 @@
 // memory. The (b, h) products and the softmax rows run on the pool's workers, each sgemm on
 // one thread (OpenBLAS is kept single-threaded, see GEMM.swift: its own threads would pile on
 // top of ours). Reference/AttentionReference.swift is the scalar triple-loop oracle.
+import CKernels
+
 public enum Attention {
     /// Query rows per causal block: rows i0..<i0+64 only multiply keys 0..<i0+64, so most of
     /// the upper triangle is skipped (at T = 256 the products cost 62.5% of the full square).
@@ -237,7 +239,9 @@ public enum Attention {
     /// 0...start+i whose keyMask is not 0. Prefill is start = 0, Tq = prompt length; a decode
     /// step is Tq = 1. Equal to `forward` on the same rows up to float rounding (the decode step
     /// sums in a different order).
-    public static func forwardCached(pool: WorkerPool, out: UnsafeMutablePointer<Float>,    // [Tq, nH, hd]
+    /// `vectorKernels` is the C family (LORA_FAMILY_*) of the decode step's dot products and
+    /// axpys (FMA where the CPU has it).
+    public static func forwardCached(pool: WorkerPool, vectorKernels fam: Int32, out: UnsafeMutablePointer<Float>,    // [Tq, nH, hd]
                                      scores: UnsafeMutablePointer<Float>, // [nH, Tq, start + Tq], scratch
                                      q: UnsafePointer<Float>,             // [Tq, nH, hd]
                                      kCache: UnsafePointer<Float>,        // [maxT, nKV, hd], rows 0..<start+Tq used
@@ -249,18 +253,17 @@ public enum Attention {
         let L = start + Tq
         let alpha = scale(hd: hd)
         if Tq == 1 {
-            // One query per head: dot products, parallel over heads.
-            pool.forEach(nH) { h in
+            // One query per head: dot products and axpys. Parallel over heads only when the
+            // context is long enough to pay for waking a worker (~10 us).
+            let head = { (h: Int) in
                 let g = h / rep
                 let qh = q + h * hd, s = scores + h * L, o = out + h * hd
-                for j in 0..<L { s[j] = alpha * VectorOps.dot(qh, kCache + j * ldk + g * hd, count: hd) }
+                for j in 0..<L { s[j] = alpha * lora_dot(fam, qh, kCache + j * ldk + g * hd, hd) }
                 maskedSoftmaxRow(s, allowed: L, width: L, keyMask: keyMask, emptyValue: 1 / Float(L))
                 o.update(repeating: 0, count: hd)
-                for j in 0..<L where s[j] != 0 {
-                    let p = s[j], vj = vCache + j * ldk + g * hd
-                    for c in 0..<hd { o[c] += p * vj[c] }
-                }
+                for j in 0..<L where s[j] != 0 { lora_axpy(fam, s[j], vCache + j * ldk + g * hd, o, hd) }
             }
+            if nH * L * hd >= 1 << 16 { pool.forEach(nH, head) } else { for h in 0..<nH { head(h) } }
             return
         }
         for h in 0..<nH {

@@ -210,7 +210,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     public func attentionCached(out: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
                                 kCache: UnsafePointer<Float>, vCache: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,
                                 start: Int, Tq: Int, nH: Int, nKV: Int, hd: Int) {
-        Attention.forwardCached(pool: pool, out: out, scores: scores, q: q, kCache: kCache, vCache: vCache, keyMask: keyMask,
+        Attention.forwardCached(pool: pool, vectorKernels: family.vectorID, out: out, scores: scores, q: q, kCache: kCache, vCache: vCache, keyMask: keyMask,
                                 start: start, Tq: Tq, nH: nH, nKV: nKV, hd: hd)
     }
     public func swigluForward(h: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count: Int) {

@@ -28,6 +28,10 @@ public enum KernelFamily: String, Sendable, CaseIterable {
         }
     }
 
+    /// The C family for element-wise helpers (dot, axpy): this family's, or for the OpenBLAS
+    /// path the best the CPU has.
+    public var vectorID: Int32 { kernelID ?? KernelFamily.best.kernelID! }
+
     public var isAvailable: Bool {
         guard let id = kernelID else { return true }
         return lora_family_available(id) != 0

@@ -38,6 +38,9 @@ struct Generate: ParsableCommand {
     @Flag(help: "Print prompt length, time to first token and decode speed to stderr.")
     var stats = false
 
+    @Flag(help: "Print the wall time of each op (projections, attention, ...) to stderr.")
+    var profile = false
+
     @Flag(name: .customLong("do-sample"), help: "Sample instead of greedy/beam decoding (needs --num-beams 1).")
     var doSample = false
 
@@ -87,6 +90,8 @@ struct Generate: ParsableCommand {
             let set = try adapters.load(model: loaded.model.config)
             let prompter: Prompter? = prompt != nil ? nil : try loadPrompter(promptTemplate)
             let gen = Generator(model: loaded.model, adapters: set, ctx: ctx, eosIDs: loaded.eosIDs)
+            if profile { ctx.profile = OpProfile() }
+            defer { if let p = ctx.profile { note("\(ctx.backend.name), \(loaded.model.quantization.rawValue) weights:\n" + p.report) } }
             if let prompt {
                 try answer(prompt, template: nil, loaded: loaded, gen: gen, opts: opts)
             } else if let instruction, let prompter {

@@ -202,8 +202,14 @@ final class AttentionTests: XCTestCase {
     /// followed by one-token decode steps, and a multi-token chunk at a non-zero start, with and
     /// without a key mask.
     func testCachedMatchesForward() {
+        for fam in KernelFamily.available { cachedMatchesForward(fam.vectorID, "\(fam)") }
+    }
+
+    /// As above for one C family of the decode step's dot products (and a long context, where
+    /// the heads run in parallel).
+    func cachedMatchesForward(_ fam: Int32, _ what: String) {
         var rng = RNG(seed: 76)
-        let T = 75, nH = 6, nKV = 2, hd = 8
+        for (T, nH, nKV, hd) in [(75, 6, 2, 8), (300, 8, 2, 32)] {
         let q = randn([1, T, nH, hd], &rng), k = randn([1, T, nKV, hd], &rng)
         let v = randn([1, T, nKV, hd], &rng)
         let row = nH * hd
@@ -213,20 +219,20 @@ final class AttentionTests: XCTestCase {
                               keyMask: mask?.data, B: 1, T: T, nH: nH, nKV: nKV, hd: hd)
             let got = Tensor(q.shape), scores = Tensor([nH, T * T])
             // Whole prompt at once.
-            Attention.forwardCached(pool: testPool, out: got.data, scores: scores.data, q: q.data, kCache: k.data,
+            Attention.forwardCached(pool: testPool, vectorKernels: fam, out: got.data, scores: scores.data, q: q.data, kCache: k.data,
                                     vCache: v.data, keyMask: mask?.data, start: 0, Tq: T,
                                     nH: nH, nKV: nKV, hd: hd)
-            assertClose(got, want, atol: 1e-6, rtol: 1e-5, "prefill")
+            assertClose(got, want, atol: 1e-6, rtol: 1e-5, "prefill \(what)")
             // Prefill 40, a chunk of 25 at start 40, then one token at a time.
             got.zero()
-            Attention.forwardCached(pool: testPool, out: got.data, scores: scores.data, q: q.data, kCache: k.data,
+            Attention.forwardCached(pool: testPool, vectorKernels: fam, out: got.data, scores: scores.data, q: q.data, kCache: k.data,
                                     vCache: v.data, keyMask: mask?.data, start: 0, Tq: 40,
                                     nH: nH, nKV: nKV, hd: hd)
-            Attention.forwardCached(pool: testPool, out: got.data + 40 * row, scores: scores.data, q: q.data + 40 * row,
+            Attention.forwardCached(pool: testPool, vectorKernels: fam, out: got.data + 40 * row, scores: scores.data, q: q.data + 40 * row,
                                     kCache: k.data, vCache: v.data, keyMask: mask?.data, start: 40, Tq: 25,
                                     nH: nH, nKV: nKV, hd: hd)
             for t in 65..<T {
-                Attention.forwardCached(pool: testPool, out: got.data + t * row, scores: scores.data, q: q.data + t * row,
+                Attention.forwardCached(pool: testPool, vectorKernels: fam, out: got.data + t * row, scores: scores.data, q: q.data + t * row,
                                         kCache: k.data, vCache: v.data, keyMask: mask?.data, start: t,
                                         Tq: 1, nH: nH, nKV: nKV, hd: hd)
             }
@@ -234,7 +240,8 @@ final class AttentionTests: XCTestCase {
             // here, T in `forward`), so only the rows with a real key are comparable.
             let pads = mask == nil ? 0 : 2
             (got.data).update(from: want.data, count: pads * row)
-            assertClose(got, want, atol: 1e-6, rtol: 1e-5, "prefill + chunk + decode")
+            assertClose(got, want, atol: 1e-6, rtol: 1e-5, "prefill + chunk + decode \(what)")
+        }
         }
     }
 

@@ -38,11 +38,14 @@ extension LlamaModel {
             return
         }
         precondition(adapters.maxRank <= cache.u.shape[1], "KVCache sized for rank \(cache.u.shape[1]), adapters have \(adapters.maxRank)")
-        let be = ctx.backend
+        let be = ctx.backend, prof = ctx.profile
         func project(_ lin: Linear, _ l: Int, _ p: Projection, y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>) {
-            be.matmul(y: y, x: x, w: lin.weight, M: M, accumulate: false, scratch: cache.scratch)
-            for (layer, weight) in adapters.layers(at: LoRASite(l, p)) {
-                layer.forward(be, y: y, xin: x, M: M, weight: weight, u: cache.u.data)
+            prof.time(.projection) { be.matmul(y: y, x: x, w: lin.weight, M: M, accumulate: false, scratch: cache.scratch) }
+            if adapters.isEmpty { return }
+            prof.time(.lora) {
+                for (layer, weight) in adapters.layers(at: LoRASite(l, p)) {
+                    layer.forward(be, y: y, xin: x, M: M, weight: weight, u: cache.u.data)
+                }
             }
         }
         for s in 0..<S { for t in 0..<Tq { cache.positions[s * Tq + t] = Int32(start + t) } }
@@ -50,11 +53,11 @@ extension LlamaModel {
             be.embedding(out: cache.x.data, ids: ids.baseAddress!, table: embed.data, N: M, C: C)
         }
         for (l, blk) in blocks.enumerated() {
-            be.rmsnormForward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.x.data, weight: blk.attnNorm.data, N: M, C: C, eps: c.rmsNormEps)
+            prof.time(.rmsnorm) { be.rmsnormForward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.x.data, weight: blk.attnNorm.data, N: M, C: C, eps: c.rmsNormEps) }
             project(blk.q, l, .q, y: cache.q.data, x: cache.xn.data)
             project(blk.k, l, .k, y: cache.kNew.data, x: cache.xn.data)
             project(blk.v, l, .v, y: cache.vNew.data, x: cache.xn.data)
-            be.ropeForward(x: cache.q.data, positions: cache.positions, rows: M, nHeads: c.numAttentionHeads, headDim: c.headDim, table: rope)
+            prof.time(.rope) { be.ropeForward(x: cache.q.data, positions: cache.positions, rows: M, nHeads: c.numAttentionHeads, headDim: c.headDim, table: rope) }
             be.ropeForward(x: cache.kNew.data, positions: cache.positions, rows: M, nHeads: c.numKeyValueHeads, headDim: c.headDim, table: rope)
             // Append the new keys and values to each sequence's cache.
             for s in 0..<S {
@@ -62,22 +65,22 @@ extension LlamaModel {
                 (cache.k[l].data + dst).update(from: cache.kNew.data + s * Tq * c.kvDim, count: Tq * c.kvDim)
                 (cache.v[l].data + dst).update(from: cache.vNew.data + s * Tq * c.kvDim, count: Tq * c.kvDim)
             }
-            cachedAttention(be, cache: cache, layer: l, S: S, Tq: Tq, start: start)
+            prof.time(.attention) { cachedAttention(be, cache: cache, layer: l, S: S, Tq: Tq, start: start) }
             project(blk.o, l, .o, y: cache.tmp.data, x: cache.att.data)
-            be.add(out: cache.x.data, a: cache.x.data, b: cache.tmp.data, count: M * C)
-            be.rmsnormForward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.x.data, weight: blk.mlpNorm.data, N: M, C: C, eps: c.rmsNormEps)
+            prof.time(.residual) { be.add(out: cache.x.data, a: cache.x.data, b: cache.tmp.data, count: M * C) }
+            prof.time(.rmsnorm) { be.rmsnormForward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.x.data, weight: blk.mlpNorm.data, N: M, C: C, eps: c.rmsNormEps) }
             project(blk.gate, l, .gate, y: cache.gate.data, x: cache.xn.data)
             project(blk.up, l, .up, y: cache.up.data, x: cache.xn.data)
-            be.swigluForward(h: cache.h.data, gate: cache.gate.data, up: cache.up.data, count: M * I)
+            prof.time(.swiglu) { be.swigluForward(h: cache.h.data, gate: cache.gate.data, up: cache.up.data, count: M * I) }
             project(blk.down, l, .down, y: cache.tmp.data, x: cache.h.data)
-            be.add(out: cache.x.data, a: cache.x.data, b: cache.tmp.data, count: M * C)
+            prof.time(.residual) { be.add(out: cache.x.data, a: cache.x.data, b: cache.tmp.data, count: M * C) }
         }
         // Only each sequence's last token needs logits.
         for s in 0..<S {
             (cache.lastHidden.data + s * C).update(from: cache.x.data + (s * Tq + Tq - 1) * C, count: C)
         }
-        be.rmsnormForward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.lastHidden.data, weight: norm.data, N: S, C: C, eps: c.rmsNormEps)
-        be.matmul(y: cache.logits.data, x: cache.xn.data, w: decodeHead, M: S, accumulate: false, scratch: cache.scratch)
+        prof.time(.rmsnorm) { be.rmsnormForward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.lastHidden.data, weight: norm.data, N: S, C: C, eps: c.rmsNormEps) }
+        prof.time(.lmHead) { be.matmul(y: cache.logits.data, x: cache.xn.data, w: decodeHead, M: S, accumulate: false, scratch: cache.scratch) }
         cache.advance(Tq)
     }
 
