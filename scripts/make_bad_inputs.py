@@ -406,6 +406,87 @@ data_case("not_utf8", b'[{"instruction": "a\xff\xfe", "input": "", "output": "b"
 data_case("wrong_type", json.dumps([{"instruction": 5, "input": "", "output": "b"}]), ["instruction"])
 data_case("truncated", open(os.path.join(FIX, "records.json"), "rb").read()[:150], [])
 
+data_case("jsonl_record_wrong_type", "\n".join(json.dumps(r) for r in [
+    {"instruction": "a", "input": "", "output": "b"}, {"instruction": "a", "input": ["x"], "output": "b"}]) + "\n", ["record 1", "input"])
+write("data/bad_line.jsonl", "\n".join([json.dumps({"instruction": "a", "input": "", "output": "b"})] * 2)
+      + '\n{"instruction": "a", "output":\n' + json.dumps({"instruction": "c", "input": "", "output": "d"}) + "\n")
+case("data_jsonl_bad_line", finetune()[:3] + ["--data-path", "$BAD/data/bad_line.jsonl"] + finetune()[5:], ["bad_line.jsonl", "line 3"])
+case("data_is_a_directory", ["eval", "--base-model", "$FIX/tiny-mha", "--data-path", "$BAD/data", "--load-8bit", "false"],
+     ["data", "is a directory"])
+case("data_through_a_file", ["eval", "--base-model", "$FIX/tiny-mha", "--data-path", "$BAD/data/not_utf8.json/x.json",
+                              "--load-8bit", "false"], ["not_utf8.json/x.json", "not a directory"])
+
+
+# ---- prompt templates given as files: finetune --prompt-template-name, generate/eval --prompt-template ----
+def template_case(name, data, expect, command="generate", file=None):
+    rel = f"template/{file or name + '.json'}"
+    if data is not None:
+        write(rel, data)
+    t = f"$BAD/{rel}"
+    if command == "generate":
+        args = ["generate", "--base-model", "$FIX/tiny-mha", "--instruction", "hi", "--max-new-tokens", "1",
+                "--load-8bit", "false", "--prompt-template", t]
+    elif command == "eval":
+        args = ["eval", "--base-model", "$FIX/tiny-mha", "--data-path", "$FIX/records.json", "--load-8bit", "false",
+                "--prompt-template", t]
+    else:
+        args = finetune("--prompt-template-name", t)
+    case(f"template_{name}", args, [file or name + ".json"] + expect)
+
+
+GOOD_TEMPLATE = {"description": "x", "prompt_input": "{instruction}\n{input}\n### Response:\n",
+                 "prompt_no_input": "{instruction}\n### Response:\n", "response_split": "### Response:"}
+
+
+def template(**change):
+    t = dict(GOOD_TEMPLATE)
+    for k, v in change.items():
+        if v is None:
+            t.pop(k)
+        else:
+            t[k] = v
+    return json.dumps(t, indent=1)
+
+
+template_case("missing_key", template(prompt_no_input=None), ["prompt_no_input"])
+template_case("missing_response_split", template(response_split=None), ["response_split"], command="finetune")
+template_case("wrong_type", template(prompt_no_input=5), ["prompt_no_input", "string"], command="finetune")
+template_case("wrong_type_eval", template(response_split=["###"]), ["response_split", "string"], command="eval")
+template_case("not_object", json.dumps([GOOD_TEMPLATE]), ["JSON object"])
+template_case("not_utf8", b'{"prompt_input": "{instruction} \xff\xfe {input}", "prompt_no_input": "{instruction}", "response_split": "x"}',
+              ["UTF-8"], command="finetune")
+template_case("not_utf8_eval", b'{"prompt_input": "\xc3", "prompt_no_input": "{instruction}", "response_split": "x"}',
+              ["UTF-8"], command="eval")
+template_case("truncated", template()[:40], ["JSON", "end of text"])
+template_case("unknown_placeholder", template(prompt_input="{instruction} {output}"), ["prompt_input", "{output}"], command="finetune")
+template_case("missing_file", None, ["no such file or directory"], file="does_not_exist.json")
+
+
+# ---- adapter folders that are not there, and ranks past the tensors or the limit ----
+case("adapter_folder_missing", generate("$FIX/tiny-mha") + ["--lora-weights", "$BAD/adapter/does_not_exist"],
+     ["does_not_exist", "no such file or directory"])
+case("adapter_folder_is_a_file", generate("$FIX/tiny-mha") + ["--lora-weights", "$BAD/adapter/r_huge/adapter_config.json"],
+     ["adapter_config.json", "not a directory"])
+adapter_case("r_past_tensors", {"r": 16}, ["adapter_config.json", "'r'", "rank"])
+adapter_case("r_past_limit", {"r": 4096}, ["adapter_config.json", "'r'", "4096"], command="finetune")
+case("merge_adapter_r_past_limit", ["merge", "--base-model", "$FIX/tiny-mha", "--lora-weights", "$BAD/adapter/r_past_limit",
+                                    "--output", "$OUT"], ["adapter_config.json", "'r'"])
+
+
+# ---- merge into an output whose parent is a file (refused before the model is read) ----
+write("merge/a_file", "not a folder\n")
+MERGE = ["merge", "--base-model", "$FIX/tiny-mha", "--lora-weights", "$FIX/merge/tiny-mha-a.adapter"]
+case("merge_parent_is_file", MERGE + ["--output", "$BAD/merge/a_file/merged"], ["a_file/merged", "not a directory"])
+case("merge_gguf_parent_is_file", MERGE + ["--output", "$BAD/merge/a_file/sub/merged.gguf", "--format", "gguf"],
+     ["merged.gguf", "not a directory"])
+
+
+# ---- file-system errors in the other commands: one line with the path and the reason ----
+case("tokenize_model_missing", ["tokenize", "--base-model", "$BAD/does_not_exist", "--text", "hi"],
+     ["does_not_exist", "no such file or directory"])
+case("tokenize_model_is_a_file", ["tokenize", "--base-model", "$BAD/merge/a_file", "--text", "hi"], ["a_file", "not a directory"])
+case("yaml_is_a_directory", ["finetune", "--config", "$BAD/yaml", "--output-dir", "$OUT"], ["yaml", "is a directory"])
+
 
 with open(os.path.join(BAD, "cases.json"), "w") as f:
     json.dump(CASES, f, indent=1)

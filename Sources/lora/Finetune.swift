@@ -102,14 +102,14 @@ struct Finetune: ParsableCommand {
     }
 
     func run() throws {
-        try runReportingErrors { try Self.cleanIOErrors {
+        try runReportingErrors {
             let c = try resolved()
             if printConfig { print(c.yaml, terminator: ""); return }
             let ctx = try makeContext(threads: c.threads)
             let memory = MemoryMeter()
             note("Training Alpaca-LoRA model with params:")
             note(c.yaml.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
-                        let loaded = try LoadedModel(path: c.baseModel, quantization: c.quantization, pool: ctx.pool)
+            let loaded = try LoadedModel(path: c.baseModel, quantization: c.quantization, pool: ctx.pool)
             // Positions past the model's context have no RoPE rows: refuse rather than truncate.
             if c.cutoffLen > loaded.model.config.maxPositionEmbeddings {
                 throw ConfigError.badValue(key: "cutoff_len", value: "\(c.cutoffLen)",
@@ -154,14 +154,6 @@ struct Finetune: ParsableCommand {
             try progress.finish()
             note(String(format: "done: %d steps in %.1f s, %.1f tokens/s, peak memory %@; adapter in %@",
                         summary.steps, summary.seconds, summary.tokensPerSecond, memory.peakDescription, summary.adapterPath))
-        } }
-    }
-
-    /// Foundation's file errors become one line (path and reason), not an NSError dump.
-    static func cleanIOErrors(_ body: () throws -> Void) throws {
-        do { try body() } catch let e as NSError where e.domain == NSCocoaErrorDomain || e.domain == NSPOSIXErrorDomain {
-            let path = (e.userInfo[NSFilePathErrorKey] as? String) ?? (e.userInfo[NSURLErrorKey] as? URL)?.path ?? "file"
-            throw WriteError(path: path, reason: ioReason(e))
         }
     }
 }

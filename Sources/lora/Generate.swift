@@ -147,8 +147,13 @@ struct Generate: ParsableCommand {
     }
 }
 
+/// A built-in template by name, else a JSON file; a bare word that is neither (a typo such as
+/// "alpacca") is reported as an unknown template rather than a missing file.
 func loadPrompter(_ name: String) throws -> Prompter {
     if Prompter.builtinNames.contains(name) { return try Prompter(named: name) }
+    if !name.contains("/"), !name.lowercased().hasSuffix(".json"), !FileManager.default.fileExists(atPath: name) {
+        return try Prompter(named: name)   // throws unknownTemplate, listing the built-in names
+    }
     return try Prompter(path: URL(fileURLWithPath: name))
 }
 

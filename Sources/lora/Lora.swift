@@ -18,6 +18,10 @@ func note(_ s: String) {
 }
 
 /// Runs `body`, mapping the library's typed errors to a one-line message and exit code 1.
+/// Every subcommand runs through here, so Foundation/POSIX file errors (FileManager,
+/// `Data(contentsOf:)`, `String(contentsOfFile:)`) that reach it from any of them print one
+/// line, `error: PATH: REASON` ("permission denied", "no such file or directory", "not a
+/// directory"), never an NSCocoaErrorDomain dump.
 func runReportingErrors(_ body: () throws -> Void) throws {
     do {
         try body()
@@ -32,7 +36,7 @@ func runReportingErrors(_ body: () throws -> Void) throws {
         if case .interrupted = e { throw ExitCode(130) }
         throw ExitCode(1)
     } catch {
-        note("error: \(error)")
+        note("error: \(fileErrorDescription(error) ?? "\(error)")")
         throw ExitCode(1)
     }
 }

@@ -35,6 +35,21 @@ final class OutputFolderTests: XCTestCase {
         XCTAssert(r.stderr.contains("pid \(getpid())"), r.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: out.appendingPathComponent("adapter_model.safetensors").path))
 
+        // A live pid whose start time is not the lock's: the pid was reused (say, after a
+        // reboot), so the lock is stale.
+        try "\(getpid())\nstart 1@not-this-boot\n".write(to: lock, atomically: true, encoding: .utf8)
+        r = try finetune(out)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: lock.path), "lock released")
+        // The same pid with its real start time is the owner: refused.
+        let stat = try String(contentsOfFile: "/proc/self/stat", encoding: .utf8)
+        let fields = stat[stat.index(after: stat.lastIndex(of: ")")!)...].split(separator: " ")
+        let boot = try String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        try "\(getpid())\nstart \(fields[19])@\(boot)\n".write(to: lock, atomically: true, encoding: .utf8)
+        r = try finetune(out)
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssert(r.stderr.contains("pid \(getpid())"), r.stderr)
+
         try "2147483000\n".write(to: lock, atomically: true, encoding: .utf8)    // no such process
         for stale in [".checkpoint-3.tmp-77", ".checkpoint-1.del-77"] {
             try FileManager.default.createDirectory(at: out.appendingPathComponent(stale), withIntermediateDirectories: true)

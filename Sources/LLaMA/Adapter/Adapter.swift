@@ -33,7 +33,7 @@ public enum Adapter {
     /// atomically; the folder is created if needed).
     public static func save(_ adapter: LoRAAdapter, to dir: URL) throws {
         do { try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true) } catch {
-            throw WriteError(path: dir.path, reason: error.localizedDescription)
+            throw WriteError(path: dir.path, reason: ioReason(error))
         }
         try AtomicFile.write(encodeWeights(adapter), to: dir.appendingPathComponent(weightsFile))
         try AtomicFile.write(adapter.config.json().serialized() + "\n", to: dir.appendingPathComponent(configFile))

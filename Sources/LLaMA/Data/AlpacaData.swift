@@ -38,7 +38,7 @@ public enum AlpacaData {
         let path = url.path
         let data: Data
         do { data = try Data(contentsOf: url) } catch {
-            throw DataError.unreadable(path: path, reason: error.localizedDescription)
+            throw DataError.unreadable(path: path, reason: ioReason(error))
         }
         guard let text = String(data: data, encoding: .utf8) else {
             throw DataError.syntax(path: path, detail: "not UTF-8 text")
@@ -47,8 +47,8 @@ public enum AlpacaData {
         let trimmed = text.drop { $0.isWhitespace }
         if trimmed.first == "[" {
             let j: JSON
-            do { j = try JSON.parse(text, source: path) } catch let e as JSONError {
-                throw DataError.syntax(path: path, detail: e.description)
+            do { j = try JSON.parse(text, source: path) } catch let JSONError.syntax(_, message, offset) {
+                throw DataError.syntax(path: path, detail: "invalid JSON at byte \(offset): \(message)")
             }
             guard let arr = j.array else { throw DataError.notAList(path: path, found: j.typeName) }
             objects = arr
@@ -56,8 +56,8 @@ public enum AlpacaData {
             for (n, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
                 let l = line.trimmingCharacters(in: .whitespacesAndNewlines)
                 if l.isEmpty { continue }
-                do { objects.append(try JSON.parse(l, source: "\(path) line \(n + 1)")) } catch let e as JSONError {
-                    throw DataError.syntax(path: path, detail: e.description)
+                do { objects.append(try JSON.parse(l, source: "\(path) line \(n + 1)")) } catch let JSONError.syntax(_, message, offset) {
+                    throw DataError.syntax(path: path, detail: "line \(n + 1): invalid JSON at byte \(offset) of the line: \(message)")
                 }
             }
         } else if trimmed.isEmpty {

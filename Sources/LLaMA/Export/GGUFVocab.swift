@@ -32,7 +32,7 @@ public enum GGUFVocab {
     public static func sentencePiece(model url: URL, config c: LlamaConfig, tokenizerConfig: JSON?) throws -> [(String, GGUFValue)] {
         let data: Data
         do { data = try Data(contentsOf: url) } catch {
-            throw CheckpointError.unreadable(path: url.path, reason: error.localizedDescription)
+            throw CheckpointError.unreadable(path: url.path, reason: ioReason(error))
         }
         let proto = try SentencePieceModelProto(bytes: [UInt8](data), file: url.path)
         let tok = try SentencePieceTokenizer(path: url)

@@ -92,7 +92,7 @@ public enum HFExport {
                     guard FileManager.default.fileExists(atPath: src.path) else { continue }
                     let data: Data
                     do { data = try Data(contentsOf: src) } catch {
-                        throw CheckpointError.unreadable(path: src.path, reason: error.localizedDescription)
+                        throw CheckpointError.unreadable(path: src.path, reason: ioReason(error))
                     }
                     try AtomicFile.write([UInt8](data), to: dir.appendingPathComponent(f))
                     summary.files.append(f)
@@ -112,7 +112,7 @@ public enum HFExport {
         if let src = folder?.appendingPathComponent("generation_config.json"),
            FileManager.default.fileExists(atPath: src.path) {
             do { return try String(contentsOf: src, encoding: .utf8) } catch {
-                throw CheckpointError.unreadable(path: src.path, reason: error.localizedDescription)
+                throw CheckpointError.unreadable(path: src.path, reason: ioReason(error))
             }
         }
         var items: [(String, JSON)] = [("_from_model_config", .bool(true))]

@@ -62,6 +62,9 @@ public struct AdapterFactors {
         let cfgURL = dir.appendingPathComponent(Adapter.configFile)
         let wURL = dir.appendingPathComponent(Adapter.weightsFile)
         let fm = FileManager.default
+        if let problem = folderProblem(dir) {
+            throw CheckpointError.unreadable(path: dir.path, reason: "\(problem) (expected a PEFT adapter folder with adapter_config.json and adapter_model.safetensors)")
+        }
         guard fm.fileExists(atPath: cfgURL.path) else {
             throw CheckpointError.notFound(path: cfgURL.path, expected: "a PEFT adapter folder with adapter_config.json")
         }
@@ -220,9 +223,15 @@ public enum ExportError: Error, CustomStringConvertible, Equatable {
 
     /// Refuses an existing non-empty output (a file, or a folder with entries) unless `force`;
     /// a single-file export also refuses an existing folder.
+    /// An output whose nearest existing ancestor is a file is refused before anything is read.
     public static func checkOutput(_ url: URL, file: Bool, force: Bool) throws {
         let fm = FileManager.default
         var isDir: ObjCBool = false
+        var ancestor = url.deletingLastPathComponent()
+        while !fm.fileExists(atPath: ancestor.path), ancestor.pathComponents.count > 1 { ancestor = ancestor.deletingLastPathComponent() }
+        if fm.fileExists(atPath: ancestor.path, isDirectory: &isDir), !isDir.boolValue {
+            throw WriteError(path: url.path, reason: "\(posixReason(ENOTDIR)) (\(ancestor.path) is a file)")
+        }
         guard fm.fileExists(atPath: url.path, isDirectory: &isDir) else { return }
         if isDir.boolValue {
             if file { throw ExportError.outputIsDirectory(path: url.path) }

@@ -40,7 +40,8 @@ public indirect enum JSON: Equatable, Sendable {
             }
         }) else {
             let err = json_tokener_get_error(tok)
-            let msg = String(cString: json_tokener_error_desc(err))
+            // json-c reports input that ends mid-value as "continue" (it waits for more bytes).
+            let msg = err == json_tokener_continue ? "unexpected end of text (truncated?)" : String(cString: json_tokener_error_desc(err))
             let offset = Int(json_tokener_get_parse_end(tok))
             throw JSONError.syntax(source: source, message: msg, offset: offset)
         }
@@ -55,7 +56,7 @@ public indirect enum JSON: Equatable, Sendable {
     public static func parse(contentsOf url: URL) throws -> JSON {
         let data: Data
         do { data = try Data(contentsOf: url) } catch {
-            throw JSONError.unreadable(path: url.path, reason: "\(error.localizedDescription)")
+            throw JSONError.unreadable(path: url.path, reason: ioReason(error))
         }
         guard let text = String(data: data, encoding: .utf8) else {
             throw JSONError.syntax(source: url.path, message: "not UTF-8", offset: 0)

@@ -42,7 +42,7 @@ public struct Prompter: Sendable, Equatable {
     public init(path: URL) throws {
         let data: Data
         do { data = try Data(contentsOf: path) } catch {
-            throw PrompterError.unreadable(file: path.path, reason: error.localizedDescription)
+            throw PrompterError.unreadable(file: path.path, reason: ioReason(error))
         }
         guard let text = String(data: data, encoding: .utf8) else {
             throw PrompterError.invalidJSON(file: path.path, reason: "not UTF-8 text")

@@ -62,6 +62,9 @@ public func loadTokenizer(gguf f: GGUFFile) throws -> Tokenizer {
 /// Opens the tokenizer of whatever `--base-model` names: a folder or a .gguf file.
 public func loadTokenizer(path: String) throws -> Tokenizer {
     if path.lowercased().hasSuffix(".gguf") { return try loadTokenizer(gguf: try GGUFFile(path: path)) }
+    if let problem = folderProblem(URL(fileURLWithPath: path)) {
+        throw CheckpointError.unreadable(path: path, reason: "\(problem) (expected a model folder with a tokenizer, or a .gguf file)")
+    }
     return try loadTokenizer(folder: URL(fileURLWithPath: path))
 }
 

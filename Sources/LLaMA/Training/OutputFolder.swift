@@ -86,7 +86,7 @@ public final class OutputFolder {
         for _ in 0..<3 {
             let fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
             if fd >= 0 {
-                let text = "\(getpid())\n"
+                let text = "\(getpid())\n" + (Self.processStart(getpid()).map { "start \($0)\n" } ?? "")
                 _ = Glibc.write(fd, text, text.utf8.count)
                 fsync(fd)
                 close(fd)
@@ -94,14 +94,31 @@ public final class OutputFolder {
                 return
             }
             guard errno == EEXIST else { throw WriteError(path: p, reason: "cannot create the lock file: \(posixReason(errno))") }
-            let owner = (try? String(contentsOfFile: p, encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
-            if let owner, owner > 0, owner != getpid(), kill(owner, 0) == 0 || errno == EPERM {
+            let lines = ((try? String(contentsOfFile: p, encoding: .utf8)) ?? "").split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+            let owner = lines.first.flatMap { Int32($0) }
+            // The owner's start time guards against a reused pid (after a reboot, or a wrapped
+            // pid counter): a live process that started at another time is not the owner.
+            let start = lines.dropFirst().first { $0.hasPrefix("start ") }.map { String($0.dropFirst(6)) }
+            if let owner, owner > 0, owner != getpid(), kill(owner, 0) == 0 || errno == EPERM,
+               start == nil || Self.processStart(owner) == nil || Self.processStart(owner) == start {
                 throw WriteError(path: url.path, reason: "in use by another lora process (pid \(owner), lock file \(p)); wait for it or choose another output_dir")
             }
             // The owner is gone (or the lock is unreadable or ours): a stale lock, taken over.
             unlink(p)
         }
         throw WriteError(path: p, reason: "cannot take the lock file (another process keeps recreating it)")
+    }
+
+    /// The start time of process `pid` (field 22 of /proc/PID/stat, with the boot id, so it is
+    /// unique across reboots), or nil where /proc is not available.
+    static func processStart(_ pid: Int32) -> String? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 19 else { return nil }   // fields[0] is field 3 (state)
+        let boot = (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8))?
+            .trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+        return "\(fields[19])@\(boot)"
     }
 
     /// A symlink at a path we append to or replace is refused, not followed.
