@@ -26,11 +26,15 @@ final class MatmulTests: XCTestCase {
         (3, 5, 0), (20, 5, 0), (16, 0, 8), (0, 4, 4),
         (17, 770, 40), (20, 60, 1000), (20, 1000, 500), (23, 49, 65),
         (37, 800, 300), (64, 193, 300), (100, 49, 513),
+        // Depths of whole 32-value blocks, for the GGUF block formats.
+        (1, 40, 32), (3, 70, 96), (9, 33, 64), (17, 100, 320), (40, 300, 544), (2, 20, 4096),
     ]
 
     func randomWeights(N: Int, K: Int, _ rng: inout RNG) -> [(String, Weight)] {
         let w = randn([N, K], &rng, scale: 0.5)
-        return WeightFormats.all.map { ($0.name, Weight.make($0, from: w, pool: testPool)) }
+        // Block formats (GGUF Q8_0, Q4_x) hold rows of whole 32-value blocks.
+        return WeightFormats.all.filter { !($0 is GGUFBlockFormat) || K % GGUFBlockFormat.blockSize == 0 }
+            .map { ($0.name, Weight.make($0, from: w, pool: testPool)) }
     }
 
     /// Families that can run here (an AVX-512 one is simply absent on other CPUs).

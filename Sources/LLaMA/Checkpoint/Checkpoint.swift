@@ -10,6 +10,14 @@ public protocol Checkpoint: AnyObject {
     func has(_ name: String) -> Bool
     /// The tensor as f32, checked against `shape`.
     func tensor(_ name: String, shape: [Int]) throws -> Tensor
+    /// The tensor as the checkpoint stores it, when that is `format` (a GGUF file's Q4_1
+    /// projections as q4_1): no dequantize-requantize round trip, and the bytes the file's other
+    /// readers use. nil when it is stored otherwise.
+    func storedWeight(_ name: String, shape: [Int], format: any WeightFormat) throws -> Weight?
+}
+
+extension Checkpoint {
+    public func storedWeight(_ name: String, shape: [Int], format: any WeightFormat) throws -> Weight? { nil }
 }
 
 /// A Hugging Face checkpoint folder: config.json plus model.safetensors, or shards listed in

@@ -154,36 +154,14 @@ public enum GGMLQuants {
     @inline(__always)
     private static func byte(_ p: UnsafeRawPointer, _ offset: Int) -> UInt8 { p.load(fromByteOffset: offset, as: UInt8.self) }
 
-    // block_q8_0 { half d; int8 qs[32] }: y = qs * d
+    // Q8_0, Q4_0, Q4_1: the block formats models can also keep as weights (Tensor's
+    // GGUFBlockFormat holds their one definition).
     @inline(__always)
-    static func q8_0(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
-        let d = half(p, 0)
-        for j in 0..<32 { y[j] = Float(p.load(fromByteOffset: 2 + j, as: Int8.self)) * d }
-    }
-
-    // block_q4_0 { half d; u8 qs[16] }: element j is the low nibble of qs[j], element j+16 the high
-    // nibble; y = (q - 8) * d
+    static func q8_0(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) { GGUFBlockFormat.dequantizeBlock(.q8_0, p, y) }
     @inline(__always)
-    static func q4_0(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
-        let d = half(p, 0)
-        for j in 0..<16 {
-            let b = byte(p, 2 + j)
-            y[j] = Float(Int(b & 0x0F) - 8) * d
-            y[j + 16] = Float(Int(b >> 4) - 8) * d
-        }
-    }
-
-    // block_q4_1 { half d; half m; u8 qs[16] }: y = q * d + m
+    static func q4_0(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) { GGUFBlockFormat.dequantizeBlock(.q4_0, p, y) }
     @inline(__always)
-    static func q4_1(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
-        let d = half(p, 0), m = half(p, 2)
-        for j in 0..<16 {
-            let b = byte(p, 4 + j)
-            let lo = Float(b & 0x0F) * d, hi = Float(b >> 4) * d
-            y[j] = lo + m
-            y[j + 16] = hi + m
-        }
-    }
+    static func q4_1(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) { GGUFBlockFormat.dequantizeBlock(.q4_1, p, y) }
 
     // block_q5_0 { half d; u8 qh[4] (u32, bit j = 5th bit of element j); u8 qs[16] }: y = (q - 16) * d
     @inline(__always)
@@ -296,19 +274,7 @@ public enum GGMLQuants {
     /// writes count / 32 * 34 bytes. Non-finite inputs give q = 0 where ggml's C is undefined.
     public static func quantizeQ8_0(_ x: UnsafePointer<Float>, count: Int, into dst: UnsafeMutableRawPointer) {
         precondition(count % 32 == 0, "Q8_0 needs a multiple of 32 elements, got \(count)")
-        for b in 0..<(count / 32) {
-            let v = x + 32 * b, out = dst + 34 * b
-            var amax: Float = 0
-            for j in 0..<32 { amax = max(amax, abs(v[j])) }
-            let d = amax / 127
-            let id: Float = d != 0 ? 1 / d : 0
-            out.storeBytes(of: floatToHalf(d).littleEndian, toByteOffset: 0, as: UInt16.self)
-            for j in 0..<32 {
-                let r = (v[j] * id).rounded(.toNearestOrAwayFromZero)
-                let q: Int8 = r.isNaN ? 0 : Int8(max(-128, min(127, r)))
-                out.storeBytes(of: q, toByteOffset: 2 + j, as: Int8.self)
-            }
-        }
+        for b in 0..<(count / 32) { GGUFBlockFormat.quantizeBlock(.q8_0, x + 32 * b, dst + 34 * b) }
     }
 
     /// F16 storage: each value rounded to the nearest half, ties to even (as numpy's astype).

@@ -66,6 +66,52 @@ public final class GGUFCheckpoint: Checkpoint {
         return t
     }
 
+    /// Q8_0 / Q4_0 / Q4_1 tensors kept as stored: the file's mapping itself (it stays mapped
+    /// while the weight lives), or for q_proj / k_proj a copy with whole rows un-permuted (rows
+    /// of blocks move as they are). Every block's scale (and min) is checked to be finite.
+    public func storedWeight(_ name: String, shape: [Int], format: any WeightFormat) throws -> Weight? {
+        guard let f = format as? GGUFBlockFormat, let g = Self.ggufName(name), let info = file.tensorInfo(g),
+              info.shape == shape, shape.count == 2 else { return nil }
+        let wanted: GGMLType
+        switch f.kind {
+        case .q8_0: wanted = .q8_0
+        case .q4_0: wanted = .q4_0
+        case .q4_1: wanted = .q4_1
+        }
+        guard info.type == wanted, shape[1] % GGUFBlockFormat.blockSize == 0 else { return nil }
+        let rows = shape[0], rowBytes = shape[1] / GGUFBlockFormat.blockSize * f.kind.blockBytes
+        guard rows * rowBytes == info.byteCount else { return nil }
+        let base = file.file.base + file.dataStart + info.offset
+        let halves = f.kind == .q4_1 ? 2 : 1
+        for b in 0..<(rows * rowBytes / f.kind.blockBytes) {
+            for h in 0..<halves {
+                let bits = UInt16(littleEndian: base.loadUnaligned(fromByteOffset: b * f.kind.blockBytes + 2 * h, as: UInt16.self))
+                if (bits & 0x7C00) == 0x7C00 {
+                    throw CheckpointError.badValue(file: source, key: "\(g) (\(name))", value: "block \(b) \(h == 0 ? "scale" : "min") \(Float(Float16(bitPattern: bits)))",
+                                                   expected: "finite block scales")
+                }
+            }
+        }
+        let heads: Int? = name.hasSuffix(".self_attn.q_proj.weight") ? config.numAttentionHeads
+            : name.hasSuffix(".self_attn.k_proj.weight") ? config.numKeyValueHeads : nil
+        guard let heads else {
+            return Weight(format: f, rows: rows, cols: shape[1], data: base, scales: nil, owner: file.file)
+        }
+        guard heads > 0, rows % heads == 0, (rows / heads) % 2 == 0 else {
+            throw CheckpointError.shapeMismatch(file: source, name: g, expected: [heads, 2, -1], found: shape)
+        }
+        let hd = rows / heads, half = hd / 2
+        let s = WeightStorage(byteCount: rows * rowBytes, scaleCount: 0)
+        for h in 0..<heads {
+            for i in 0..<half {
+                for j in 0..<2 {
+                    (s.bytes + (h * hd + j * half + i) * rowBytes).copyMemory(from: base + (h * hd + 2 * i + j) * rowBytes, byteCount: rowBytes)
+                }
+            }
+        }
+        return Weight(format: f, rows: rows, cols: shape[1], data: UnsafeRawPointer(s.bytes), scales: nil, owner: s)
+    }
+
     /// Inverse of convert_hf_to_gguf.py's permute for a [heads * head_dim, in] matrix: within
     /// each head, Hugging Face row j * (head_dim / 2) + i is GGUF row 2i + j (i < head_dim / 2, j < 2).
     public static func unpermuteRoPE(_ w: Tensor, heads: Int, name: String = "", file: String = "") throws -> Tensor {

@@ -38,12 +38,27 @@ public enum Quantization: String, CaseIterable, Sendable, Codable {
     case bf16
     /// int8 rows, bitsandbytes' row-wise absmax scheme (alpaca-lora's `load_in_8bit`).
     case int8
+    /// ggml's block formats: a GGUF file's tensors already stored so are used as they are
+    /// (memory-mapped); others are quantized with ggml's reference quantizer.
+    case q8_0, q4_0, q4_1
 
     public var format: any WeightFormat {
         switch self {
         case .none: return WeightFormats.f32
         case .bf16: return WeightFormats.bf16
         case .int8: return WeightFormats.int8
+        case .q8_0: return WeightFormats.q8_0
+        case .q4_0: return WeightFormats.q4_0
+        case .q4_1: return WeightFormats.q4_1
+        }
+    }
+
+    /// The lm_head format for decoding: a 4-bit head costs quality for little speed (llama.cpp
+    /// keeps GGUF outputs at Q6_K or better), so the block formats decode with a Q8_0 head.
+    var decodeHeadFormat: any WeightFormat {
+        switch self {
+        case .q4_0, .q4_1: return WeightFormats.q8_0
+        default: return format
         }
     }
 
@@ -69,7 +84,7 @@ public final class LlamaModel: @unchecked Sendable {
     public var decodeHead: Weight {
         headLock.lock(); defer { headLock.unlock() }
         if let h = _decodeHead { return h }
-        let h = Weight.make(quantization.format, from: lmHead, pool: .allCores)
+        let h = Weight.make(quantization.decodeHeadFormat, from: lmHead, pool: .allCores)
         _decodeHead = h
         return h
     }
@@ -93,7 +108,11 @@ public final class LlamaModel: @unchecked Sendable {
         let C = c.hiddenSize, I = c.intermediateSize, V = c.vocabSize
         let embed = try ck.tensor("model.embed_tokens.weight", shape: [V, C])
         func linear(_ name: String, _ out: Int, _ inF: Int) throws -> Linear {
-            Linear(Weight.make(quantization.format, from: try ck.tensor(name, shape: [out, inF]), pool: pool))
+            if let w = try ck.storedWeight(name, shape: [out, inF], format: quantization.format) { return Linear(w) }
+            if quantization.format is GGUFBlockFormat, inF % GGUFBlockFormat.blockSize != 0 {
+                throw CheckpointError.unsupported(file: ck.source, what: "quantization \(quantization.rawValue) for \(name): rows of \(inF) values are not whole blocks of 32")
+            }
+            return Linear(Weight.make(quantization.format, from: try ck.tensor(name, shape: [out, inF]), pool: pool))
         }
         var blocks: [Block] = []
         for i in 0..<c.numHiddenLayers {

@@ -26,8 +26,11 @@ public enum WeightFormats {
     public static let f32: any WeightFormat = F32Format()
     public static let bf16: any WeightFormat = BF16Format()
     public static let int8: any WeightFormat = Int8RowsFormat()
+    public static let q8_0: any WeightFormat = GGUFBlockFormat(kind: .q8_0)
+    public static let q4_0: any WeightFormat = GGUFBlockFormat(kind: .q4_0)
+    public static let q4_1: any WeightFormat = GGUFBlockFormat(kind: .q4_1)
 
-    public static let all: [any WeightFormat] = [f32, bf16, int8]
+    public static let all: [any WeightFormat] = [f32, bf16, int8, q8_0, q4_0, q4_1]
 
     public static func named(_ name: String) -> (any WeightFormat)? { all.first { $0.name == name } }
 }
