@@ -200,6 +200,37 @@ final class GGUFTests: XCTestCase {
         }
     }
 
+    /// `quantization: stored` keeps the file's Q8_0 and BF16 projections as they are (no f32
+    /// copy), and the logits equal the dequantized-weight reference's; `q8_0` keeps the Q8_0
+    /// ones and quantizes the BF16 ffn_down.
+    func testStoredFormatsKeepTheFilesBytesAndMatchTheReference() throws {
+        let ck = try GGUFCheckpoint(path: Self.gguf("tiny-gqa-q8.gguf"))
+        let model = try LlamaModel(checkpoint: ck, quantization: .stored, pool: testPool)
+        for b in model.blocks {
+            for p in Projection.allCases {
+                XCTAssertEqual(b.linear(p).weight.format.name, p == .down ? "bf16" : "q8_0", "\(p)")
+            }
+        }
+        let dense = try LlamaModel(checkpoint: ck, quantization: .none, pool: testPool)
+        for (i, b) in model.blocks.enumerated() {
+            for p in Projection.allCases {
+                XCTAssertEqual(b.linear(p).weight.dense().array, dense.blocks[i].linear(p).weight.dense().array,
+                               "layer \(i) \(p): stored bytes dequantize to the f32 path's values")
+            }
+        }
+        let info = try JSON.parse(contentsOf: Self.ggufDir.appendingPathComponent("reference.json"))
+        let q8 = try SafeTensorsFile(path: Self.gguf("tiny-gqa-q8.forward.safetensors"))
+        for p in try XCTUnwrap(info["tiny"]?["tiny-gqa"]?["prompts"]?.array) {
+            let ids = p["input_ids"]!.ints32
+            let expected = try XCTUnwrap(try q8.f32(p["logits_key"]!.string!))
+            let got = logits(model, ids)
+            assertClose(got.data, expected.data, count: expected.count, abs: Self.logitsTolerance, "stored-format logits")
+        }
+        let q = try LlamaModel(checkpoint: ck, quantization: .q8_0, pool: testPool)
+        XCTAssertEqual(q.blocks[0].down.weight.format.name, "q8_0")
+        XCTAssertEqual(q.blocks[0].q.weight.dense().array, dense.blocks[0].q.weight.dense().array)
+    }
+
     func testMetadataAccessors() throws {
         let f = try GGUFFile(path: Self.gguf("tiny-mha.gguf"))
         XCTAssertEqual(f.version, 3)

@@ -10,14 +10,14 @@ public protocol Checkpoint: AnyObject {
     func has(_ name: String) -> Bool
     /// The tensor as f32, checked against `shape`.
     func tensor(_ name: String, shape: [Int]) throws -> Tensor
-    /// The tensor as the checkpoint stores it, when that is `format` (a GGUF file's Q4_1
-    /// projections as q4_1): no dequantize-requantize round trip, and the bytes the file's other
-    /// readers use. nil when it is stored otherwise.
-    func storedWeight(_ name: String, shape: [Int], format: any WeightFormat) throws -> Weight?
+    /// The tensor as the checkpoint stores it, when that is a weight format and is `format`
+    /// (nil: any): a GGUF file's Q4_1 projections as q4_1, with no dequantize-requantize round
+    /// trip, the same bytes llama.cpp reads. nil when it is stored otherwise.
+    func storedWeight(_ name: String, shape: [Int], format: (any WeightFormat)?) throws -> Weight?
 }
 
 extension Checkpoint {
-    public func storedWeight(_ name: String, shape: [Int], format: any WeightFormat) throws -> Weight? { nil }
+    public func storedWeight(_ name: String, shape: [Int], format: (any WeightFormat)?) throws -> Weight? { nil }
 }
 
 /// A Hugging Face checkpoint folder: config.json plus model.safetensors, or shards listed in

@@ -66,36 +66,43 @@ public final class GGUFCheckpoint: Checkpoint {
         return t
     }
 
-    /// Q8_0 / Q4_0 / Q4_1 tensors kept as stored: the file's mapping itself (it stays mapped
-    /// while the weight lives), or for q_proj / k_proj a copy with whole rows un-permuted (rows
-    /// of blocks move as they are). Every block's scale (and min) is checked to be finite.
-    public func storedWeight(_ name: String, shape: [Int], format: any WeightFormat) throws -> Weight? {
-        guard let f = format as? GGUFBlockFormat, let g = Self.ggufName(name), let info = file.tensorInfo(g),
-              info.shape == shape, shape.count == 2 else { return nil }
-        let wanted: GGMLType
-        switch f.kind {
-        case .q8_0: wanted = .q8_0
-        case .q4_0: wanted = .q4_0
-        case .q4_1: wanted = .q4_1
+    /// Q8_0, Q4_0, Q4_1 and BF16 tensors kept as stored: the file's mapping itself (it stays
+    /// mapped while the weight lives), or for q_proj / k_proj a copy with whole rows un-permuted
+    /// (rows move as they are). Block scales (and mins) are checked to be finite.
+    public func storedWeight(_ name: String, shape: [Int], format wanted: (any WeightFormat)?) throws -> Weight? {
+        guard let g = Self.ggufName(name), let info = file.tensorInfo(g), info.shape == shape, shape.count == 2 else { return nil }
+        let f: any WeightFormat
+        switch info.type {
+        case .q8_0: f = WeightFormats.q8_0
+        case .q4_0: f = WeightFormats.q4_0
+        case .q4_1: f = WeightFormats.q4_1
+        case .bf16: f = WeightFormats.bf16
+        default: return nil
         }
-        guard info.type == wanted, shape[1] % GGUFBlockFormat.blockSize == 0 else { return nil }
-        let rows = shape[0], rowBytes = shape[1] / GGUFBlockFormat.blockSize * f.kind.blockBytes
-        guard rows * rowBytes == info.byteCount else { return nil }
+        if let wanted, wanted.name != f.name { return nil }
+        let rows = shape[0], cols = shape[1]
+        guard rows > 0, info.byteCount % rows == 0, f.byteCount(rows: rows, cols: cols) == info.byteCount else { return nil }
+        let rowBytes = info.byteCount / rows
         let base = file.file.base + file.dataStart + info.offset
-        let halves = f.kind == .q4_1 ? 2 : 1
-        for b in 0..<(rows * rowBytes / f.kind.blockBytes) {
-            for h in 0..<halves {
-                let bits = UInt16(littleEndian: base.loadUnaligned(fromByteOffset: b * f.kind.blockBytes + 2 * h, as: UInt16.self))
-                if (bits & 0x7C00) == 0x7C00 {
-                    throw CheckpointError.badValue(file: source, key: "\(g) (\(name))", value: "block \(b) \(h == 0 ? "scale" : "min") \(Float(Float16(bitPattern: bits)))",
-                                                   expected: "finite block scales")
+        if let block = f as? GGUFBlockFormat {
+            let bb = block.kind.blockBytes, halves = block.kind == .q4_1 ? 2 : 1
+            for b in 0..<(info.byteCount / bb) {
+                for h in 0..<halves {
+                    let bits = UInt16(littleEndian: base.loadUnaligned(fromByteOffset: b * bb + 2 * h, as: UInt16.self))
+                    if (bits & 0x7C00) == 0x7C00 {
+                        throw CheckpointError.badValue(file: source, key: "\(g) (\(name))", value: "block \(b) \(h == 0 ? "scale" : "min") \(Float(Float16(bitPattern: bits)))",
+                                                       expected: "finite block scales")
+                    }
                 }
             }
+        } else {
+            let t = try file.f32(info)
+            try checkFinite(t, name: "\(g) (\(name))", file: source)
         }
         let heads: Int? = name.hasSuffix(".self_attn.q_proj.weight") ? config.numAttentionHeads
             : name.hasSuffix(".self_attn.k_proj.weight") ? config.numKeyValueHeads : nil
         guard let heads else {
-            return Weight(format: f, rows: rows, cols: shape[1], data: base, scales: nil, owner: file.file)
+            return Weight(format: f, rows: rows, cols: cols, data: base, scales: nil, owner: file.file)
         }
         guard heads > 0, rows % heads == 0, (rows / heads) % 2 == 0 else {
             throw CheckpointError.shapeMismatch(file: source, name: g, expected: [heads, 2, -1], found: shape)
@@ -109,7 +116,7 @@ public final class GGUFCheckpoint: Checkpoint {
                 }
             }
         }
-        return Weight(format: f, rows: rows, cols: shape[1], data: UnsafeRawPointer(s.bytes), scales: nil, owner: s)
+        return Weight(format: f, rows: rows, cols: cols, data: UnsafeRawPointer(s.bytes), scales: nil, owner: s)
     }
 
     /// Inverse of convert_hf_to_gguf.py's permute for a [heads * head_dim, in] matrix: within

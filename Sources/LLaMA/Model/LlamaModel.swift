@@ -41,6 +41,9 @@ public enum Quantization: String, CaseIterable, Sendable, Codable {
     /// ggml's block formats: a GGUF file's tensors already stored so are used as they are
     /// (memory-mapped); others are quantized with ggml's reference quantizer.
     case q8_0, q4_0, q4_1
+    /// Each projection as the checkpoint stores it where that is a weight format (a GGUF
+    /// file's Q8_0 / Q4_0 / Q4_1 / BF16 tensors, memory-mapped), else f32.
+    case stored
 
     public var format: any WeightFormat {
         switch self {
@@ -50,6 +53,7 @@ public enum Quantization: String, CaseIterable, Sendable, Codable {
         case .q8_0: return WeightFormats.q8_0
         case .q4_0: return WeightFormats.q4_0
         case .q4_1: return WeightFormats.q4_1
+        case .stored: return WeightFormats.f32
         }
     }
 
@@ -57,7 +61,7 @@ public enum Quantization: String, CaseIterable, Sendable, Codable {
     /// keeps GGUF outputs at Q6_K or better), so the block formats decode with a Q8_0 head.
     var decodeHeadFormat: any WeightFormat {
         switch self {
-        case .q4_0, .q4_1: return WeightFormats.q8_0
+        case .q4_0, .q4_1, .stored: return WeightFormats.q8_0
         default: return format
         }
     }
@@ -84,7 +88,9 @@ public final class LlamaModel: @unchecked Sendable {
     public var decodeHead: Weight {
         headLock.lock(); defer { headLock.unlock() }
         if let h = _decodeHead { return h }
-        let h = Weight.make(quantization.decodeHeadFormat, from: lmHead, pool: .allCores)
+        var f = quantization.decodeHeadFormat
+        if f is GGUFBlockFormat, config.hiddenSize % GGUFBlockFormat.blockSize != 0 { f = WeightFormats.int8 }
+        let h = Weight.make(f, from: lmHead, pool: .allCores)
         _decodeHead = h
         return h
     }
@@ -108,7 +114,9 @@ public final class LlamaModel: @unchecked Sendable {
         let C = c.hiddenSize, I = c.intermediateSize, V = c.vocabSize
         let embed = try ck.tensor("model.embed_tokens.weight", shape: [V, C])
         func linear(_ name: String, _ out: Int, _ inF: Int) throws -> Linear {
-            if let w = try ck.storedWeight(name, shape: [out, inF], format: quantization.format) { return Linear(w) }
+            if let w = try ck.storedWeight(name, shape: [out, inF], format: quantization == .stored ? nil : quantization.format) {
+                return Linear(w)
+            }
             if quantization.format is GGUFBlockFormat, inF % GGUFBlockFormat.blockSize != 0 {
                 throw CheckpointError.unsupported(file: ck.source, what: "quantization \(quantization.rawValue) for \(name): rows of \(inF) values are not whole blocks of 32")
             }
