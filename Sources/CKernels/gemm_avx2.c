@@ -366,6 +366,7 @@ TARGET static void gemv(const int fmt, long M, long n0, long n1, long K, const f
 void lora_avx2_gemm_abt(int format, long M, long n0, long n1, long K, const float *A, long lda,
                         const void *W, long ldw, const float *scales, float *C, long ldc,
                         int accumulate) {
+    if (lora_is_block_format(format)) { lora_portable_gemm_abt(format, M, n0, n1, K, A, lda, W, ldw, scales, C, ldc, accumulate); return; }  // TEMP
     if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_BF16) abort();
     gemm(M, n0, n1 - n0, K, A, lda, 1, format, W, scales, ldw, C, ldc, accumulate);
 }
@@ -373,6 +374,7 @@ void lora_avx2_gemm_abt(int format, long M, long n0, long n1, long K, const floa
 void lora_avx2_gemm_ab(int format, long M, long k0, long k1, long N, const float *A, long lda,
                        const void *W, long ldw, const float *scales, float *C, long ldc,
                        int accumulate) {
+    if (lora_is_block_format(format)) { lora_portable_gemm_ab(format, M, k0, k1, N, A, lda, W, ldw, scales, C, ldc, accumulate); return; }  // TEMP
     if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_BF16) abort();
     gemm(M, k0, k1 - k0, N, A, lda, 0, format, W, scales, ldw, C, ldc, accumulate);
 }
@@ -380,6 +382,7 @@ void lora_avx2_gemm_ab(int format, long M, long k0, long k1, long N, const float
 void lora_avx2_gemv_abt(int format, long M, long n0, long n1, long K, const float *A, long lda,
                         const void *W, long ldw, const float *scales, float *C, long ldc,
                         int accumulate) {
+    if (lora_is_block_format(format)) { lora_portable_gemv_abt(format, M, n0, n1, K, A, lda, W, ldw, scales, C, ldc, accumulate); return; }  // TEMP
     if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_BF16) abort();
     if (M <= 0 || n1 <= n0) return;
     gemv(format, M, n0, n1, K, A, lda, W, ldw, scales, C, ldc, accumulate);
