@@ -51,6 +51,18 @@ static inline float lora_half_to_float(uint16_t h) {
 
 /// Reads a little-endian uint16 at p (blocks are 2-byte aligned at best, so no direct load).
 static inline uint16_t lora_load_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+/// One block-format weight at flat element index i (row n, depth k: i = n * ldw + k, ldw in
+/// 32s, so block i / 32 of the bytes), computed in float as the format defines it; the SIMD
+/// families use it for runs that start mid-block.
+static inline float lora_block_value(int format, const void *w, long i) {
+    const uint8_t *b = (const uint8_t *)w + i / LORA_QK * lora_block_bytes(format);
+    int j = (int)(i % LORA_QK), sh = 4 * (j >> 4);
+    float d = lora_half_to_float(lora_load_u16(b));
+    if (format == LORA_FORMAT_Q8_0) return d * (float)(int8_t)b[2 + j];
+    if (format == LORA_FORMAT_Q4_0) return d * (float)(((b[2 + (j & 15)] >> sh) & 15) - 8);
+    return d * (float)((b[4 + (j & 15)] >> sh) & 15) + lora_half_to_float(lora_load_u16(b + 2));
+}
 /// NR of the AVX2 packed GEMM.
 int lora_avx2_panel_width(void);
 

@@ -129,16 +129,6 @@ INLINE __m512 block_w16(const int fmt, const uint8_t *b, int h) {
     return fmt == LORA_FORMAT_Q4_1 ? _mm512_fmadd_ps(d, q, half_bcast(b + 2)) : _mm512_mul_ps(d, q);
 }
 
-/// One block-format weight at flat element index i (row n, depth k: i = n * ldw + k).
-static inline float block_w1(int fmt, const void *w, long i) {
-    const uint8_t *b = (const uint8_t *)w + i / LORA_QK * lora_block_bytes(fmt);
-    int j = (int)(i % LORA_QK), h = j >> 4;
-    float d = lora_half_to_float(lora_load_u16(b));
-    if (fmt == LORA_FORMAT_Q8_0) return d * (float)(int8_t)b[2 + j];
-    if (fmt == LORA_FORMAT_Q4_0) return d * (float)(((b[2 + (j & 15)] >> (4 * h)) & 15) - 8);
-    return d * (float)((b[4 + (j & 15)] >> (4 * h)) & 15) + lora_half_to_float(lora_load_u16(b + 2));
-}
-
 /// Block-format weights i..i+16 (first `m` lanes; the rest 0). A run of 16 that starts on a
 /// half block is one vector (the whole block exists even when fewer lanes are wanted); other
 /// starts (a column range beginning mid-block) go one by one.
@@ -148,7 +138,7 @@ INLINE __m512 load_block_w(const int fmt, __mmask16 m, const void *w, long i) {
         return _mm512_maskz_mov_ps(m, block_w16(fmt, b, (int)((i >> 4) & 1)));
     }
     float t[16];
-    for (int j = 0; j < 16; j++) t[j] = (m >> j) & 1 ? block_w1(fmt, w, i + j) : 0;
+    for (int j = 0; j < 16; j++) t[j] = (m >> j) & 1 ? lora_block_value(fmt, w, i + j) : 0;
     return _mm512_loadu_ps(t);
 }
 
