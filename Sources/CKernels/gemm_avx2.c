@@ -462,15 +462,19 @@ INLINE void gemv_q_block(const int fmt, const int mb, long K, const float *A, lo
         }
 }
 
-TARGET static void gemv_q(const int fmt, long M, long n0, long n1, long K, const float *A,
+TARGET static void gemv_q(int fmt, long M, long n0, long n1, long K, const float *A,
                           long lda, const void *w, long ldw, float *C, long ldc, int accumulate) {
     const long rowbytes = ldw / LORA_QK * lora_block_bytes(fmt);
     for (long n = n0; n < n1; n += GEMV_RB) {
         long rows = n1 - n < GEMV_RB ? n1 - n : GEMV_RB;
         for (long m = 0; m < M; m += 2) {
-#define CALL(mb) gemv_q_block(fmt, mb, K, A + m * lda, lda, w, rowbytes, n, rows, C + m * ldc, ldc, accumulate)
-            if (M - m >= 2) CALL(2);
-            else CALL(1);
+            // Constant format and row count, so each combination gets its own unrolled loop.
+#define CALL(f, mb) gemv_q_block(f, mb, K, A + m * lda, lda, w, rowbytes, n, rows, C + m * ldc, ldc, accumulate)
+#define CALL_MB(f) do { if (M - m >= 2) CALL(f, 2); else CALL(f, 1); } while (0)
+            if (fmt == LORA_FORMAT_Q8_0) CALL_MB(LORA_FORMAT_Q8_0);
+            else if (fmt == LORA_FORMAT_Q4_0) CALL_MB(LORA_FORMAT_Q4_0);
+            else CALL_MB(LORA_FORMAT_Q4_1);
+#undef CALL_MB
 #undef CALL
         }
     }
