@@ -423,6 +423,7 @@ INLINE void gemv_q_block(const int fmt, const int mb, long K, const float *A, lo
                 xs[m] = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(x + 8)),
                                       _mm256_add_ps(_mm256_loadu_ps(x + 16), _mm256_loadu_ps(x + 24)));
             }
+#pragma GCC unroll 4  // the accumulators stay in registers at -O2 too
         for (int r = 0; r < GEMV_RB; r++) {
             const uint8_t *b = wr[r] + o;
             _mm_prefetch((const char *)(b + GEMV_PF * rowbytes), _MM_HINT_T0);

@@ -633,6 +633,7 @@ INLINE void gemv_q_block(const int fmt, const int mb, long K, const float *A, lo
             x[m][0] = _mm512_loadu_ps(A + m * lda + k);
             x[m][1] = _mm512_loadu_ps(A + m * lda + k + 16);
         }
+#pragma GCC unroll 4  // the accumulators stay in registers at -O2 too
         for (int r = 0; r < GEMV_RB; r++) {
             const uint8_t *b = wr[r] + o;
             _mm_prefetch((const char *)(b + GEMV_PF * rowbytes), _MM_HINT_T0);
