@@ -1,13 +1,15 @@
-// AVX2 + FMA family: the products with a frozen weight W [N, K] (f32, int8 rows, bf16) for
-// x86-64 CPUs without AVX-512 (Zen 2/3, Haswell and later), same contracts as CKernels.h.
+// AVX2 + FMA (+ F16C for the GGUF blocks' halves) family: the products with a frozen weight
+// W [N, K] (f32, int8 rows, bf16, GGUF Q8_0 / Q4_0 / Q4_1 blocks) for x86-64 CPUs without
+// AVX-512 (Zen 2/3, Haswell and later), same contracts as CKernels.h.
 //
 // Packed GEMM (lora_avx2_gemm_abt / _ab), BLIS-style like gemm_avx512.c, sized for the
 // smallest caches it targets (Zen 3: 32 KiB L1d, 512 KiB L2; Zen 5 has more of both):
 //   for jc over the output columns, NC at a time
 //     for pc over the depth, KC at a time (KC <= 640; the whole depth when it fits)
 //       pack B[pc:pc+kc, jc:jc+nc] into panels of NR = 16 columns, [kc][16] each
-//       (KC x NC <= 320 KiB, in L2, leaving room for A and C); int8 / bf16 weights are
-//       dequantized here, so they stream from memory in their own width
+//       (KC x NC <= 320 KiB, in L2, leaving room for A and C); int8 / bf16 / block weights
+//       are dequantized here, so they stream from memory in their own width (block formats:
+//       depth blocks in whole 32-weight blocks)
 //       for ir over the rows of A, MR = 6 at a time    (the A micro-panel, <= 15 KiB, in L1)
 //         for each B panel                              (streams from L2)
 //           micro-kernel: C[6, 16] (+)= A[6, kc] @ Bpanel[kc, 16]

@@ -2,7 +2,8 @@
 //   forward         C[M, N] (+)= A[M, K] @ W^T     (lora_gemm_abt_*, lora_gemv_abt_*)
 //   backward input  C[M, K] (+)= A[M, N] @ W       (lora_gemm_ab_*)
 // with W in f32, as int8 rows with one f32 scale per row (W[n, k] = q[n, k] * scale[n]) or as
-// bfloat16 (widened exactly to f32 wherever it is loaded: packing, GEMV).
+// bfloat16 (widened exactly to f32 wherever it is loaded: packing, GEMV), or as GGUF Q8_0 /
+// Q4_0 / Q4_1 blocks (dequantized in packing, in whole blocks of depth; per block in GEMV).
 // The OpenBLAS path in Sources/Tensor/Weight.swift is the fallback and the oracle.
 //
 // Blocking (BLIS-style, written for Zen 5: 48 KiB L1d, 1 MiB L2 per core; see gemm()):
