@@ -1,10 +1,12 @@
 // Single-thread throughput of the kernel families x weight formats (CKernels.h), no Swift:
 //   GEMM abt / ab: GFLOP/s (2 M N K flops per call)
 //   GEMV abt, M = 1: GB/s of weight bytes streamed; the weights are cycled through copies
-//   totalling >= 256 MiB so they come from memory, not the last-level cache, as in decoding.
+//   totalling >= 256 MiB so they come from memory, not the last-level cache, as in decoding;
+//   also with 2 threads on the two halves of the rows (split at the panel width).
 // Build and run: scripts/kernel_bench.sh. Each figure is the best of repeated calls over
 // ~0.3 s, which is the right statistic on a machine shared with other work.
 #include "CKernels.h"
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,11 +19,27 @@ static double now(void) {
 }
 
 static const char *family_names[] = {"portable", "avx2", "avx512"};
-static const char *format_names[] = {"f32", "i8_rows", "bf16"};
-static size_t format_bytes(int f) { return f == LORA_FORMAT_F32 ? 4 : f == LORA_FORMAT_I8_ROWS ? 1 : 2; }
+static const char *format_names[] = {"f32", "i8_rows", "bf16", "q8_0", "q4_0", "q4_1"};
+enum { NFORMATS = 6 };
+static long block_bytes(int f) { return f == LORA_FORMAT_Q8_0 ? 34 : f == LORA_FORMAT_Q4_0 ? 18 : f == LORA_FORMAT_Q4_1 ? 20 : 0; }
+/// Bytes of n weights (n a multiple of 32 for the block formats).
+static size_t weight_bytes(int f, long n) {
+    if (block_bytes(f)) return (size_t)(n / 32 * block_bytes(f));
+    return (size_t)n * (f == LORA_FORMAT_F32 ? 4 : f == LORA_FORMAT_I8_ROWS ? 1 : 2);
+}
 
 static void *make_weights(int f, long n) {
-    void *w = malloc(format_bytes(f) * n);
+    void *w = malloc(weight_bytes(f, n));
+    if (block_bytes(f)) {  // random quants; d = 2^-7 and m = -2^-4 as halves
+        unsigned char *b = w;
+        for (size_t i = 0; i < weight_bytes(f, n); i++) b[i] = (unsigned char)((i * 2654435761u) >> 13);
+        for (long k = 0; k < n / 32; k++) {
+            unsigned char *p = b + k * block_bytes(f);
+            p[0] = 0x00; p[1] = 0x20;                                  // 0x2000
+            if (f == LORA_FORMAT_Q4_1) { p[2] = 0x00; p[3] = 0xAC; }   // 0xAC00
+        }
+        return w;
+    }
     for (long i = 0; i < n; i++) {
         float x = (float)((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
         if (f == LORA_FORMAT_F32) ((float *)w)[i] = x;
@@ -56,14 +74,33 @@ static double bench_gemm(int fam, int f, int ab, long M, long N, long K) {
     return 2.0 * M * N * K / t * 1e-9;
 }
 
-static double bench_gemv(int fam, int f, long N, long K) {
-    size_t bytes = format_bytes(f) * N * K;
+struct half_call { int fam, f; long n0, n1, K; const float *A; const void *W; const float *scales; float *C; };
+static void *gemv_half(void *p) {
+    struct half_call *h = p;
+    lora_gemv_abt(h->fam, h->f, 1, h->n0, h->n1, h->K, h->A, h->K, h->W, h->K, h->scales, h->C, h->n1, 0);
+    return NULL;
+}
+
+/// One GEMV on `threads` (1 or 2) threads: the second half of the rows on a new thread.
+static void gemv_threads(int threads, int fam, int f, long N, long K, const float *A,
+                         const void *W, const float *scales, float *C) {
+    if (threads == 1) { lora_gemv_abt(fam, f, 1, 0, N, K, A, K, W, K, scales, C, N, 0); return; }
+    long pw = lora_family_panel_width(fam), mid = (N / pw + 1) / 2 * pw;
+    struct half_call h = {fam, f, mid, N, K, A, W, scales, C};
+    pthread_t t;
+    if (pthread_create(&t, NULL, gemv_half, &h) != 0) abort();
+    lora_gemv_abt(fam, f, 1, 0, mid, K, A, K, W, K, scales, C, N, 0);
+    pthread_join(t, NULL);
+}
+
+static double bench_gemv(int fam, int f, long N, long K, int threads) {
+    size_t bytes = weight_bytes(f, N * K);
     int copies = (int)((256u << 20) / bytes) + 1;
     void **W = malloc(sizeof(void *) * copies);
     for (int c = 0; c < copies; c++) W[c] = make_weights(f, N * K);
     float *A = make_floats(K), *scales = make_floats(N), *C = make_floats(N);
     int c = 0;
-    double t = BEST_OF(0.3, (lora_gemv_abt(fam, f, 1, 0, N, K, A, K, W[c], K, scales, C, N, 0),
+    double t = BEST_OF(0.3, (gemv_threads(threads, fam, f, N, K, A, W[c], scales, C),
                              c = (c + 1) % copies));
     for (int i = 0; i < copies; i++) free(W[i]);
     free(W); free(A); free(scales); free(C);
@@ -93,24 +130,26 @@ int main(void) {
         fclose(f);
     }
     printf("best family: %s; single thread\n", family_names[lora_family_best()]);
-    printf("%-9s %-8s %12s %12s %12s %12s %12s %12s\n", "family", "format", "abt 576", "abt 1536",
-           "ab 576", "ab 1536", "gemv 1536", "gemv 4096");
-    printf("%-9s %-8s %12s %12s %12s %12s %12s %12s\n", "", "", "GFLOP/s", "GFLOP/s", "GFLOP/s",
-           "GFLOP/s", "GB/s", "GB/s");
+    printf("%-9s %-8s %12s %12s %12s %12s %12s %12s %12s\n", "family", "format", "abt 576", "abt 1536",
+           "ab 576", "ab 1536", "gemv 1536", "gemv 4096", "gemv 4096");
+    printf("%-9s %-8s %12s %12s %12s %12s %12s %12s %12s\n", "", "", "GFLOP/s", "GFLOP/s", "GFLOP/s",
+           "GFLOP/s", "GB/s", "GB/s", "2 thr GB/s");
     for (int fam = 0; fam < 3; fam++) {
         if (!lora_family_available(fam)) { printf("%-9s (not available on this CPU)\n", family_names[fam]); continue; }
-        for (int fm = 0; fm < 3; fm++) {
+        for (int fm = 0; fm < NFORMATS; fm++) {
             printf("%-9s %-8s", family_names[fam], format_names[fm]);
             fflush(stdout);
             printf(" %12.1f", bench_gemm(fam, fm, 0, 1024, 576, 576)); fflush(stdout);
             printf(" %12.1f", bench_gemm(fam, fm, 0, 1024, 1536, 576)); fflush(stdout);
             printf(" %12.1f", bench_gemm(fam, fm, 1, 1024, 576, 576)); fflush(stdout);
             printf(" %12.1f", bench_gemm(fam, fm, 1, 1024, 1536, 576)); fflush(stdout);
-            printf(" %12.2f", bench_gemv(fam, fm, 1536, 576)); fflush(stdout);
-            printf(" %12.2f\n", bench_gemv(fam, fm, 4096, 4096));
+            printf(" %12.2f", bench_gemv(fam, fm, 1536, 576, 1)); fflush(stdout);
+            printf(" %12.2f", bench_gemv(fam, fm, 4096, 4096, 1)); fflush(stdout);
+            printf(" %12.2f\n", bench_gemv(fam, fm, 4096, 4096, 2));
         }
     }
     printf("abt N,K: C[1024, N] = A[1024, K] @ W[N, K]^T; ab N,K: C[1024, K] = A[1024, N] @ W[N, K];\n"
-           "gemv N x K: M = 1, weights cycled over >= 256 MiB of copies\n");
+           "gemv N x K: M = 1, weights cycled over >= 256 MiB of copies (2 thr: a thread started per call\n"
+           "for half the rows); q* formats: GGUF blocks, GB/s of block bytes\n");
     return 0;
 }

@@ -3,6 +3,7 @@
 // to the portable one instead of executing instructions the CPU lacks.
 #include "CKernels.h"
 #include "families.h"
+#include <stdlib.h>
 
 // Cached CPU checks, -1 until first asked; threads may race to fill them with the same value.
 static int available_avx2 = -1, available_avx512 = -1;
@@ -53,21 +54,29 @@ static int usable(int family) {
     }
 #define DISPATCH(fn, ...) DISPATCH_AS(, fn, __VA_ARGS__)
 
+// Block formats need whole blocks: ldw, and the depth K of abt / gemv, multiples of 32.
+static void check_blocks(int format, long ldw, long depth) {
+    if (lora_is_block_format(format) && (ldw % LORA_QK != 0 || depth % LORA_QK != 0)) abort();
+}
+
 void lora_gemm_abt(int family, int format, long M, long n0, long n1, long K,
                    const float *A, long lda, const void *W, long ldw, const float *scales,
                    float *C, long ldc, int accumulate) {
+    check_blocks(format, ldw, K);
     DISPATCH(gemm_abt, format, M, n0, n1, K, A, lda, W, ldw, scales, C, ldc, accumulate)
 }
 
 void lora_gemm_ab(int family, int format, long M, long k0, long k1, long N,
                   const float *A, long lda, const void *W, long ldw, const float *scales,
                   float *C, long ldc, int accumulate) {
+    check_blocks(format, ldw, 0);
     DISPATCH(gemm_ab, format, M, k0, k1, N, A, lda, W, ldw, scales, C, ldc, accumulate)
 }
 
 void lora_gemv_abt(int family, int format, long M, long n0, long n1, long K,
                    const float *A, long lda, const void *W, long ldw, const float *scales,
                    float *C, long ldc, int accumulate) {
+    check_blocks(format, ldw, K);
     DISPATCH(gemv_abt, format, M, n0, n1, K, A, lda, W, ldw, scales, C, ldc, accumulate)
 }
 

@@ -4,6 +4,7 @@
 #ifndef LORA_FAMILIES_H
 #define LORA_FAMILIES_H
 #include <stdint.h>
+#include "CKernels.h"
 
 #define LORA_FAMILY_DECLS(fam)                                                                  \
     void lora_##fam##_gemm_abt(int format, long M, long n0, long n1, long K, const float *A,    \
@@ -23,6 +24,45 @@ LORA_FAMILY_DECLS(avx2)
 LORA_FAMILY_DECLS(avx512)
 
 int lora_avx2_available(void);
+
+// ---- GGUF block formats (CKernels.h): shared layout helpers --------------------------------
+#define LORA_QK 32  // weights per block
+
+static inline int lora_is_block_format(int format) {
+    return format == LORA_FORMAT_Q8_0 || format == LORA_FORMAT_Q4_0 || format == LORA_FORMAT_Q4_1;
+}
+
+/// Bytes per block of 32 weights (0 for the non-block formats).
+static inline long lora_block_bytes(int format) {
+    return format == LORA_FORMAT_Q8_0 ? 34 : format == LORA_FORMAT_Q4_0 ? 18
+         : format == LORA_FORMAT_Q4_1 ? 20 : 0;
+}
+
+/// IEEE half bits to float, exactly, without F16C (the portable family; the SIMD families use
+/// vcvtph2ps). Subnormal halves are man * 2^-24, exact in float.
+static inline float lora_half_to_float(uint16_t h) {
+    union { uint32_t u; float f; } v;
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF;
+    if (exp == 0x1F) v.u = sign | 0x7F800000u | (man << 13);          // inf / NaN
+    else if (exp != 0) v.u = sign | ((exp + 112) << 23) | (man << 13);  // rebias 15 -> 127
+    else { v.f = (float)man * 0x1p-24f; v.u |= sign; }                 // zero / subnormal
+    return v.f;
+}
+
+/// Reads a little-endian uint16 at p (blocks are 2-byte aligned at best, so no direct load).
+static inline uint16_t lora_load_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+/// One block-format weight at flat element index i (row n, depth k: i = n * ldw + k, ldw in
+/// 32s, so block i / 32 of the bytes), computed in float as the format defines it; the SIMD
+/// families use it for runs that start mid-block.
+static inline float lora_block_value(int format, const void *w, long i) {
+    const uint8_t *b = (const uint8_t *)w + i / LORA_QK * lora_block_bytes(format);
+    int j = (int)(i % LORA_QK), sh = 4 * (j >> 4);
+    float d = lora_half_to_float(lora_load_u16(b));
+    if (format == LORA_FORMAT_Q8_0) return d * (float)(int8_t)b[2 + j];
+    if (format == LORA_FORMAT_Q4_0) return d * (float)(((b[2 + (j & 15)] >> sh) & 15) - 8);
+    return d * (float)((b[4 + (j & 15)] >> sh) & 15) + lora_half_to_float(lora_load_u16(b + 2));
+}
 /// NR of the AVX2 packed GEMM.
 int lora_avx2_panel_width(void);
 

@@ -1,13 +1,15 @@
-// AVX2 + FMA family: the products with a frozen weight W [N, K] (f32, int8 rows, bf16) for
-// x86-64 CPUs without AVX-512 (Zen 2/3, Haswell and later), same contracts as CKernels.h.
+// AVX2 + FMA (+ F16C for the GGUF blocks' halves) family: the products with a frozen weight
+// W [N, K] (f32, int8 rows, bf16, GGUF Q8_0 / Q4_0 / Q4_1 blocks) for x86-64 CPUs without
+// AVX-512 (Zen 2/3, Haswell and later), same contracts as CKernels.h.
 //
 // Packed GEMM (lora_avx2_gemm_abt / _ab), BLIS-style like gemm_avx512.c, sized for the
 // smallest caches it targets (Zen 3: 32 KiB L1d, 512 KiB L2; Zen 5 has more of both):
 //   for jc over the output columns, NC at a time
 //     for pc over the depth, KC at a time (KC <= 640; the whole depth when it fits)
 //       pack B[pc:pc+kc, jc:jc+nc] into panels of NR = 16 columns, [kc][16] each
-//       (KC x NC <= 320 KiB, in L2, leaving room for A and C); int8 / bf16 weights are
-//       dequantized here, so they stream from memory in their own width
+//       (KC x NC <= 320 KiB, in L2, leaving room for A and C); int8 / bf16 / block weights
+//       are dequantized here, so they stream from memory in their own width (block formats:
+//       depth blocks in whole 32-weight blocks)
 //       for ir over the rows of A, MR = 6 at a time    (the A micro-panel, <= 15 KiB, in L1)
 //         for each B panel                              (streams from L2)
 //           micro-kernel: C[6, 16] (+)= A[6, kc] @ Bpanel[kc, 16]
@@ -45,12 +47,14 @@
 #define AVX2_B_FLOATS (80 * 1024)  // packed B block: 320 KiB of a 512 KiB L2
 #endif
 
-#define TARGET __attribute__((target("avx2,fma")))
+#define TARGET __attribute__((target("avx2,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline)) TARGET
 
 int lora_avx2_available(void) {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    // F16C (block formats' halves) comes with every AVX2 CPU in practice; checked all the same.
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+        && __builtin_cpu_supports("f16c");
 }
 
 int lora_avx2_panel_width(void) { return NR; }
@@ -92,8 +96,40 @@ INLINE __m256 load8(int fmt, const void *w, long i) {
     return _mm256_loadu_ps((const float *)w + i);
 }
 
-/// The first `cnt` (0..8) of them, zeros after; reads nothing past them.
+/// The IEEE half at p (little-endian), exactly, in every lane.
+INLINE __m256 half_bcast(const uint8_t *p) {
+    return _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(lora_load_u16(p))));
+}
+
+/// Weights 8g..8g+7 (g = 0..3) of GGUF block `b` as f32. d * q is exact in f32 (11 x 8 bits at
+/// most), so the Q4_1 value is one rounding of d * q + m, fused or not.
+INLINE __m256 block_w8(const int fmt, const uint8_t *b, int g) {
+    __m256i v;
+    if (fmt == LORA_FORMAT_Q8_0) {
+        v = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2 + 8 * g)));
+    } else {
+        v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + (fmt == LORA_FORMAT_Q4_1 ? 4 : 2) + 8 * (g & 1))));
+        v = g >= 2 ? _mm256_srli_epi32(v, 4) : _mm256_and_si256(v, _mm256_set1_epi32(15));
+        if (fmt == LORA_FORMAT_Q4_0) v = _mm256_sub_epi32(v, _mm256_set1_epi32(8));
+    }
+    __m256 q = _mm256_cvtepi32_ps(v), d = half_bcast(b);
+    return fmt == LORA_FORMAT_Q4_1 ? _mm256_fmadd_ps(d, q, half_bcast(b + 2)) : _mm256_mul_ps(d, q);
+}
+
+/// Block-format weights i..i+cnt, zeros after: one vector when the run is a whole eighth of a
+/// block, else one by one (a column range starting or ending mid-block).
+INLINE __m256 load8_block(int fmt, const void *w, long i, long cnt) {
+    if ((i & 7) == 0 && cnt >= 8)
+        return block_w8(fmt, (const uint8_t *)w + i / LORA_QK * lora_block_bytes(fmt), (int)((i >> 3) & 3));
+    float t[8] = {0};
+    for (long j = 0; j < cnt && j < 8; j++) t[j] = lora_block_value(fmt, w, i + j);
+    return _mm256_loadu_ps(t);
+}
+
+/// The first `cnt` (0..8) of them, zeros after; reads nothing past them (block formats: nothing
+/// past their block).
 INLINE __m256 load8_part(int fmt, const void *w, long i, long cnt) {
+    if (lora_is_block_format(fmt)) return load8_block(fmt, w, i, cnt);
     if (cnt >= 8) return load8(fmt, w, i);
     unsigned char tmp[32] = {0};
     size_t b = format_bytes(fmt);
@@ -237,8 +273,10 @@ TARGET static void gemm(long M, long col0, long ncols, long depth, const float *
         ncb = ((ncols + nb - 1) / nb + NR - 1) / NR * NR;
         long kcmax = AVX2_B_FLOATS / ncb;
         if (kcmax > AVX2_KC_MAX) kcmax = AVX2_KC_MAX;
+        long q = trans && lora_is_block_format(fmt) ? LORA_QK : 1;  // whole blocks per depth block
+        kcmax = kcmax / q * q;
         long kb = (depth + kcmax - 1) / kcmax;
-        kcb = (depth + kb - 1) / kb;
+        kcb = ((depth + kb - 1) / kb + q - 1) / q * q;
     }
     float *bp = pack_buffer();
     for (long jc = 0; jc < ncols; jc += ncb) {
@@ -249,9 +287,14 @@ TARGET static void gemm(long M, long col0, long ncols, long depth, const float *
             // One specialization per format, so the format tests leave the packing loops.
 #define PACK(f) do { if (trans) pack_bt(bp, f, w, scales, ldw, col0 + jc, nc, pc, kc); \
                      else pack_b(bp, f, w, scales, ldw, col0 + jc, nc, pc, kc); } while (0)
-            if (fmt == LORA_FORMAT_I8_ROWS) PACK(LORA_FORMAT_I8_ROWS);
-            else if (fmt == LORA_FORMAT_BF16) PACK(LORA_FORMAT_BF16);
-            else PACK(LORA_FORMAT_F32);
+            switch (fmt) {
+            case LORA_FORMAT_I8_ROWS: PACK(LORA_FORMAT_I8_ROWS); break;
+            case LORA_FORMAT_BF16: PACK(LORA_FORMAT_BF16); break;
+            case LORA_FORMAT_Q8_0: PACK(LORA_FORMAT_Q8_0); break;
+            case LORA_FORMAT_Q4_0: PACK(LORA_FORMAT_Q4_0); break;
+            case LORA_FORMAT_Q4_1: PACK(LORA_FORMAT_Q4_1); break;
+            default: PACK(LORA_FORMAT_F32); break;
+            }
 #undef PACK
             int load_c = accumulate || pc > 0;
             for (long ir = 0; ir < M; ir += MR) {
@@ -361,27 +404,112 @@ TARGET static void gemv(const int fmt, long M, long n0, long n1, long K, const f
     }
 }
 
+/// Block formats (K a multiple of 32): rows n..n+rows (rows <= 4) of W for A rows 0..mb
+/// (mb <= 2), each block read once: 16 quant bytes split into nibbles (Q4_0 minus 8) or 32
+/// int8 (Q8_0), widened to 4 vectors of f32, dotted with A's 32 depths, the dot scaled by d
+/// into the row's sum, plus m * sum(A's 32 depths) for Q4_1. Prefetch GEMV_PF rows ahead.
+INLINE void gemv_q_block(const int fmt, const int mb, long K, const float *A, long lda,
+                         const uint8_t *w, long rowbytes, long n, long rows, float *C, long ldc,
+                         int accumulate) {
+    const long bb = lora_block_bytes(fmt);
+    __m256 acc[2][GEMV_RB];
+    for (int m = 0; m < mb; m++)
+        for (int r = 0; r < GEMV_RB; r++) acc[m][r] = _mm256_setzero_ps();
+    const uint8_t *wr[GEMV_RB];  // missing rows repeat the last one; their sums are not stored
+    for (int r = 0; r < GEMV_RB; r++) wr[r] = w + (n + (r < rows ? r : rows - 1)) * rowbytes;
+    for (long k = 0, o = 0; k < K; k += LORA_QK, o += bb) {
+        __m256 xs[2];
+        if (fmt == LORA_FORMAT_Q4_1)
+            for (int m = 0; m < mb; m++) {
+                const float *x = A + m * lda + k;
+                xs[m] = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(x + 8)),
+                                      _mm256_add_ps(_mm256_loadu_ps(x + 16), _mm256_loadu_ps(x + 24)));
+            }
+#pragma GCC unroll 4  // the accumulators stay in registers at -O2 too
+        for (int r = 0; r < GEMV_RB; r++) {
+            const uint8_t *b = wr[r] + o;
+            _mm_prefetch((const char *)(b + GEMV_PF * rowbytes), _MM_HINT_T0);
+            __m256 q[4];
+            if (fmt == LORA_FORMAT_Q8_0) {
+                for (int g = 0; g < 4; g++)
+                    q[g] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2 + 8 * g))));
+            } else {
+                __m128i v = _mm_loadu_si128((const __m128i *)(b + (fmt == LORA_FORMAT_Q4_1 ? 4 : 2)));
+                __m128i lo = _mm_and_si128(v, _mm_set1_epi8(15));
+                __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(15));
+                if (fmt == LORA_FORMAT_Q4_0) {
+                    lo = _mm_sub_epi8(lo, _mm_set1_epi8(8));
+                    hi = _mm_sub_epi8(hi, _mm_set1_epi8(8));
+                }
+                q[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+                q[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(lo, lo)));
+                q[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+                q[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(hi, hi)));
+            }
+            __m256 d = half_bcast(b);
+            for (int m = 0; m < mb; m++) {
+                const float *x = A + m * lda + k;
+                __m256 t = _mm256_mul_ps(_mm256_loadu_ps(x), q[0]);
+                t = _mm256_fmadd_ps(_mm256_loadu_ps(x + 8), q[1], t);
+                t = _mm256_fmadd_ps(_mm256_loadu_ps(x + 16), q[2], t);
+                t = _mm256_fmadd_ps(_mm256_loadu_ps(x + 24), q[3], t);
+                acc[m][r] = _mm256_fmadd_ps(d, t, acc[m][r]);
+                if (fmt == LORA_FORMAT_Q4_1) acc[m][r] = _mm256_fmadd_ps(half_bcast(b + 2), xs[m], acc[m][r]);
+            }
+        }
+    }
+    for (int m = 0; m < mb; m++)
+        for (int r = 0; r < rows; r++) {
+            float y = hsum8(acc[m][r]), *p = C + m * ldc + n + r;
+            *p = accumulate ? *p + y : y;
+        }
+}
+
+TARGET static void gemv_q(int fmt, long M, long n0, long n1, long K, const float *A,
+                          long lda, const void *w, long ldw, float *C, long ldc, int accumulate) {
+    const long rowbytes = ldw / LORA_QK * lora_block_bytes(fmt);
+    for (long n = n0; n < n1; n += GEMV_RB) {
+        long rows = n1 - n < GEMV_RB ? n1 - n : GEMV_RB;
+        for (long m = 0; m < M; m += 2) {
+            // Constant format and row count, so each combination gets its own unrolled loop.
+#define CALL(f, mb) gemv_q_block(f, mb, K, A + m * lda, lda, w, rowbytes, n, rows, C + m * ldc, ldc, accumulate)
+#define CALL_MB(f) do { if (M - m >= 2) CALL(f, 2); else CALL(f, 1); } while (0)
+            if (fmt == LORA_FORMAT_Q8_0) CALL_MB(LORA_FORMAT_Q8_0);
+            else if (fmt == LORA_FORMAT_Q4_0) CALL_MB(LORA_FORMAT_Q4_0);
+            else CALL_MB(LORA_FORMAT_Q4_1);
+#undef CALL_MB
+#undef CALL
+        }
+    }
+}
+
 // ---- Family entry points (dispatch.c) -----------------------------------------------------
 
 void lora_avx2_gemm_abt(int format, long M, long n0, long n1, long K, const float *A, long lda,
                         const void *W, long ldw, const float *scales, float *C, long ldc,
                         int accumulate) {
-    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_BF16) abort();
+    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_Q4_1) abort();
     gemm(M, n0, n1 - n0, K, A, lda, 1, format, W, scales, ldw, C, ldc, accumulate);
 }
 
 void lora_avx2_gemm_ab(int format, long M, long k0, long k1, long N, const float *A, long lda,
                        const void *W, long ldw, const float *scales, float *C, long ldc,
                        int accumulate) {
-    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_BF16) abort();
+    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_Q4_1) abort();
     gemm(M, k0, k1 - k0, N, A, lda, 0, format, W, scales, ldw, C, ldc, accumulate);
 }
 
 void lora_avx2_gemv_abt(int format, long M, long n0, long n1, long K, const float *A, long lda,
                         const void *W, long ldw, const float *scales, float *C, long ldc,
                         int accumulate) {
-    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_BF16) abort();
+    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_Q4_1) abort();
     if (M <= 0 || n1 <= n0) return;
+    switch (format) {
+    case LORA_FORMAT_Q8_0: gemv_q(LORA_FORMAT_Q8_0, M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate); return;
+    case LORA_FORMAT_Q4_0: gemv_q(LORA_FORMAT_Q4_0, M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate); return;
+    case LORA_FORMAT_Q4_1: gemv_q(LORA_FORMAT_Q4_1, M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate); return;
+    default: break;
+    }
     gemv(format, M, n0, n1, K, A, lda, W, ldw, scales, C, ldc, accumulate);
 }
 

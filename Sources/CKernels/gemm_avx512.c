@@ -2,7 +2,8 @@
 //   forward         C[M, N] (+)= A[M, K] @ W^T     (lora_gemm_abt_*, lora_gemv_abt_*)
 //   backward input  C[M, K] (+)= A[M, N] @ W       (lora_gemm_ab_*)
 // with W in f32, as int8 rows with one f32 scale per row (W[n, k] = q[n, k] * scale[n]) or as
-// bfloat16 (widened exactly to f32 wherever it is loaded: packing, GEMV).
+// bfloat16 (widened exactly to f32 wherever it is loaded: packing, GEMV), or as GGUF Q8_0 /
+// Q4_0 / Q4_1 blocks (dequantized in packing, in whole blocks of depth; per block in GEMV).
 // The OpenBLAS path in Sources/Tensor/Weight.swift is the fallback and the oracle.
 //
 // Blocking (BLIS-style, written for Zen 5: 48 KiB L1d, 1 MiB L2 per core; see gemm()):
@@ -56,13 +57,14 @@
 #define GEMM_B_FLOATS (144 * 1024)  // packed B block, KC x NC floats (576 KiB, in L2)
 #endif
 
-#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline)) TARGET
 
 int lora_gemm_avx512_available(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
-        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
+        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma")
+        && __builtin_cpu_supports("f16c");
 }
 
 int lora_gemm_panel_width(void) { return GEMM_NR; }
@@ -104,8 +106,46 @@ INLINE __m512 load_bf16(__mmask16 m, const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
+/// The IEEE half at p (little-endian), exactly, in every lane.
+INLINE __m512 half_bcast(const uint8_t *p) {
+    return _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(lora_load_u16(p))));
+}
+
+/// The quants of block `b` for weights 16h..16h+15 (h = 0, 1) as f32, not yet scaled: Q4_0
+/// already minus 8, so W = d * q, or d * q + m for Q4_1.
+INLINE __m512 block_q16(const int fmt, const uint8_t *b, int h) {
+    if (fmt == LORA_FORMAT_Q8_0)
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 2 + 16 * h))));
+    __m128i v = _mm_loadu_si128((const __m128i *)(b + (fmt == LORA_FORMAT_Q4_1 ? 4 : 2)));
+    if (h) v = _mm_srli_epi16(v, 4);
+    v = _mm_and_si128(v, _mm_set1_epi8(15));
+    if (fmt == LORA_FORMAT_Q4_0) v = _mm_sub_epi8(v, _mm_set1_epi8(8));
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
+}
+
+/// Weights 16h..16h+15 of block `b`. d * q is exact in f32 (11 x 8 bits at most), so the
+/// Q4_1 value is one rounding of d * q + m, fused or not.
+INLINE __m512 block_w16(const int fmt, const uint8_t *b, int h) {
+    __m512 q = block_q16(fmt, b, h), d = half_bcast(b);
+    return fmt == LORA_FORMAT_Q4_1 ? _mm512_fmadd_ps(d, q, half_bcast(b + 2)) : _mm512_mul_ps(d, q);
+}
+
+/// Block-format weights i..i+16 (first `m` lanes; the rest 0). A run of 16 that starts on a
+/// half block is one vector (the whole block exists even when fewer lanes are wanted); other
+/// starts (a column range beginning mid-block) go one by one.
+INLINE __m512 load_block_w(const int fmt, __mmask16 m, const void *w, long i) {
+    if ((i & 15) == 0) {
+        const uint8_t *b = (const uint8_t *)w + i / LORA_QK * lora_block_bytes(fmt);
+        return _mm512_maskz_mov_ps(m, block_w16(fmt, b, (int)((i >> 4) & 1)));
+    }
+    float t[16];
+    for (int j = 0; j < 16; j++) t[j] = (m >> j) & 1 ? lora_block_value(fmt, w, i + j) : 0;
+    return _mm512_loadu_ps(t);
+}
+
 /// 16 weights of any format (first `m` lanes; the rest 0) as f32; `s` the row's int8 scale.
 INLINE __m512 load_w(int fmt, __mmask16 m, const void *w, long i, __m512 s) {
+    if (lora_is_block_format(fmt)) return load_block_w(fmt, m, w, i);
     if (fmt == LORA_FORMAT_I8_ROWS) return load_i8(m, (const int8_t *)w + i, s);
     if (fmt == LORA_FORMAT_BF16) return load_bf16(m, (const uint16_t *)w + i);
     return _mm512_maskz_loadu_ps(m, (const float *)w + i);
@@ -286,8 +326,10 @@ TARGET static void gemm(long M, long col0, long ncols, long depth, const float *
         ncb = ((ncols + nb - 1) / nb + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
         long kcmax = GEMM_B_FLOATS / ncb;
         if (kcmax > GEMM_KC_MAX) kcmax = GEMM_KC_MAX;
+        long q = trans && lora_is_block_format(fmt) ? LORA_QK : 1;  // whole blocks per depth block
+        kcmax = kcmax / q * q;
         long kb = (depth + kcmax - 1) / kcmax;
-        kcb = (depth + kb - 1) / kb;
+        kcb = ((depth + kb - 1) / kb + q - 1) / q * q;
     }
     float *bp = pack_buffer();
     for (long jc = 0; jc < ncols; jc += ncb) {
@@ -296,15 +338,17 @@ TARGET static void gemm(long M, long col0, long ncols, long depth, const float *
         for (long pc = 0; pc < depth; pc += kcb) {
             long kc = depth - pc < kcb ? depth - pc : kcb;
             // One specialization per format, so the format tests leave the packing loops.
-            if (trans) {
-                if (fmt == LORA_FORMAT_I8_ROWS) pack_bt(bp, LORA_FORMAT_I8_ROWS, w, scales, ldw, col0 + jc, nc, pc, kc);
-                else if (fmt == LORA_FORMAT_BF16) pack_bt(bp, LORA_FORMAT_BF16, w, scales, ldw, col0 + jc, nc, pc, kc);
-                else pack_bt(bp, LORA_FORMAT_F32, w, scales, ldw, col0 + jc, nc, pc, kc);
-            } else {
-                if (fmt == LORA_FORMAT_I8_ROWS) pack_b(bp, LORA_FORMAT_I8_ROWS, w, scales, ldw, col0 + jc, nc, pc, kc);
-                else if (fmt == LORA_FORMAT_BF16) pack_b(bp, LORA_FORMAT_BF16, w, scales, ldw, col0 + jc, nc, pc, kc);
-                else pack_b(bp, LORA_FORMAT_F32, w, scales, ldw, col0 + jc, nc, pc, kc);
+#define PACK(f) do { if (trans) pack_bt(bp, f, w, scales, ldw, col0 + jc, nc, pc, kc); \
+                     else pack_b(bp, f, w, scales, ldw, col0 + jc, nc, pc, kc); } while (0)
+            switch (fmt) {
+            case LORA_FORMAT_I8_ROWS: PACK(LORA_FORMAT_I8_ROWS); break;
+            case LORA_FORMAT_BF16: PACK(LORA_FORMAT_BF16); break;
+            case LORA_FORMAT_Q8_0: PACK(LORA_FORMAT_Q8_0); break;
+            case LORA_FORMAT_Q4_0: PACK(LORA_FORMAT_Q4_0); break;
+            case LORA_FORMAT_Q4_1: PACK(LORA_FORMAT_Q4_1); break;
+            default: PACK(LORA_FORMAT_F32); break;
             }
+#undef PACK
             int load_c = accumulate || pc > 0;
             for (long ir = 0; ir < M; ir += GEMM_MR) {
                 long mr = M - ir < GEMM_MR ? M - ir : GEMM_MR;
@@ -563,19 +607,94 @@ TARGET static void gemv_bf16(long M, long n0, long n1, long K, const float *A, l
     }
 }
 
+/// Block formats (K a multiple of 32): rows n..n+rows (rows <= 4) of W for A rows 0..mb
+/// (mb <= 2; more would spill the 32 registers), each block read once and dequantized in
+/// registers, then FMA with A. Q4: the block's 16 possible values are a 16-lane table (d times
+/// -8..7, or d * 0..15 + m: exactly the format's values), and vpermps, which reads only the low
+/// 4 bits of each index, picks them by nibble straight from the widened bytes (fewer ops than
+/// mask, widen, convert, scale). Q8_0: widened, converted and dotted, the dot scaled by d.
+/// Prefetch GEMV_PF rows ahead, one block at a time. With one row of A each weight row has
+/// two accumulators.
+INLINE void gemv_q_block(const int fmt, const int mb, long K, const float *A, long lda,
+                         const uint8_t *w, long rowbytes, long n, long rows, float *C, long ldc,
+                         int accumulate) {
+    const long bb = lora_block_bytes(fmt);
+    const int na = mb == 1 ? 2 : 1;
+    const __m512 levels = fmt == LORA_FORMAT_Q4_0
+        ? _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7)
+        : _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512 acc[2][GEMV_RB][2];
+    for (int m = 0; m < mb; m++)
+        for (int r = 0; r < GEMV_RB; r++) acc[m][r][0] = acc[m][r][1] = _mm512_setzero_ps();
+    const uint8_t *wr[GEMV_RB];  // missing rows repeat the last one; their sums are not stored
+    for (int r = 0; r < GEMV_RB; r++) wr[r] = w + (n + (r < rows ? r : rows - 1)) * rowbytes;
+    for (long k = 0, o = 0; k < K; k += LORA_QK, o += bb) {
+        __m512 x[2][2];
+        for (int m = 0; m < mb; m++) {
+            x[m][0] = _mm512_loadu_ps(A + m * lda + k);
+            x[m][1] = _mm512_loadu_ps(A + m * lda + k + 16);
+        }
+#pragma GCC unroll 4  // the accumulators stay in registers at -O2 too
+        for (int r = 0; r < GEMV_RB; r++) {
+            const uint8_t *b = wr[r] + o;
+            _mm_prefetch((const char *)(b + GEMV_PF * rowbytes), _MM_HINT_T0);
+            __m512 d = half_bcast(b);
+            if (fmt == LORA_FORMAT_Q8_0) {
+                __m512 q0 = block_q16(fmt, b, 0), q1 = block_q16(fmt, b, 1);
+                for (int m = 0; m < mb; m++)
+                    acc[m][r][0] = _mm512_fmadd_ps(d, _mm512_fmadd_ps(x[m][1], q1, _mm512_mul_ps(x[m][0], q0)),
+                                                   acc[m][r][0]);
+            } else {
+                __m512 table = fmt == LORA_FORMAT_Q4_1 ? _mm512_fmadd_ps(d, levels, half_bcast(b + 2))
+                                                       : _mm512_mul_ps(d, levels);
+                __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + bb - 16)));
+                __m512 w0 = _mm512_permutexvar_ps(v, table);
+                __m512 w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), table);
+                for (int m = 0; m < mb; m++) {
+                    acc[m][r][0] = _mm512_fmadd_ps(x[m][0], w0, acc[m][r][0]);
+                    acc[m][r][na - 1] = _mm512_fmadd_ps(x[m][1], w1, acc[m][r][na - 1]);
+                }
+            }
+        }
+    }
+    __m512 sum[2][GEMV_RB];
+    for (int m = 0; m < mb; m++)
+        for (int r = 0; r < GEMV_RB; r++)
+            sum[m][r] = fmt != LORA_FORMAT_Q8_0 && na == 2 ? _mm512_add_ps(acc[m][r][0], acc[m][r][1]) : acc[m][r][0];
+    gemv_store(mb, sum, NULL, n, rows, C, ldc, accumulate);
+}
+
+TARGET static void gemv_q(int fmt, long M, long n0, long n1, long K, const float *A,
+                          long lda, const void *w, long ldw, float *C, long ldc, int accumulate) {
+    const long rowbytes = ldw / LORA_QK * lora_block_bytes(fmt);
+    for (long n = n0; n < n1; n += GEMV_RB) {
+        long rows = n1 - n < GEMV_RB ? n1 - n : GEMV_RB;
+        for (long m = 0; m < M; m += 2) {
+            // Constant format and row count, so each combination gets its own unrolled loop.
+#define CALL(f, mb) gemv_q_block(f, mb, K, A + m * lda, lda, w, rowbytes, n, rows, C + m * ldc, ldc, accumulate)
+#define CALL_MB(f) do { if (M - m >= 2) CALL(f, 2); else CALL(f, 1); } while (0)
+            if (fmt == LORA_FORMAT_Q8_0) CALL_MB(LORA_FORMAT_Q8_0);
+            else if (fmt == LORA_FORMAT_Q4_0) CALL_MB(LORA_FORMAT_Q4_0);
+            else CALL_MB(LORA_FORMAT_Q4_1);
+#undef CALL_MB
+#undef CALL
+        }
+    }
+}
+
 // ---- Family entry points (dispatch.c) -----------------------------------------------------
 
 void lora_avx512_gemm_abt(int format, long M, long n0, long n1, long K, const float *A,
                           long lda, const void *W, long ldw, const float *scales, float *C,
                           long ldc, int accumulate) {
-    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_BF16) abort();
+    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_Q4_1) abort();
     gemm(M, n0, n1 - n0, K, A, lda, 1, format, W, scales, ldw, C, ldc, accumulate);
 }
 
 void lora_avx512_gemm_ab(int format, long M, long k0, long k1, long N, const float *A,
                          long lda, const void *W, long ldw, const float *scales, float *C,
                          long ldc, int accumulate) {
-    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_BF16) abort();
+    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_Q4_1) abort();
     gemm(M, k0, k1 - k0, N, A, lda, 0, format, W, scales, ldw, C, ldc, accumulate);
 }
 
@@ -587,6 +706,9 @@ void lora_avx512_gemv_abt(int format, long M, long n0, long n1, long K, const fl
     case LORA_FORMAT_F32: gemv_f32(M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate); break;
     case LORA_FORMAT_I8_ROWS: gemv_i8(M, n0, n1, K, A, lda, W, ldw, scales, C, ldc, accumulate); break;
     case LORA_FORMAT_BF16: gemv_bf16(M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate); break;
+    case LORA_FORMAT_Q8_0: gemv_q(LORA_FORMAT_Q8_0, M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate); break;
+    case LORA_FORMAT_Q4_0: gemv_q(LORA_FORMAT_Q4_0, M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate); break;
+    case LORA_FORMAT_Q4_1: gemv_q(LORA_FORMAT_Q4_1, M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate); break;
     default: abort();
     }
 }

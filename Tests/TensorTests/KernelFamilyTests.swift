@@ -4,10 +4,13 @@ import XCTest
 
 /// The C kernel families x weight formats API (CKernels.h, "Kernel families x weight formats"):
 /// every available family (portable always; AVX2 and AVX-512 where the CPU has them), every
-/// format (f32, int8 rows, bf16) and every product (lora_gemm_abt, lora_gemm_ab,
+/// format (f32, int8 rows, bf16, GGUF Q8_0 / Q4_0 / Q4_1 blocks) and every product (lora_gemm_abt, lora_gemm_ab,
 /// lora_gemv_abt) against a Double reference, on shapes that are not multiples of any
 /// family's blocking, for the full column range and a sub-range starting at one panel width,
-/// with accumulate off (C starts as NaN, which must not leak) and on.
+/// with accumulate off (C starts as NaN, which must not leak) and on. Block formats run the same
+/// shapes with K rounded up to a multiple of 32 (plus K = 32, 64, 4096) and also a sub-range
+/// starting mid-block; their reference dequantizes the random block bytes in Swift with the
+/// layout's formula, in Float as the kernels must.
 ///
 /// Tolerance: |C - C_ref| <= 1e-5 * (sum_k |a| |w| + |C before|), element by element; the
 /// Double reference is exact to well below that, so this bounds each kernel's Float rounding.
@@ -27,7 +30,17 @@ final class KernelFamilyTests: XCTestCase {
     ]
 
     static let familyNames = ["portable", "avx2", "avx512"]
-    static let formatNames = ["f32", "i8_rows", "bf16"]
+    static let formatNames = ["f32", "i8_rows", "bf16", "q8_0", "q4_0", "q4_1"]
+    static let formats: [Int32] = [LORA_FORMAT_F32, LORA_FORMAT_I8_ROWS, LORA_FORMAT_BF16,
+                                   LORA_FORMAT_Q8_0, LORA_FORMAT_Q4_0, LORA_FORMAT_Q4_1].map { Int32($0) }
+
+    static func isBlock(_ format: Int32) -> Bool { format >= Int32(LORA_FORMAT_Q8_0) }
+
+    /// The shapes for a format: block formats need K (the depth of abt / gemv) in 32s.
+    static func shapes(for format: Int32) -> [(Int, Int, Int)] {
+        guard isBlock(format) else { return shapes }
+        return shapes.map { ($0.0, $0.1, ($0.2 + 31) / 32 * 32) } + [(1, 7, 32), (6, 50, 64), (4, 20, 4096)]
+    }
 
     enum Product: CaseIterable { case abt, ab, gemv }
 
@@ -43,6 +56,32 @@ final class KernelFamilyTests: XCTestCase {
         mutating func next() -> UInt64 { s ^= s << 13; s ^= s >> 7; s ^= s << 17; return s }
         /// Uniform in [-1, 1).
         mutating func uniform() -> Float { Float(Double(next() >> 11) / Double(1 << 52) - 1) }
+        mutating func byte() -> UInt8 { UInt8(truncatingIfNeeded: next() >> 32) }
+    }
+
+    /// Bytes of one GGUF block (Q8_0 34, Q4_0 18, Q4_1 20) for 32 weights.
+    static func blockBytes(_ format: Int32) -> Int {
+        switch format {
+        case Int32(LORA_FORMAT_Q8_0): return 34
+        case Int32(LORA_FORMAT_Q4_0): return 18
+        default: return 20
+        }
+    }
+
+    /// The 32 weights of the block at `b`, as the layout defines them (computed in Float).
+    static func dequantize(_ format: Int32, _ b: ArraySlice<UInt8>) -> [Float] {
+        let i = b.startIndex
+        func half(_ at: Int) -> Float { Float(Float16(bitPattern: UInt16(b[at]) | UInt16(b[at + 1]) << 8)) }
+        let d = half(i)
+        switch format {
+        case Int32(LORA_FORMAT_Q8_0):
+            return (0..<32).map { d * Float(Int8(bitPattern: b[i + 2 + $0])) }
+        case Int32(LORA_FORMAT_Q4_0):
+            return (0..<32).map { j in d * Float(Int(j < 16 ? b[i + 2 + j] & 15 : b[i + 2 + j - 16] >> 4) - 8) }
+        default:
+            let m = half(i + 2)
+            return (0..<32).map { j in d * Float(j < 16 ? b[i + 4 + j] & 15 : b[i + 4 + j - 16] >> 4) + m }
+        }
     }
 
     /// A weight W [N, K] with row stride ldw in one format: its bytes, scales and values.
@@ -54,6 +93,28 @@ final class KernelFamilyTests: XCTestCase {
         init(format: Int32, N: Int, K: Int, ldw: Int, rng: inout Rand) {
             scales = (0..<max(N, 1)).map { _ in 0.001 + 0.005 * (1 + rng.uniform()) }
             value = [Double](repeating: 0, count: N * K)
+            if KernelFamilyTests.isBlock(format) {
+                // Random qs; d (and m) halves from random floats at a per-row scale 2^-22...2^3,
+                // so whole rows have subnormal, small and large halves.
+                precondition(ldw % 32 == 0 && K <= ldw)
+                let bb = KernelFamilyTests.blockBytes(format), nblk = ldw / 32
+                var q = (0..<(N * nblk * bb + 1)).map { _ in rng.byte() }
+                for n in 0..<N {
+                    let scale = Float(sign: .plus, exponent: Int(rng.next() % 26) - 22, significand: 1)
+                    for blk in 0..<nblk {
+                        let o = (n * nblk + blk) * bb
+                        let d = Float16(rng.uniform() * scale), m = Float16(rng.uniform() * 8 * scale)
+                        q[o] = UInt8(d.bitPattern & 0xFF); q[o + 1] = UInt8(d.bitPattern >> 8)
+                        if format == Int32(LORA_FORMAT_Q4_1) {
+                            q[o + 2] = UInt8(m.bitPattern & 0xFF); q[o + 3] = UInt8(m.bitPattern >> 8)
+                        }
+                        let w = KernelFamilyTests.dequantize(format, q[o..<(o + bb)])
+                        for j in 0..<32 where blk * 32 + j < K { value[n * K + blk * 32 + j] = Double(w[j]) }
+                    }
+                }
+                bytes = q
+                return
+            }
             switch format {
             case Int32(LORA_FORMAT_I8_ROWS):
                 var q = [Int8](repeating: 0, count: N * ldw + 1)
@@ -125,9 +186,9 @@ final class KernelFamilyTests: XCTestCase {
         XCTAssertEqual(lora_family_best(), families.max())
         var rng = Rand()
         var failures = 0
-        for format in [Int32(LORA_FORMAT_F32), Int32(LORA_FORMAT_I8_ROWS), Int32(LORA_FORMAT_BF16)] {
-            for (M, N, K) in Self.shapes {
-                let ldw = K + 5
+        for format in Self.formats {
+            for (M, N, K) in Self.shapes(for: format) {
+                let ldw = Self.isBlock(format) ? K + 32 : K + 5
                 let W = Weight(format: format, N: N, K: K, ldw: ldw, rng: &rng)
                 for product in Product.allCases {
                     let (depth, cols) = product == .ab ? (N, K) : (K, N)
@@ -157,6 +218,7 @@ final class KernelFamilyTests: XCTestCase {
                             XCTAssertGreaterThan(pw, 0)
                             var ranges = [(0, cols)]
                             if cols > pw + 1 { ranges.append((pw, cols - 1)) }
+                            if Self.isBlock(format) && cols > 12 { ranges.append((5, cols - 7)) }
                             for (r0, r1) in ranges {
                                 let what = "\(Self.familyNames[Int(family)]) \(Self.formatNames[Int(format)]) "
                                     + "\(product) M=\(M) N=\(N) K=\(K) cols \(r0)..<\(r1) accumulate=\(accumulate)"
@@ -203,8 +265,8 @@ final class KernelFamilyTests: XCTestCase {
     /// the Swift side does: per-thread packing buffers must not collide.
     func testConcurrentColumnRanges() {
         var rng = Rand()
-        let (M, N, K) = (37, 800, 300)
-        for format in [Int32(LORA_FORMAT_F32), Int32(LORA_FORMAT_I8_ROWS), Int32(LORA_FORMAT_BF16)] {
+        for format in Self.formats {
+            let (M, N, K) = (37, 800, Self.isBlock(format) ? 320 : 300)
             let W = Weight(format: format, N: N, K: K, ldw: K, rng: &rng)
             for product in Product.allCases {
                 let (depth, cols) = product == .ab ? (N, K) : (K, N)

@@ -47,14 +47,26 @@ void lora_gemv_abt_i8(long M, long n0, long n1, long K, const float *A, long lda
 //   LORA_FORMAT_F32      W: float [N][ldw]                  scales: unused (NULL)
 //   LORA_FORMAT_I8_ROWS  W: int8  [N][ldw], W[n,k] = q[n,k] * scales[n]
 //   LORA_FORMAT_BF16     W: uint16 (bfloat16 bits) [N][ldw], W[n,k] = (float)(bits << 16)
+// GGUF block formats, byte for byte as ggml stores them (little-endian): row n is ldw/32
+// consecutive blocks of 32 weights starting at byte n * (ldw/32) * block size; `ldw` stays in
+// elements and must be a multiple of 32, as must K for lora_gemm_abt / lora_gemv_abt (any
+// column sub-range k0..<k1 for lora_gemm_ab); scales: unused (NULL). d, m are IEEE halves:
+//   LORA_FORMAT_Q8_0  34 bytes: d, int8 qs[32];  W[j] = d * qs[j]
+//   LORA_FORMAT_Q4_0  18 bytes: d, uint8 qs[16]; W[j] = d * ((qs[j] & 15) - 8),
+//                                               W[j + 16] = d * ((qs[j] >> 4) - 8)   (j < 16)
+//   LORA_FORMAT_Q4_1  20 bytes: d, m, uint8 qs[16]; W[j] = d * (qs[j] & 15) + m,
+//                                               W[j + 16] = d * (qs[j] >> 4) + m
+// (each value computed in float; d * q is exact there, so with or without FMA it is the same).
+// A block-format call that breaks the multiple-of-32 rule aborts.
 // The portable family is plain C (any CPU, and the scalar reference the others are tested
 // against); a family that is not available must not be called (lora_family_available; the
 // entry points fall back to portable rather than fault). An unknown format aborts.
-// Families: portable (gemm_portable.c), AVX2+FMA (gemm_avx2.c, panel 16), AVX-512
+// Families: portable (gemm_portable.c), AVX2+FMA+F16C (gemm_avx2.c, panel 16), AVX-512
 // (gemm_avx512.c, panel 48); results agree to float rounding, not bit for bit.
 
 enum { LORA_FAMILY_PORTABLE = 0, LORA_FAMILY_AVX2 = 1, LORA_FAMILY_AVX512 = 2 };
-enum { LORA_FORMAT_F32 = 0, LORA_FORMAT_I8_ROWS = 1, LORA_FORMAT_BF16 = 2 };
+enum { LORA_FORMAT_F32 = 0, LORA_FORMAT_I8_ROWS = 1, LORA_FORMAT_BF16 = 2,
+       LORA_FORMAT_Q8_0 = 3, LORA_FORMAT_Q4_0 = 4, LORA_FORMAT_Q4_1 = 5 };
 
 /// 1 when `family` can run on this CPU (portable: always).
 int lora_family_available(int family);
