@@ -33,11 +33,11 @@ let package = Package(
                 swiftSettings: [.unsafeFlags(["-Ounchecked"])]),
         // Checked (-O): user input (checkpoints, configs, tokenizers, data) reaches this
         // module, so its preconditions and overflow traps must stay in.
-        .target(name: "LLaMA", dependencies: ["Tensor", "CSentencePiece", "CJSONC"]),
+        .target(name: "LLaMA", dependencies: ["Tensor", "CSentencePiece", "CJSONC",
+                                            .product(name: "Yams", package: "Yams")]),
         .executableTarget(name: "lora", dependencies: [
             "LLaMA", "Tensor",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            .product(name: "Yams", package: "Yams"),
         ]),
         .testTarget(name: "TensorTests", dependencies: ["Tensor", "CKernels"], path: "Tests/TensorTests"),
         .testTarget(name: "LLaMATests", dependencies: ["LLaMA", "Tensor"], path: "Tests/LLaMATests"),

@@ -1,11 +1,11 @@
 import Foundation
-import LLaMA
 import Yams
 
 /// Reads a finetune YAML file into `TrainConfig`: unknown keys are an error that names the
-/// closest valid key, wrong types name the key and the expected type.
-enum ConfigFile {
-    static func load(_ path: String) throws -> TrainConfig {
+/// closest valid key, wrong types name the key and the expected type. In the library (not the
+/// CLI) so the fuzz targets reach the same code `lora finetune --config` runs.
+public enum ConfigFile {
+    public static func load(_ path: String) throws -> TrainConfig {
         let data: Data
         do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
             throw ConfigError.unreadable(file: path, reason: "cannot read: \(ioReason(error))")

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Coverage-guided fuzzing of the parsers (libFuzzer, from the Swift toolchain) with
+# AddressSanitizer.
+#   scripts/fuzz.sh TARGET SECONDS [--merge]   one target; --merge adds new interesting
+#                                              inputs to Fuzz/corpus/TARGET
+#   scripts/fuzz.sh all SECONDS                each target in turn; non-zero if any failed
+#   scripts/fuzz.sh list                       the targets
+# Runs on a copy of the committed corpus in .build-fuzz/run/TARGET; a crash, hang (10 s) or
+# allocation over 2 GB leaves its input in .build-fuzz/run/TARGET/artifacts/ and fails.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SCRATCH=$ROOT/.build-fuzz
+
+TARGETS=(safetensors safetensors_index gguf gguf_tokenizer config adapter_config tokenizer_json data yaml prompter resume)
+# Longest input per target: a little over its largest seed.
+max_len() {
+    case $1 in
+        config|adapter_config|prompter) echo 4096 ;;
+        data|resume) echo 16384 ;;
+        yaml) echo 32768 ;;
+        *) echo 65536 ;;
+    esac
+}
+
+usage() { echo "usage: scripts/fuzz.sh TARGET|all SECONDS [--merge]; targets: ${TARGETS[*]}" >&2; exit 2; }
+[ "${1:-}" = list ] && { echo "${TARGETS[*]}"; exit 0; }
+[ $# -ge 2 ] || usage
+TARGET=$1 SECONDS_=$2 MERGE=${3:-}
+[[ $SECONDS_ =~ ^[0-9]+$ ]] || usage
+
+build() {
+    # -parse-as-library: the targets have no top-level code; libFuzzer brings main().
+    # -sanitize applies to every Swift module, so LLaMA's parsers are instrumented too.
+    local t0=$SECONDS
+    (cd Fuzz && swift build -c debug --scratch-path "$SCRATCH" -j "$(nproc)" \
+        -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library 2>&1) \
+        | grep -v "Cannot export local symbol" > "$SCRATCH/build.log" || true
+    if ! grep -q "Build complete" "$SCRATCH/build.log"; then
+        grep -E "error|warning: unre" "$SCRATCH/build.log" | head -40 >&2
+        echo "fuzz build failed (log: $SCRATCH.log)" >&2; exit 1
+    fi
+    echo "build: $((SECONDS - t0)) s"
+}
+
+run_one() {
+    local t=$1 secs=$2 dir=$SCRATCH/run/$1
+    local bin
+    bin=$(cd Fuzz && swift build -c debug --scratch-path "$SCRATCH" --show-bin-path 2>/dev/null)/fuzz-$t
+    [ -x "$bin" ] || { echo "$t: no binary $bin" >&2; return 1; }
+    rm -rf "$dir"; mkdir -p "$dir/corpus" "$dir/artifacts"
+    cp "$ROOT/Fuzz/corpus/$t/"* "$dir/corpus/"
+    # detect_leaks=0: Foundation's Data(contentsOf:) leaks a buffer on empty files and the
+    # Swift runtime keeps caches alive; leaks are not what these targets look for.
+    (cd "$dir" && ASAN_OPTIONS=detect_leaks=0:${ASAN_OPTIONS:-} "$bin" -max_total_time="$secs" -max_len="$(max_len "$t")" -timeout=10 \
+        -rss_limit_mb=2048 -malloc_limit_mb=2048 -detect_leaks=0 -print_final_stats=1 \
+        -artifact_prefix="$dir/artifacts/" corpus > "$dir/log" 2>&1)
+    local rc=$?
+    local last execs cov corp
+    last=$(grep -E "^#[0-9]+" "$dir/log" | tail -1)
+    execs=$(grep -oE "stat::number_of_executed_units: *[0-9]+" "$dir/log" | grep -oE "[0-9]+$" | tail -1)
+    cov=$(grep -oE "cov: [0-9]+" <<<"$last" | grep -oE "[0-9]+")
+    corp=$(grep -oE "corp: [0-9]+/[0-9A-Za-z]+" <<<"$last" | cut -d' ' -f2)
+    if [ $rc -ne 0 ]; then
+        echo "FAIL $t: exit $rc after ${execs:-?} executions; artifacts in $dir/artifacts/, log $dir/log"
+        grep -E "ERROR|SUMMARY|Fatal error|deadly signal|Test unit written" "$dir/log" | head -8
+        return 1
+    fi
+    echo "ok   $t: ${secs}s, ${execs:-?} executions, cov: ${cov:-?}, corpus: ${corp:-?}"
+    if [ "$MERGE" = --merge ]; then
+        local before after
+        before=$(ls "$ROOT/Fuzz/corpus/$t" | wc -l)
+        ASAN_OPTIONS=detect_leaks=0 "$bin" -merge=1 -max_len="$(max_len "$t")" -detect_leaks=0 "$ROOT/Fuzz/corpus/$t" "$dir/corpus" > "$dir/merge.log" 2>&1
+        after=$(ls "$ROOT/Fuzz/corpus/$t" | wc -l)
+        echo "     merged $((after - before)) new inputs into Fuzz/corpus/$t"
+    fi
+}
+
+mkdir -p "$SCRATCH"
+build
+if [ "$TARGET" = all ]; then
+    failed=0
+    for t in "${TARGETS[@]}"; do run_one "$t" "$SECONDS_" || failed=1; done
+    exit $failed
+fi
+[[ " ${TARGETS[*]} " = *" $TARGET "* ]] || usage
+run_one "$TARGET" "$SECONDS_"

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# CI's fuzz pass: every target for 20 s from the committed corpus, so a parser regression
+# that crashes on a known input (or close to one) fails the build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec scripts/fuzz.sh all 20
