@@ -123,6 +123,7 @@ def main():
              ("lora int8 T=512", lambda: lora_train(data, a.steps, True, cutoff=512)),
              ("lora generate f32", lambda: lora_generate("none")),
              ("lora generate int8", lambda: lora_generate("int8")),
+             ("lora generate stored", lambda: lora_generate("stored")),
              ("llama.cpp generate", lambda: llama_generate(py))]
     if not bf16_native:
         print("skipping pytorch bf16: this CPU has no native BF16 instructions (avx512_bf16 / amx_bf16)", file=sys.stderr)
@@ -165,7 +166,7 @@ def main():
         print(f"  train tokens/s, lora int8 / pytorch bf16: {med['lora int8'] / med['pytorch bf16']:.2f}x  [>= 1.0]")
     print(f"  int8 / f32, train tokens/s:  {med['lora int8'] / med['lora f32']:.2f}x  [>= 1.0]")
     print(f"  int8 / f32, decode tokens/s: {med['lora generate int8'] / med['lora generate f32']:.2f}x  [>= 1.0]")
-    for k in ["lora generate f32", "lora generate int8"]:
+    for k in ["lora generate f32", "lora generate int8", "lora generate stored"]:
         print(f"  generate tokens/s, {k} / llama.cpp: {med[k] / med['llama.cpp generate']:.2f}x  [>= 1.5]")
     print(f"  cost of a 512-token sequence / a 256-token one (lora int8): "
           f"{2 * med['lora int8'] / med['lora int8 T=512']:.2f}x  [<= 2.3]")

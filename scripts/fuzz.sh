@@ -53,7 +53,7 @@ run_one() {
     # detect_leaks=0: Foundation's Data(contentsOf:) leaks a buffer on empty files and the
     # Swift runtime keeps caches alive; leaks are not what these targets look for.
     (cd "$dir" && ASAN_OPTIONS=detect_leaks=0:${ASAN_OPTIONS:-} "$bin" -max_total_time="$secs" -max_len="$(max_len "$t")" -timeout=10 \
-        -rss_limit_mb=2048 -malloc_limit_mb=2048 -detect_leaks=0 -print_final_stats=1 \
+        -rss_limit_mb=2048 -malloc_limit_mb=2048 -detect_leaks=0 -print_final_stats=1 ${FUZZ_SEED:+-seed=$FUZZ_SEED} \
         -artifact_prefix="$dir/artifacts/" corpus > "$dir/log" 2>&1)
     local rc=$?
     local last execs cov corp

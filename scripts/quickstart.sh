@@ -11,6 +11,7 @@ CONFIG=configs/quickstart.yml
 OUT=runs/quickstart
 EVAL=data/tasks_eval.json
 TEMPLATE=alpaca_short          # as configs/quickstart.yml
+NEW=16                         # answers are at most 9 tokens; longer ones are wrong anyway
 mkdir -p runs
 $L info | head -2 >&2
 
@@ -20,7 +21,7 @@ trap 'rm -rf "$CAL"' EXIT
 t0=$(date +%s.%N)
 $L finetune --config "$CONFIG" --output-dir "$CAL/ft" --max-steps 3 --save-steps 1000 --logging-steps 1000 2>/dev/null
 t1=$(date +%s.%N)
-$L eval --metric exact_match --base-model "$MODEL" --prompt-template "$TEMPLATE" --data-path "$EVAL" --limit 8 --json > /dev/null
+$L eval --metric exact_match --base-model "$MODEL" --prompt-template "$TEMPLATE" --data-path "$EVAL" --limit 8 --max-new-tokens $NEW --json > /dev/null
 t2=$(date +%s.%N)
 python3 - "$t0" "$t1" "$t2" "$CONFIG" "$EVAL" <<'PY'
 import json, re, sys
@@ -38,13 +39,13 @@ PY
 
 start_all=$(date +%s)
 echo "== exact match before fine-tuning ($EVAL)" >&2
-$L eval --metric exact_match --base-model "$MODEL" --prompt-template "$TEMPLATE" --data-path "$EVAL" --json --show-failures 0 > runs/before.json
+$L eval --metric exact_match --base-model "$MODEL" --prompt-template "$TEMPLATE" --data-path "$EVAL" --max-new-tokens $NEW --json --show-failures 0 > runs/before.json
 echo "== fine-tuning ($CONFIG)" >&2
 start=$(date +%s)
 $L finetune --config "$CONFIG" --output-dir "$OUT"
 end=$(date +%s)
 echo "== exact match after fine-tuning" >&2
-$L eval --metric exact_match --base-model "$MODEL" --lora-weights "$OUT" --prompt-template "$TEMPLATE" --data-path "$EVAL" --json --show-failures 3 > runs/after.json
+$L eval --metric exact_match --base-model "$MODEL" --lora-weights "$OUT" --prompt-template "$TEMPLATE" --data-path "$EVAL" --max-new-tokens $NEW --json --show-failures 3 > runs/after.json
 end_all=$(date +%s)
 
 python3 - "$((end - start))" "$((end_all - start_all))" <<'PY'
