@@ -13,18 +13,33 @@ public final class MatmulScratch: @unchecked Sendable {
     deinit { data.deallocate() }
 }
 
+/// A Swift closure handed through the C pool's context pointer.
+final class TaskBox {
+    let body: (Int) -> Void
+    init(_ body: @escaping (Int) -> Void) { self.body = body }
+}
+
 /// The CPU backend: the `Tensor` ops on a worker pool, and the frozen-weight products on the
 /// C kernels of one family (chosen once, at creation) or on OpenBLAS.
 public final class CPUBackend: Backend, @unchecked Sendable {
     public let family: KernelFamily
     public let pool: WorkerPool
 
+    /// Spinning workers for the decoding step's GEMVs (see spinpool.c); nil with one thread.
+    private let spin: OpaquePointer?
+
     public init(family: KernelFamily = .best, pool: WorkerPool) {
         precondition(family.isAvailable, "kernel family \(family) is not available on this CPU")
         _ = BLASThreads.single
         self.family = family
         self.pool = pool
+        spin = pool.threads > 1 ? lora_pool_create(Int32(pool.threads)) : nil
     }
+
+    deinit { if let spin { lora_pool_destroy(spin) } }
+
+    /// Weights at least this large are split over the spinning workers when decoding.
+    static let spinBytes = 1 << 16
 
     public var name: String { "cpu \(family.rawValue) x\(pool.threads)" }
 
@@ -53,6 +68,19 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         }
         let acc: Int32 = accumulate ? 1 : 0
         let scales = w.scales
+        if M <= Self.smallM, let spin, w.byteCount >= Self.spinBytes {
+            // One contiguous range of 16-row units per spinning worker.
+            let units = (N + 15) / 16, t = Int(lora_pool_threads(spin)), per = (units + t - 1) / t
+            withoutActuallyEscaping({ (i: Int) in
+                let n0 = min(N, i * per * 16), n1 = min(N, (i + 1) * per * 16)
+                if n0 < n1 { lora_gemv_abt(fam, fmt, M, n0, n1, K, x, K, w.data, K, scales, y, N, acc) }
+            }) { body in
+                let box = TaskBox(body)
+                lora_pool_run(spin, t, { ctx, i in Unmanaged<TaskBox>.fromOpaque(ctx!).takeUnretainedValue().body(i) },
+                              Unmanaged.passUnretained(box).toOpaque())
+            }
+            return
+        }
         if M <= Self.smallM {
             // Rows of W in blocks of 16 per worker.
             let units = (N + 15) / 16

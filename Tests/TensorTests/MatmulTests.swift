@@ -164,7 +164,9 @@ final class MatmulTests: XCTestCase {
     /// the same bits (resuming on a machine with another core count continues the same run).
     func testThreadCountDoesNotChangeBits() {
         var rng = RNG(seed: 74)
-        let (M, N, K) = (37, 800, 300)
+        // A packed GEMM, and decoding-sized products (M <= 16) large enough for the spinning
+        // workers (>= 64 KB of weights).
+        for (M, N, K) in [(37, 800, 300), (1, 1000, 512), (4, 300, 640)] {
         let x = randn([M, K], &rng), dy = randn([M, N], &rng)
         for (wname, w) in randomWeights(N: N, K: K, &rng) {
             for k in kernels {
@@ -176,9 +178,10 @@ final class MatmulTests: XCTestCase {
                     b.matmulBackwardInput(dx: dx.data, dy: dy.data, w: w, M: M, accumulate: false, scratch: MatmulScratch())
                     ys.append(y.array); dxs.append(dx.array)
                 }
-                XCTAssertTrue(ys.allSatisfy { $0 == ys[0] }, "forward \(k) \(wname) differs across thread counts")
-                XCTAssertTrue(dxs.allSatisfy { $0 == dxs[0] }, "backward \(k) \(wname) differs across thread counts")
+                XCTAssertTrue(ys.allSatisfy { $0 == ys[0] }, "forward \(k) \(wname) M=\(M) differs across thread counts")
+                XCTAssertTrue(dxs.allSatisfy { $0 == dxs[0] }, "backward \(k) \(wname) M=\(M) differs across thread counts")
             }
+        }
         }
     }
 

@@ -95,4 +95,15 @@ float lora_dot(int family, const float *a, const float *b, long n);
 /// y[i] += alpha * x[i]
 void lora_axpy(int family, float alpha, const float *x, float *y, long n);
 
+// ---- A spinning worker pool for short jobs (spinpool.c) -------------------------------------
+typedef struct lora_pool lora_pool;
+typedef void (*lora_task_fn)(void *ctx, long i);
+/// `threads` - 1 worker threads (the caller is the last one). Destroy with lora_pool_destroy.
+lora_pool *lora_pool_create(int threads);
+void lora_pool_destroy(lora_pool *p);
+int lora_pool_threads(const lora_pool *p);
+/// Runs fn(ctx, i) for i in 0..<n, task i on worker i % threads, and returns when all are done.
+/// One caller at a time.
+void lora_pool_run(lora_pool *p, long n, lora_task_fn fn, void *ctx);
+
 #endif
