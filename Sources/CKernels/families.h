@@ -66,4 +66,28 @@ static inline float lora_block_value(int format, const void *w, long i) {
 /// NR of the AVX2 packed GEMM.
 int lora_avx2_panel_width(void);
 
+/// Block sizes of the packed GEMMs (kcb deep, ncb wide, kcb x ncb <= b_floats, equal blocks):
+/// shallow products (depth <= kc_max) take the whole depth at once, so C is written once (the
+/// lm_head's C is 200 MB), with B blocks as wide as the budget allows; deep ones take up to
+/// nc_deep columns at once, so A (the backward lm_head's dlogits) is read as few times as
+/// possible, and are as deep as then fits, in whole 32-weight blocks for block formats.
+static inline void lora_gemm_blocks(long depth, long ncols, int trans, int fmt, long kc_max, long nc_deep,
+                                    long b_floats, long nr, long *kcb, long *ncb) {
+    if (depth <= kc_max) {
+        *kcb = depth;
+        long ncmax = b_floats / depth / nr * nr;
+        long nb = (ncols + ncmax - 1) / ncmax;
+        *ncb = ((ncols + nb - 1) / nb + nr - 1) / nr * nr;
+    } else {
+        long nb = (ncols + nc_deep - 1) / nc_deep;
+        *ncb = ((ncols + nb - 1) / nb + nr - 1) / nr * nr;
+        long kcmax = b_floats / *ncb;
+        if (kcmax > kc_max) kcmax = kc_max;
+        long q = trans && lora_is_block_format(fmt) ? LORA_QK : 1;
+        kcmax = kcmax / q * q;
+        long kb = (depth + kcmax - 1) / kcmax;
+        *kcb = ((depth + kb - 1) / kb + q - 1) / q * q;
+    }
+}
+
 #endif

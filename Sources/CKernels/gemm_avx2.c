@@ -260,24 +260,8 @@ TARGET static void gemm(long M, long col0, long ncols, long depth, const float *
                 for (long j = 0; j < ncols; j++) C[i * ldc + col0 + j] = 0;
         return;
     }
-    // Equal blocks, kcb x ncb <= AVX2_B_FLOATS: shallow products take the whole depth at once
-    // (C written once), deep ones take at most AVX2_NC_DEEP columns (A read fewer times).
     long kcb, ncb;
-    if (depth <= AVX2_KC_MAX) {
-        kcb = depth;
-        long ncmax = AVX2_B_FLOATS / kcb / NR * NR;
-        long nb = (ncols + ncmax - 1) / ncmax;
-        ncb = ((ncols + nb - 1) / nb + NR - 1) / NR * NR;
-    } else {
-        long nb = (ncols + AVX2_NC_DEEP - 1) / AVX2_NC_DEEP;
-        ncb = ((ncols + nb - 1) / nb + NR - 1) / NR * NR;
-        long kcmax = AVX2_B_FLOATS / ncb;
-        if (kcmax > AVX2_KC_MAX) kcmax = AVX2_KC_MAX;
-        long q = trans && lora_is_block_format(fmt) ? LORA_QK : 1;  // whole blocks per depth block
-        kcmax = kcmax / q * q;
-        long kb = (depth + kcmax - 1) / kcmax;
-        kcb = ((depth + kb - 1) / kb + q - 1) / q * q;
-    }
+    lora_gemm_blocks(depth, ncols, trans, fmt, AVX2_KC_MAX, AVX2_NC_DEEP, AVX2_B_FLOATS, NR, &kcb, &ncb);
     float *bp = pack_buffer();
     for (long jc = 0; jc < ncols; jc += ncb) {
         long nc = ncols - jc < ncb ? ncols - jc : ncb;

@@ -310,27 +310,8 @@ TARGET static void gemm(long M, long col0, long ncols, long depth, const float *
                 for (long j = 0; j < ncols; j++) C[i * ldc + col0 + j] = 0;
         return;
     }
-    // Block sizes (kcb deep, ncb wide, kcb x ncb <= GEMM_B_FLOATS), equal blocks:
-    // - shallow products (depth <= GEMM_KC_MAX): the whole depth at once, so C is written
-    //   once (the lm_head's C is 200 MB) and B blocks as wide as the budget allows;
-    // - deep ones: up to GEMM_NC_DEEP columns at once, so A (the backward lm_head's
-    //   dlogits, 200 MB) is read as few times as possible, and as deep as then fits.
     long kcb, ncb;
-    if (depth <= GEMM_KC_MAX) {
-        kcb = depth;
-        long ncmax = GEMM_B_FLOATS / kcb / GEMM_NR * GEMM_NR;
-        long nb = (ncols + ncmax - 1) / ncmax;
-        ncb = ((ncols + nb - 1) / nb + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
-    } else {
-        long nb = (ncols + GEMM_NC_DEEP - 1) / GEMM_NC_DEEP;
-        ncb = ((ncols + nb - 1) / nb + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
-        long kcmax = GEMM_B_FLOATS / ncb;
-        if (kcmax > GEMM_KC_MAX) kcmax = GEMM_KC_MAX;
-        long q = trans && lora_is_block_format(fmt) ? LORA_QK : 1;  // whole blocks per depth block
-        kcmax = kcmax / q * q;
-        long kb = (depth + kcmax - 1) / kcmax;
-        kcb = ((depth + kb - 1) / kb + q - 1) / q * q;
-    }
+    lora_gemm_blocks(depth, ncols, trans, fmt, GEMM_KC_MAX, GEMM_NC_DEEP, GEMM_B_FLOATS, GEMM_NR, &kcb, &ncb);
     float *bp = pack_buffer();
     for (long jc = 0; jc < ncols; jc += ncb) {
         long nc = ncols - jc < ncb ? ncols - jc : ncb;
