@@ -43,6 +43,7 @@ struct Finetune: ParsableCommand {
     @Option(name: .customLong("load-8bit"), help: "alpaca-lora's flag: true = --quantization int8, false = none") var load8bit: Bool?
     @Option(help: Self.help(.threads, "Threads (0 = all cores)")) var threads: Int?
     @Flag(name: .customLong("print-config"), help: "Print the resolved settings as YAML and exit.") var printConfig = false
+    @OptionGroup var output: OutputOptions
 
     /// Help text with the default from TrainConfig (the one place defaults live).
     static func help(_ k: TrainConfig.CodingKeys, _ text: String) -> ArgumentHelp {
@@ -107,9 +108,13 @@ struct Finetune: ParsableCommand {
             if printConfig { print(c.yaml, terminator: ""); return }
             let ctx = try makeContext(threads: c.threads)
             let memory = MemoryMeter()
-            note("Training Alpaca-LoRA model with params:")
-            note(c.yaml.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
-            let loaded = try LoadedModel(path: c.baseModel, quantization: c.quantization, pool: ctx.pool)
+            let quiet = output.quiet
+            if !quiet {
+                note("Training Alpaca-LoRA model with params:")
+                note(c.yaml.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
+            }
+            let renderer = ProgressRenderer(quiet: quiet)
+            let loaded = try loadModel(c.baseModel, quantization: c.quantization, ctx: ctx, progress: renderer)
             // Positions past the model's context have no RoPE rows: refuse rather than truncate.
             if c.cutoffLen > loaded.model.config.maxPositionEmbeddings {
                 throw ConfigError.badValue(key: "cutoff_len", value: "\(c.cutoffLen)",
@@ -123,8 +128,10 @@ struct Finetune: ParsableCommand {
             let builder = ExampleBuilder(tokenizer: loaded.tokenizer, prompter: prompter, cutoffLen: c.cutoffLen,
                                          trainOnInputs: c.trainOnInputs, addEOSToken: c.addEosToken)
             let (trainIdx, valIdx) = Sampler.split(count: records.count, valSize: c.valSetSize, seed: c.seed)
-            let train = trainIdx.map { builder.example(records[$0]) }
-            let val = valIdx.map { builder.example(records[$0]) }
+            renderer.begin(.tokenize)
+            let tokenized = builder.examples(records, progress: renderer.handler)
+            let train = trainIdx.map { tokenized[$0] }
+            let val = valIdx.map { tokenized[$0] }
             var rng = RNG(seed: c.seed)
             let adapter = LoRAAdapter(new: c.adapterConfig, model: loaded.model.config, rng: &rng)
             let trainer = try Trainer(config: c, model: loaded.model, adapter: adapter, ctx: ctx,
@@ -148,10 +155,15 @@ struct Finetune: ParsableCommand {
             } else {
                 try TrainingLog.truncate(in: output.url, after: 0)   // a fresh run starts a fresh log
             }
-            let progress = ProgressPrinter(outputDir: URL(fileURLWithPath: c.outputDir))
+            let progress = ProgressPrinter(outputDir: URL(fileURLWithPath: c.outputDir), quiet: quiet)
             SignalHandling.installInterruptHandler(ctx.cancellation)
             let summary = try trainer.run { progress.handle($0) }
             try progress.finish()
+            let card = ModelCard(config: c, records: records.count, trainRecords: train.count, validationRecords: val.count,
+                                 steps: summary.steps, finalLoss: summary.finalLoss, finalEvalLoss: progress.lastEvalLoss,
+                                 bestEvalLoss: summary.bestEvalLoss, bestStep: trainer.state.bestStep,
+                                 command: ["lora"] + CommandLine.arguments.dropFirst())
+            try AtomicFile.write(card.markdown, to: output.url.appendingPathComponent(ModelCard.fileName))
             note(String(format: "done: %d steps in %.1f s, %.1f tokens/s, peak memory %@; adapter in %@",
                         summary.steps, summary.seconds, summary.tokensPerSecond, memory.peakDescription, summary.adapterPath))
         }

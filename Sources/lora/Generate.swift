@@ -60,6 +60,7 @@ struct Generate: ParsableCommand {
     var seed: UInt64 = 0
 
     @OptionGroup var compute: ComputeOptions
+    @OptionGroup var output: OutputOptions
 
     func validate() throws {
         let modes = [instruction != nil, prompt != nil, interactive].filter { $0 }.count
@@ -86,17 +87,18 @@ struct Generate: ParsableCommand {
             let ctx = try compute.context()
             let opts = options
             try opts.validate()
-            let loaded = try model.load(default: .none, ctx: ctx)
+            let progress = ProgressRenderer(quiet: output.quiet)
+            let loaded = try model.load(default: .none, ctx: ctx, progress: progress)
             let set = try adapters.load(model: loaded.model.config)
             let prompter: Prompter? = prompt != nil ? nil : try loadPrompter(promptTemplate)
             let gen = Generator(model: loaded.model, adapters: set, ctx: ctx, eosIDs: loaded.eosIDs)
             if profile { ctx.profile = OpProfile() }
             defer { if let p = ctx.profile { note("\(ctx.backend.name), \(loaded.model.quantization.rawValue) weights:\n" + p.report) } }
             if let prompt {
-                try answer(prompt, template: nil, loaded: loaded, gen: gen, opts: opts)
+                try answer(prompt, template: nil, loaded: loaded, gen: gen, opts: opts, progress: progress)
             } else if let instruction, let prompter {
                 try answer(prompter.generatePrompt(instruction: instruction, input: input), template: prompter,
-                           loaded: loaded, gen: gen, opts: opts)
+                           loaded: loaded, gen: gen, opts: opts, progress: progress)
             } else if let prompter {
                 while true {
                     FileHandle.standardError.write(Data("> ".utf8))
@@ -104,7 +106,7 @@ struct Generate: ParsableCommand {
                     let text = line.trimmingCharacters(in: .whitespaces)
                     if text.isEmpty { continue }
                     try answer(prompter.generatePrompt(instruction: text, input: nil), template: prompter,
-                               loaded: loaded, gen: gen, opts: opts)
+                               loaded: loaded, gen: gen, opts: opts, progress: progress)
                 }
             }
         }
@@ -112,7 +114,8 @@ struct Generate: ParsableCommand {
 
     /// Generates and prints. With a template only the response is printed, stripped of
     /// surrounding whitespace (alpaca-lora's get_response); a single sequence streams.
-    func answer(_ text: String, template: Prompter?, loaded: LoadedModel, gen: Generator, opts: GenerationOptions) throws {
+    func answer(_ text: String, template: Prompter?, loaded: LoadedModel, gen: Generator, opts: GenerationOptions,
+                progress: ProgressRenderer) throws {
         var ids = loaded.tokenizer.encode(text, addBOS: loaded.tokenizer.addsBOS)
         // An empty prompt starts from BOS alone, also for tokenizers that add none by default.
         if ids.isEmpty, let bos = loaded.tokenizer.bosID { ids = [bos] }
@@ -124,7 +127,7 @@ struct Generate: ParsableCommand {
         let generated = try gen.generate(prompt: ids, options: opts, onToken: streaming ? { id in
             if firstToken == nil { firstToken = Date() }
             out.write(decoder.push(id))
-        } : nil)
+        } : nil, onPrefill: progress.handler)
         let t1 = Date()
         defer {
             if stats {

@@ -7,11 +7,21 @@ import Tensor
 final class ProgressPrinter {
     let log: TrainingLog
     let tty = isatty(STDERR_FILENO) != 0
+    let quiet: Bool
     var lastDraw = Date.distantPast
+    /// The last eval loss reported (for the model card).
+    var lastEvalLoss: Double?
 
-    init(outputDir: URL) { log = TrainingLog(outputDir: outputDir) }
+    init(outputDir: URL, quiet: Bool = false) { log = TrainingLog(outputDir: outputDir); self.quiet = quiet }
 
     func handle(_ e: TrainingEvent) {
+        if case let .evaluated(_, loss) = e { lastEvalLoss = loss }
+        // --quiet: the log and plot are still written; nothing is printed.
+        if quiet {
+            if case let .log(p) = e { log.logged(p) }
+            if case let .evaluated(step, loss) = e { log.evaluated(step: step, loss: loss) }
+            return
+        }
         switch e {
         case let .started(total, examples, val, params, resumed):
             note("training \(params) LoRA parameters on \(examples) examples (\(val) for validation), \(total) steps" +

@@ -109,11 +109,21 @@ public final class LlamaModel: @unchecked Sendable {
 
     /// Loads every tensor by its Hugging Face name, checking shapes against the config; the
     /// projections are converted to `quantization`'s format one tensor at a time.
-    public convenience init(checkpoint ck: Checkpoint, quantization: Quantization, pool: WorkerPool) throws {
+    /// `progress` sees each tensor loaded (bytes: f32 values read, 4 bytes each).
+    public convenience init(checkpoint ck: Checkpoint, quantization: Quantization, pool: WorkerPool,
+                            progress: ProgressHandler? = nil) throws {
         let c = ck.config
         let C = c.hiddenSize, I = c.intermediateSize, V = c.vocabSize
+        let total = 2 + 7 * c.numHiddenLayers + (c.tieWordEmbeddings ? 0 : 1)   // embed, projections, norm, head
+        var done = 0, bytes = 0
+        func loaded(_ count: Int) {
+            done += 1; bytes += count * 4
+            progress?(TaskProgress(task: .load, done: done, total: total, unit: "tensors", bytes: bytes))
+        }
         let embed = try ck.tensor("model.embed_tokens.weight", shape: [V, C])
+        loaded(V * C)
         func linear(_ name: String, _ out: Int, _ inF: Int) throws -> Linear {
+            defer { loaded(out * inF) }
             if let w = try ck.storedWeight(name, shape: [out, inF], format: quantization == .stored ? nil : quantization.format) {
                 return Linear(w)
             }
@@ -137,9 +147,11 @@ public final class LlamaModel: @unchecked Sendable {
                 down: try linear(p + "mlp.down_proj.weight", C, I)))
         }
         let norm = try ck.tensor("model.norm.weight", shape: [C])
+        loaded(C)
         let head: Tensor
         if !c.tieWordEmbeddings, ck.has("lm_head.weight") {
             head = try ck.tensor("lm_head.weight", shape: [V, C])
+            loaded(V * C)
         } else if !c.tieWordEmbeddings {
             throw CheckpointError.missingTensor(file: ck.source, name: "lm_head.weight")
         } else {
