@@ -68,7 +68,7 @@ struct Eval: ParsableCommand {
                                      cutoffLen: cutoffLen, trainOnInputs: trainOnInputs, addEOSToken: addEosToken)
         progress.begin(.tokenize)
         let examples = builder.examples(records, progress: progress.handler)
-        progress.begin(.eval)
+        progress.begin(.eval, total: examples.count, unit: "records")
         let r = Evaluation.loss(model: loaded.model, adapters: adapters, ctx: ctx, examples: examples, padID: loaded.padID,
                                 microBatchSize: microBatchSize, progress: progress.handler)
         if json {
@@ -82,7 +82,7 @@ struct Eval: ParsableCommand {
     func exactMatch(_ records: [AlpacaRecord], indices: [Int], loaded: LoadedModel, adapters: AdapterSet, ctx: ExecutionContext,
                     prompter: Prompter, progress: ProgressRenderer) throws {
         let generator = Generator(model: loaded.model, adapters: adapters, ctx: ctx, eosIDs: loaded.eosIDs)
-        progress.begin(.eval)
+        progress.begin(.eval, total: indices.count, unit: "records")
         let r = try ExactMatch.evaluate(records: records, indices: indices, prompter: prompter,
                                         tokenizer: loaded.tokenizer, generator: generator,
                                         maxNewTokens: maxNewTokens, progress: progress.handler)

@@ -80,7 +80,7 @@ func makeContext(threads: Int) throws -> ExecutionContext {
 /// loaded (and quantized) to `progress`.
 func loadModel(_ path: String, quantization q: Quantization, ctx: ExecutionContext, progress: ProgressRenderer?) throws -> LoadedModel {
     let resolved = try resolveModelPath(path)
-    progress?.labels[.load] = q == .none ? "loading" : "loading and quantizing (\(q.rawValue))"
+    progress?.labels[.load] = [.none, .stored].contains(q) ? "loading" : "loading and quantizing (\(q.rawValue))"
     progress?.begin(.load)
     return try LoadedModel(path: resolved, quantization: q, pool: ctx.pool, progress: progress?.handler)
 }

@@ -34,13 +34,14 @@ final class ProgressRenderer {
         self.style = style; self.clock = clock; self.write = write
     }
 
-    /// live on a terminal, plain (or json) otherwise, nothing when quiet.
+    /// live on a terminal (also with --json, whose result goes to stdout), plain lines or JSON
+    /// lines otherwise, nothing when quiet.
     convenience init(quiet: Bool, json: Bool = false) {
         self.init(style: Self.style(quiet: quiet, json: json, terminal: isatty(STDERR_FILENO) != 0))
     }
 
     static func style(quiet: Bool, json: Bool, terminal: Bool) -> Style {
-        quiet ? .quiet : terminal && !json ? .live : json ? .json : .plain
+        quiet ? .quiet : terminal ? .live : json ? .json : .plain
     }
 
     static func monotonic() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
@@ -48,10 +49,14 @@ final class ProgressRenderer {
     /// The handler to pass to the library; nil when quiet, so the library does no extra work.
     var handler: ProgressHandler? { style == .quiet ? nil : { [self] in handle($0) } }
 
-    /// Starts a task's clock now (else at its first report, counting from that report).
-    func begin(_ task: TaskProgress.Task) {
+    /// Starts a task's clock now (else at its first report, counting from that report). With
+    /// `total`, a terminal shows "0/total" at once, before the first unit is done.
+    func begin(_ task: TaskProgress.Task, total: Int? = nil, unit: String = "") {
         let t = clock()
         states[task] = State(t0: t, done0: 0, lastDraw: -.infinity, lastTenth: 0, lastLine: t)
+        if style == .live, let total, total > 0 {
+            write("\r\u{1B}[K" + line(TaskProgress(task: task, done: 0, total: total, unit: unit), state: states[task]!, now: t))
+        }
     }
 
     func handle(_ p: TaskProgress) {

@@ -123,6 +123,8 @@ final class UXTests: XCTestCase {
         XCTAssertEqual(out.components(separatedBy: "\r\u{1B}[K").count, 3, "each draw rewrites the line")
         XCTAssertEqual(ProgressRenderer.style(quiet: true, json: false, terminal: true), .quiet)
         XCTAssertEqual(ProgressRenderer.style(quiet: false, json: false, terminal: false), .plain)
+        XCTAssertEqual(ProgressRenderer.style(quiet: false, json: true, terminal: false), .json)
+        XCTAssertEqual(ProgressRenderer.style(quiet: false, json: true, terminal: true), .live)
     }
 
     /// `--base-model ORG/NAME` from a fake Hub cache; a missing name is one line naming the paths.
