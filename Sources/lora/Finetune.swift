@@ -155,7 +155,7 @@ struct Finetune: ParsableCommand {
             } else {
                 try TrainingLog.truncate(in: output.url, after: 0)   // a fresh run starts a fresh log
             }
-            let progress = ProgressPrinter(outputDir: URL(fileURLWithPath: c.outputDir), quiet: quiet)
+            let progress = ProgressPrinter(outputDir: URL(fileURLWithPath: c.outputDir), renderer: renderer)
             SignalHandling.installInterruptHandler(ctx.cancellation)
             let summary = try trainer.run { progress.handle($0) }
             try progress.finish()
