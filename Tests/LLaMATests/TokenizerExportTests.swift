@@ -91,6 +91,7 @@ final class TokenizerExportTests: XCTestCase {
         assertSameIDs(try loadTokenizer(folder: back), original, "tokenizer.json -> GGUF -> tokenizer.json")
         let backCfg = try JSON.parse(contentsOf: back.appendingPathComponent("tokenizer_config.json"))
         XCTAssertEqual(backCfg["chat_template"]?.string, template)
+        XCTAssertEqual(try chatTemplateSource(folder: back), template, "what LoadedModel reads for --chat-template")
         XCTAssertEqual(backCfg["eos_token"]?.string, original.eosID.map { original.piece($0) })
         // Special tokens are marked special for transformers.
         let tj = try JSON.parse(contentsOf: back.appendingPathComponent("tokenizer.json"))
