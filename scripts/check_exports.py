@@ -28,6 +28,9 @@ GGUF-base case, with a random r=4 adapter on q_proj,v_proj written here (PEFT's 
     tokenizer.model) -> `lora merge --format gguf --dtype f32` -> llama.cpp loads it, tokenizes the
     text to the same ids, and its greedy continuation equals transformers' ids.
 
+ 7. A SentencePiece GGUF base (Tests/Fixtures/gguf/tiny-mha.gguf) merged to HF: transformers loads
+    the tokenizer.model written from the GGUF's pieces and encodes a text to lora's ids.
+
 f32 exports must match exactly (same ids). f16 / bf16 / q8_0 exports round the weights, so a different
 greedy token is possible on these random tiny models; such a difference is reported, not failed.
 
@@ -261,6 +264,24 @@ def check_gguf_base(lora: Path, gguf_path: Path, tmp: Path) -> None:
     check(cpp_new == new, "llama.cpp greedy ids on it equal transformers' on the HF folder" + ("" if cpp_new == new else f": {cpp_new} vs {new}"))
 
 
+def check_spm_gguf_base(lora: Path, tmp: Path) -> None:
+    """A SentencePiece GGUF base (the tiny fixture): the merged folder's tokenizer.model, written
+    from the GGUF's pieces, loads in transformers and encodes like lora."""
+    gguf_path = FIX / "gguf" / "tiny-mha.gguf"
+    print(f"\n== SentencePiece GGUF base {gguf_path.name}")
+    hf = tmp / "tiny-mha-from-gguf"
+    run(lora, "merge", "--base-model", str(gguf_path), "--lora-weights", str(FIX / "merge" / "tiny-mha-a.adapter"),
+        "--output", str(hf), "--dtype", "f32", "--quiet")
+    print(f"  lora merge --format hf wrote: {sorted(p.name for p in hf.iterdir())}")
+    tok = AutoTokenizer.from_pretrained(str(hf))
+    AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32)
+    text = "Hello, world! Grüße aus Köln: 1234 Äpfel. The sky is blue."
+    lora_ids = json.loads(run(lora, "tokenize", "--base-model", str(gguf_path), "--text", text))["ids"]
+    hf_ids = tok(text)["input_ids"]
+    check(hf_ids == lora_ids, f"transformers ({type(tok).__name__}) on tokenizer.model from the GGUF: {len(hf_ids)} ids equal lora tokenize"
+          + ("" if hf_ids == lora_ids else f": {hf_ids} vs {lora_ids}"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lora", type=Path, default=ROOT / ".build" / "release" / "lora", help="the lora binary")
@@ -281,6 +302,7 @@ def main() -> None:
             check_gguf_base(lora, args.smollm.resolve(), tmp)
         else:
             print(f"\n== GGUF base: {args.smollm} not found, skipped")
+        check_spm_gguf_base(lora, tmp)
         for name in ([] if args.only_gguf_base else ["tiny-mha", "tiny-gqa"]):
             model = str(FIX / name)
             ad = {k: str(FIX / "merge" / f"{name}-{k}.adapter") for k in WEIGHTS}
