@@ -160,4 +160,21 @@ final class CLITests: XCTestCase {
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasPrefix(".") }
         XCTAssertEqual(leftovers, [])
     }
+
+    /// Chat-format records train too: the model (which has no chat template) gets one from
+    /// --chat-template, and the loss is on assistant turns only.
+    func testFinetuneOnChatRecords() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lora-ft-chat-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let r = try lora(["finetune", "--base-model", Self.fixtures.appendingPathComponent("tiny-mha").path,
+                          "--data-path", Self.fixtures.appendingPathComponent("chat/conversations.json").path,
+                          "--chat-template", "llama2", "--output-dir", dir.path, "--batch-size", "2", "--micro-batch-size", "1",
+                          "--val-set-size", "2", "--max-steps", "2", "--warmup-steps", "1", "--logging-steps", "1",
+                          "--eval-steps", "2", "--save-steps", "2", "--cutoff-len", "64", "--load-8bit", "false"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssert(r.stderr.contains("chat-format data: 8 conversations, chat template llama2"), r.stderr)
+        XCTAssert(FileManager.default.fileExists(atPath: dir.appendingPathComponent("adapter_model.safetensors").path))
+        let log = try String(contentsOf: dir.appendingPathComponent("trainer_log.jsonl"), encoding: .utf8)
+        XCTAssertEqual(log.split(separator: "\n").filter { $0.contains("\"loss\"") }.count, 2)
+    }
 }
