@@ -177,4 +177,23 @@ final class CLITests: XCTestCase {
         let log = try String(contentsOf: dir.appendingPathComponent("trainer_log.jsonl"), encoding: .utf8)
         XCTAssertEqual(log.split(separator: "\n").filter { $0.contains("\"loss\"") }.count, 2)
     }
+
+    /// `generate --chat` wraps the message with a chat template: greedy decoding prints one line,
+    /// the same with or without streaming's stop-string hold-back (beams do not stream).
+    func testGenerateChat() throws {
+        let model = Self.fixtures.appendingPathComponent("tiny-mha").path
+        let base = ["generate", "--base-model", model, "--chat", "Name a colour.", "--chat-template", "llama2",
+                    "--system", "Be brief.", "--max-new-tokens", "6", "--load-8bit", "false"]
+        let greedy = try lora(base + ["--num-beams", "1"])
+        XCTAssertEqual(greedy.status, 0, greedy.stderr)
+        XCTAssertEqual(greedy.stdout.filter { $0 == "\n" }.count, 1, greedy.stdout)
+        let beams = try lora(base + ["--num-beams", "2"])
+        XCTAssertEqual(beams.status, 0, beams.stderr)
+        let bad = try lora(["generate", "--base-model", model, "--prompt", "hi", "--chat-template", "chatml"])
+        XCTAssertEqual(bad.status, 64, bad.stderr)
+        XCTAssert(bad.stderr.contains("--chat-template and --system go with --chat"), bad.stderr)
+        let none = try lora(["generate", "--base-model", model, "--chat", "hi", "--load-8bit", "false"])
+        XCTAssertEqual(none.status, 1)
+        XCTAssert(none.stderr.contains("no chat template"), none.stderr)
+    }
 }
