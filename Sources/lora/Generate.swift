@@ -107,7 +107,7 @@ struct Generate: ParsableCommand {
                 let messages = (system.map { [ChatMessage(role: "system", content: $0)] } ?? []) + [ChatMessage(role: "user", content: chat)]
                 let text = try template.render(messages, addGenerationPrompt: true)
                 // The template writes BOS itself; its BOS/EOS texts become their ids.
-                let ids = ChatExampleBuilder(tokenizer: loaded.tokenizer, template: template, cutoffLen: Int.max).encode(text)
+                let ids = template.encode(text, tokenizer: loaded.tokenizer)
                 try answer(ids: ids, strip: true, stops: template.stopStrings, template: nil, loaded: loaded, gen: gen, opts: opts)
             } else if let prompt {
                 try answer(prompt, template: nil, loaded: loaded, gen: gen, opts: opts)

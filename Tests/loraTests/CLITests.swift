@@ -196,4 +196,18 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(none.status, 1)
         XCTAssert(none.stderr.contains("no chat template"), none.stderr)
     }
+
+    /// `eval` takes chat records for the loss (assistant turns only), not for exact match.
+    func testEvalLossOnChatRecords() throws {
+        let args = ["eval", "--base-model", Self.fixtures.appendingPathComponent("tiny-mha").path, "--data-path",
+                    Self.fixtures.appendingPathComponent("chat/conversations.json").path, "--load-8bit", "false"]
+        let r = try lora(args + ["--chat-template", "llama2", "--json", "--limit", "3"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let j = try JSON.parse(r.stdout, source: "stdout")
+        XCTAssertEqual(j["records"]?.int, 3)
+        XCTAssert((j["loss"]?.double ?? 0) > 0, r.stdout)
+        let em = try lora(args + ["--chat-template", "chatml", "--metric", "exact_match"])
+        XCTAssertEqual(em.status, 64, em.stderr)
+        XCTAssert(em.stderr.contains("exact_match needs Alpaca records"), em.stderr)
+    }
 }

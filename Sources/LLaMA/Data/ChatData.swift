@@ -167,3 +167,12 @@ public struct ChatExampleBuilder: Sendable {
         }
     }
 }
+
+extension ChatTemplate {
+    /// Text this template rendered (a prompt from `render(_:addGenerationPrompt: true)`) as the
+    /// ids training uses for it: BOS/EOS texts as their ids, no BOS added (the template writes
+    /// it). What `generate --chat` and a server feed the model.
+    public func encode(_ text: String, tokenizer: Tokenizer) -> [Int32] {
+        ChatExampleBuilder(tokenizer: tokenizer, template: self, cutoffLen: Int.max).encode(text)
+    }
+}
