@@ -62,7 +62,7 @@ public struct ModelCard: Sendable {
 
             # LoRA adapter for \(baseModel)
 
-            A PEFT LoRA adapter trained with `lora finetune` on \(records) Alpaca-format records from `\(dataPath)`.
+            A PEFT LoRA adapter trained with `lora finetune` on \(records) records (Alpaca or chat format) from `\(dataPath)`.
 
             ## LoRA settings
 
