@@ -159,7 +159,7 @@ final class UXTests: XCTestCase {
         let card = try String(contentsOf: dir.appendingPathComponent("README.md"), encoding: .utf8)
         XCTAssert(card.hasPrefix("---\nbase_model: \"\(Self.tiny)\"\nlibrary_name: peft\n"), card)
         XCTAssert(card.contains("- \"base_model:adapter:\(Self.tiny)\"\n- lora\n"), card)
-        for row in ["| r | 4 |", "| lora_alpha | 8.0 |", "| target_modules | q_proj, k_proj, v_proj |", "| scale | 2.0 |",
+        for row in ["| r | 4 |", "| lora_alpha | 8.0 |", "| target_modules | q_proj, k_proj, v_proj |", "| scale | 2.0 |", "| use_dora | false |",
                     "| data file | \(Self.records) |", "| records | 6 (4 train, 2 validation) |", "| steps | 4 |",
                     "| learning_rate | 0.01 |", "| cutoff_len | 64 |"] {
             XCTAssert(card.contains(row), "\(row) in\n\(card)")

@@ -73,6 +73,7 @@ public struct ModelCard: Sendable {
             | lora_dropout | \(a.loraDropout) |
             | target_modules | \(modules) |
             | use_rslora | \(a.useRslora) |
+            | use_dora | \(a.useDora) |
             | scale | \(a.scale) |
 
             ## Training
