@@ -1644,8 +1644,7 @@ def nf4_reference(tok: Tok) -> dict:
                         "bitsandbytes' flat-block default implementation (see nf4_flat_dequantize_); <k>.q packed codes (even element in the high nibble), "
                         "<k>.absmax8 the 8-bit absmax codes, <k>.nested state2.absmax, <k>.offset; "
                         "<k>.deq = dequantize_4bit(q, state)",
-            "code": "quant_state.code (NF4 code book); dynamic: state2.code as used (the CPU quantizer sets entry 0 "
-                    "to -1.0 in place)",
+            "code": "quant_state.code (NF4 code book); dynamic: state2.code (create_dynamic_map(), signed)",
             "big": "input nf4_det_input(n) reshaped to " + str(list(NF4_BIG)) + ", not stored; big.deq_sum the "
                    "float64 sum of its dequantized values",
             "models": "<model>.q_proj0.deq: layer 0 q_proj of the model loaded in 4-bit, dequantized; losses: "

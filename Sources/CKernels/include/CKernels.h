@@ -85,7 +85,7 @@ typedef struct lora_nf4 {
 } lora_nf4;
 /// bitsandbytes' NF4 code book (get_4bit_type("nf4")), index 0..15.
 extern const float lora_nf4_code[16];
-/// bitsandbytes' signed 8-bit dynamic map as its CPU quantizer leaves it (entry 0 set to -1).
+/// bitsandbytes' signed 8-bit dynamic map (create_dynamic_map(), a QuantState's state2.code).
 extern const float lora_nf4_dynamic[256];
 
 /// 1 when `family` can run on this CPU (portable: always).

@@ -23,7 +23,7 @@ public struct NF4Format: WeightFormat {
 
     /// The 16 NF4 values (bitsandbytes' `get_4bit_type("nf4")`).
     public static let code: [Float] = withUnsafeBytes(of: lora_nf4_code) { Array($0.bindMemory(to: Float.self)) }
-    /// bitsandbytes' signed dynamic 8-bit map as its CPU quantizer uses it (entry 0 is -1).
+    /// bitsandbytes' signed dynamic 8-bit map (`create_dynamic_map()`, the state2.code of a QuantState).
     public static let dynamic: [Float] = withUnsafeBytes(of: lora_nf4_dynamic) { Array($0.bindMemory(to: Float.self)) }
 
     /// Array sizes for n = rows * cols weights.
