@@ -9,8 +9,9 @@ struct Merge: ParsableCommand {
         discussion: """
         Each adapter adds WEIGHT * scale * B @ A to the weights it targets (scale = lora_alpha / r, or \
         lora_alpha / sqrt(r) with rsLoRA, from its own adapter_config.json), computed from the base's \
-        full-precision weights. The output is written under a temporary name and renamed into place \
-        when complete.
+        full-precision weights. The base is always read unquantized, whatever the adapter was trained \
+        on (int8, nf4: a QLoRA adapter merges into the full-precision base, as PEFT recommends). The \
+        output is written under a temporary name and renamed into place when complete.
         """)
 
     enum Format: String, ExpressibleByArgument, CaseIterable { case hf, gguf }
@@ -67,6 +68,7 @@ struct Merge: ParsableCommand {
             // Every adapter is read and checked against the base before anything is written.
             let merger = try Merger(base: try resolveModelPath(baseModel), adapters: specs)
             let quiet = outputOptions.quiet
+            if !adapterOnly && !quiet { note("base \(baseModel): read at full precision (an adapter trained on an int8 or nf4 base merges into the unquantized weights)") }
             for a in merger.adapters where !quiet {
                 note("adapter \(a.source): r \(a.config.r), alpha \(a.config.loraAlpha)\(a.config.useRslora ? " (rsLoRA)" : ""), "
                      + "\(a.config.targetModules.map(\.rawValue).joined(separator: ",")), \(a.factors.count) weights, "

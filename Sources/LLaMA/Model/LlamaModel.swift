@@ -41,6 +41,9 @@ public enum Quantization: String, CaseIterable, Sendable, Codable {
     /// ggml's block formats: a GGUF file's tensors already stored so are used as they are
     /// (memory-mapped); others are quantized with ggml's reference quantizer.
     case q8_0, q4_0, q4_1
+    /// NF4 with double quantization, bitsandbytes' `load_in_4bit` as QLoRA uses it (the
+    /// projections of every block; embeddings, norms and lm_head stay as they are).
+    case nf4
     /// Each projection as the checkpoint stores it where that is a weight format (a GGUF
     /// file's Q8_0 / Q4_0 / Q4_1 / BF16 tensors, memory-mapped), else f32.
     case stored
@@ -53,14 +56,18 @@ public enum Quantization: String, CaseIterable, Sendable, Codable {
         case .q8_0: return WeightFormats.q8_0
         case .q4_0: return WeightFormats.q4_0
         case .q4_1: return WeightFormats.q4_1
+        case .nf4: return WeightFormats.nf4
         case .stored: return WeightFormats.f32
         }
     }
 
     /// The lm_head format for decoding: a 4-bit head costs quality for little speed (llama.cpp
-    /// keeps GGUF outputs at Q6_K or better), so the block formats decode with a Q8_0 head.
+    /// keeps GGUF outputs at Q6_K or better), so the block formats decode with a Q8_0 head;
+    /// NF4 with an int8 head (bitsandbytes leaves lm_head unquantized; int8 rows is the
+    /// closest format of ours that needs no whole blocks of 32).
     var decodeHeadFormat: any WeightFormat {
         switch self {
+        case .nf4: return WeightFormats.int8
         case .q4_0, .q4_1, .stored: return WeightFormats.q8_0
         default: return format
         }
