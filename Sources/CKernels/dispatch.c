@@ -57,12 +57,20 @@ static int usable(int family) {
 // Block formats need whole blocks: ldw, and the depth K of abt / gemv, multiples of 32.
 static void check_blocks(int format, long ldw, long depth) {
     if (lora_is_block_format(format) && (ldw % LORA_QK != 0 || depth % LORA_QK != 0)) abort();
+    if (lora_is_tile_format(format)) {
+        long bs = lora_tile_block_elems(format);
+        if (ldw % bs != 0 || depth % bs != 0) abort();
+    }
 }
 
 void lora_gemm_abt(int family, int format, long M, long n0, long n1, long K,
                    const float *A, long lda, const void *W, long ldw, const float *scales,
                    float *C, long ldc, int accumulate) {
     check_blocks(format, ldw, K);
+    if (lora_is_tile_format(format)) {
+        lora_tiled_abt(usable(family), 0, format, M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate);
+        return;
+    }
     DISPATCH(gemm_abt, format, M, n0, n1, K, A, lda, W, ldw, scales, C, ldc, accumulate)
 }
 
@@ -70,6 +78,10 @@ void lora_gemm_ab(int family, int format, long M, long k0, long k1, long N,
                   const float *A, long lda, const void *W, long ldw, const float *scales,
                   float *C, long ldc, int accumulate) {
     check_blocks(format, ldw, 0);
+    if (lora_is_tile_format(format)) {
+        lora_tiled_ab(usable(family), format, M, k0, k1, N, A, lda, W, ldw, C, ldc, accumulate);
+        return;
+    }
     DISPATCH(gemm_ab, format, M, k0, k1, N, A, lda, W, ldw, scales, C, ldc, accumulate)
 }
 
@@ -77,6 +89,10 @@ void lora_gemv_abt(int family, int format, long M, long n0, long n1, long K,
                    const float *A, long lda, const void *W, long ldw, const float *scales,
                    float *C, long ldc, int accumulate) {
     check_blocks(format, ldw, K);
+    if (lora_is_tile_format(format)) {
+        lora_tiled_abt(usable(family), 1, format, M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate);
+        return;
+    }
     DISPATCH(gemv_abt, format, M, n0, n1, K, A, lda, W, ldw, scales, C, ldc, accumulate)
 }
 

@@ -63,6 +63,36 @@ static inline float lora_block_value(int format, const void *w, long i) {
     if (format == LORA_FORMAT_Q4_0) return d * (float)(((b[2 + (j & 15)] >> sh) & 15) - 8);
     return d * (float)((b[4 + (j & 15)] >> sh) & 15) + lora_half_to_float(lora_load_u16(b + 2));
 }
+// ---- GGUF Q5_0 / Q5_1 / K-quants (kquant.c): dequantized per tile for any family ----------
+
+static inline int lora_is_tile_format(int format) {
+    return format >= LORA_FORMAT_Q5_0 && format <= LORA_FORMAT_Q6_K;
+}
+
+/// Weights per block of a tile format: 32 (Q5_0, Q5_1) or 256 (the K-quants' super-blocks).
+static inline long lora_tile_block_elems(int format) {
+    return format == LORA_FORMAT_Q5_0 || format == LORA_FORMAT_Q5_1 ? 32 : 256;
+}
+
+/// Bytes per block of a tile format.
+static inline long lora_tile_block_bytes(int format) {
+    switch (format) {
+    case LORA_FORMAT_Q5_0: return 22;
+    case LORA_FORMAT_Q5_1: return 24;
+    case LORA_FORMAT_Q4_K: return 144;
+    case LORA_FORMAT_Q5_K: return 176;
+    default: return 210;  // Q6_K
+    }
+}
+
+/// The products for the tile formats, through `family`'s f32 kernels (lora_gemm_abt, or
+/// lora_gemv_abt when `gemv`, and lora_gemm_ab) on f32 tiles of W.
+void lora_tiled_abt(int family, int gemv, int format, long M, long n0, long n1, long K,
+                    const float *A, long lda, const void *W, long ldw, float *C, long ldc,
+                    int accumulate);
+void lora_tiled_ab(int family, int format, long M, long k0, long k1, long N, const float *A,
+                   long lda, const void *W, long ldw, float *C, long ldc, int accumulate);
+
 // ---- NF4 (CKernels.h): scalar helpers every family shares ---------------------------------
 #define LORA_NF4_BLOCK 64
 #define LORA_NF4_NESTED (64 * 256)  // weights per nested absmax

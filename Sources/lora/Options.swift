@@ -15,7 +15,7 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .customLong("base-model"), help: "Model: a Hugging Face folder (config.json, model.safetensors, tokenizer) or a .gguf file.")
     var baseModel: String
 
-    @Option(help: "Frozen projection weights: none (f32), bf16, int8 (bitsandbytes row-wise), q8_0, q4_0, q4_1 (ggml blocks), nf4 (bitsandbytes 4-bit NF4 with double quantization, QLoRA), or stored (a GGUF file's own Q8_0/Q4_0/Q4_1/BF16 tensors, memory-mapped). Default: none for generate, int8 for eval (as finetune).")
+    @Option(help: "Frozen projection weights: none (f32), bf16, int8 (bitsandbytes row-wise), q8_0, q4_0, q4_1 (ggml blocks), nf4 (bitsandbytes 4-bit NF4 with double quantization, QLoRA), or stored (a GGUF file's own Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K/BF16 tensors, memory-mapped). Default: none for generate, int8 for eval (as finetune).")
     var quantization: Quantization?
 
     @Option(name: .customLong("load-8bit"), help: "alpaca-lora's flag: true = --quantization int8, false = none.")

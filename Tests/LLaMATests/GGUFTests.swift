@@ -68,6 +68,31 @@ final class GGUFTests: XCTestCase {
         }
     }
 
+    /// The stored weight formats' scalar reference (`GGUFBlockFormat.dequantizeRows`, what every
+    /// kernel is tested against) on the fixture's random blocks laid out as rows: bit for bit
+    /// gguf.quants.dequantize, for rows of 1, 2 and 4 blocks and every row range.
+    func testStoredBlockFormatsDequantizeRowsMatchGGUFPackageBitExact() throws {
+        let f = try SafeTensorsFile(path: Self.gguf("quants.safetensors"))
+        for kind in GGUFBlockFormat.Kind.allCases {
+            let raw = try XCTUnwrap(f.raw("\(kind.ggmlName).raw"), kind.ggmlName)
+            let expected = try XCTUnwrap(try f.f32("\(kind.ggmlName).f32"), kind.ggmlName)
+            let format = GGUFBlockFormat(kind: kind)
+            let blocks = raw.count / kind.blockBytes
+            for perRow in [1, 2, 4] where blocks / perRow >= 2 {
+                let rows = blocks / perRow, cols = perRow * kind.blockSize
+                XCTAssertEqual(format.byteCount(rows: rows, cols: cols), rows * perRow * kind.blockBytes)
+                let w = Weight(format: format, rows: rows, cols: cols, data: UnsafeRawPointer(raw.baseAddress!),
+                               scales: nil, owner: f)
+                for (r0, r1) in [(0, rows), (1, rows), (rows - 1, rows)] {
+                    var out = [Float](repeating: .nan, count: (r1 - r0) * cols)
+                    out.withUnsafeMutableBufferPointer { w.dequantizeRows(r0, r1, into: $0.baseAddress!) }
+                    let bad = (0..<out.count).filter { out[$0].bitPattern != expected.data[r0 * cols + $0].bitPattern }
+                    XCTAssertEqual(bad.count, 0, "\(kind.ggmlName) rows \(r0)..<\(r1) of \(cols): first bad \(bad.first.map(String.init) ?? "-")")
+                }
+            }
+        }
+    }
+
     func testQ8_0AndF16QuantizeMatchGGUFPackageByteForByte() throws {
         let f = try SafeTensorsFile(path: Self.gguf("quants.safetensors"))
         for (name, type) in [("Q8_0", GGMLType.q8_0), ("F16", .f16)] {

@@ -1,5 +1,6 @@
 import CKernels
 import Dispatch
+import Tensor
 import XCTest
 
 /// The C kernel families x weight formats API (CKernels.h, "Kernel families x weight formats"):
@@ -89,6 +90,8 @@ final class KernelFamilyTests: XCTestCase {
         var bytes: [UInt8]
         var scales: [Float]
         var value: [Double]  // W[n, k] exactly as the format defines it, dense [N][K]
+
+        init(bytes: [UInt8], scales: [Float], value: [Double]) { self.bytes = bytes; self.scales = scales; self.value = value }
 
         init(format: Int32, N: Int, K: Int, ldw: Int, rng: inout Rand) {
             scales = (0..<max(N, 1)).map { _ in 0.001 + 0.005 * (1 + rng.uniform()) }
@@ -430,6 +433,96 @@ final class KernelFamilyTests: XCTestCase {
                     }
                 }
                 if failures > 20 { return XCTFail("too many failures; stopping") }
+            }
+        }
+    }
+
+    // MARK: Q5_0, Q5_1, Q4_K, Q5_K, Q6_K (dequantized per tile into each family's f32 kernels)
+
+    static let tileKinds: [(GGUFBlockFormat.Kind, Int32)] = [
+        (.q5_0, Int32(LORA_FORMAT_Q5_0)), (.q5_1, Int32(LORA_FORMAT_Q5_1)), (.q4_K, Int32(LORA_FORMAT_Q4_K)),
+        (.q5_K, Int32(LORA_FORMAT_Q5_K)), (.q6_K, Int32(LORA_FORMAT_Q6_K)),
+    ]
+
+    /// Random valid blocks for [N, K] with row stride ldw (elements): random quants and scale
+    /// bytes, finite half d (and m / dmin) at a per-row scale 2^-22...2^3. `value` is the Swift
+    /// scalar reference (GGUFBlockFormat.dequantizeBlock, bit-exact with gguf.quants: GGUFTests).
+    static func tileWeight(_ kind: GGUFBlockFormat.Kind, N: Int, K: Int, ldw: Int, rng: inout Rand) -> Weight {
+        let bs = kind.blockSize, bb = kind.blockBytes, nblk = ldw / bs
+        var q = (0..<(N * nblk * bb + 1)).map { _ in rng.byte() }
+        var value = [Double](repeating: 0, count: N * K)
+        let halves: [Int] = kind == .q6_K ? [208] : kind == .q5_0 ? [0] : [0, 2]
+        var out = [Float](repeating: 0, count: bs)
+        for n in 0..<N {
+            let scale = Float(sign: .plus, exponent: Int(rng.next() % 26) - 22, significand: 1)
+            for blk in 0..<nblk {
+                let o = (n * nblk + blk) * bb
+                for at in halves {
+                    let h = Float16(rng.uniform() * scale * (kind.isKQuant ? 1.0 / 32 : 1))
+                    q[o + at] = UInt8(h.bitPattern & 0xFF); q[o + at + 1] = UInt8(h.bitPattern >> 8)
+                }
+                q.withUnsafeBytes { p in out.withUnsafeMutableBufferPointer { GGUFBlockFormat.dequantizeBlock(kind, p.baseAddress! + o, $0.baseAddress!) } }
+                for j in 0..<bs where blk * bs + j < K { value[n * K + blk * bs + j] = Double(out[j]) }
+            }
+        }
+        return Weight(bytes: q, scales: [], value: value)
+    }
+
+    /// Every family, every product, against the Double reference of the scalar reference's
+    /// values, for full and partial column ranges (the abt / gemv panels, and ab ranges starting
+    /// mid-block), accumulate off and on; writes outside the range must not happen.
+    func testTileFormatsFamiliesProducts() {
+        var rng = Rand()
+        var failures = 0
+        for (kind, format) in Self.tileKinds {
+            let bs = kind.blockSize
+            let shapes: [(Int, Int, Int)] = bs == 32
+                ? Self.shapes(for: Int32(LORA_FORMAT_Q8_0))
+                : [(1, 5, 256), (3, 37, 512), (13, 97, 256), (2, 9, 4352), (17, 70, 768), (37, 50, 1024),
+                   (64, 33, 256), (5, 300, 512), (3, 5, 0), (16, 0, 256), (0, 4, 256), (1, 130, 1280)]
+            for (M, N, K) in shapes {
+                let ldw = K + bs
+                let W = Self.tileWeight(kind, N: N, K: K, ldw: ldw, rng: &rng)
+                for product in Product.allCases {
+                    let (depth, cols) = product == .ab ? (N, K) : (K, N)
+                    let lda = depth + 3, ldc = cols + 2
+                    let A = (0..<(M * lda + 1)).map { _ in rng.uniform() }
+                    let before = (0..<(M * ldc + 8)).map { _ in rng.uniform() }
+                    for accumulate in [false, true] {
+                        for family in Self.families {
+                            let pw = Int(lora_family_panel_width(family))
+                            var ranges = [(0, cols)]
+                            if cols > pw + 1 { ranges.append((pw, cols - 1)) }
+                            if cols > 12 { ranges.append((5, cols - 7)) }
+                            for (r0, r1) in ranges {
+                                let what = "\(Self.familyNames[Int(family)]) \(kind.ggmlName) \(product) M=\(M) N=\(N) K=\(K) cols \(r0)..<\(r1) accumulate=\(accumulate)"
+                                let c0 = accumulate ? before : [Float](repeating: .nan, count: before.count)
+                                var C = c0
+                                Self.call(product, family: family, format: format, M: M, N: N, K: K, r0: r0, r1: r1,
+                                          A: A, lda: lda, W: W, ldw: ldw, C: &C, ldc: ldc, accumulate: accumulate)
+                                var bad = 0
+                                for i in 0..<C.count where bad == 0 {
+                                    let m = i / ldc, j = i % ldc
+                                    if m >= M || j < r0 || j >= r1 {
+                                        if C[i].bitPattern != c0[i].bitPattern { XCTFail("\(what): wrote outside at \(i)"); bad += 1 }
+                                        continue
+                                    }
+                                    var r = 0.0, g = 0.0
+                                    for d in 0..<depth {
+                                        let t = Double(A[m * lda + d]) * (product == .ab ? W.value[d * K + j] : W.value[j * K + d])
+                                        r += t; g += abs(t)
+                                    }
+                                    if accumulate { r += Double(c0[i]); g += abs(Double(c0[i])) }
+                                    if !(abs(Double(C[i]) - r) <= Self.rtol * g) {
+                                        XCTFail("\(what): C[\(m), \(j)] = \(C[i]), reference \(r)"); bad += 1
+                                    }
+                                }
+                                failures += bad
+                            }
+                        }
+                    }
+                    if failures > 20 { return XCTFail("too many failures; stopping") }
+                }
             }
         }
     }

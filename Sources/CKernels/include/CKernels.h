@@ -65,6 +65,20 @@ void lora_gemv_abt_i8(long M, long n0, long n1, long K, const float *A, long lda
 //   code   = i even ? q[i/2] >> 4 : q[i/2] & 15          (bitsandbytes packs the even one high)
 //   absmax = lora_nf4_dynamic[absmax8[i/64]] * nested[i/16384] + offset   (2 roundings, no FMA)
 //   W[i]   = lora_nf4_code[code] * absmax
+// More GGUF formats, byte for byte as ggml stores them, laid out in rows as the ones above but
+// with blocks of 32 (Q5_0, Q5_1) or 256 weights (the K-quants' super-blocks): ldw, and K for
+// lora_gemm_abt / lora_gemv_abt, must be multiples of that (else abort); scales unused. Their
+// values are ggml's dequantize_row_* in float (see kquant.c and Tensor's GGUFBlockFormat):
+//   LORA_FORMAT_Q5_0   22 bytes: d, uint32 qh, uint8 qs[16]; Q4_0's nibbles + bit j of qh as
+//                                 5th bit of weight j, W = d * (q - 16)
+//   LORA_FORMAT_Q5_1   24 bytes: d, m, uint32 qh, uint8 qs[16]; W = d * q + m
+//   LORA_FORMAT_Q4_K  144 bytes: d, dmin, 12 bytes of 6-bit scales and mins, 128 bytes of
+//                                 nibbles; W = (d * sc) * q - dmin * m per sub-block of 32
+//   LORA_FORMAT_Q5_K  176 bytes: as Q4_K with 32 bytes of 5th bits before the nibbles
+//   LORA_FORMAT_Q6_K  210 bytes: 128 bytes low nibbles, 64 bytes of 2 high bits, int8
+//                                 scales[16], d; W = (d * scale) * (q - 32) per 16 weights
+// Every family computes their products on f32 tiles of W (a few rows at a time) with its own
+// f32 kernels (kquant.c).
 // The portable family is plain C (any CPU, and the scalar reference the others are tested
 // against); a family that is not available must not be called (lora_family_available; the
 // entry points fall back to portable rather than fault). An unknown format aborts.
@@ -73,7 +87,9 @@ void lora_gemv_abt_i8(long M, long n0, long n1, long K, const float *A, long lda
 
 enum { LORA_FAMILY_PORTABLE = 0, LORA_FAMILY_AVX2 = 1, LORA_FAMILY_AVX512 = 2 };
 enum { LORA_FORMAT_F32 = 0, LORA_FORMAT_I8_ROWS = 1, LORA_FORMAT_BF16 = 2,
-       LORA_FORMAT_Q8_0 = 3, LORA_FORMAT_Q4_0 = 4, LORA_FORMAT_Q4_1 = 5, LORA_FORMAT_NF4 = 6 };
+       LORA_FORMAT_Q8_0 = 3, LORA_FORMAT_Q4_0 = 4, LORA_FORMAT_Q4_1 = 5, LORA_FORMAT_NF4 = 6,
+       LORA_FORMAT_Q5_0 = 7, LORA_FORMAT_Q5_1 = 8, LORA_FORMAT_Q4_K = 9, LORA_FORMAT_Q5_K = 10,
+       LORA_FORMAT_Q6_K = 11 };
 
 /// An NF4 weight (LORA_FORMAT_NF4): the arrays of bitsandbytes' QuantState with
 /// compress_statistics (blocksize 64, nested blocksize 256).

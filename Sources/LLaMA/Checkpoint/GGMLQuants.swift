@@ -146,126 +146,24 @@ public enum GGMLQuants {
         }
     }
 
-    @inline(__always)
-    private static func half(_ p: UnsafeRawPointer, _ offset: Int) -> Float {
-        halfToFloat(p.loadUnaligned(fromByteOffset: offset, as: UInt16.self).littleEndian)
-    }
-
-    @inline(__always)
-    private static func byte(_ p: UnsafeRawPointer, _ offset: Int) -> UInt8 { p.load(fromByteOffset: offset, as: UInt8.self) }
-
-    // Q8_0, Q4_0, Q4_1: the block formats models can also keep as weights (Tensor's
-    // GGUFBlockFormat holds their one definition).
+    // The block formats models can also keep as weights (Tensor's GGUFBlockFormat holds their
+    // one definition).
     @inline(__always)
     static func q8_0(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) { GGUFBlockFormat.dequantizeBlock(.q8_0, p, y) }
     @inline(__always)
     static func q4_0(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) { GGUFBlockFormat.dequantizeBlock(.q4_0, p, y) }
     @inline(__always)
     static func q4_1(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) { GGUFBlockFormat.dequantizeBlock(.q4_1, p, y) }
-
-    // block_q5_0 { half d; u8 qh[4] (u32, bit j = 5th bit of element j); u8 qs[16] }: y = (q - 16) * d
     @inline(__always)
-    static func q5_0(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
-        let d = half(p, 0)
-        let qh = p.loadUnaligned(fromByteOffset: 2, as: UInt32.self).littleEndian
-        for j in 0..<16 {
-            let b = byte(p, 6 + j)
-            let h0 = Int((qh >> UInt32(j)) & 1) << 4, h1 = Int((qh >> UInt32(j + 16)) & 1) << 4
-            y[j] = Float((Int(b & 0x0F) | h0) - 16) * d
-            y[j + 16] = Float((Int(b >> 4) | h1) - 16) * d
-        }
-    }
-
-    // block_q5_1 { half d; half m; u8 qh[4]; u8 qs[16] }: y = q * d + m
+    static func q5_0(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) { GGUFBlockFormat.dequantizeBlock(.q5_0, p, y) }
     @inline(__always)
-    static func q5_1(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
-        let d = half(p, 0), m = half(p, 2)
-        let qh = p.loadUnaligned(fromByteOffset: 4, as: UInt32.self).littleEndian
-        for j in 0..<16 {
-            let b = byte(p, 8 + j)
-            let h0 = Int((qh >> UInt32(j)) & 1) << 4, h1 = Int((qh >> UInt32(j + 16)) & 1) << 4
-            let lo = Float(Int(b & 0x0F) | h0) * d, hi = Float(Int(b >> 4) | h1) * d
-            y[j] = lo + m
-            y[j + 16] = hi + m
-        }
-    }
-
-    /// The 6-bit scale and min of sub-block j (0..<8) from the 12 packed bytes of a Q4_K/Q5_K
-    /// block: sub-blocks 0-3 use the low 6 bits of bytes j and j+4; sub-blocks 4-7 take their
-    /// low 4 bits from byte j+4 and their top 2 bits from the top bits of bytes j-4 and j.
+    static func q5_1(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) { GGUFBlockFormat.dequantizeBlock(.q5_1, p, y) }
     @inline(__always)
-    static func scaleMinK4(_ j: Int, _ q: UnsafeRawPointer) -> (sc: UInt8, m: UInt8) {
-        if j < 4 { return (byte(q, j) & 63, byte(q, j + 4) & 63) }
-        let sc = (byte(q, j + 4) & 0x0F) | ((byte(q, j - 4) >> 6) << 4)
-        let m = (byte(q, j + 4) >> 4) | ((byte(q, j) >> 6) << 4)
-        return (sc, m)
-    }
-
-    // block_q4_K { half d; half dmin; u8 scales[12]; u8 qs[128] }, 8 sub-blocks of 32:
-    // bytes qs[32*k ..< 32*k+32] hold sub-block 2k in their low nibbles and 2k+1 in their high
-    // nibbles; y = (d * sc) * q - (dmin * m)
+    static func q4_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) { GGUFBlockFormat.dequantizeBlock(.q4_K, p, y) }
     @inline(__always)
-    static func q4_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
-        let d = half(p, 0), dmin = half(p, 2)
-        let scales = p + 4, qs = p + 16
-        for k in 0..<4 {
-            let (s0, m0) = scaleMinK4(2 * k, scales), (s1, m1) = scaleMinK4(2 * k + 1, scales)
-            let d0 = d * Float(s0), dm0 = dmin * Float(m0)
-            let d1 = d * Float(s1), dm1 = dmin * Float(m1)
-            for l in 0..<32 {
-                let b = byte(qs, 32 * k + l)
-                y[64 * k + l] = d0 * Float(b & 0x0F) - dm0
-                y[64 * k + 32 + l] = d1 * Float(b >> 4) - dm1
-            }
-        }
-    }
-
-    // block_q5_K { half d; half dmin; u8 scales[12]; u8 qh[32]; u8 qs[128] }: as Q4_K, plus a 5th
-    // bit for element l of sub-block i in bit i of qh[l]
+    static func q5_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) { GGUFBlockFormat.dequantizeBlock(.q5_K, p, y) }
     @inline(__always)
-    static func q5_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
-        let d = half(p, 0), dmin = half(p, 2)
-        let scales = p + 4, qh = p + 16, qs = p + 48
-        for k in 0..<4 {
-            let (s0, m0) = scaleMinK4(2 * k, scales), (s1, m1) = scaleMinK4(2 * k + 1, scales)
-            let d0 = d * Float(s0), dm0 = dmin * Float(m0)
-            let d1 = d * Float(s1), dm1 = dmin * Float(m1)
-            for l in 0..<32 {
-                let b = byte(qs, 32 * k + l), h = byte(qh, l)
-                let q0 = (b & 0x0F) | (((h >> UInt8(2 * k)) & 1) << 4)
-                let q1 = (b >> 4) | (((h >> UInt8(2 * k + 1)) & 1) << 4)
-                y[64 * k + l] = d0 * Float(q0) - dm0
-                y[64 * k + 32 + l] = d1 * Float(q1) - dm1
-            }
-        }
-    }
-
-    // block_q6_K { u8 ql[128]; u8 qh[64]; int8 scales[16]; half d }, two halves of 128 elements.
-    // In half h, for l < 32: element l      = low nibble of ql[64h+l]    | bits 0-1 of qh[32h+l]
-    //                        element l + 32 = low nibble of ql[64h+32+l] | bits 2-3
-    //                        element l + 64 = high nibble of ql[64h+l]   | bits 4-5
-    //                        element l + 96 = high nibble of ql[64h+32+l]| bits 6-7
-    // minus 32; y = (d * scales[element / 16]) * q
-    @inline(__always)
-    static func q6_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
-        let d = half(p, 208)
-        for h in 0..<2 {
-            let ql = p + 64 * h, qh = p + 128 + 32 * h, sc = p + 192 + 8 * h
-            let out = y + 128 * h
-            for l in 0..<32 {
-                let a = byte(ql, l), b = byte(ql, l + 32), hb = byte(qh, l)
-                let q1 = Int((a & 0x0F) | ((hb & 3) << 4)) - 32
-                let q2 = Int((b & 0x0F) | (((hb >> 2) & 3) << 4)) - 32
-                let q3 = Int((a >> 4) | (((hb >> 4) & 3) << 4)) - 32
-                let q4 = Int((b >> 4) | (((hb >> 6) & 3) << 4)) - 32
-                let s = l / 16
-                out[l] = d * Float(sc.load(fromByteOffset: s, as: Int8.self)) * Float(q1)
-                out[l + 32] = d * Float(sc.load(fromByteOffset: s + 2, as: Int8.self)) * Float(q2)
-                out[l + 64] = d * Float(sc.load(fromByteOffset: s + 4, as: Int8.self)) * Float(q3)
-                out[l + 96] = d * Float(sc.load(fromByteOffset: s + 6, as: Int8.self)) * Float(q4)
-            }
-        }
-    }
+    static func q6_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) { GGUFBlockFormat.dequantizeBlock(.q6_K, p, y) }
 
     // MARK: quantization (for GGUF export)
 

@@ -66,7 +66,7 @@ public final class GGUFCheckpoint: Checkpoint {
         return t
     }
 
-    /// Q8_0, Q4_0, Q4_1 and BF16 tensors kept as stored: the file's mapping itself (it stays
+    /// Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K and BF16 tensors kept as stored: the file's mapping itself (it stays
     /// mapped while the weight lives), or for q_proj / k_proj a copy with whole rows un-permuted
     /// (rows move as they are). Block scales (and mins) are checked to be finite.
     public func storedWeight(_ name: String, shape: [Int], format wanted: (any WeightFormat)?) throws -> Weight? {
@@ -76,19 +76,36 @@ public final class GGUFCheckpoint: Checkpoint {
         case .q8_0: f = WeightFormats.q8_0
         case .q4_0: f = WeightFormats.q4_0
         case .q4_1: f = WeightFormats.q4_1
+        case .q5_0: f = WeightFormats.q5_0
+        case .q5_1: f = WeightFormats.q5_1
+        case .q4_K: f = WeightFormats.q4_K
+        case .q5_K: f = WeightFormats.q5_K
+        case .q6_K: f = WeightFormats.q6_K
         case .bf16: f = WeightFormats.bf16
         default: return nil
         }
         if let wanted, wanted.name != f.name { return nil }
         let rows = shape[0], cols = shape[1]
+        if let block = f as? GGUFBlockFormat, cols % block.kind.blockSize != 0 {
+            // ggml itself never writes such a row; say so rather than misread the bytes.
+            throw CheckpointError.badValue(file: source, key: "\(g) (\(name))", value: "row length \(cols)",
+                                           expected: "a multiple of \(block.kind.blockSize) for \(block.kind.ggmlName)")
+        }
         guard rows > 0, info.byteCount % rows == 0, f.byteCount(rows: rows, cols: cols) == info.byteCount else { return nil }
         let rowBytes = info.byteCount / rows
         let base = file.file.base + file.dataStart + info.offset
         if let block = f as? GGUFBlockFormat {
-            let bb = block.kind.blockBytes, halves = block.kind == .q4_1 ? 2 : 1
+            let bb = block.kind.blockBytes
+            // Byte offsets of each block's half scales (and mins).
+            let halves: [Int]
+            switch block.kind {
+            case .q4_1, .q5_1, .q4_K, .q5_K: halves = [0, 2]
+            case .q6_K: halves = [208]
+            default: halves = [0]
+            }
             for b in 0..<(info.byteCount / bb) {
-                for h in 0..<halves {
-                    let bits = UInt16(littleEndian: base.loadUnaligned(fromByteOffset: b * bb + 2 * h, as: UInt16.self))
+                for (h, at) in halves.enumerated() {
+                    let bits = UInt16(littleEndian: base.loadUnaligned(fromByteOffset: b * bb + at, as: UInt16.self))
                     if (bits & 0x7C00) == 0x7C00 {
                         throw CheckpointError.badValue(file: source, key: "\(g) (\(name))", value: "block \(b) \(h == 0 ? "scale" : "min") \(Float(Float16(bitPattern: bits)))",
                                                        expected: "finite block scales")

@@ -45,7 +45,8 @@ public enum Quantization: String, CaseIterable, Sendable, Codable {
     /// projections of every block; embeddings, norms and lm_head stay as they are).
     case nf4
     /// Each projection as the checkpoint stores it where that is a weight format (a GGUF
-    /// file's Q8_0 / Q4_0 / Q4_1 / BF16 tensors, memory-mapped), else f32.
+    /// file's Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q4_K / Q5_K / Q6_K / BF16 tensors,
+    /// memory-mapped), else f32.
     case stored
 
     public var format: any WeightFormat {

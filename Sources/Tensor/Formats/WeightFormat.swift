@@ -30,10 +30,19 @@ public enum WeightFormats {
     public static let q4_0: any WeightFormat = GGUFBlockFormat(kind: .q4_0)
     public static let q4_1: any WeightFormat = GGUFBlockFormat(kind: .q4_1)
     public static let nf4: any WeightFormat = NF4Format()
+    public static let q5_0: any WeightFormat = GGUFBlockFormat(kind: .q5_0)
+    public static let q5_1: any WeightFormat = GGUFBlockFormat(kind: .q5_1)
+    // The K-quants: weights read from GGUF files only (they cannot be made from f32 here).
+    public static let q4_K: any WeightFormat = GGUFBlockFormat(kind: .q4_K)
+    public static let q5_K: any WeightFormat = GGUFBlockFormat(kind: .q5_K)
+    public static let q6_K: any WeightFormat = GGUFBlockFormat(kind: .q6_K)
 
-    public static let all: [any WeightFormat] = [f32, bf16, int8, q8_0, q4_0, q4_1, nf4]
+    /// Every format that can be made from f32 rows (`make`).
+    public static let all: [any WeightFormat] = [f32, bf16, int8, q8_0, q4_0, q4_1, nf4, q5_0, q5_1]
+    /// Formats that only come from a file as they are stored there.
+    public static let storedOnly: [any WeightFormat] = [q4_K, q5_K, q6_K]
 
-    public static func named(_ name: String) -> (any WeightFormat)? { all.first { $0.name == name } }
+    public static func named(_ name: String) -> (any WeightFormat)? { (all + storedOnly).first { $0.name == name } }
 }
 
 /// A frozen weight matrix W [out, in] in PyTorch's Linear layout, in some format. Frozen
