@@ -105,55 +105,85 @@ struct Finetune: ParsableCommand {
         try runReportingErrors {
             let c = try resolved()
             if printConfig { print(c.yaml, terminator: ""); return }
-            let ctx = try makeContext(threads: c.threads)
-            let memory = MemoryMeter()
-            note("Training Alpaca-LoRA model with params:")
-            note(c.yaml.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
-            let loaded = try LoadedModel(path: c.baseModel, quantization: c.quantization, pool: ctx.pool)
-            // Positions past the model's context have no RoPE rows: refuse rather than truncate.
-            if c.cutoffLen > loaded.model.config.maxPositionEmbeddings {
-                throw ConfigError.badValue(key: "cutoff_len", value: "\(c.cutoffLen)",
-                                           expected: "at most the model's context length (\(loaded.model.config.maxPositionEmbeddings), max_position_embeddings)")
-            }
-            let prompter = try loadPrompter(c.promptTemplateName)
-            let records = try AlpacaData.load(URL(fileURLWithPath: c.dataPath))
-            if c.valSetSize >= records.count {
-                throw ConfigError.badValue(key: "val_set_size", value: "\(c.valSetSize)", expected: "fewer than the \(records.count) records in \(c.dataPath)")
-            }
-            let builder = ExampleBuilder(tokenizer: loaded.tokenizer, prompter: prompter, cutoffLen: c.cutoffLen,
-                                         trainOnInputs: c.trainOnInputs, addEOSToken: c.addEosToken)
-            let (trainIdx, valIdx) = Sampler.split(count: records.count, valSize: c.valSetSize, seed: c.seed)
-            let train = trainIdx.map { builder.example(records[$0]) }
-            let val = valIdx.map { builder.example(records[$0]) }
-            var rng = RNG(seed: c.seed)
-            let adapter = LoRAAdapter(new: c.adapterConfig, model: loaded.model.config, rng: &rng)
-            let trainer = try Trainer(config: c, model: loaded.model, adapter: adapter, ctx: ctx,
-                                      train: train, validation: val, padID: loaded.padID)
-            // Claimed before training: writable, locked against a second run, stale temporaries
-            // cleaned. Released (and removed if this run left it empty) on every exit path.
-            let output = try OutputFolder(URL(fileURLWithPath: c.outputDir))
-            defer { output.release() }
-            if let r = c.resumeFromCheckpoint {
-                if r == "latest" {
-                    if let latest = OutputFolder.latestCheckpoint(in: output.url) {
-                        note("resuming from \(latest.path)")
-                        try trainer.resume(from: latest)
-                    } else {
-                        note("resume_from_checkpoint: latest: no complete checkpoint in \(output.url.path); starting from step 0")
-                        try TrainingLog.truncate(in: output.url, after: 0)
-                    }
+            let comm = try makeCommunicator(environment: ProcessInfo.processInfo.environment)
+            guard comm.size > 1 else { return try train(c, comm: comm) }
+            // Every rank's error stops the job, with the rank named.
+            do { try train(c, comm: comm) } catch { abortJob(comm, error: error) }
+            finishCommunicator(comm)
+        }
+    }
+
+    /// One rank's run (the only one without MPI): rank 0 claims the output folder, prints and
+    /// writes; the others train silently.
+    func train(_ c: TrainConfig, comm: Communicator) throws {
+        let ctx = try makeContext(threads: c.threads)
+        let memory = MemoryMeter()
+        let say: (String) -> Void = comm.isWriter ? note : { _ in }
+        say("Training Alpaca-LoRA model with params:")
+        say(c.yaml.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
+        if comm.size > 1 {
+            let accum = c.gradientAccumulationSteps
+            say("data parallel: \(comm.size) ranks, \(accum) micro-batches of \(c.microBatchSize) per step of \(c.batchSize) examples" +
+                (accum % comm.size == 0 ? ", \(accum / comm.size) per rank"
+                                        : "; \(accum) is not a multiple of \(comm.size), so some ranks run one micro-batch more (the result is the same)"))
+        }
+        let loaded = try LoadedModel(path: c.baseModel, quantization: c.quantization, pool: ctx.pool)
+        // Positions past the model's context have no RoPE rows: refuse rather than truncate.
+        if c.cutoffLen > loaded.model.config.maxPositionEmbeddings {
+            throw ConfigError.badValue(key: "cutoff_len", value: "\(c.cutoffLen)",
+                                       expected: "at most the model's context length (\(loaded.model.config.maxPositionEmbeddings), max_position_embeddings)")
+        }
+        let prompter = try loadPrompter(c.promptTemplateName)
+        let records = try AlpacaData.load(URL(fileURLWithPath: c.dataPath))
+        if c.valSetSize >= records.count {
+            throw ConfigError.badValue(key: "val_set_size", value: "\(c.valSetSize)", expected: "fewer than the \(records.count) records in \(c.dataPath)")
+        }
+        let builder = ExampleBuilder(tokenizer: loaded.tokenizer, prompter: prompter, cutoffLen: c.cutoffLen,
+                                     trainOnInputs: c.trainOnInputs, addEOSToken: c.addEosToken)
+        let (trainIdx, valIdx) = Sampler.split(count: records.count, valSize: c.valSetSize, seed: c.seed)
+        let train = trainIdx.map { builder.example(records[$0]) }
+        let val = valIdx.map { builder.example(records[$0]) }
+        var rng = RNG(seed: c.seed)
+        let adapter = LoRAAdapter(new: c.adapterConfig, model: loaded.model.config, rng: &rng)
+        let trainer = try Trainer(config: c, model: loaded.model, adapter: adapter, ctx: ctx,
+                                  train: train, validation: val, padID: loaded.padID, comm: comm)
+        // Claimed before training: writable, locked against a second run, stale temporaries
+        // cleaned. Released (and removed if this run left it empty) on every exit path.
+        // Only rank 0 writes, so only rank 0 claims it.
+        let outputURL = URL(fileURLWithPath: c.outputDir)
+        let output = comm.isWriter ? try OutputFolder(outputURL) : nil
+        defer { output?.release() }
+        if let r = c.resumeFromCheckpoint {
+            if r == "latest" {
+                if let latest = OutputFolder.latestCheckpoint(in: outputURL) {
+                    say("resuming from \(latest.path)")
+                    try trainer.resume(from: latest)
                 } else {
-                    try trainer.resume(from: URL(fileURLWithPath: r))
+                    say("resume_from_checkpoint: latest: no complete checkpoint in \(outputURL.path); starting from step 0")
+                    if comm.isWriter { try TrainingLog.truncate(in: outputURL, after: 0) }
                 }
             } else {
-                try TrainingLog.truncate(in: output.url, after: 0)   // a fresh run starts a fresh log
+                try trainer.resume(from: URL(fileURLWithPath: r))
             }
-            let progress = ProgressPrinter(outputDir: URL(fileURLWithPath: c.outputDir))
+        } else if comm.isWriter {
+            try TrainingLog.truncate(in: outputURL, after: 0)   // a fresh run starts a fresh log
+        }
+        let progress = comm.isWriter ? ProgressPrinter(outputDir: outputURL) : nil
+        if comm.size > 1 {
+            DistributedSignals.install(rank: comm.rank, size: comm.size)
+        } else {
             SignalHandling.installInterruptHandler(ctx.cancellation)
-            let summary = try trainer.run { progress.handle($0) }
-            try progress.finish()
-            note(String(format: "done: %d steps in %.1f s, %.1f tokens/s, peak memory %@; adapter in %@",
-                        summary.steps, summary.seconds, summary.tokensPerSecond, memory.peakDescription, summary.adapterPath))
+        }
+        let firstStep = trainer.state.step
+        let summary = try trainer.run { progress?.handle($0) }
+        try progress?.finish()
+        say(String(format: "done: %d steps in %.1f s, %.1f tokens/s, peak memory %@; adapter in %@",
+                   summary.steps, summary.seconds, summary.tokensPerSecond, memory.peakDescription, summary.adapterPath))
+        if comm.size > 1 {
+            say(String(format: "data parallel: %d ranks, %.3f s per step, of which %.3f s (%.1f%%) in the gradient allreduce (rank 0)",
+                       comm.size, summary.seconds / Double(max(1, summary.steps - firstStep)),
+                       trainer.allreduceSeconds / Double(max(1, summary.steps - firstStep)),
+                       100 * trainer.allreduceSeconds / max(summary.seconds, 1e-9)))
         }
     }
 }
