@@ -9,8 +9,9 @@ import XCTest
 final class MPITests: XCTestCase {
     static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures")
-    /// The allreduce sums the ranks' gradients in another order than one process accumulates
-    /// micro-batches (float additions do not associate), so results agree to rounding, not bits.
+    /// The bound. The trainer sums micro-batch gradients in double (Trainer
+    /// `accumulateGradients`), so adapters are in fact equal bit for bit, which is asserted
+    /// too; losses are double sums in another order and agree to rounding.
     static let relativeTolerance = 1e-6
     static let maxSteps = 6
 
@@ -100,7 +101,10 @@ final class MPITests: XCTestCase {
             XCTAssertLessThanOrEqual(rel, Self.relativeTolerance, "\(what): \(name) differs by \(rel) relative", file: file, line: line)
         }
         XCTAssertGreaterThan(changed, 0, "\(what): the adapters are all zero (nothing was trained)", file: file, line: line)
-        print("\(what): largest relative difference \(worst)")
+        let identical = try Data(contentsOf: a.appendingPathComponent("adapter_model.safetensors")) ==
+            Data(contentsOf: b.appendingPathComponent("adapter_model.safetensors"))
+        XCTAssertTrue(identical, "\(what): not bit-exact (largest relative difference \(worst))", file: file, line: line)
+        print("\(what): largest relative difference \(worst), bit-exact: \(identical)")
     }
 
     /// trainer_log.jsonl entries as (step, loss | eval_loss, grad_norm).
