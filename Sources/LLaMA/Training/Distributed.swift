@@ -16,6 +16,9 @@ public protocol Communicator: AnyObject {
     /// Sums `buffer` element-wise over all ranks, in place; every rank gets the same sum.
     func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws
     func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws
+    /// Returns when every rank has called it (used to tell waiting for the slowest rank
+    /// apart from the allreduce's own cost).
+    func barrier() throws
 }
 
 extension Communicator {
@@ -36,6 +39,7 @@ public final class SingleProcess: Communicator {
     public var size: Int { 1 }
     public func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws {}
     public func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws {}
+    public func barrier() throws {}
 }
 
 public enum DistributedError: Error, CustomStringConvertible, Equatable {
@@ -112,6 +116,11 @@ public final class MPICommunicator: Communicator {
         guard let p = buffer.baseAddress, buffer.count > 0 else { return }
         let rc = lora_mpi_allreduce_sum_double(p, Int32(buffer.count))
         guard rc == 0 else { throw DistributedError.mpi(call: "MPI_Allreduce", code: rc) }
+    }
+
+    public func barrier() throws {
+        let rc = lora_mpi_barrier()
+        guard rc == 0 else { throw DistributedError.mpi(call: "MPI_Barrier", code: rc) }
     }
 
     /// Waits for every rank (so rank 0's files are complete before any rank exits), then

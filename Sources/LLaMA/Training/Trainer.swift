@@ -76,7 +76,9 @@ public final class Trainer {
     public let outputDir: URL
     public let comm: Communicator
     public var state = TrainerState()
-    /// Seconds spent in the gradient allreduce (data parallel), for the timing report.
+    /// Data parallel timing: seconds waiting for the slowest rank before the gradient
+    /// allreduce (a barrier: uneven micro-batches, a slower host), and in the allreduce itself.
+    public private(set) var waitSeconds = 0.0
     public private(set) var allreduceSeconds = 0.0
 
     let optimizer: AdamW
@@ -164,9 +166,12 @@ public final class Trainer {
     /// larger messages than one call per tensor), rounded into the adapter's grads.
     func reduceGradients() throws {
         if comm.size > 1 {
-            let t = Date()
+            let t0 = Date()
+            try comm.barrier()
+            let t1 = Date()
             try gradSum.withUnsafeMutableBufferPointer { try comm.allreduceSum($0) }
-            allreduceSeconds += Date().timeIntervalSince(t)
+            waitSeconds += t1.timeIntervalSince(t0)
+            allreduceSeconds += Date().timeIntervalSince(t1)
         }
         var o = 0
         for g in optimizer.grads {
