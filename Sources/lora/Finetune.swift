@@ -180,10 +180,10 @@ struct Finetune: ParsableCommand {
         say(String(format: "done: %d steps in %.1f s, %.1f tokens/s, peak memory %@; adapter in %@",
                    summary.steps, summary.seconds, summary.tokensPerSecond, memory.peakDescription, summary.adapterPath))
         if comm.size > 1 {
-            say(String(format: "data parallel: %d ranks, %.3f s per step, of which %.3f s (%.1f%%) in the gradient allreduce (rank 0)",
-                       comm.size, summary.seconds / Double(max(1, summary.steps - firstStep)),
-                       trainer.allreduceSeconds / Double(max(1, summary.steps - firstStep)),
-                       100 * trainer.allreduceSeconds / max(summary.seconds, 1e-9)))
+            let n = Double(max(1, summary.steps - firstStep)), total = max(summary.seconds, 1e-9)
+            say(String(format: "data parallel: %d ranks, %.3f s per step; rank 0 spent %.4f s (%.2f%%) per step in the gradient allreduce and %.3f s (%.1f%%) waiting for other ranks",
+                       comm.size, total / n, trainer.allreduceSeconds / n, 100 * trainer.allreduceSeconds / total,
+                       trainer.waitSeconds / n, 100 * trainer.waitSeconds / total))
         }
     }
 }
