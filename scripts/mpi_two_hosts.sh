@@ -46,14 +46,22 @@ exec ip netns exec lora_h$n unshare --uts sh -c "hostname lora-h$n; $*"
 AGENT
 chmod +x "$work/nsagent.sh"
 
+fixture=0
 if [ $# -eq 0 ]; then
+  fixture=1
   f=$PWD/Tests/Fixtures
   set -- finetune --base-model "$f/tiny-gqa" --data-path "$f/records.json" --output-dir "$work/out" \
     --batch-size 4 --micro-batch-size 1 --val-set-size 2 --max-steps 6 --logging-steps 1 --cutoff-len 64 \
     --load-8bit false --threads 1
 fi
 ip netns exec lora_h1 unshare --uts sh -c 'hostname lora-h1; exec "$@"' sh \
-  mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 --host 198.18.0.1:1,198.18.0.2:1 \
+  mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 --host 198.18.0.1:1,198.18.0.2:1 --display-map \
     --mca plm_rsh_agent "$work/nsagent.sh" --mca btl tcp,self \
     --mca btl_tcp_if_include 198.18.0.0/24 --mca oob_tcp_if_include 198.18.0.0/24 \
     "$bin" "$@"
+if [ $fixture = 1 ]; then
+  # The same run in one process must give the same adapter, bit for bit.
+  "$bin" "$@" >/dev/null 2>&1 --output-dir "$work/single"
+  cmp "$work/out/adapter_model.safetensors" "$work/single/adapter_model.safetensors"
+  echo "mpi_two_hosts.sh: 2 hosts give the single-process adapter bit for bit"
+fi
