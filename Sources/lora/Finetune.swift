@@ -116,7 +116,10 @@ struct Finetune: ParsableCommand {
     /// One rank's run (the only one without MPI): rank 0 claims the output folder, prints and
     /// writes; the others train silently.
     func train(_ c: TrainConfig, comm: Communicator) throws {
-        let ctx = try makeContext(threads: c.threads)
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        let threads = comm.size > 1 ? Launcher.threadsPerRank(requested: c.threads, cores: cores,
+                                                              environment: ProcessInfo.processInfo.environment) : c.threads
+        let ctx = try makeContext(threads: threads)
         let memory = MemoryMeter()
         let say: (String) -> Void = comm.isWriter ? note : { _ in }
         say("Training Alpaca-LoRA model with params:")
@@ -126,6 +129,7 @@ struct Finetune: ParsableCommand {
             say("data parallel: \(comm.size) ranks, \(accum) micro-batches of \(c.microBatchSize) per step of \(c.batchSize) examples" +
                 (accum % comm.size == 0 ? ", \(accum / comm.size) per rank"
                                         : "; \(accum) is not a multiple of \(comm.size), so some ranks run one micro-batch more (the result is the same)"))
+            if threads != c.threads { say("threads: \(threads) per rank (this host's \(cores) cores shared by its ranks; --threads overrides)") }
         }
         let loaded = try LoadedModel(path: c.baseModel, quantization: c.quantization, pool: ctx.pool)
         // Positions past the model's context have no RoPE rows: refuse rather than truncate.

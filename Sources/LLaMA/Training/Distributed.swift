@@ -73,6 +73,22 @@ public enum Launcher {
         return nil
     }
 
+    /// How many ranks the launcher started on this host (Open MPI's
+    /// OMPI_COMM_WORLD_LOCAL_SIZE, MPICH's MPI_LOCALNRANKS); nil when it did not say.
+    public static func localRanks(environment: [String: String]) -> Int? {
+        for v in ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"] {
+            if let s = environment[v], let n = Int(s), n >= 1 { return n }
+        }
+        return nil
+    }
+
+    /// Threads per rank for `threads: 0` (all cores): the host's cores shared by its ranks,
+    /// so N ranks on one machine do not run N x cores threads.
+    public static func threadsPerRank(requested: Int, cores: Int, environment: [String: String]) -> Int {
+        guard requested == 0, let local = localRanks(environment: environment), local > 1 else { return requested }
+        return max(1, cores / local)
+    }
+
     /// True when this binary was built with the MPI trait.
     public static var builtWithMPI: Bool {
         #if MPI
