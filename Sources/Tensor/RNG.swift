@@ -32,11 +32,6 @@ public struct RNG: Sendable, Equatable, Codable {
         return result
     }
 
-    /// Advances the state by `n` draws of `next()` (what `n` calls would consume).
-    public mutating func discard(_ n: Int) {
-        for _ in 0..<n { _ = next() }
-    }
-
     /// Uniform in [0, 1) with 24 bits of precision (exactly representable as Float).
     public mutating func uniform() -> Float {
         Float(next() >> 40) * (1.0 / 16_777_216.0)

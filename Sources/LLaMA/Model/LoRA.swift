@@ -204,16 +204,6 @@ public final class LoRAAdapter: @unchecked Sendable {
     }
 
     public var parameterCount: Int { trainable.reduce(0) { $0 + $1.param.count } }
-
-    /// How many numbers a training forward over `rows` (B * T) token rows draws from the RNG
-    /// for dropout masks (`LoRALayer.drop`: one per input element of each site with dropout):
-    /// a data-parallel rank discards this many for each micro-batch another rank runs.
-    public func dropoutDraws(rows: Int) -> Int {
-        sites.reduce(0) { n, s in
-            let l = layers[s]!
-            return l.dropout > 0 ? n + rows * l.inFeatures : n
-        }
-    }
     public var maxRank: Int { layers.values.map(\.r).max() ?? 0 }
 
     public func enableGradients() { for l in layers.values { l.enableGradients() } }

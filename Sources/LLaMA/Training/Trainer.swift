@@ -61,8 +61,9 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
 /// k with k % N == rank, so gradient accumulation per rank is accum / N. Gradients are scaled
 /// by 1 / (trained tokens of the whole global step), so one flat allreduce-sum of all LoRA
 /// gradients (in double, see `accumulateGradients`) gives the single-process gradient bit for
-/// bit; the loss sums are reduced the same way (equal to rounding). Clipping and AdamW then run identically on every
-/// rank. A rank skips the dropout draws of the micro-batches it does not run, so the RNG,
+/// bit; the loss sums are reduced the same way (equal to rounding). Clipping and AdamW then
+/// run identically on every rank. Each micro-batch's dropout generator is seeded from the
+/// run's stream in order, so a rank that skips a micro-batch consumes one number and the RNG,
 /// and with it the checkpoint, is the same at any world size. Only rank 0 writes files.
 public final class Trainer {
     public let config: TrainConfig
@@ -217,13 +218,15 @@ public final class Trainer {
             if tokens > 0 {
                 let scale = 1 / Float(tokens)
                 for (k, b) in batches.enumerated() {
-                    guard k % comm.size == comm.rank else {   // another rank's micro-batch
-                        state.rng.discard(adapter.dropoutDraws(rows: b.B * b.T))
-                        continue
-                    }
+                    // Each micro-batch draws its dropout masks from its own generator, seeded
+                    // from the run's stream in micro-batch order: a rank skipping another's
+                    // micro-batch consumes one number, and every rank's stream (and so the
+                    // checkpoint) stays the same at any world size.
+                    var rng = RNG(seed: state.rng.next())
+                    guard k % comm.size == comm.rank else { continue }   // another rank's micro-batch
                     optimizer.zeroGradients()
                     lossSum += model.forwardBackward(b, adapters: AdapterSet(adapter), acts: acts, ctx: ctx,
-                                                     rng: &state.rng, gradScale: scale).lossSum
+                                                     rng: &rng, gradScale: scale).lossSum
                     accumulateGradients()
                 }
             }
