@@ -190,6 +190,19 @@ final class MPITests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: out.path), "nothing written")
     }
 
+    /// An error on one rank (rank 0 cannot lock the output folder) names the rank and stops
+    /// the others, which would otherwise wait for it in the first allreduce.
+    func testErrorOnOneRankStopsTheJob() throws {
+        let (bin, mpirun) = try mpi()
+        let out = tmp.appendingPathComponent("locked")
+        try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+        try "\(getpid())\n".write(to: out.appendingPathComponent(".lora.lock"), atomically: true, encoding: .utf8)
+        let r = try run(mpirun, Self.mpirunFlags + ["-np", "2", bin] + args(out, extra: ["--max-steps", "100000"]), timeout: 120)
+        XCTAssertNotEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("error (rank 0 of 2)") && r.stderr.contains("in use by another lora process"), r.stderr)
+        XCTAssertLessThan(r.seconds, 120, "the job ended")
+    }
+
     static func children(of pid: Int32) -> [Int32] {
         let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
         return text.split(separator: " ").compactMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
