@@ -29,6 +29,9 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public var addEosToken: Bool = false
     public var groupByLength: Bool = false
     public var promptTemplateName: String = "alpaca"
+    /// For chat-format data (`{"messages": [...]}` records): a template kind (chatml, llama2,
+    /// llama3, mistral, alpaca) or a Jinja file; nil uses the model's own chat template.
+    public var chatTemplate: String? = nil
     public var resumeFromCheckpoint: String? = nil
     // Trainer (transformers TrainingArguments as finetune.py sets them)
     public var warmupSteps: Int = 100
@@ -54,7 +57,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case loraR = "lora_r", loraAlpha = "lora_alpha", loraDropout = "lora_dropout"
         case loraTargetModules = "lora_target_modules", useRslora = "use_rslora"
         case trainOnInputs = "train_on_inputs", addEosToken = "add_eos_token", groupByLength = "group_by_length"
-        case promptTemplateName = "prompt_template_name", resumeFromCheckpoint = "resume_from_checkpoint"
+        case promptTemplateName = "prompt_template_name", chatTemplate = "chat_template", resumeFromCheckpoint = "resume_from_checkpoint"
         case warmupSteps = "warmup_steps", loggingSteps = "logging_steps", evalSteps = "eval_steps"
         case saveSteps = "save_steps", saveTotalLimit = "save_total_limit", maxGradNorm = "max_grad_norm"
         case weightDecay = "weight_decay", seed, maxSteps = "max_steps", quantization, threads
@@ -89,6 +92,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         addEosToken = try get(.addEosToken, d.addEosToken)
         groupByLength = try get(.groupByLength, d.groupByLength)
         promptTemplateName = try get(.promptTemplateName, d.promptTemplateName)
+        chatTemplate = try c.decodeIfPresent(String.self, forKey: .chatTemplate)
         resumeFromCheckpoint = try c.decodeIfPresent(String.self, forKey: .resumeFromCheckpoint)
         warmupSteps = try get(.warmupSteps, d.warmupSteps)
         loggingSteps = try get(.loggingSteps, d.loggingSteps)
@@ -141,6 +145,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
             case .addEosToken: v = "\(addEosToken)"
             case .groupByLength: v = "\(groupByLength)"
             case .promptTemplateName: v = str(promptTemplateName)
+            case .chatTemplate: v = chatTemplate.map(str) ?? "null"
             case .resumeFromCheckpoint: v = resumeFromCheckpoint.map(str) ?? "null"
             case .warmupSteps: v = "\(warmupSteps)"
             case .loggingSteps: v = "\(loggingSteps)"
