@@ -59,7 +59,7 @@ final class MPITests: XCTestCase {
         p.arguments = args
         if let environment { p.environment = environment }
         let errURL = tmp.appendingPathComponent("stderr-\(UInt32.random(in: 0...UInt32.max)).txt")
-        FileManager.default.createFile(atPath: errURL.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
         let err = try FileHandle(forWritingTo: errURL)
         defer { try? err.close() }
         p.standardError = err
