@@ -25,6 +25,7 @@ struct Finetune: ParsableCommand {
     @Option(name: .customLong("lora-dropout"), help: Self.help(.loraDropout, "Dropout on the adapter input")) var loraDropout: Double?
     @Option(name: .customLong("lora-target-modules"), help: Self.help(.loraTargetModules, "Comma-separated projections, e.g. q_proj,v_proj")) var loraTargetModules: String?
     @Option(name: .customLong("use-rslora"), help: Self.help(.useRslora, "Scale alpha / sqrt(r) (true|false)")) var useRslora: Bool?
+    @Option(name: .customLong("use-dora"), help: Self.help(.useDora, "DoRA: learn a magnitude per output row besides A and B (true|false)")) var useDora: Bool?
     @Option(name: .customLong("train-on-inputs"), help: Self.help(.trainOnInputs, "false masks the prompt out of the loss (true|false)")) var trainOnInputs: Bool?
     @Option(name: .customLong("add-eos-token"), help: Self.help(.addEosToken, "As finetune.py: shifts the prompt mask when train_on_inputs is false (true|false)")) var addEosToken: Bool?
     @Option(name: .customLong("group-by-length"), help: Self.help(.groupByLength, "Batch examples of similar length (true|false)")) var groupByLength: Bool?
@@ -76,6 +77,7 @@ struct Finetune: ParsableCommand {
             }
         }
         if let v = useRslora { c.useRslora = v }
+        if let v = useDora { c.useDora = v }
         if let v = trainOnInputs { c.trainOnInputs = v }
         if let v = addEosToken { c.addEosToken = v }
         if let v = groupByLength { c.groupByLength = v }
@@ -162,7 +164,7 @@ struct Finetune: ParsableCommand {
             val = try builder.examples(records, indices: valIdx, path: c.dataPath)
         }
         var rng = RNG(seed: c.seed)
-        let adapter = LoRAAdapter(new: c.adapterConfig, model: loaded.model.config, rng: &rng)
+        let adapter = LoRAAdapter(new: c.adapterConfig, model: loaded.model, rng: &rng)
         let trainer = try Trainer(config: c, model: loaded.model, adapter: adapter, ctx: ctx,
                                   train: train, validation: val, padID: loaded.padID, comm: comm)
         // Claimed before training: writable, locked against a second run, stale temporaries

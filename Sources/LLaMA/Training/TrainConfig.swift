@@ -24,6 +24,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public var loraDropout: Double = 0.05
     public var loraTargetModules: [Projection] = [.q, .v]
     public var useRslora: Bool = false
+    /// DoRA (PEFT's use_dora): a trained magnitude per output row of each target.
+    public var useDora: Bool = false
     // LLM hyper-parameters
     public var trainOnInputs: Bool = true
     public var addEosToken: Bool = false
@@ -55,7 +57,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case batchSize = "batch_size", microBatchSize = "micro_batch_size", numEpochs = "num_epochs"
         case learningRate = "learning_rate", cutoffLen = "cutoff_len", valSetSize = "val_set_size"
         case loraR = "lora_r", loraAlpha = "lora_alpha", loraDropout = "lora_dropout"
-        case loraTargetModules = "lora_target_modules", useRslora = "use_rslora"
+        case loraTargetModules = "lora_target_modules", useRslora = "use_rslora", useDora = "use_dora"
         case trainOnInputs = "train_on_inputs", addEosToken = "add_eos_token", groupByLength = "group_by_length"
         case promptTemplateName = "prompt_template_name", chatTemplate = "chat_template", resumeFromCheckpoint = "resume_from_checkpoint"
         case warmupSteps = "warmup_steps", loggingSteps = "logging_steps", evalSteps = "eval_steps"
@@ -88,6 +90,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         loraDropout = try get(.loraDropout, d.loraDropout)
         loraTargetModules = try get(.loraTargetModules, d.loraTargetModules)
         useRslora = try get(.useRslora, d.useRslora)
+        useDora = try get(.useDora, d.useDora)
         trainOnInputs = try get(.trainOnInputs, d.trainOnInputs)
         addEosToken = try get(.addEosToken, d.addEosToken)
         groupByLength = try get(.groupByLength, d.groupByLength)
@@ -141,6 +144,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
             case .loraDropout: v = "\(loraDropout)"
             case .loraTargetModules: v = "[" + loraTargetModules.map(\.rawValue).joined(separator: ", ") + "]"
             case .useRslora: v = "\(useRslora)"
+            case .useDora: v = "\(useDora)"
             case .trainOnInputs: v = "\(trainOnInputs)"
             case .addEosToken: v = "\(addEosToken)"
             case .groupByLength: v = "\(groupByLength)"
@@ -192,7 +196,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
 
     public var adapterConfig: AdapterConfig {
         AdapterConfig(r: loraR, loraAlpha: loraAlpha, loraDropout: loraDropout, targetModules: loraTargetModules,
-                      useRslora: useRslora, baseModelNameOrPath: baseModel)
+                      useRslora: useRslora, useDora: useDora, baseModelNameOrPath: baseModel)
     }
 
     /// Refuses nonsense before any work starts; each message names the key and the value.
