@@ -156,6 +156,20 @@ final class MPITests: XCTestCase {
         try assertAdaptersClose(single, resumed, "2 ranks to step 3, then 1 process, vs 1 process")
     }
 
+    /// DoRA's magnitude is one more trainable tensor in the same flat allreduce: 2 ranks give
+    /// the single-process DoRA adapter too.
+    func testDoRATwoRanksEqualOneProcess() throws {
+        let (bin, mpirun) = try mpi()
+        let single = tmp.appendingPathComponent("single"), two = tmp.appendingPathComponent("two")
+        let dora = ["--use-dora", "true"]
+        let r1 = try run(bin, args(single, extra: dora))
+        XCTAssertEqual(r1.status, 0, r1.stderr)
+        let r2 = try run(mpirun, Self.mpirunFlags + ["-np", "2", bin] + args(two, extra: dora))
+        XCTAssertEqual(r2.status, 0, r2.stderr)
+        try assertAdaptersClose(single, two, "DoRA, 2 ranks vs 1 process")
+        try assertLogsClose(single, two)
+    }
+
     /// SIGKILL of rank 1 mid-training: mpirun stops rank 0 (no hang), which says why, and the
     /// job fails, all within a bound.
     func testKilledRankStopsTheJob() throws {
