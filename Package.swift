@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 let package = Package(
@@ -9,6 +9,12 @@ let package = Package(
         .library(name: "LLaMA", targets: ["LLaMA"]),
         .library(name: "Tensor", targets: ["Tensor"]),
     ],
+    // `swift build --traits MPI` adds data-parallel training over MPI (Debian: openmpi-bin
+    // libopenmpi-dev); the default build needs no MPI and says how to enable it.
+    traits: [
+        .trait(name: "MPI", description: "Data-parallel training with MPI (needs libopenmpi-dev)"),
+        .default(enabledTraits: []),
+    ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
@@ -17,6 +23,9 @@ let package = Package(
         // System libraries (Debian: libopenblas-dev, libjson-c-dev, libsentencepiece-dev).
         .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
+        // Only with the MPI trait: inline wrappers for mpi.h's handles (macros Swift cannot import).
+        .systemLibrary(name: "CMPI", path: "Sources/CMPI", pkgConfig: "mpi-c",
+                       providers: [.apt(["libopenmpi-dev"])]),
         .systemLibrary(name: "CJSONC", path: "Sources/CJSONC", pkgConfig: "json-c",
                        providers: [.apt(["libjson-c-dev"])]),
         // A C API over libsentencepiece's C++ so Swift needs no C++ interop.
@@ -34,7 +43,8 @@ let package = Package(
         // Checked (-O): user input (checkpoints, configs, tokenizers, data) reaches this
         // module, so its preconditions and overflow traps must stay in.
         .target(name: "LLaMA", dependencies: ["Tensor", "CSentencePiece", "CJSONC",
-                                            .product(name: "Yams", package: "Yams")]),
+                                            .product(name: "Yams", package: "Yams"),
+                                            .target(name: "CMPI", condition: .when(traits: ["MPI"]))]),
         .executableTarget(name: "lora", dependencies: [
             "LLaMA", "Tensor",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

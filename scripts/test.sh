@@ -11,6 +11,9 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--asan" ]; then shift; exec scripts/test_asan.sh "$@"; fi
 scripts/install_deps.sh
 swift build -c release --build-tests -Xswiftc -enable-testing
+# The MPI variant (data-parallel finetune) in its own scratch path; MPITests run it under mpirun.
+swift build -c release --traits MPI --scratch-path .build-mpi --product lora
+export LORA_MPI_BINARY="$PWD/.build-mpi/release/lora"
 swift test -c release --skip-build -Xswiftc -enable-testing "$@"
 if [ $# -eq 0 ]; then
   parity='TrainingParityTests|ForwardParityTests|GenerationParityTests|MergeTests|ResumeTests|DoRATests|NF4Tests|GGUFKQuantTests'

@@ -42,10 +42,10 @@ struct Finetune: ParsableCommand {
     @Option(help: Self.help(.seed, "Seed of data order, split, LoRA init and dropout")) var seed: UInt64?
     @Option(name: .customLong("max-steps"), help: Self.help(.maxSteps, "Stop after N optimizer steps (-1 = from num_epochs)")) var maxSteps: Int?
     @Option(help: Self.help(.quantization, "Frozen weights: none (f32), bf16, int8, q8_0, q4_0, q4_1, nf4 (QLoRA's 4-bit NF4), or stored (a GGUF's own formats)")) var quantization: Quantization?
+    @OptionGroup var output: OutputOptions
     @Option(name: .customLong("load-8bit"), help: "alpaca-lora's flag: true = --quantization int8, false = none") var load8bit: Bool?
     @Option(help: Self.help(.threads, "Threads (0 = all cores)")) var threads: Int?
     @Flag(name: .customLong("print-config"), help: "Print the resolved settings as YAML and exit.") var printConfig = false
-    @OptionGroup var output: OutputOptions
 
     /// Help text with the default from TrainConfig (the one place defaults live).
     static func help(_ k: TrainConfig.CodingKeys, _ text: String) -> ArgumentHelp {
@@ -110,78 +110,114 @@ struct Finetune: ParsableCommand {
         try runReportingErrors {
             let c = try resolved()
             if printConfig { print(c.yaml, terminator: ""); return }
-            let ctx = try makeContext(threads: c.threads)
-            let memory = MemoryMeter()
-            let quiet = output.quiet
-            if !quiet {
-                note("Training Alpaca-LoRA model with params:")
-                note(c.yaml.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
-            }
-            let renderer = ProgressRenderer(quiet: quiet)
-            let loaded = try loadModel(c.baseModel, quantization: c.quantization, ctx: ctx, progress: renderer)
-            // Positions past the model's context have no RoPE rows: refuse rather than truncate.
-            if c.cutoffLen > loaded.model.config.maxPositionEmbeddings {
-                throw ConfigError.badValue(key: "cutoff_len", value: "\(c.cutoffLen)",
-                                           expected: "at most the model's context length (\(loaded.model.config.maxPositionEmbeddings), max_position_embeddings)")
-            }
-            // Alpaca or chat records, whichever the file holds (its first record decides).
-            let data = try TrainingRecords.load(URL(fileURLWithPath: c.dataPath))
-            if c.valSetSize >= data.count {
-                throw ConfigError.badValue(key: "val_set_size", value: "\(c.valSetSize)", expected: "fewer than the \(data.count) records in \(c.dataPath)")
-            }
-            let (trainIdx, valIdx) = Sampler.split(count: data.count, valSize: c.valSetSize, seed: c.seed)
-            let train: [Example], val: [Example]
-            switch data {
-            case .alpaca(let records):
-                let prompter = try loadPrompter(c.promptTemplateName)
-                let builder = ExampleBuilder(tokenizer: loaded.tokenizer, prompter: prompter, cutoffLen: c.cutoffLen,
-                                             trainOnInputs: c.trainOnInputs, addEOSToken: c.addEosToken)
-                renderer.begin(.tokenize)
-                let tokenized = builder.examples(records, progress: renderer.handler)
-                train = trainIdx.map { tokenized[$0] }
-                val = valIdx.map { tokenized[$0] }
-            case .chat(let records):
-                // Loss on assistant turns only, whatever train_on_inputs says (it is Alpaca's).
-                let template = try loaded.chatTemplate(override: c.chatTemplate)
-                if !quiet { note("chat-format data: \(records.count) conversations, chat template \(template.kind.rawValue)\(c.chatTemplate == nil ? " (the model's)" : ""), loss on assistant turns") }
-                let builder = ChatExampleBuilder(tokenizer: loaded.tokenizer, template: template, cutoffLen: c.cutoffLen)
-                train = try builder.examples(records, indices: trainIdx, path: c.dataPath)
-                val = try builder.examples(records, indices: valIdx, path: c.dataPath)
-            }
-            var rng = RNG(seed: c.seed)
-            let adapter = LoRAAdapter(new: c.adapterConfig, model: loaded.model, rng: &rng)
-            let trainer = try Trainer(config: c, model: loaded.model, adapter: adapter, ctx: ctx,
-                                      train: train, validation: val, padID: loaded.padID)
-            // Claimed before training: writable, locked against a second run, stale temporaries
-            // cleaned. Released (and removed if this run left it empty) on every exit path.
-            let output = try OutputFolder(URL(fileURLWithPath: c.outputDir))
-            defer { output.release() }
-            if let r = c.resumeFromCheckpoint {
-                if r == "latest" {
-                    if let latest = OutputFolder.latestCheckpoint(in: output.url) {
-                        note("resuming from \(latest.path)")
-                        try trainer.resume(from: latest)
-                    } else {
-                        note("resume_from_checkpoint: latest: no complete checkpoint in \(output.url.path); starting from step 0")
-                        try TrainingLog.truncate(in: output.url, after: 0)
-                    }
+            let comm = try makeCommunicator(environment: ProcessInfo.processInfo.environment)
+            guard comm.size > 1 else { return try train(c, comm: comm) }
+            // Every rank's error stops the job, with the rank named.
+            do { try train(c, comm: comm) } catch { abortJob(comm, error: error) }
+            finishCommunicator(comm)
+        }
+    }
+
+    /// One rank's run (the only one without MPI): rank 0 claims the output folder, prints and
+    /// writes; the others train silently.
+    func train(_ c: TrainConfig, comm: Communicator) throws {
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        let threads = comm.size > 1 ? Launcher.threadsPerRank(requested: c.threads, cores: cores,
+                                                              environment: ProcessInfo.processInfo.environment) : c.threads
+        let ctx = try makeContext(threads: threads)
+        let memory = MemoryMeter()
+        let quiet = output.quiet
+        let say: (String) -> Void = comm.isWriter && !quiet ? note : { _ in }
+        say("Training Alpaca-LoRA model with params:")
+        say(c.yaml.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
+        if comm.size > 1 {
+            let accum = c.gradientAccumulationSteps
+            say("data parallel: \(comm.size) ranks, \(accum) micro-batches of \(c.microBatchSize) per step of \(c.batchSize) examples" +
+                (accum % comm.size == 0 ? ", \(accum / comm.size) per rank"
+                                        : "; \(accum) is not a multiple of \(comm.size), so some ranks run one micro-batch more (the result is the same)"))
+            if threads != c.threads { say("threads: \(threads) per rank (this host's \(cores) cores shared by its ranks; --threads overrides)") }
+        }
+        // Rank 0 alone shows progress; the other ranks run silently.
+        let renderer = ProgressRenderer(quiet: quiet || !comm.isWriter)
+        let loaded = try loadModel(c.baseModel, quantization: c.quantization, ctx: ctx, progress: renderer)
+        // Positions past the model's context have no RoPE rows: refuse rather than truncate.
+        if c.cutoffLen > loaded.model.config.maxPositionEmbeddings {
+            throw ConfigError.badValue(key: "cutoff_len", value: "\(c.cutoffLen)",
+                                       expected: "at most the model's context length (\(loaded.model.config.maxPositionEmbeddings), max_position_embeddings)")
+        }
+        // Alpaca or chat records, whichever the file holds (its first record decides).
+        let data = try TrainingRecords.load(URL(fileURLWithPath: c.dataPath))
+        if c.valSetSize >= data.count {
+            throw ConfigError.badValue(key: "val_set_size", value: "\(c.valSetSize)", expected: "fewer than the \(data.count) records in \(c.dataPath)")
+        }
+        let (trainIdx, valIdx) = Sampler.split(count: data.count, valSize: c.valSetSize, seed: c.seed)
+        let train: [Example], val: [Example]
+        switch data {
+        case .alpaca(let records):
+            let prompter = try loadPrompter(c.promptTemplateName)
+            let builder = ExampleBuilder(tokenizer: loaded.tokenizer, prompter: prompter, cutoffLen: c.cutoffLen,
+                                         trainOnInputs: c.trainOnInputs, addEOSToken: c.addEosToken)
+            renderer.begin(.tokenize)
+            let tokenized = builder.examples(records, progress: renderer.handler)
+            train = trainIdx.map { tokenized[$0] }
+            val = valIdx.map { tokenized[$0] }
+        case .chat(let records):
+            // Loss on assistant turns only, whatever train_on_inputs says (it is Alpaca's).
+            let template = try loaded.chatTemplate(override: c.chatTemplate)
+            say("chat-format data: \(records.count) conversations, chat template \(template.kind.rawValue)\(c.chatTemplate == nil ? " (the model's)" : ""), loss on assistant turns")
+            let builder = ChatExampleBuilder(tokenizer: loaded.tokenizer, template: template, cutoffLen: c.cutoffLen)
+            train = try builder.examples(records, indices: trainIdx, path: c.dataPath)
+            val = try builder.examples(records, indices: valIdx, path: c.dataPath)
+        }
+        var rng = RNG(seed: c.seed)
+        let adapter = LoRAAdapter(new: c.adapterConfig, model: loaded.model, rng: &rng)
+        let trainer = try Trainer(config: c, model: loaded.model, adapter: adapter, ctx: ctx,
+                                  train: train, validation: val, padID: loaded.padID, comm: comm)
+        // Claimed before training: writable, locked against a second run, stale temporaries
+        // cleaned. Released (and removed if this run left it empty) on every exit path.
+        // Only rank 0 writes, so only rank 0 claims it.
+        let outputURL = URL(fileURLWithPath: c.outputDir)
+        let folder = comm.isWriter ? try OutputFolder(outputURL) : nil
+        defer { folder?.release() }
+        if let r = c.resumeFromCheckpoint {
+            if r == "latest" {
+                if let latest = OutputFolder.latestCheckpoint(in: outputURL) {
+                    say("resuming from \(latest.path)")
+                    try trainer.resume(from: latest)
                 } else {
-                    try trainer.resume(from: URL(fileURLWithPath: r))
+                    say("resume_from_checkpoint: latest: no complete checkpoint in \(outputURL.path); starting from step 0")
+                    if comm.isWriter { try TrainingLog.truncate(in: outputURL, after: 0) }
                 }
             } else {
-                try TrainingLog.truncate(in: output.url, after: 0)   // a fresh run starts a fresh log
+                try trainer.resume(from: URL(fileURLWithPath: r))
             }
-            let progress = ProgressPrinter(outputDir: URL(fileURLWithPath: c.outputDir), renderer: renderer)
+        } else if comm.isWriter {
+            try TrainingLog.truncate(in: outputURL, after: 0)   // a fresh run starts a fresh log
+        }
+        let progress = comm.isWriter ? ProgressPrinter(outputDir: outputURL, renderer: renderer) : nil
+        if comm.size > 1 {
+            DistributedSignals.install(rank: comm.rank, size: comm.size)
+        } else {
             SignalHandling.installInterruptHandler(ctx.cancellation)
-            let summary = try trainer.run { progress.handle($0) }
-            try progress.finish()
+        }
+        let firstStep = trainer.state.step
+        let summary = try trainer.run { progress?.handle($0) }
+        try progress?.finish()
+        if let folder, let progress {
             let card = ModelCard(config: c, records: data.count, trainRecords: train.count, validationRecords: val.count,
                                  steps: summary.steps, finalLoss: summary.finalLoss, finalEvalLoss: progress.lastEvalLoss,
                                  bestEvalLoss: summary.bestEvalLoss, bestStep: trainer.state.bestStep,
                                  command: ["lora"] + CommandLine.arguments.dropFirst())
-            try AtomicFile.write(card.markdown, to: output.url.appendingPathComponent(ModelCard.fileName))
-            note(String(format: "done: %d steps in %.1f s, %.1f tokens/s, peak memory %@; adapter in %@",
-                        summary.steps, summary.seconds, summary.tokensPerSecond, memory.peakDescription, summary.adapterPath))
+            try AtomicFile.write(card.markdown, to: folder.url.appendingPathComponent(ModelCard.fileName))
+        }
+        // The result line is printed even under --quiet (rank 0 only).
+        if comm.isWriter { note(String(format: "done: %d steps in %.1f s, %.1f tokens/s, peak memory %@; adapter in %@",
+                   summary.steps, summary.seconds, summary.tokensPerSecond, memory.peakDescription, summary.adapterPath)) }
+        if comm.size > 1 {
+            let n = Double(max(1, summary.steps - firstStep)), total = max(summary.seconds, 1e-9)
+            say(String(format: "data parallel: %d ranks, %.3f s per step; rank 0 spent %.4f s (%.2f%%) per step in the gradient allreduce and %.3f s (%.1f%%) waiting for other ranks",
+                       comm.size, total / n, trainer.allreduceSeconds / n, 100 * trainer.allreduceSeconds / total,
+                       trainer.waitSeconds / n, 100 * trainer.waitSeconds / total))
         }
     }
 }

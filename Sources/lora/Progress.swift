@@ -53,8 +53,10 @@ final class ProgressPrinter {
 
     func line(_ p: TrainingEvent.Progress) -> String {
         let remaining = p.step > 0 ? p.elapsed / Double(p.step) * Double(p.totalSteps - p.step) : 0
-        return String(format: "step %d/%d  epoch %.2f  loss %.4f  lr %.3g  grad_norm %.3f  %.0f tok/s  ETA %@",
-                      p.step, p.totalSteps, p.epoch, p.loss, p.learningRate, p.gradNorm, p.tokensPerSecond, duration(remaining))
+        // With N ranks, tok/s is the aggregate over all of them.
+        let ranks = p.worldSize > 1 ? "  \(p.worldSize) ranks" : ""
+        return String(format: "step %d/%d  epoch %.2f  loss %.4f  lr %.3g  grad_norm %.3f  %.0f tok/s%@  ETA %@",
+                      p.step, p.totalSteps, p.epoch, p.loss, p.learningRate, p.gradNorm, p.tokensPerSecond, ranks, duration(remaining))
     }
 
     func finish() throws { try log.close() }
