@@ -100,13 +100,14 @@ struct Serve: ParsableCommand {
             note("lora serve: \(base) (\(loaded.model.quantization.rawValue) weights), \(registry.list().count) adapters, batch \(maxBatch), context \(context)")
             // SIGTERM: Hummingbird stops accepting and lets requests in flight finish; this
             // watchdog bounds that wait.
+            signal(SIGTERM, SIG_IGN)
             let term = DispatchSource.makeSignalSource(signal: SIGTERM, queue: .global())
             term.setEventHandler {
                 routes.beginDrain()
                 engine.beginShutdown()
                 note("lora serve: SIGTERM, draining (at most \(drain) s)")
                 DispatchQueue.global().asyncAfter(deadline: .now() + drain) {
-                    note("lora serve: drain timeout, exiting"); exit(0)
+                    note("lora serve: drain timeout, exiting"); Foundation.exit(0)
                 }
             }
             term.resume()

@@ -26,7 +26,7 @@ final class ServeRoutes: @unchecked Sendable {
         self.defaultChatMaxTokens = defaultChatMaxTokens; self.chatTemplate = chatTemplate
     }
 
-    func beginDrain() { lock.lock(); draining = true; lock.unlock() }
+    func beginDrain() { lock.withLock { draining = true } }
 
     // MARK: dispatch
 
@@ -37,7 +37,7 @@ final class ServeRoutes: @unchecked Sendable {
         } catch {
             r = json(ServeError(status: 500, type: "server_error", message: "\(error)", param: nil, code: nil).json, status: 500)
         }
-        lock.lock(); perStatus[r.status.code, default: 0] += 1; lock.unlock()
+        lock.withLock { perStatus[r.status.code, default: 0] += 1 }
         return r
     }
 
@@ -176,7 +176,7 @@ final class ServeRoutes: @unchecked Sendable {
             throw ServeError.badRequest("max_tokens \(g.sampling.maxTokens) plus the prompt's \(ids.count) tokens exceeds this server's context of \(maxContext) tokens",
                                         param: "max_tokens", code: "context_length_exceeded")
         }
-        lock.lock(); let isDraining = draining; lock.unlock()
+        let isDraining = lock.withLock { draining }
         if isDraining { throw ServeError(status: 503, type: "server_error", message: "the server is shutting down", param: nil, code: nil) }
 
         let (events, cont) = AsyncStream<ServeEvent>.makeStream()
@@ -189,7 +189,7 @@ final class ServeRoutes: @unchecked Sendable {
             case .tooLong: throw ServeError.badRequest(e.description, param: "max_tokens", code: "context_length_exceeded")
             }
         }
-        lock.lock(); perModel[g.model, default: 0] += 1; lock.unlock()
+        lock.withLock { perModel[g.model, default: 0] += 1 }
         let id = (chat ? "chatcmpl-" : "cmpl-") + UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(24).lowercased()
         let created = Int(Date().timeIntervalSince1970)
         let answer = Answer(tokenizer: tokenizer, prompt: ids, stops: stops)
@@ -216,8 +216,9 @@ final class ServeRoutes: @unchecked Sendable {
         }
 
         let includeUsage = g.includeUsage
+        let promptCount = ids.count
         let object = chat ? "chat.completion.chunk" : "text_completion"
-        func chunk(_ text: String?, role: Bool = false, finish: FinishReason?) -> [UInt8] {
+        @Sendable func chunk(_ text: String?, role: Bool = false, finish: FinishReason?) -> [UInt8] {
             var choice: [String: Any] = ["index": 0, "finish_reason": finish?.rawValue ?? NSNull(), "logprobs": NSNull()]
             if chat {
                 var delta: [String: Any] = [:]
@@ -252,7 +253,7 @@ final class ServeRoutes: @unchecked Sendable {
                 try await writer.write(ByteBuffer(bytes: chunk(chat ? nil : "", finish: reason)))
                 if includeUsage {
                     try await writer.write(ByteBuffer(bytes: sse(["id": id, "object": object, "created": created, "model": model, "choices": [Any](),
-                        "usage": ["prompt_tokens": ids.count, "completion_tokens": answer.tokens, "total_tokens": ids.count + answer.tokens]])))
+                        "usage": ["prompt_tokens": promptCount, "completion_tokens": answer.tokens, "total_tokens": promptCount + answer.tokens]])))
                 }
                 try await writer.write(ByteBuffer(bytes: Array("data: [DONE]\n\n".utf8)))
                 try await writer.finish(nil)
@@ -273,7 +274,7 @@ final class ServeRoutes: @unchecked Sendable {
 
     private func metrics() -> Response {
         let s = engine.snapshot
-        lock.lock(); let pm = perModel, ps = perStatus; lock.unlock()
+        let (pm, ps) = lock.withLock { (perModel, perStatus) }
         var t = ""
         func metric(_ name: String, _ type: String, _ help: String, _ samples: [(String, Int)]) {
             t += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
