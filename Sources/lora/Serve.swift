@@ -87,7 +87,7 @@ struct Serve: ParsableCommand {
                     throw ValidationError("--adapter \(a): \(e.message)")
                 }
             }
-            let template = Result { try ChatTemplate.resolve(override: chatTemplate, modelTemplate: try modelChatTemplate(model.baseModel)) }
+            let template = Result { try loaded.chatTemplate(override: chatTemplate) }
             if chatTemplate != nil, case let .failure(e) = template { throw e }
             let engine = ServeEngine(model: loaded.model, ctx: ctx, eosIDs: loaded.eosIDs, maxBatch: maxBatch,
                                      maxContext: context, maxQueue: maxQueue)
@@ -131,16 +131,4 @@ struct Serve: ParsableCommand {
             note("lora serve: stopped")
         }
     }
-}
-
-/// The chat template text a checkpoint carries: GGUF `tokenizer.chat_template`, or the
-/// `chat_template` of a folder's tokenizer_config.json; nil when it has none.
-func modelChatTemplate(_ path: String) throws -> String? {
-    if path.lowercased().hasSuffix(".gguf") {
-        if case let .string(s)? = try GGUFFile(path: path).metadata["tokenizer.chat_template"] { return s }
-        return nil
-    }
-    let url = URL(fileURLWithPath: path).appendingPathComponent("tokenizer_config.json")
-    guard let d = try? Data(contentsOf: url), let o = try? JSONSerialization.jsonObject(with: d) as? [String: Any] else { return nil }
-    return o["chat_template"] as? String
 }
