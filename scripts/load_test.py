@@ -51,10 +51,13 @@ def stop(p):
             os.killpg(p.pid, signal.SIGKILL)
 
 
+BAN = {}  # logit_bias that bans the end-of-text ids, so every answer is max_tokens long
+
+
 def one(port, model, prompt, max_tokens, timeout):
     """One streamed completion: (ttft, [token arrival times], completion_tokens)."""
     body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-                       "stream": True, "stream_options": {"include_usage": True}}).encode()
+                       "logit_bias": BAN, "stream": True, "stream_options": {"include_usage": True}}).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body, {"Content-Type": "application/json"})
     t0 = time.time()
     arrivals, usage = [], None
@@ -124,7 +127,9 @@ def main():
     a.add_argument("--llama-python")
     a.add_argument("--threads", type=int, default=0)
     a.add_argument("--out", help="write the results as JSON here")
+    a.add_argument("--ban", default="0,1,2", help="token ids given logit_bias -100 (SmolLM2: <|endoftext|>, <|im_start|>, <|im_end|>)")
     o = a.parse_args()
+    BAN.update({i: -100 for i in o.ban.split(",") if i})
     names = [s.split("=", 1)[0] for s in o.adapter]
     if len(names) not in (3, 4):
         sys.exit("give 3 adapters (a mix of the first two is the 4th) or 4")

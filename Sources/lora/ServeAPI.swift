@@ -129,6 +129,15 @@ struct GenerationRequest {
             guard let b = s as? Bool else { throw ServeError.badRequest("'stream' must be true or false", param: "stream") }
             r.stream = b
         }
+        if let lb = o["logit_bias"], !(lb is NSNull) {
+            guard let d = lb as? [String: Any] else { throw ServeError.badRequest("'logit_bias' must map token ids to numbers", param: "logit_bias") }
+            for (k, v) in d {
+                guard let id = Int32(k), id >= 0, let n = v as? NSNumber, !isJSONBool(v), n.doubleValue >= -100, n.doubleValue <= 100 else {
+                    throw ServeError.badRequest("'logit_bias' entry \(k): expected a token id mapped to a number in [-100, 100]", param: "logit_bias")
+                }
+                r.sampling.logitBias[id] = n.floatValue
+            }
+        }
         if let so = o["stream_options"] as? [String: Any], let u = so["include_usage"] as? Bool { r.includeUsage = u }
         return r
     }

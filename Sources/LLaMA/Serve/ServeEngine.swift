@@ -8,6 +8,8 @@ public struct ServeSampling: Sendable, Equatable {
     public var topP: Float = 1
     public var topK = 0
     public var seed: UInt64 = 0
+    /// Added to a token's logit before sampling (OpenAI's logit_bias; -100 bans a token).
+    public var logitBias: [Int32: Float] = [:]
     public init() {}
 
     public func validate() throws {
@@ -243,6 +245,7 @@ public final class ServeEngine: @unchecked Sendable {
 
     /// Greedy at temperature 0, else temperature, top-k, top-p and a draw (Hugging Face's order).
     private func pick(_ scores: UnsafeMutablePointer<Float>, V: Int, _ s: ServeSampling, rng: inout RNG) -> Int {
+        for (id, b) in s.logitBias where Int(id) < V { scores[Int(id)] += b }
         if s.temperature == 0 { return LogitsProcessing.argmax(scores, V: V) }
         LogitsProcessing.temperature(scores, V: V, s.temperature)
         LogitsProcessing.topK(scores, V: V, s.topK)
