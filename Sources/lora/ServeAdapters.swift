@@ -79,6 +79,9 @@ final class AdapterRegistry: @unchecked Sendable {
             }
             parts.append((n, a, w))
         }
+        do { try AdapterSet(parts.map { ($0.1, $0.2) }).validate() } catch {
+            throw ServeError.badRequest("mix '\(name)': \(error)", param: "adapters")
+        }
         entries[name] = (.mix(parts.map { (name: $0.0, adapter: $0.1, weight: $0.2) }), Int(Date().timeIntervalSince1970))
         order.append(name)
     }

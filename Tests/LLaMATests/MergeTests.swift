@@ -216,7 +216,9 @@ final class MergeTests: XCTestCase {
 
     func testUnsupportedAdaptersAreRefusedNamingTheField() throws {
         func replacing(_ a: String, _ b: String) -> (inout String) -> Void { { $0 = $0.replacingOccurrences(of: a, with: b) } }
-        assertRefused(try copyAdapter("tiny-mha", "a", edit: replacing("\"use_dora\": false", "\"use_dora\": true")), naming: "use_dora")
+        // DoRA loads; a config that claims it without the magnitude tensors is refused naming one.
+        assertRefused(try copyAdapter("tiny-mha", "a", edit: replacing("\"use_dora\": false", "\"use_dora\": true")), naming: "lora_magnitude_vector")
+        assertRefused(try copyAdapter("tiny-mha", "a", edit: replacing("\"use_dora\": false", "\"use_dora\": 1")), naming: "use_dora")
         assertRefused(try copyAdapter("tiny-mha", "a", edit: replacing("\"bias\": \"none\"", "\"bias\": \"lora_only\"")), naming: "bias")
         assertRefused(try copyAdapter("tiny-mha", "a", edit: replacing("\"modules_to_save\": null", "\"modules_to_save\": [\"lm_head\"]")), naming: "modules_to_save")
         assertRefused(try copyAdapter("tiny-mha", "a", edit: replacing("\"q_proj\"", "\"lm_head\"")), naming: "target_modules")
@@ -383,9 +385,10 @@ final class MergeTests: XCTestCase {
         let out = try GGUFFile(path: url.path)
         for k in base.file.keys where k.hasPrefix("tokenizer.") { XCTAssertEqual(out.metadata[k], base.file.metadata[k], k) }
         XCTAssertNil(out.tensorInfo("output.weight"), "tied embedding: no output tensor")
-        // An HF export from a GGUF base says it has no tokenizer files.
+        // An HF export from a GGUF base writes the GGUF's tokenizer as Hugging Face files.
         let hf = try HFExport.write(m, to: try tempDir().appendingPathComponent("hf"), options: .init(dtype: .f32))
-        XCTAssert(hf.notes.contains { $0.contains("GGUF") }, "\(hf.notes)")
+        XCTAssertEqual(hf.notes, [])
+        for f in ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"] { XCTAssert(hf.files.contains(f), "\(hf.files)") }
     }
 
     /// The SentencePiece vocabulary as tokenizer.ggml.*: pieces, types, scores (from the

@@ -103,7 +103,15 @@ extension LlamaModel {
             let out = lin.outFeatures, inF = lin.inFeatures
             for g in groups {
                 for (layer, weight) in g.set.layers(at: LoRASite(l, p)) {
-                    layer.forward(be, y: y + g.r0 * out, xin: x + g.r0 * inF, M: g.r1 - g.r0, weight: weight, u: cache.u.data)
+                    let yr = y + g.r0 * out, xr = x + g.r0 * inF, n = g.r1 - g.r0
+                    if layer.isDoRA {
+                        // DoRA rescales the group's whole rows (base + LoRA); n is computed once.
+                        layer.refreshNorm(lin.weight)
+                        layer.forwardDoRA(be, y: yr, xin: xr, M: n, dropped: false, base: lin.weight, u: cache.u.data,
+                                          pre: nil, scratch: cache.scratch)
+                    } else {
+                        layer.forward(be, y: yr, xin: xr, M: n, weight: weight, u: cache.u.data)
+                    }
                 }
             }
         }
