@@ -18,6 +18,9 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
+        // `lora serve`: HTTP/1.1 with streaming bodies and graceful shutdown (adds ~minutes to a
+        // clean build: NIO and its friends).
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
     ],
     targets: [
         // System libraries (Debian: libopenblas-dev, libjson-c-dev, libsentencepiece-dev).
@@ -48,6 +51,7 @@ let package = Package(
         .executableTarget(name: "lora", dependencies: [
             "LLaMA", "Tensor",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Hummingbird", package: "hummingbird"),
         ], plugins: ["BuildInfo"]),
         // Stamps the git commit into the `lora` binary (lora --version).
         .plugin(name: "BuildInfo", capability: .buildTool(), path: "Plugins/BuildInfo"),

@@ -23,6 +23,8 @@ if [ $# -eq 0 ]; then
       | grep -E "error|failed|Executed [0-9]+ tests" | tail -3
     [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "parity suites failed with LORA_KERNELS=$k" >&2; exit 1; }
   done
+  echo "== lora serve's page in headless Chromium (scripts/test_browser.sh)" >&2
+  scripts/test_browser.sh
   echo "== fuzz targets, 20 s each (scripts/fuzz_ci.sh)" >&2
   scripts/fuzz_ci.sh
 fi

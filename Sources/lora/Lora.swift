@@ -9,7 +9,7 @@ struct Lora: ParsableCommand {
         commandName: "lora",
         abstract: "Fine-tune LLaMA-family models with LoRA on a CPU, answer prompts, merge adapters.",
         discussion: "Adapters are Hugging Face PEFT folders (adapter_config.json + adapter_model.safetensors).",
-        subcommands: [Finetune.self, Generate.self, Eval.self, Tokenize.self, Merge.self, Info.self])
+        subcommands: [Finetune.self, Generate.self, Eval.self, Tokenize.self, Merge.self, Info.self, Serve.self])
 
     /// The release this source tree is; the git commit comes from the BuildInfo plugin.
     static let version = "0.2.0"

@@ -1,0 +1,165 @@
+import Foundation
+import Tensor
+
+/// The KV cache of a server: `slots` independent sequences, each at its own length, that one
+/// step can advance together (continuous batching). Unlike `KVCache`, sequences do not move in
+/// lock-step: a new request prefills its prompt in the same step that others decode one token.
+public final class SlotCache: @unchecked Sendable {
+    public let slots: Int
+    public let capacity: Int        // max tokens per slot
+    public let maxRows: Int         // max new tokens over all slots in one step
+    public private(set) var lengths: [Int]
+    let kvDim: Int
+    var k: [Tensor]                 // per layer [slots, capacity, kvDim] (after RoPE)
+    var v: [Tensor]                 // per layer [slots, capacity, kvDim]
+    let x, xn, q, kNew, vNew, att, gate, up, h, tmp: Tensor   // [maxRows, ...]
+    private(set) var u: Tensor      // [maxRows, rank] LoRA intermediate, grown for larger ranks
+    let lastHidden: Tensor          // [slots, C]
+    public let logits: Tensor       // [slots, V]: row i = logits of the i-th item of the last step
+    let positions: UnsafeMutablePointer<Int32>   // [maxRows]
+    let scores: Tensor              // [nH, maxRows, capacity] attention scratch
+    let scratch = MatmulScratch()
+
+    public init(model: LlamaModel, slots: Int, capacity: Int, maxRows: Int) {
+        let c = model.config
+        precondition(slots >= 1 && capacity >= 1 && maxRows >= slots)
+        self.slots = slots; self.capacity = capacity; self.maxRows = maxRows; kvDim = c.kvDim
+        lengths = Array(repeating: 0, count: slots)
+        k = (0..<c.numHiddenLayers).map { _ in Tensor([slots, capacity, c.kvDim]) }
+        v = (0..<c.numHiddenLayers).map { _ in Tensor([slots, capacity, c.kvDim]) }
+        let M = maxRows, C = c.hiddenSize, I = c.intermediateSize
+        x = Tensor([M, C]); xn = Tensor([M, C]); q = Tensor([M, c.qDim])
+        kNew = Tensor([M, c.kvDim]); vNew = Tensor([M, c.kvDim]); att = Tensor([M, c.qDim])
+        gate = Tensor([M, I]); up = Tensor([M, I]); h = Tensor([M, I]); tmp = Tensor([M, C])
+        u = Tensor([M, 8])
+        lastHidden = Tensor([slots, C])
+        logits = Tensor([slots, c.vocabSize])
+        positions = .allocate(capacity: M)
+        positions.initialize(repeating: 0, count: M)
+        scores = Tensor([c.numAttentionHeads, maxRows, capacity])
+    }
+
+    deinit { positions.deallocate() }
+
+    /// Frees a slot for the next request.
+    public func reset(slot: Int) { lengths[slot] = 0 }
+
+    func ensureRank(_ r: Int) { if r > u.shape[1] { u = Tensor([maxRows, r]) } }
+    func advance(slot: Int, by n: Int) { lengths[slot] += n }
+}
+
+/// One sequence's part of a batched step: its slot, its new tokens (a prompt chunk or one
+/// decoded token) and the adapters that apply to it.
+public struct SlotItem {
+    public var slot: Int
+    public var tokens: [Int32]
+    public var adapters: AdapterSet
+    /// Groups items whose adapters are the same objects with the same weights, so their LoRA
+    /// products run as one GEMM pair.
+    public var adapterKey: String
+    public init(slot: Int, tokens: [Int32], adapters: AdapterSet, adapterKey: String) {
+        self.slot = slot; self.tokens = tokens; self.adapters = adapters; self.adapterKey = adapterKey
+    }
+}
+
+extension LlamaModel {
+    /// Feeds each item's tokens to its slot (at positions lengths[slot] ..< + n) and leaves the
+    /// logits of item i's last token in cache.logits row i. One base GEMM per projection over
+    /// all rows of all items (M = total new tokens); then the LoRA products per group of items
+    /// sharing adapters (S-LoRA / Punica's idea: the base weights are read once per step).
+    /// Items must name distinct slots and be ordered so that equal adapter keys are adjacent
+    /// (`ServeEngine` sorts them); the total of tokens must fit cache.maxRows.
+    public func step(items: [SlotItem], cache: SlotCache, ctx: ExecutionContext) throws {
+        let c = config, C = c.hiddenSize, I = c.intermediateSize
+        precondition(!items.isEmpty && items.count <= cache.slots)
+        var offsets: [Int] = []          // first row of each item
+        var M = 0
+        for it in items {
+            precondition(!it.tokens.isEmpty)
+            let start = cache.lengths[it.slot]
+            guard start + it.tokens.count <= cache.capacity else {
+                throw DecodeError.tooLong(needed: start + it.tokens.count, capacity: cache.capacity)
+            }
+            guard start + it.tokens.count <= rope.maxT else {
+                throw DecodeError.tooLong(needed: start + it.tokens.count, capacity: rope.maxT)
+            }
+            offsets.append(M); M += it.tokens.count
+        }
+        precondition(M <= cache.maxRows, "\(M) rows exceed the step's \(cache.maxRows)")
+        // Adapter groups: runs of adjacent items with one key -> (row range, adapters).
+        var groups: [(r0: Int, r1: Int, set: AdapterSet)] = []
+        for (i, it) in items.enumerated() where !it.adapters.isEmpty {
+            let r1 = offsets[i] + it.tokens.count
+            if let last = groups.last, i > 0, items[i - 1].adapterKey == it.adapterKey, last.r1 == offsets[i] {
+                groups[groups.count - 1].r1 = r1
+            } else {
+                groups.append((offsets[i], r1, it.adapters))
+            }
+            cache.ensureRank(it.adapters.maxRank)
+        }
+        let be = ctx.backend
+        func project(_ lin: Linear, _ l: Int, _ p: Projection, y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>) {
+            be.matmul(y: y, x: x, w: lin.weight, M: M, accumulate: false, scratch: cache.scratch)
+            let out = lin.outFeatures, inF = lin.inFeatures
+            for g in groups {
+                for (layer, weight) in g.set.layers(at: LoRASite(l, p)) {
+                    let yr = y + g.r0 * out, xr = x + g.r0 * inF, n = g.r1 - g.r0
+                    if layer.isDoRA {
+                        // DoRA rescales the group's whole rows (base + LoRA); n is computed once.
+                        layer.refreshNorm(lin.weight)
+                        layer.forwardDoRA(be, y: yr, xin: xr, M: n, dropped: false, base: lin.weight, u: cache.u.data,
+                                          pre: nil, scratch: cache.scratch)
+                    } else {
+                        layer.forward(be, y: yr, xin: xr, M: n, weight: weight, u: cache.u.data)
+                    }
+                }
+            }
+        }
+        var ids: [Int32] = []
+        ids.reserveCapacity(M)
+        for (i, it) in items.enumerated() {
+            let start = cache.lengths[it.slot]
+            for t in 0..<it.tokens.count { cache.positions[offsets[i] + t] = Int32(start + t) }
+            ids += it.tokens
+        }
+        ids.withUnsafeBufferPointer { p in
+            be.embedding(out: cache.x.data, ids: p.baseAddress!, table: embed.data, N: M, C: C)
+        }
+        let kvDim = c.kvDim
+        for (l, blk) in blocks.enumerated() {
+            be.rmsnormForward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.x.data, weight: blk.attnNorm.data, N: M, C: C, eps: c.rmsNormEps)
+            project(blk.q, l, .q, y: cache.q.data, x: cache.xn.data)
+            project(blk.k, l, .k, y: cache.kNew.data, x: cache.xn.data)
+            project(blk.v, l, .v, y: cache.vNew.data, x: cache.xn.data)
+            be.ropeForward(x: cache.q.data, positions: cache.positions, rows: M, nHeads: c.numAttentionHeads, headDim: c.headDim, table: rope)
+            be.ropeForward(x: cache.kNew.data, positions: cache.positions, rows: M, nHeads: c.numKeyValueHeads, headDim: c.headDim, table: rope)
+            for (i, it) in items.enumerated() {
+                let n = it.tokens.count, start = cache.lengths[it.slot], r0 = offsets[i]
+                let base = it.slot * cache.capacity * kvDim
+                (cache.k[l].data + base + start * kvDim).update(from: cache.kNew.data + r0 * kvDim, count: n * kvDim)
+                (cache.v[l].data + base + start * kvDim).update(from: cache.vNew.data + r0 * kvDim, count: n * kvDim)
+                be.attentionCached(out: cache.att.data + r0 * c.qDim, scores: cache.scores.data,
+                                   q: cache.q.data + r0 * c.qDim,
+                                   kCache: cache.k[l].data + base, vCache: cache.v[l].data + base,
+                                   keyMask: nil, start: start, Tq: n,
+                                   nH: c.numAttentionHeads, nKV: c.numKeyValueHeads, hd: c.headDim)
+            }
+            project(blk.o, l, .o, y: cache.tmp.data, x: cache.att.data)
+            be.add(out: cache.x.data, a: cache.x.data, b: cache.tmp.data, count: M * C)
+            be.rmsnormForward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.x.data, weight: blk.mlpNorm.data, N: M, C: C, eps: c.rmsNormEps)
+            project(blk.gate, l, .gate, y: cache.gate.data, x: cache.xn.data)
+            project(blk.up, l, .up, y: cache.up.data, x: cache.xn.data)
+            be.swigluForward(h: cache.h.data, gate: cache.gate.data, up: cache.up.data, count: M * I)
+            project(blk.down, l, .down, y: cache.tmp.data, x: cache.h.data)
+            be.add(out: cache.x.data, a: cache.x.data, b: cache.tmp.data, count: M * C)
+        }
+        // Logits only for each item's last token.
+        for (i, it) in items.enumerated() {
+            (cache.lastHidden.data + i * C).update(from: cache.x.data + (offsets[i] + it.tokens.count - 1) * C, count: C)
+        }
+        let S = items.count
+        be.rmsnormForward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.lastHidden.data, weight: norm.data, N: S, C: C, eps: c.rmsNormEps)
+        be.matmul(y: cache.logits.data, x: cache.xn.data, w: decodeHead, M: S, accumulate: false, scratch: cache.scratch)
+        for it in items { cache.advance(slot: it.slot, by: it.tokens.count) }
+    }
+}

@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Bounded load test of `lora serve` (loopback only; stops by itself).
+
+Phases, each the same streamed completions (greedy, --max-tokens each):
+  1. lora serve, --clients concurrent clients, --requests requests spread over 4 models
+     (the adapters given, or 3 adapters and a weighted mix of two of them);
+  2. lora serve, one client, --single-requests requests;
+  3. llama-cpp-python's OpenAI server (`python -m llama_cpp.server`, from --llama-python's
+     environment) on --merged-gguf (the base with one adapter merged, `lora merge --format gguf`),
+     one model, the same load as phase 1. Skipped when --llama-python is not given.
+Reports aggregate tokens/s, p50/p99 time to first token and p50/p99 time per output token.
+Only the standard library is used; every request has a timeout and every phase a deadline.
+
+  scripts/load_test.py --lora .build/release/lora --base-model models/SmolLM2-135M-Instruct.Q4_1.gguf \
+      --adapter qs=runs/quickstart --adapter c100=runs/quickstart/checkpoint-100 \
+      --adapter c50=runs/quickstart/checkpoint-50 \
+      --merged-gguf /tmp/merged.gguf --llama-python ~/.cache/lora/venv-bench/bin/python
+"""
+import argparse, json, os, re, signal, subprocess, sys, tempfile, threading, time, urllib.request
+
+PROMPTS = [
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    f"### Instruction:\n{q}\n\n### Response:\n"
+    for q in ["What is 17 plus 25?", "Name three primary colours.", "Convert 3 km to meters.", "Spell 'house' backwards.",
+              "What day comes after Monday?", "List four fruits.", "What is the capital of Italy?", "Count from 1 to 5."]
+]
+
+
+def start(cmd, log, pattern, timeout=600):
+    """Starts `cmd`, waits until its log shows `pattern` (a regex with the port as group 1)."""
+    f = open(log, "w")
+    p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        m = re.search(pattern, open(log).read())
+        if m:
+            return p, int(m.group(1))
+        if p.poll() is not None:
+            sys.exit(f"{cmd[0]} exited: {open(log).read()[-2000:]}")
+        time.sleep(0.2)
+    p.kill()
+    sys.exit(f"{cmd[0]} did not start in {timeout} s")
+
+
+def stop(p):
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+BAN = {}  # logit_bias that bans the end-of-text ids, so every answer is max_tokens long
+
+
+def one(port, model, prompt, max_tokens, timeout):
+    """One streamed completion: (ttft, [token arrival times], completion_tokens)."""
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+                       "logit_bias": BAN, "stream": True, "stream_options": {"include_usage": True}}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body, {"Content-Type": "application/json"})
+    t0 = time.time()
+    arrivals, usage = [], None
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        for raw in r:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            j = json.loads(line[6:])
+            if j.get("usage"):
+                usage = j["usage"]["completion_tokens"]
+            for c in j.get("choices", []):
+                if c.get("text"):
+                    arrivals.append(time.time() - t0)
+    n = usage if usage is not None else len(arrivals)
+    return (arrivals[0] if arrivals else None), arrivals, n
+
+
+def phase(port, models, clients, requests, max_tokens, deadline_s):
+    jobs = [(models[i % len(models)], PROMPTS[i % len(PROMPTS)]) for i in range(requests)]
+    lock = threading.Lock()
+    results, errors = [], []
+    end = time.time() + deadline_s
+
+    def worker():
+        while time.time() < end:
+            with lock:
+                if not jobs:
+                    return
+                model, prompt = jobs.pop(0)
+            try:
+                r = one(port, model, prompt, max_tokens, timeout=max(1, end - time.time()))
+                with lock:
+                    results.append(r)
+            except Exception as e:  # counted, not fatal: the report says how many failed
+                with lock:
+                    errors.append(repr(e))
+    t0 = time.time()
+    ts = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(max(0, end - time.time()) + 5)
+    wall = time.time() - t0
+    tokens = sum(r[2] for r in results)
+    ttft = sorted(r[0] for r in results if r[0] is not None)
+    tpot = sorted((r[1][-1] - r[1][0]) / (len(r[1]) - 1) for r in results if len(r[1]) > 1)
+    pct = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+    return {"clients": clients, "requests": len(results), "errors": len(errors), "first_error": errors[0] if errors else None,
+            "wall_s": round(wall, 2), "tokens": tokens, "tokens_per_s": round(tokens / wall, 1),
+            "ttft_p50_ms": round(1000 * pct(ttft, 0.5), 1), "ttft_p99_ms": round(1000 * pct(ttft, 0.99), 1),
+            "tpot_p50_ms": round(1000 * pct(tpot, 0.5), 1), "tpot_p99_ms": round(1000 * pct(tpot, 0.99), 1)}
+
+
+def main():
+    a = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("--lora", default=".build/release/lora")
+    a.add_argument("--base-model", required=True)
+    a.add_argument("--quantization", default="stored")
+    a.add_argument("--adapter", action="append", default=[], help="NAME=DIR (3 or 4)")
+    a.add_argument("--clients", type=int, default=8)
+    a.add_argument("--requests", type=int, default=64)
+    a.add_argument("--single-requests", type=int, default=16)
+    a.add_argument("--max-tokens", type=int, default=64)
+    a.add_argument("--deadline", type=float, default=900, help="seconds per phase")
+    a.add_argument("--merged-gguf")
+    a.add_argument("--llama-python")
+    a.add_argument("--threads", type=int, default=0)
+    a.add_argument("--out", help="write the results as JSON here")
+    a.add_argument("--ban", default="0,1,2", help="token ids given logit_bias -100 (SmolLM2: <|endoftext|>, <|im_start|>, <|im_end|>)")
+    o = a.parse_args()
+    BAN.update({i: -100 for i in o.ban.split(",") if i})
+    names = [s.split("=", 1)[0] for s in o.adapter]
+    if len(names) not in (3, 4):
+        sys.exit("give 3 adapters (a mix of the first two is the 4th) or 4")
+    log = tempfile.mktemp(suffix=".log")
+    cmd = [o.lora, "serve", "--port", "0", "--base-model", o.base_model, "--quantization", o.quantization,
+           "--max-batch", str(o.clients), "--threads", str(o.threads)]
+    for s in o.adapter:
+        cmd += ["--adapter", s]
+    p, port = start(cmd, log, r"listening on http://127\.0\.0\.1:(\d+)")
+    report = {}
+    try:
+        if len(names) == 3:
+            body = json.dumps({"name": "mix", "adapters": {names[0]: 0.5, names[1]: 0.5}}).encode()
+            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/v1/adapters", body,
+                                                          {"Content-Type": "application/json"}), timeout=60)
+            names.append("mix")
+        one(port, names[0], PROMPTS[0], 4, 300)  # warm-up
+        report["lora_serve_concurrent"] = phase(port, names, o.clients, o.requests, o.max_tokens, o.deadline)
+        report["lora_serve_one_client"] = phase(port, names, 1, o.single_requests, o.max_tokens, o.deadline)
+    finally:
+        stop(p)
+    if o.llama_python and o.merged_gguf:
+        cmd = [o.llama_python, "-m", "llama_cpp.server", "--model", o.merged_gguf, "--host", "127.0.0.1", "--port", "0",
+               "--n_ctx", "2048"]
+        if o.threads:
+            cmd += ["--n_threads", str(o.threads)]
+        # llama_cpp.server takes no port 0; pick a free one.
+        import socket
+        s = socket.socket(); s.bind(("127.0.0.1", 0)); free = s.getsockname()[1]; s.close()
+        cmd[cmd.index("--port") + 1] = str(free)
+        p, port = start(cmd, log, r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+        try:
+            one(port, "m", PROMPTS[0], 4, 300)
+            report["llama_cpp_server_concurrent"] = phase(port, ["m"], o.clients, o.requests, o.max_tokens, o.deadline)
+        finally:
+            stop(p)
+    c = report["lora_serve_concurrent"]
+    report["ratio_vs_one_client"] = round(c["tokens_per_s"] / max(report["lora_serve_one_client"]["tokens_per_s"], 1e-9), 2)
+    if "llama_cpp_server_concurrent" in report:
+        report["ratio_vs_llama_cpp"] = round(c["tokens_per_s"] / max(report["llama_cpp_server_concurrent"]["tokens_per_s"], 1e-9), 2)
+    print(json.dumps(report, indent=2))
+    if o.out:
+        open(o.out, "w").write(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
