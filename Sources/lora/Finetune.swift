@@ -42,6 +42,8 @@ struct Finetune: ParsableCommand {
     @Option(help: Self.help(.quantization, "Frozen weights: none (f32), bf16, int8, q8_0, q4_0, q4_1, or stored (a GGUF's own formats)")) var quantization: Quantization?
     @Option(name: .customLong("load-8bit"), help: "alpaca-lora's flag: true = --quantization int8, false = none") var load8bit: Bool?
     @Option(help: Self.help(.threads, "Threads (0 = all cores)")) var threads: Int?
+    @Option(name: .customLong("gradient-checkpointing"), help: Self.help(.gradientCheckpointing, "Recompute each block in backward, keeping only its input: auto (when the plan does not fit), true, false")) var gradientCheckpointing: GradientCheckpointing?
+    @Flag(name: .customLong("plan-only"), help: "Print the memory plan (micro-batch x cutoff_len tokens; weights from the config and quantization) and exit; the model folder needs only config.json.") var planOnly = false
     @Flag(name: .customLong("print-config"), help: "Print the resolved settings as YAML and exit.") var printConfig = false
 
     /// Help text with the default from TrainConfig (the one place defaults live).
@@ -97,6 +99,7 @@ struct Finetune: ParsableCommand {
         }
         if let v = quantization { c.quantization = v }
         if let v = threads { c.threads = v }
+        if let v = gradientCheckpointing { c.gradientCheckpointing = v }
         try c.validate()
         return c
     }
@@ -105,6 +108,8 @@ struct Finetune: ParsableCommand {
         try runReportingErrors {
             let c = try resolved()
             if printConfig { print(c.yaml, terminator: ""); return }
+            let available = try availableMemory()
+            if planOnly { try printPlanOnly(c, available: available); return }
             let ctx = try makeContext(threads: c.threads)
             let memory = MemoryMeter()
             note("Training Alpaca-LoRA model with params:")
@@ -125,10 +130,17 @@ struct Finetune: ParsableCommand {
             let (trainIdx, valIdx) = Sampler.split(count: records.count, valSize: c.valSetSize, seed: c.seed)
             let train = trainIdx.map { builder.example(records[$0]) }
             let val = valIdx.map { builder.example(records[$0]) }
+            // The plan, before the activations and optimizer state exist; refused with its table.
+            let plan = MemoryPlan(config: loaded.model.config, weightBytes: loaded.model.weightBytes, adapter: c.adapterConfig,
+                                  microBatch: c.microBatchSize, tokens: Trainer.longestMicroBatch(train: train, validation: val),
+                                  threads: ctx.pool.threads, availableBytes: available)
+            let checkpointing = c.gradientCheckpointing.resolved(fitsWithout: plan.fits(checkpointing: false))
+            guard plan.fits(checkpointing: checkpointing) else { throw TrainingError.doesNotFit(plan: plan.table(checkpointing: checkpointing)) }
+            note(plan.table(checkpointing: checkpointing))
             var rng = RNG(seed: c.seed)
             let adapter = LoRAAdapter(new: c.adapterConfig, model: loaded.model.config, rng: &rng)
             let trainer = try Trainer(config: c, model: loaded.model, adapter: adapter, ctx: ctx,
-                                      train: train, validation: val, padID: loaded.padID)
+                                      train: train, validation: val, padID: loaded.padID, checkpointing: checkpointing)
             // Claimed before training: writable, locked against a second run, stale temporaries
             // cleaned. Released (and removed if this run left it empty) on every exit path.
             let output = try OutputFolder(URL(fileURLWithPath: c.outputDir))
@@ -155,5 +167,38 @@ struct Finetune: ParsableCommand {
             note(String(format: "done: %d steps in %.1f s, %.1f tokens/s, peak memory %@; adapter in %@",
                         summary.steps, summary.seconds, summary.tokensPerSecond, memory.peakDescription, summary.adapterPath))
         }
+    }
+
+    /// LORA_AVAILABLE_MEMORY (bytes, or 512M / 24G) stands for the machine's available memory
+    /// (tests of the refusal, planning for another machine); otherwise /proc and the cgroup.
+    func availableMemory() throws -> Int? {
+        if let s = ProcessInfo.processInfo.environment["LORA_AVAILABLE_MEMORY"] {
+            guard let v = AvailableMemory.parse(s) else {
+                throw ValidationError("LORA_AVAILABLE_MEMORY=\(s): expected bytes or a size such as 512M or 24G")
+            }
+            return v
+        }
+        return AvailableMemory.read()
+    }
+
+    /// The plan from the model's config alone: a folder's config.json (no weights needed) or a
+    /// GGUF's header, the activations at micro_batch_size x cutoff_len.
+    func printPlanOnly(_ c: TrainConfig, available: Int?) throws {
+        let config: LlamaConfig
+        var stored: (String) -> Int? = { _ in nil }
+        if c.baseModel.lowercased().hasSuffix(".gguf") {
+            let g = try GGUFCheckpoint(path: c.baseModel)
+            config = g.config
+            stored = g.storedByteCount
+        } else {
+            config = try LlamaConfig(contentsOf: URL(fileURLWithPath: c.baseModel).appendingPathComponent("config.json"))
+        }
+        let threads = c.threads > 0 ? c.threads : ProcessInfoCores.count
+        let plan = MemoryPlan(config: config, weightBytes: MemoryPlan.weightBytes(config: config, quantization: c.quantization, storedBytes: stored),
+                              adapter: c.adapterConfig, microBatch: c.microBatchSize, tokens: c.cutoffLen,
+                              threads: threads, availableBytes: available)
+        let checkpointing = c.gradientCheckpointing.resolved(fitsWithout: plan.fits(checkpointing: false))
+        print(plan.table(checkpointing: checkpointing))
+        print(plan.fits(checkpointing: checkpointing) ? "fits" : "does not fit")
     }
 }

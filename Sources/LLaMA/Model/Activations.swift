@@ -150,4 +150,37 @@ public final class Activations: @unchecked Sendable {
         for t in all where seen.insert(ObjectIdentifier(t)).inserted { n += t.count * 4 }
         return n + ownedKeeps.reduce(0) { $0 + $1.count } + maxB * maxT * 4   // + positions
     }
+
+    /// What `Activations(model:trained:maxB:maxT:checkpointing:)` allocates, from the shapes
+    /// alone (the memory plan; `byteCount` of a built one equals it). `sites` are the trained
+    /// adapter's (projection, r, in features, has dropout).
+    public static func plannedBytes(config c: LlamaConfig, sites: [(projection: Projection, r: Int, inFeatures: Int, dropout: Bool)],
+                                    maxB: Int, maxT: Int, checkpointing: Bool) -> Int {
+        let M = maxB * maxT, C = c.hiddenSize, I = c.intermediateSize, L = c.numHiddenLayers
+        let layer = M * (2 * C + 2 + 2 * c.qDim + 2 * c.kvDim + 2 * I) + FlashAttention.statsCount(B: maxB, T: maxT, nH: c.numAttentionHeads)
+        var floats = 0, keepBytes = 0
+        var maxR = 1, maxIn = 1
+        if checkpointing {
+            floats += layer + (L - 1) * M * C
+            for p in Set(sites.map(\.projection)) {
+                let ofP = sites.filter { $0.projection == p }
+                let r = ofP.map(\.r).max()!, inF = ofP.map(\.inFeatures).max()!
+                maxR = max(maxR, r); maxIn = max(maxIn, inF)
+                floats += M * r
+                if ofP.contains(where: \.dropout) { keepBytes += M * inF }
+            }
+        } else {
+            floats += L * layer
+            for s in sites {
+                maxR = max(maxR, s.r); maxIn = max(maxIn, s.inFeatures)
+                floats += M * s.r
+                if s.dropout { keepBytes += M * s.inFeatures }
+            }
+        }
+        floats += 3 * M * C + 2 * M + min(M, 256) * c.vocabSize          // xFinal, xnF, xn, rstdF, rstdScratch, logits
+        floats += M * I + 2 * M * C + 2 * M * c.qDim + 2 * M * c.kvDim + 3 * M * I  // h, dres, dxn, dq, datt, dk, dv, dgate, dup, dh
+        floats += 2 * M * maxR + 2 * M * maxIn                          // du, uScratch, dz, z
+        return floats * 4 + keepBytes + M * 4                          // + positions
+    }
 }
+
