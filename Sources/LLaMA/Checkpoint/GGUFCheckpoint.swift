@@ -56,6 +56,8 @@ public final class GGUFCheckpoint: Checkpoint {
             throw CheckpointError.shapeMismatch(file: source, name: "\(g) (\(name))", expected: shape, found: info.shape)
         }
         let t = try file.f32(info)
+        // The source bytes are not needed again: give their pages back (see MappedFile.evict).
+        file.file.evict((file.dataStart + info.offset)..<(file.dataStart + info.offset + info.byteCount))
         try checkFinite(t, name: "\(g) (\(name))", file: source)
         if name.hasSuffix(".self_attn.q_proj.weight") {
             return try Self.unpermuteRoPE(t, heads: config.numAttentionHeads, name: g, file: source)
