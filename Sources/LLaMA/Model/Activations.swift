@@ -79,6 +79,9 @@ public final class Activations: @unchecked Sendable {
     let dz: Tensor       // [M, maxIn]
     let z: Tensor        // [M, maxIn] dropped-out LoRA input
     let uScratch: Tensor // [M, maxR] u of adapters that are applied but not trained
+    /// DoRA (trained adapter only): x W^T + scale u B^T and m / n * dy, [M, maxOut] each.
+    let doraPre: Tensor?
+    let doraDy: Tensor?
     let positions: UnsafeMutablePointer<Int32>   // [M]
     /// The dropout keep-masks (shared between layers with checkpointing), freed here.
     let ownedKeeps: [(mask: UnsafeMutablePointer<UInt8>, count: Int)]
@@ -96,7 +99,10 @@ public final class Activations: @unchecked Sendable {
         let c = model.config
         self.maxB = maxB; self.maxT = maxT
         let M = maxB * maxT, C = c.hiddenSize, I = c.intermediateSize
-        var maxR = max(1, maxRank), maxIn = 1
+        var maxR = max(1, maxRank), maxIn = 1, maxDoRAOut = 0
+        for site in trained?.sites ?? [] where trained!.layers[site]!.isDoRA {
+            maxDoRAOut = max(maxDoRAOut, trained!.layers[site]!.outFeatures)
+        }
         var owned: [(mask: UnsafeMutablePointer<UInt8>, count: Int)] = []
         func keepMask(_ count: Int) -> UnsafeMutablePointer<UInt8> {
             let keep = UnsafeMutablePointer<UInt8>.allocate(capacity: count)
@@ -135,6 +141,8 @@ public final class Activations: @unchecked Sendable {
         dres = Tensor([M, C]); dxn = Tensor([M, C])
         dq = Tensor([M, c.qDim]); dk = Tensor([M, c.kvDim]); dv = Tensor([M, c.kvDim])
         datt = Tensor([M, c.qDim]); dgate = Tensor([M, I]); dup = Tensor([M, I]); dh = Tensor([M, I])
+        doraPre = maxDoRAOut > 0 ? Tensor([M, maxDoRAOut]) : nil
+        doraDy = maxDoRAOut > 0 ? Tensor([M, maxDoRAOut]) : nil
         du = Tensor([M, maxR]); dz = Tensor([M, maxIn]); z = Tensor([M, maxIn]); uScratch = Tensor([M, maxR])
         positions = .allocate(capacity: M)
         positions.initialize(repeating: 0, count: M)
@@ -147,15 +155,17 @@ public final class Activations: @unchecked Sendable {
         var seen = Set<ObjectIdentifier>(), n = 0
         var all = layers.flatMap(\.tensors)
         all += [xFinal, rstdF, xnF, logits, xn, h, rstdScratch, dres, dxn, dq, dk, dv, datt, dgate, dup, dh, du, dz, z, uScratch]
+        all += [doraPre, doraDy].compactMap { $0 }
         for t in all where seen.insert(ObjectIdentifier(t)).inserted { n += t.count * 4 }
         return n + ownedKeeps.reduce(0) { $0 + $1.count } + maxB * maxT * 4   // + positions
     }
 
     /// What `Activations(model:trained:maxB:maxT:checkpointing:)` allocates, from the shapes
     /// alone (the memory plan; `byteCount` of a built one equals it). `sites` are the trained
-    /// adapter's (projection, r, in features, has dropout).
+    /// adapter's (projection, r, in features, has dropout); `doraOut` the widest DoRA site's
+    /// out features (0: no DoRA).
     public static func plannedBytes(config c: LlamaConfig, sites: [(projection: Projection, r: Int, inFeatures: Int, dropout: Bool)],
-                                    maxB: Int, maxT: Int, checkpointing: Bool) -> Int {
+                                    maxB: Int, maxT: Int, checkpointing: Bool, doraOut: Int = 0) -> Int {
         let M = maxB * maxT, C = c.hiddenSize, I = c.intermediateSize, L = c.numHiddenLayers
         let layer = M * (2 * C + 2 + 2 * c.qDim + 2 * c.kvDim + 2 * I) + FlashAttention.statsCount(B: maxB, T: maxT, nH: c.numAttentionHeads)
         var floats = 0, keepBytes = 0
@@ -180,6 +190,7 @@ public final class Activations: @unchecked Sendable {
         floats += 3 * M * C + 2 * M + min(M, 256) * c.vocabSize          // xFinal, xnF, xn, rstdF, rstdScratch, logits
         floats += M * I + 2 * M * C + 2 * M * c.qDim + 2 * M * c.kvDim + 3 * M * I  // h, dres, dxn, dq, datt, dk, dv, dgate, dup, dh
         floats += 2 * M * maxR + 2 * M * maxIn                          // du, uScratch, dz, z
+        floats += 2 * M * doraOut                                       // doraPre, doraDy
         return floats * 4 + keepBytes + M * 4                          // + positions
     }
 }

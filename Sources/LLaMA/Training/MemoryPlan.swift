@@ -41,18 +41,20 @@ public struct MemoryPlan: Sendable, Equatable {
         self.tokens = tokens
         self.availableBytes = availableBytes
         var sites: [(projection: Projection, r: Int, inFeatures: Int, dropout: Bool)] = []
-        var params = 0
+        var params = 0, doraOut = 0
         for l in 0..<config.numHiddenLayers where adapter.layersToTransform?.contains(l) ?? true {
             for p in adapter.targetModules {
                 let shape = p.shape(config)
                 sites.append((p, adapter.r, shape[1], adapter.loraDropout > 0))
-                params += adapter.r * (shape[0] + shape[1])
+                params += adapter.r * (shape[0] + shape[1]) + (adapter.useDora ? shape[0] : 0)   // + DoRA's magnitude
+                if adapter.useDora { doraOut = max(doraOut, shape[0]) }
             }
         }
         loraParameters = params
-        activationBytes = Activations.plannedBytes(config: config, sites: sites, maxB: microBatch, maxT: tokens, checkpointing: false)
+        activationBytes = Activations.plannedBytes(config: config, sites: sites, maxB: microBatch, maxT: tokens, checkpointing: false,
+                                                        doraOut: doraOut)
         checkpointedActivationBytes = Activations.plannedBytes(config: config, sites: sites, maxB: microBatch, maxT: tokens,
-                                                               checkpointing: true)
+                                                               checkpointing: true, doraOut: doraOut)
         // Attention: two [64, T] blocks per worker; products: a packed panel of the widest
         // weight per worker (at most 4 MB each in the C kernels' blocking).
         scratchBytes = FlashAttention.scratchCount(threads: threads, T: tokens) * 4 + threads * (4 << 20)
