@@ -29,13 +29,14 @@ public protocol Backend: AnyObject, Sendable {
                          weight: UnsafePointer<Float>, rstd: UnsafePointer<Float>, N: Int, C: Int)
     func ropeForward(x: UnsafeMutablePointer<Float>, positions: UnsafePointer<Int32>, rows: Int, nHeads: Int, headDim: Int, table: RoPETable)
     func ropeBackward(dx: UnsafeMutablePointer<Float>, positions: UnsafePointer<Int32>, rows: Int, nHeads: Int, headDim: Int, table: RoPETable)
-    func attentionForward(out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
+    /// Training attention; keeps only `stats` [B, nH, T, 2] (`FlashAttention.statsCount`) for backward.
+    func attentionForward(out: UnsafeMutablePointer<Float>, stats: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
                           k: UnsafePointer<Float>, v: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,
                           B: Int, T: Int, nH: Int, nKV: Int, hd: Int)
     func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
-                           dout: UnsafePointer<Float>, probs: UnsafePointer<Float>, q: UnsafePointer<Float>,
+                           dout: UnsafePointer<Float>, stats: UnsafePointer<Float>, q: UnsafePointer<Float>,
                            k: UnsafePointer<Float>, v: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,
-                           scratch: UnsafeMutablePointer<Float>?, B: Int, T: Int, nH: Int, nKV: Int, hd: Int)
+                           B: Int, T: Int, nH: Int, nKV: Int, hd: Int)
     func attentionCached(out: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
                          kCache: UnsafePointer<Float>, vCache: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,
                          start: Int, Tq: Int, nH: Int, nKV: Int, hd: Int)

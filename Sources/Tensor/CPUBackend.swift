@@ -223,17 +223,17 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     public func ropeBackward(dx: UnsafeMutablePointer<Float>, positions: UnsafePointer<Int32>, rows: Int, nHeads: Int, headDim: Int, table: RoPETable) {
         RoPE.backward(pool: pool, dx: dx, positions: positions, rows: rows, nHeads: nHeads, headDim: headDim, table: table)
     }
-    public func attentionForward(out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
+    public func attentionForward(out: UnsafeMutablePointer<Float>, stats: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
                                  k: UnsafePointer<Float>, v: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,
                                  B: Int, T: Int, nH: Int, nKV: Int, hd: Int) {
-        Attention.forward(pool: pool, out: out, probs: probs, q: q, k: k, v: v, keyMask: keyMask, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+        FlashAttention.forward(pool: pool, out: out, stats: stats, q: q, k: k, v: v, keyMask: keyMask, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
     }
     public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
-                                  dout: UnsafePointer<Float>, probs: UnsafePointer<Float>, q: UnsafePointer<Float>,
+                                  dout: UnsafePointer<Float>, stats: UnsafePointer<Float>, q: UnsafePointer<Float>,
                                   k: UnsafePointer<Float>, v: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,
-                                  scratch: UnsafeMutablePointer<Float>?, B: Int, T: Int, nH: Int, nKV: Int, hd: Int) {
-        Attention.backward(pool: pool, dq: dq, dk: dk, dv: dv, dout: dout, probs: probs, q: q, k: k, v: v, keyMask: keyMask,
-                           scratch: scratch, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+                                  B: Int, T: Int, nH: Int, nKV: Int, hd: Int) {
+        FlashAttention.backward(pool: pool, dq: dq, dk: dk, dv: dv, dout: dout, stats: stats, q: q, k: k, v: v, keyMask: keyMask,
+                                B: B, T: T, nH: nH, nKV: nKV, hd: hd)
     }
     public func attentionCached(out: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
                                 kCache: UnsafePointer<Float>, vCache: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,

@@ -44,6 +44,22 @@ public struct WorkerPool: Sendable, Equatable {
         }
     }
 
+    /// Runs `body(slot, range)` over disjoint chunks of `0..<n`, as `chunks` does; `slot` is
+    /// in 0..<threads and no two concurrent calls share one, so a caller can give each its own
+    /// part of a scratch buffer of `threads` parts.
+    @inline(__always)
+    public func slots(_ n: Int, _ body: (Int, Range<Int>) -> Void) {
+        let t = min(threads, max(1, n))
+        if t <= 1 || n <= 1 { body(0, 0..<n); return }
+        let per = (n + t - 1) / t
+        withoutActuallyEscaping(body) { body in
+            DispatchQueue.concurrentPerform(iterations: t) { i in
+                let lo = i * per, hi = min(n, lo + per)
+                if lo < hi { body(i, lo..<hi) }
+            }
+        }
+    }
+
     /// Runs `body(i)` for each i in 0..<n, distributed over the workers.
     @inline(__always)
     public func forEach(_ n: Int, _ body: (Int) -> Void) {

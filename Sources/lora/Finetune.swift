@@ -45,6 +45,8 @@ struct Finetune: ParsableCommand {
     @OptionGroup var output: OutputOptions
     @Option(name: .customLong("load-8bit"), help: "alpaca-lora's flag: true = --quantization int8, false = none") var load8bit: Bool?
     @Option(help: Self.help(.threads, "Threads (0 = all cores)")) var threads: Int?
+    @Option(name: .customLong("gradient-checkpointing"), help: Self.help(.gradientCheckpointing, "Recompute each block in backward, keeping only its input: auto (when the plan does not fit), true, false")) var gradientCheckpointing: GradientCheckpointing?
+    @Flag(name: .customLong("plan-only"), help: "Print the memory plan (micro-batch x cutoff_len tokens; weights from the config and quantization) and exit; the model folder needs only config.json.") var planOnly = false
     @Flag(name: .customLong("print-config"), help: "Print the resolved settings as YAML and exit.") var printConfig = false
 
     /// Help text with the default from TrainConfig (the one place defaults live).
@@ -102,6 +104,7 @@ struct Finetune: ParsableCommand {
         }
         if let v = quantization { c.quantization = v }
         if let v = threads { c.threads = v }
+        if let v = gradientCheckpointing { c.gradientCheckpointing = v }
         try c.validate()
         return c
     }
@@ -110,6 +113,7 @@ struct Finetune: ParsableCommand {
         try runReportingErrors {
             let c = try resolved()
             if printConfig { print(c.yaml, terminator: ""); return }
+            if planOnly { try printPlanOnly(c, available: try availableMemory()); return }
             let comm = try makeCommunicator(environment: ProcessInfo.processInfo.environment)
             guard comm.size > 1 else { return try train(c, comm: comm) }
             // Every rank's error stops the job, with the rank named.
@@ -169,10 +173,18 @@ struct Finetune: ParsableCommand {
             train = try builder.examples(records, indices: trainIdx, path: c.dataPath)
             val = try builder.examples(records, indices: valIdx, path: c.dataPath)
         }
+        // The plan, before the activations and optimizer state exist; refused with its table.
+        let plan = MemoryPlan(config: loaded.model.config, weightBytes: loaded.model.weightBytes, adapter: c.adapterConfig,
+                              microBatch: c.microBatchSize, tokens: Trainer.longestMicroBatch(train: train, validation: val),
+                              threads: ctx.pool.threads, availableBytes: try availableMemory())
+        let checkpointing = c.gradientCheckpointing.resolved(fitsWithout: plan.fits(checkpointing: false))
+        guard plan.fits(checkpointing: checkpointing) else { throw TrainingError.doesNotFit(plan: plan.table(checkpointing: checkpointing)) }
+        say(plan.table(checkpointing: checkpointing))
         var rng = RNG(seed: c.seed)
         let adapter = LoRAAdapter(new: c.adapterConfig, model: loaded.model, rng: &rng)
         let trainer = try Trainer(config: c, model: loaded.model, adapter: adapter, ctx: ctx,
-                                  train: train, validation: val, padID: loaded.padID, comm: comm)
+                                  train: train, validation: val, padID: loaded.padID, comm: comm,
+                                  checkpointing: checkpointing)
         // Claimed before training: writable, locked against a second run, stale temporaries
         // cleaned. Released (and removed if this run left it empty) on every exit path.
         // Only rank 0 writes, so only rank 0 claims it.
@@ -219,5 +231,38 @@ struct Finetune: ParsableCommand {
                        comm.size, total / n, trainer.allreduceSeconds / n, 100 * trainer.allreduceSeconds / total,
                        trainer.waitSeconds / n, 100 * trainer.waitSeconds / total))
         }
+    }
+
+    /// LORA_AVAILABLE_MEMORY (bytes, or 512M / 24G) stands for the machine's available memory
+    /// (tests of the refusal, planning for another machine); otherwise /proc and the cgroup.
+    func availableMemory() throws -> Int? {
+        if let s = ProcessInfo.processInfo.environment["LORA_AVAILABLE_MEMORY"] {
+            guard let v = AvailableMemory.parse(s) else {
+                throw ValidationError("LORA_AVAILABLE_MEMORY=\(s): expected bytes or a size such as 512M or 24G")
+            }
+            return v
+        }
+        return AvailableMemory.read()
+    }
+
+    /// The plan from the model's config alone: a folder's config.json (no weights needed) or a
+    /// GGUF's header, the activations at micro_batch_size x cutoff_len.
+    func printPlanOnly(_ c: TrainConfig, available: Int?) throws {
+        let config: LlamaConfig
+        var stored: (String) -> Int? = { _ in nil }
+        if c.baseModel.lowercased().hasSuffix(".gguf") {
+            let g = try GGUFCheckpoint(path: c.baseModel)
+            config = g.config
+            stored = g.storedByteCount
+        } else {
+            config = try LlamaConfig(contentsOf: URL(fileURLWithPath: c.baseModel).appendingPathComponent("config.json"))
+        }
+        let threads = c.threads > 0 ? c.threads : ProcessInfoCores.count
+        let plan = MemoryPlan(config: config, weightBytes: MemoryPlan.weightBytes(config: config, quantization: c.quantization, storedBytes: stored),
+                              adapter: c.adapterConfig, microBatch: c.microBatchSize, tokens: c.cutoffLen,
+                              threads: threads, availableBytes: available)
+        let checkpointing = c.gradientCheckpointing.resolved(fitsWithout: plan.fits(checkpointing: false))
+        print(plan.table(checkpointing: checkpointing))
+        print(plan.fits(checkpointing: checkpointing) ? "fits" : "does not fit")
     }
 }

@@ -9,6 +9,7 @@ import Tensor
 // the same value types (`Quantization`, `AdapterSpec`).
 
 extension Quantization: ExpressibleByArgument {}
+extension GradientCheckpointing: ExpressibleByArgument {}
 
 /// `--base-model` with how its projections are stored.
 struct ModelOptions: ParsableArguments {

@@ -56,6 +56,8 @@ public final class GGUFCheckpoint: Checkpoint {
             throw CheckpointError.shapeMismatch(file: source, name: "\(g) (\(name))", expected: shape, found: info.shape)
         }
         let t = try file.f32(info)
+        // The source bytes are not needed again: give their pages back (see MappedFile.evict).
+        file.file.evict((file.dataStart + info.offset)..<(file.dataStart + info.offset + info.byteCount))
         try checkFinite(t, name: "\(g) (\(name))", file: source)
         if name.hasSuffix(".self_attn.q_proj.weight") {
             return try Self.unpermuteRoPE(t, heads: config.numAttentionHeads, name: g, file: source)
@@ -69,6 +71,16 @@ public final class GGUFCheckpoint: Checkpoint {
     /// Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K and BF16 tensors kept as stored: the file's mapping itself (it stays
     /// mapped while the weight lives), or for q_proj / k_proj a copy with whole rows un-permuted
     /// (rows move as they are). Block scales (and mins) are checked to be finite.
+    /// Bytes of a tensor as `quantization: stored` keeps it (a weight format: Q8_0, Q4_0, Q4_1,
+    /// BF16); nil when it would be converted to f32. For the memory plan; reads no data.
+    public func storedByteCount(_ name: String) -> Int? {
+        guard let g = Self.ggufName(name), let info = file.tensorInfo(g) else { return nil }
+        switch info.type {
+        case .q8_0, .q4_0, .q4_1, .bf16: return info.byteCount
+        default: return nil
+        }
+    }
+
     public func storedWeight(_ name: String, shape: [Int], format wanted: (any WeightFormat)?) throws -> Weight? {
         guard let g = Self.ggufName(name), let info = file.tensorInfo(g), info.shape == shape, shape.count == 2 else { return nil }
         let f: any WeightFormat

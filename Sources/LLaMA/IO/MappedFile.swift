@@ -40,6 +40,18 @@ public final class MappedFile: @unchecked Sendable {
         else { munmap(UnsafeMutableRawPointer(mutating: base), size) }
     }
 
+    /// Drops the pages wholly inside `range` from this process's resident memory once their
+    /// bytes have been converted into the model (the mapping is read-only and private, so a
+    /// later read faults them in again from the file): loading then never holds a converted
+    /// tensor and its source pages at once.
+    public func evict(_ range: Range<Int>) {
+        guard !isEmptyAllocation else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let lo = (range.lowerBound + page - 1) / page * page, hi = min(range.upperBound, size) / page * page
+        guard hi > lo else { return }
+        _ = madvise(UnsafeMutableRawPointer(mutating: base + lo), hi - lo, Int32(MADV_DONTNEED))
+    }
+
     public func bytes(_ range: Range<Int>) -> UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(start: base + range.lowerBound, count: range.count)
     }

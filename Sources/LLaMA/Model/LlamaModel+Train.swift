@@ -9,7 +9,7 @@ extension LlamaModel {
     /// `logits`). With `training`, the trained adapter's dropout draws its masks from `rng`.
     public func forwardHidden(_ batch: Batch, adapters: AdapterSet, acts: Activations, ctx: ExecutionContext,
                               rng: inout RNG, training: Bool) {
-        let c = config, B = batch.B, T = batch.T, M = B * T, C = c.hiddenSize, I = c.intermediateSize
+        let c = config, B = batch.B, T = batch.T, M = B * T, C = c.hiddenSize
         let be = ctx.backend, prof = ctx.profile
         precondition(B <= acts.maxB && T <= acts.maxT, "batch [\(B), \(T)] exceeds activations [\(acts.maxB), \(acts.maxT)]")
         // Positions are 0..<T in every row, as transformers uses when given only an attention
@@ -18,37 +18,52 @@ extension LlamaModel {
         batch.inputIDs.withUnsafeBufferPointer { ids in
             prof.time(.embedding) { be.embedding(out: acts.layers[0].xIn.data, ids: ids.baseAddress!, table: embed.data, N: M, C: C) }
         }
-        func project(_ lin: Linear, _ l: Int, _ p: Projection, y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>) {
-            self.project(lin, LoRASite(l, p), y: y, x: x, M: M, adapters: adapters, acts: acts, ctx: ctx, rng: &rng, training: training)
+        if acts.checkpointing {
+            acts.forwardAdapters = adapters
+            acts.forwardTraining = training
+            acts.blockRNG.removeAll(keepingCapacity: true)
         }
         batch.attentionMask.withUnsafeBufferPointer { maskBuf in
-            let keyMask = maskBuf.baseAddress!
-            for (l, blk) in blocks.enumerated() {
-                let a = acts.layers[l]
-                let xOut = l + 1 < blocks.count ? acts.layers[l + 1].xIn : acts.xFinal
-                // Attention: x -> norm -> q, k, v -> RoPE -> causal attention -> o, + residual.
-                prof.time(.rmsnorm) { be.rmsnormForward(y: acts.xn.data, rstd: a.rstd1.data, x: a.xIn.data, weight: blk.attnNorm.data, N: M, C: C, eps: c.rmsNormEps) }
-                project(blk.q, l, .q, y: a.q.data, x: acts.xn.data)
-                project(blk.k, l, .k, y: a.k.data, x: acts.xn.data)
-                project(blk.v, l, .v, y: a.v.data, x: acts.xn.data)
-                prof.time(.rope) { be.ropeForward(x: a.q.data, positions: acts.positions, rows: M, nHeads: c.numAttentionHeads, headDim: c.headDim, table: rope) }
-                prof.time(.rope) { be.ropeForward(x: a.k.data, positions: acts.positions, rows: M, nHeads: c.numKeyValueHeads, headDim: c.headDim, table: rope) }
-                prof.time(.attention) {
-                    be.attentionForward(out: a.att.data, probs: a.probs.data, q: a.q.data, k: a.k.data, v: a.v.data, keyMask: keyMask,
-                                        B: B, T: T, nH: c.numAttentionHeads, nKV: c.numKeyValueHeads, hd: c.headDim)
-                }
-                project(blk.o, l, .o, y: a.xMid.data, x: a.att.data)
-                prof.time(.residual) { be.add(out: a.xMid.data, a: a.xMid.data, b: a.xIn.data, count: M * C) }
-                // MLP: x -> norm -> silu(gate) * up -> down, + residual.
-                prof.time(.rmsnorm) { be.rmsnormForward(y: acts.xn.data, rstd: a.rstd2.data, x: a.xMid.data, weight: blk.mlpNorm.data, N: M, C: C, eps: c.rmsNormEps) }
-                project(blk.gate, l, .gate, y: a.gate.data, x: acts.xn.data)
-                project(blk.up, l, .up, y: a.up.data, x: acts.xn.data)
-                prof.time(.swiglu) { be.swigluForward(h: acts.h.data, gate: a.gate.data, up: a.up.data, count: M * I) }
-                project(blk.down, l, .down, y: xOut.data, x: acts.h.data)
-                prof.time(.residual) { be.add(out: xOut.data, a: xOut.data, b: a.xMid.data, count: M * C) }
+            for l in blocks.indices {
+                if acts.checkpointing { acts.blockRNG.append(rng) }
+                blockForward(l, B: B, T: T, keyMask: maskBuf.baseAddress!, adapters: adapters, acts: acts, ctx: ctx,
+                             rng: &rng, training: training)
             }
         }
         prof.time(.rmsnorm) { be.rmsnormForward(y: acts.xnF.data, rstd: acts.rstdF.data, x: acts.xFinal.data, weight: norm.data, N: M, C: C, eps: c.rmsNormEps) }
+    }
+
+    /// Block `l` forward from `acts.layers[l].xIn` to the next block's input (or `acts.xFinal`),
+    /// keeping what backward needs in `acts.layers[l]`.
+    func blockForward(_ l: Int, B: Int, T: Int, keyMask: UnsafePointer<Float>, adapters: AdapterSet, acts: Activations,
+                      ctx: ExecutionContext, rng: inout RNG, training: Bool) {
+        let c = config, M = B * T, C = c.hiddenSize, I = c.intermediateSize
+        let be = ctx.backend, prof = ctx.profile
+        func project(_ lin: Linear, _ l: Int, _ p: Projection, y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>) {
+            self.project(lin, LoRASite(l, p), y: y, x: x, M: M, adapters: adapters, acts: acts, ctx: ctx, rng: &rng, training: training)
+        }
+        let blk = blocks[l], a = acts.layers[l]
+        let xOut = l + 1 < blocks.count ? acts.layers[l + 1].xIn : acts.xFinal
+        // Attention: x -> norm -> q, k, v -> RoPE -> causal attention -> o, + residual.
+        prof.time(.rmsnorm) { be.rmsnormForward(y: acts.xn.data, rstd: a.rstd1.data, x: a.xIn.data, weight: blk.attnNorm.data, N: M, C: C, eps: c.rmsNormEps) }
+        project(blk.q, l, .q, y: a.q.data, x: acts.xn.data)
+        project(blk.k, l, .k, y: a.k.data, x: acts.xn.data)
+        project(blk.v, l, .v, y: a.v.data, x: acts.xn.data)
+        prof.time(.rope) { be.ropeForward(x: a.q.data, positions: acts.positions, rows: M, nHeads: c.numAttentionHeads, headDim: c.headDim, table: rope) }
+        prof.time(.rope) { be.ropeForward(x: a.k.data, positions: acts.positions, rows: M, nHeads: c.numKeyValueHeads, headDim: c.headDim, table: rope) }
+        prof.time(.attention) {
+            be.attentionForward(out: a.att.data, stats: a.attStats.data, q: a.q.data, k: a.k.data, v: a.v.data, keyMask: keyMask,
+                                B: B, T: T, nH: c.numAttentionHeads, nKV: c.numKeyValueHeads, hd: c.headDim)
+        }
+        project(blk.o, l, .o, y: a.xMid.data, x: a.att.data)
+        prof.time(.residual) { be.add(out: a.xMid.data, a: a.xMid.data, b: a.xIn.data, count: M * C) }
+        // MLP: x -> norm -> silu(gate) * up -> down, + residual.
+        prof.time(.rmsnorm) { be.rmsnormForward(y: acts.xn.data, rstd: a.rstd2.data, x: a.xMid.data, weight: blk.mlpNorm.data, N: M, C: C, eps: c.rmsNormEps) }
+        project(blk.gate, l, .gate, y: a.gate.data, x: acts.xn.data)
+        project(blk.up, l, .up, y: a.up.data, x: acts.xn.data)
+        prof.time(.swiglu) { be.swigluForward(h: acts.h.data, gate: a.gate.data, up: a.up.data, count: M * I) }
+        project(blk.down, l, .down, y: xOut.data, x: acts.h.data)
+        prof.time(.residual) { be.add(out: xOut.data, a: xOut.data, b: a.xMid.data, count: M * C) }
     }
 
     /// A projection with every adapter of the set that acts on it. The trained adapter keeps u
@@ -111,6 +126,14 @@ extension LlamaModel {
         let keyMask = mb.baseAddress!
         for l in stride(from: blocks.count - 1, through: 0, by: -1) {
             let blk = blocks[l], a = acts.layers[l]
+            if acts.checkpointing && l + 1 < blocks.count {
+                // Redo this block's forward from its kept input into the shared buffers, with the
+                // generator state it started from (the same dropout masks): the same bits as the
+                // first time. The last block's buffers still hold its forward.
+                var rng = acts.blockRNG[l]
+                blockForward(l, B: B, T: T, keyMask: keyMask, adapters: acts.forwardAdapters, acts: acts, ctx: ctx,
+                             rng: &rng, training: acts.forwardTraining)
+            }
             // MLP backward. dres holds d(block output).
             if adapted(l, .down) {
                 prof.time(.swiglu) { be.swigluForward(h: acts.h.data, gate: a.gate.data, up: a.up.data, count: M * I) }
@@ -126,9 +149,8 @@ extension LlamaModel {
             // Attention backward. dres now holds d(xMid).
             back(blk.o, l, .o, dx: acts.datt.data, dy: acts.dres.data, x: a.att.data, accumulate: false)
             prof.time(.attention) {
-                be.attentionBackward(dq: acts.dq.data, dk: acts.dk.data, dv: acts.dv.data, dout: acts.datt.data, probs: a.probs.data,
-                                     q: a.q.data, k: a.k.data, v: a.v.data, keyMask: keyMask,
-                                     scratch: acts.attentionScratch.data, B: B, T: T,
+                be.attentionBackward(dq: acts.dq.data, dk: acts.dk.data, dv: acts.dv.data, dout: acts.datt.data, stats: a.attStats.data,
+                                     q: a.q.data, k: a.k.data, v: a.v.data, keyMask: keyMask, B: B, T: T,
                                      nH: c.numAttentionHeads, nKV: c.numKeyValueHeads, hd: c.headDim)
             }
             prof.time(.rope) { be.ropeBackward(dx: acts.dq.data, positions: acts.positions, rows: M, nHeads: c.numAttentionHeads, headDim: c.headDim, table: rope) }

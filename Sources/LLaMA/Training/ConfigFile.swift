@@ -154,6 +154,9 @@ public enum ConfigFile {
         if ctx.codingPath.first?.stringValue == TrainConfig.CodingKeys.quantization.rawValue {
             return "one of \(Quantization.allCases.map(\.rawValue).joined(separator: ", "))"
         }
+        if ctx.codingPath.first?.stringValue == TrainConfig.CodingKeys.gradientCheckpointing.rawValue {
+            return "one of \(GradientCheckpointing.allCases.map(\.rawValue).joined(separator: ", "))"
+        }
         return "a valid value (\(ctx.debugDescription))"
     }
 

@@ -49,6 +49,9 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     /// What the frozen projections are stored as; `load_8bit: true|false` is read as int8|none.
     public var quantization: Quantization = .int8
     public var threads: Int = 0
+    /// Keep only each block's input and recompute the block in backward (`auto`: when the
+    /// memory plan without it does not fit the available memory; see `MemoryPlan`).
+    public var gradientCheckpointing: GradientCheckpointing = .auto
 
     public init() {}
 
@@ -63,6 +66,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case warmupSteps = "warmup_steps", loggingSteps = "logging_steps", evalSteps = "eval_steps"
         case saveSteps = "save_steps", saveTotalLimit = "save_total_limit", maxGradNorm = "max_grad_norm"
         case weightDecay = "weight_decay", seed, maxSteps = "max_steps", quantization, threads
+        case gradientCheckpointing = "gradient_checkpointing"
     }
 
     /// Keys accepted for compatibility and mapped onto a CodingKeys one.
@@ -117,6 +121,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
             quantization = q
         }
         threads = try get(.threads, d.threads)
+        gradientCheckpointing = try get(.gradientCheckpointing, d.gradientCheckpointing)
     }
 
     public static let defaults = TrainConfig()
@@ -162,6 +167,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
             case .maxSteps: v = "\(maxSteps)"
             case .quantization: v = quantization.rawValue
             case .threads: v = "\(threads)"
+            case .gradientCheckpointing: v = gradientCheckpointing.rawValue
             }
             out += "\(k.rawValue): \(v)\n"
         }
@@ -240,6 +246,29 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     /// The closest valid key to a misspelt one (edit distance), for "unknown key" messages.
     public static func nearestKey(to key: String) -> String {
         CodingKeys.allCases.map(\.rawValue).min { editDistance($0, key) < editDistance($1, key) }!
+    }
+}
+
+/// `gradient_checkpointing`: a closed set; `true`/`false` read as YAML booleans or strings.
+public enum GradientCheckpointing: String, CaseIterable, Sendable, Codable {
+    /// On when the plan without checkpointing does not fit the available memory.
+    case auto
+    case on = "true"
+    case off = "false"
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if let b = try? c.decode(Bool.self) { self = b ? .on : .off; return }
+        let s = try c.decode(String.self)
+        guard let v = GradientCheckpointing(rawValue: s) else {
+            throw DecodingError.dataCorruptedError(in: c, debugDescription: "'\(s)' is not one of auto, true, false")
+        }
+        self = v
+    }
+
+    /// Whether to checkpoint, given whether the plan without it fits.
+    public func resolved(fitsWithout: Bool) -> Bool {
+        switch self { case .on: return true; case .off: return false; case .auto: return !fitsWithout }
     }
 }
 

@@ -40,6 +40,8 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
     case interrupted(checkpoint: String?)
     case dataTooSmall(detail: String)
     case badCheckpoint(path: String, detail: String)
+    /// The memory plan does not fit the available memory (`plan` is its table).
+    case doesNotFit(plan: String)
 
     public var description: String {
         switch self {
@@ -49,6 +51,9 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
             return "interrupted" + (cp.map { "; checkpoint written to \($0)" } ?? "")
         case let .dataTooSmall(d): return d
         case let .badCheckpoint(path, d): return "\(path): \(d)"
+        case let .doesNotFit(plan):
+            return "the run does not fit in the available memory; refusing to start rather than be killed mid-run\n\(plan)\n"
+                + "lower micro_batch_size or cutoff_len, set gradient_checkpointing: true, or pick a smaller quantization"
         }
     }
 }
@@ -93,8 +98,12 @@ public final class Trainer {
 
     /// Trains `adapter` (fresh or loaded) on `model`; `ctx.cancellation` stops the run at the
     /// next step with a checkpoint.
+    /// `checkpointing`: recompute blocks in backward (see `Activations.checkpointing`); nil
+    /// takes `config.gradientCheckpointing`, with `auto` as off (the CLI resolves `auto`
+    /// against its memory plan).
     public init(config: TrainConfig, model: LlamaModel, adapter: LoRAAdapter, ctx: ExecutionContext,
-                train: [Example], validation: [Example], padID: Int32, comm: Communicator = SingleProcess()) throws {
+                train: [Example], validation: [Example], padID: Int32, comm: Communicator = SingleProcess(),
+                checkpointing: Bool? = nil) throws {
         self.config = config
         self.model = model
         self.adapter = adapter
@@ -115,13 +124,19 @@ public final class Trainer {
         schedule = LinearSchedule(baseLR: config.learningRate, warmup: config.warmupSteps, total: total)
         state.totalSteps = total
         state.rng = RNG(seed: config.seed &+ 1)
-        let longest = (train + validation).map(\.count).max() ?? 1
-        let maxT = (longest + Collator.padToMultipleOf - 1) / Collator.padToMultipleOf * Collator.padToMultipleOf
-        acts = Activations(model: model, trained: adapter, maxB: config.microBatchSize, maxT: maxT)
+        let maxT = Trainer.longestMicroBatch(train: train, validation: validation)
+        acts = Activations(model: model, trained: adapter, maxB: config.microBatchSize, maxT: maxT,
+                           checkpointing: checkpointing ?? config.gradientCheckpointing.resolved(fitsWithout: true))
         gradSum = [Double](repeating: 0, count: adapter.parameterCount)
     }
 
     public var trainableParameters: Int { adapter.parameterCount }
+
+    /// Tokens of the longest padded micro-batch (what the activations are sized for).
+    public static func longestMicroBatch(train: [Example], validation: [Example]) -> Int {
+        let longest = (train + validation).map(\.count).max() ?? 1
+        return (longest + Collator.padToMultipleOf - 1) / Collator.padToMultipleOf * Collator.padToMultipleOf
+    }
 
     /// Micro-batch `i` of `epoch` in the seeded order.
     func microBatch(epoch: Int, index i: Int, order: [Int]) -> Batch {
