@@ -20,6 +20,8 @@ if [ $# -eq 0 ]; then
       | grep -E "error|failed|Executed [0-9]+ tests" | tail -3
     [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "parity suites failed with LORA_KERNELS=$k" >&2; exit 1; }
   done
+  echo "== CUDA kernels compiled by NVRTC, no GPU needed (scripts/nvrtc_check.sh)" >&2
+  scripts/nvrtc_check.sh
   echo "== fuzz targets, 20 s each (scripts/fuzz_ci.sh)" >&2
   scripts/fuzz_ci.sh
 fi

@@ -42,6 +42,7 @@ struct Finetune: ParsableCommand {
     @Option(help: Self.help(.quantization, "Frozen weights: none (f32), bf16, int8, q8_0, q4_0, q4_1, or stored (a GGUF's own formats)")) var quantization: Quantization?
     @Option(name: .customLong("load-8bit"), help: "alpaca-lora's flag: true = --quantization int8, false = none") var load8bit: Bool?
     @Option(help: Self.help(.threads, "Threads (0 = all cores)")) var threads: Int?
+    @Option(help: Self.help(.device, "auto (a GPU when CUDA loads, else the CPU), cpu, cuda or cuda:N")) var device: DeviceRequest?
     @Flag(name: .customLong("print-config"), help: "Print the resolved settings as YAML and exit.") var printConfig = false
 
     /// Help text with the default from TrainConfig (the one place defaults live).
@@ -97,6 +98,7 @@ struct Finetune: ParsableCommand {
         }
         if let v = quantization { c.quantization = v }
         if let v = threads { c.threads = v }
+        if let v = device { c.device = v }
         try c.validate()
         return c
     }
@@ -105,7 +107,7 @@ struct Finetune: ParsableCommand {
         try runReportingErrors {
             let c = try resolved()
             if printConfig { print(c.yaml, terminator: ""); return }
-            let ctx = try makeContext(threads: c.threads)
+            let ctx = try makeContext(threads: c.threads, device: c.device)
             let memory = MemoryMeter()
             note("Training Alpaca-LoRA model with params:")
             note(c.yaml.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))

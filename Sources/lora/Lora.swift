@@ -9,7 +9,7 @@ struct Lora: ParsableCommand {
         commandName: "lora",
         abstract: "Fine-tune LLaMA-family models with LoRA on a CPU, answer prompts, merge adapters.",
         discussion: "Adapters are Hugging Face PEFT folders (adapter_config.json + adapter_model.safetensors).",
-        subcommands: [Finetune.self, Generate.self, Eval.self, Tokenize.self, Merge.self, Info.self])
+        subcommands: [Finetune.self, Generate.self, Eval.self, Tokenize.self, Merge.self, Info.self, CudaCheck.self])
 }
 
 /// Prints one line to stderr.

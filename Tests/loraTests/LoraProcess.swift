@@ -12,10 +12,12 @@ enum LoraProcess {
         return dir.appendingPathComponent("lora")
     }
 
-    static func run(_ args: [String], cwd: URL? = nil) throws -> Result {
+    /// `environment` adds to (or replaces entries of) this process's environment.
+    static func run(_ args: [String], cwd: URL? = nil, environment: [String: String] = [:]) throws -> Result {
         let p = Process()
         p.executableURL = binary
         p.arguments = args
+        if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         if let cwd { p.currentDirectoryURL = cwd }
         let out = Pipe(), err = Pipe()
         p.standardOutput = out; p.standardError = err

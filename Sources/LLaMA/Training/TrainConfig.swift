@@ -1,4 +1,5 @@
 import Foundation
+import Tensor
 
 /// Every `lora finetune` option, with the YAML key as its name. The defaults are alpaca-lora
 /// finetune.py's (and transformers TrainingArguments' as finetune.py sets them); this struct is
@@ -44,6 +45,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     /// What the frozen projections are stored as; `load_8bit: true|false` is read as int8|none.
     public var quantization: Quantization = .int8
     public var threads: Int = 0
+    /// auto: a GPU when CUDA loads, else the CPU.
+    public var device: DeviceRequest = .auto
 
     public init() {}
 
@@ -57,7 +60,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case promptTemplateName = "prompt_template_name", resumeFromCheckpoint = "resume_from_checkpoint"
         case warmupSteps = "warmup_steps", loggingSteps = "logging_steps", evalSteps = "eval_steps"
         case saveSteps = "save_steps", saveTotalLimit = "save_total_limit", maxGradNorm = "max_grad_norm"
-        case weightDecay = "weight_decay", seed, maxSteps = "max_steps", quantization, threads
+        case weightDecay = "weight_decay", seed, maxSteps = "max_steps", quantization, threads, device
     }
 
     /// Keys accepted for compatibility and mapped onto a CodingKeys one.
@@ -110,6 +113,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
             quantization = q
         }
         threads = try get(.threads, d.threads)
+        device = try get(.device, d.device)
     }
 
     public static let defaults = TrainConfig()
@@ -153,6 +157,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
             case .maxSteps: v = "\(maxSteps)"
             case .quantization: v = quantization.rawValue
             case .threads: v = "\(threads)"
+            case .device: v = device.description
             }
             out += "\(k.rawValue): \(v)\n"
         }
