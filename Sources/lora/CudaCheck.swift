@@ -56,7 +56,7 @@ struct CudaCheck: ParsableCommand {
                 let r = try CUDALibraries.loadAll(environment: env, index: 0)
                 print("driver: \(r.driverPath) (\(r.driverDescription), \(r.deviceCount) device\(r.deviceCount == 1 ? "" : "s"))")
                 print("nvrtc: \(r.nvrtcPath) (\(r.nvrtcVersion.major).\(r.nvrtcVersion.minor))")
-                print("cublas: \(r.cublasPath) (\(r.cublasVersion))")
+                print("cublas: \(r.cublasPath) (\(r.cublasVersion / 10000).\(r.cublasVersion / 100 % 100).\(r.cublasVersion % 100))")
             } catch let e as CUDAUnavailable {
                 note("\(e)")
                 throw ExitCode(1)
