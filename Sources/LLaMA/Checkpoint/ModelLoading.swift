@@ -6,6 +6,10 @@ import Tensor
 public struct LoadedModel {
     public let model: LlamaModel
     public let tokenizer: Tokenizer
+    /// The model's Jinja chat template (GGUF `tokenizer.chat_template`, or the folder's
+    /// chat_template.jinja / tokenizer_config.json `chat_template`); nil when it has none.
+    /// `ChatTemplate.resolve(override:modelTemplate:)` turns it into a renderer.
+    public let chatTemplateSource: String?
 
     /// The checkpoint is read and let go: the model holds copies, so the mapped file (a GGUF
     /// is mapped whole) leaves memory once loading is done.
@@ -16,11 +20,13 @@ public struct LoadedModel {
         if let g = ck as? GGUFCheckpoint {
             tokenizer = try loadTokenizer(gguf: g.file)
             tokenizerFile = g.file.path + " (tokenizer.ggml.tokens)"
+            chatTemplateSource = try LLaMA.chatTemplateSource(gguf: g.file)
         } else {
             tokenizer = try loadTokenizer(folder: URL(fileURLWithPath: path))
             let folder = URL(fileURLWithPath: path)
             let spm = folder.appendingPathComponent("tokenizer.model").path
             tokenizerFile = FileManager.default.fileExists(atPath: spm) ? spm : folder.appendingPathComponent("tokenizer.json").path
+            chatTemplateSource = try LLaMA.chatTemplateSource(folder: folder)
         }
         // Checked before the weights are read: an id past the embedding's rows would read past
         // it in generate and write past the gradient buffer in finetune.
@@ -49,6 +55,12 @@ public struct LoadedModel {
     /// alpaca-lora pads with id 0 (`tokenizer.pad_token_id = 0`); a tokenizer's own pad id
     /// wins when it has one.
     public var padID: Int32 { tokenizer.padID ?? 0 }
+
+    /// The chat template to use: `override` (`--chat-template NAME|PATH`) or the model's own,
+    /// with this tokenizer's BOS/EOS texts.
+    public func chatTemplate(override: String?) throws -> ChatTemplate {
+        try ChatTemplate.resolve(override: override, modelTemplate: chatTemplateSource, tokenizer: tokenizer)
+    }
 }
 
 /// `DIR` or `DIR:WEIGHT`, as `--lora-weights` takes it.
