@@ -6,7 +6,7 @@
 import PackageDescription
 
 let targets = ["safetensors", "safetensors_index", "gguf", "gguf_tokenizer", "config", "adapter_config",
-               "tokenizer_json", "data", "yaml", "prompter", "resume"]
+               "tokenizer_json", "data", "yaml", "prompter", "resume", "chat_data"]
 
 let package = Package(
     name: "LoraFuzz",

@@ -210,6 +210,16 @@ def main():
     for p in sorted(glob.glob(os.path.join(bad, "data", "*.json"))):
         put("data", "bad-" + os.path.basename(p)[:-5], b"\0" + open(p, "rb").read())
 
+    # chat data: a leading byte picks the file name (bit 0: .json / .jsonl) and the template
+    # kind (byte / 2: chatml, llama2, llama3, mistral, alpaca)
+    chat = json.loads(rd(os.path.join("chat", "conversations.json")))
+    for k, kind in enumerate(["chatml", "llama2", "llama3", "mistral", "alpaca"]):
+        put("chat_data", "conversations-" + kind, bytes([2 * k]) + rd(os.path.join("chat", "conversations.json")))
+    put("chat_data", "jsonl", b"\1" + "\n".join(json.dumps(r, ensure_ascii=False) for r in chat).encode())
+    for p in sorted(glob.glob(os.path.join(bad, "chat", "*.json*"))):
+        put("chat_data", "bad-" + os.path.basename(p).rsplit(".", 1)[0], b"\0" + open(p, "rb").read())
+    put("chat_data", "template-smollm2", b"\0" + json.loads(rd(os.path.join("chat", "reference.json")))["templates"]["smollm2"]["source"].encode())
+
     # finetune YAML
     for p in sorted(glob.glob(os.path.join(ROOT, "configs", "*.y*ml"))):
         put("yaml", os.path.basename(p).rsplit(".", 1)[0], open(p, "rb").read())

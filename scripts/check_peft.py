@@ -10,6 +10,8 @@ sentencepiece from PyPI):
     python scripts/check_peft.py --base-model Tests/Fixtures/tiny-mha --adapter OUT_DIR \
         --data Tests/Fixtures/records.json [--cutoff-len 128] [--train-on-inputs true] [--lora PATH_TO_LORA_BINARY]
 The base model is a Hugging Face folder (safetensors + tokenizer.model); int8 is not used.
+A DoRA adapter (use_dora: true) is checked the same way: PEFT must load every lora_magnitude_vector
+unchanged (the tensors it holds equal the file's) and give `lora eval`'s loss.
 """
 import argparse
 import json
@@ -53,10 +55,21 @@ def main():
     # from_pretrained warns but does not fail on key mismatches: check them explicitly.
     from peft.utils import load_peft_weights
     saved = load_peft_weights(a.adapter)
-    expected = {k.replace(".default", "") for k in model.state_dict() if "lora_" in k}
+    def saved_name(k):
+        # PEFT saves DoRA's magnitude without the adapter name and without ".weight".
+        k = k.replace(".default", "")
+        return k[: -len(".weight")] if k.endswith(".lora_magnitude_vector.weight") else k
+    state = {saved_name(k): v for k, v in model.state_dict().items() if "lora_" in k}
+    expected = set(state)
     missing = sorted(expected - set(saved))
     unexpected = sorted(set(saved) - expected)
     print(f"adapter keys: {len(saved)}, missing: {missing}, unexpected: {unexpected}")
+    # Every tensor PEFT holds is the saved one, exactly (a DoRA magnitude that PEFT re-initialised
+    # from the base's row norms instead of loading would show here).
+    changed = sorted(k for k in expected & set(saved) if not torch.equal(state[k].float(), saved[k].float()))
+    dora = bool(model.peft_config["default"].use_dora)
+    magnitudes = sum(1 for k in saved if k.endswith("lora_magnitude_vector"))
+    print(f"use_dora: {dora}, magnitude vectors: {magnitudes}, tensors PEFT holds differently from the file: {changed}")
     model.eval()
 
     sp = spm.SentencePieceProcessor(model_file=f"{a.base_model}/tokenizer.model")
@@ -93,7 +106,7 @@ def main():
     ours = json.loads(out.stdout)
     print(f"PEFT loss {peft_loss:.6f} over {count} tokens; lora eval loss {ours['loss']:.6f} over {ours['tokens']} tokens; "
           f"difference {abs(peft_loss - ours['loss']):.2e}")
-    ok = not missing and not unexpected and count == ours["tokens"] and abs(peft_loss - ours["loss"]) < 1e-4
+    ok = not missing and not unexpected and not changed and (magnitudes > 0) == dora and count == ours["tokens"] and abs(peft_loss - ours["loss"]) < 1e-4
     print("OK" if ok else "MISMATCH")
     sys.exit(0 if ok else 1)
 

@@ -12,12 +12,12 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 SCRATCH=$ROOT/.build-fuzz
 
-TARGETS=(safetensors safetensors_index gguf gguf_tokenizer config adapter_config tokenizer_json data yaml prompter resume)
+TARGETS=(safetensors safetensors_index gguf gguf_tokenizer config adapter_config tokenizer_json data yaml prompter resume chat_data)
 # Longest input per target: a little over its largest seed.
 max_len() {
     case $1 in
         config|adapter_config|prompter) echo 4096 ;;
-        data|resume) echo 16384 ;;
+        data|resume|chat_data) echo 16384 ;;
         yaml) echo 32768 ;;
         *) echo 65536 ;;
     esac

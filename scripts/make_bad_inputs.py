@@ -417,6 +417,37 @@ case("data_through_a_file", ["eval", "--base-model", "$FIX/tiny-mha", "--data-pa
                               "--load-8bit", "false"], ["not_utf8.json/x.json", "not a directory"])
 
 
+# ---- chat-format data (issue 11): the first record decides the format; errors name the record and field ----
+def chat_case(name, records, expect, extra=()):
+    write(f"chat/{name}.json", json.dumps(records) if not isinstance(records, bytes) else records)
+    case(f"chat_{name}", finetune()[:3] + ["--data-path", f"$BAD/chat/{name}.json"] + finetune()[5:]
+         + ["--chat-template", "chatml", *extra], [f"{name}.json"] + expect)
+
+
+CHAT_OK = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+chat_case("messages_not_a_list", [CHAT_OK, {"messages": "hi"}], ["record 1", "'messages'", "list"])
+chat_case("messages_empty", [CHAT_OK, {"messages": []}], ["record 1", "'messages'", "empty"])
+chat_case("role_missing", [CHAT_OK, CHAT_OK, {"messages": [{"content": "x"}, CHAT_OK["messages"][1]]}],
+          ["record 2", "messages[0].role", "missing"])
+chat_case("content_wrong_type", [{"messages": [{"role": "user", "content": ["x"]}, CHAT_OK["messages"][1]]}],
+          ["record 0", "messages[0].content", "array"])
+chat_case("message_not_an_object", [{"messages": ["hi", CHAT_OK["messages"][1]]}], ["record 0", "messages[0]", "object"])
+chat_case("no_assistant_turn", [CHAT_OK, {"messages": [{"role": "user", "content": "hi"}]}], ["record 1", "assistant"])
+chat_case("alpaca_record_after_chat", [CHAT_OK, {"instruction": "a", "input": "", "output": "b"}],
+          ["record 1", "'messages'", "missing"])
+chat_case("roles_not_alternating", [CHAT_OK, {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                                                          {"role": "assistant", "content": "c"}]}],
+          ["record 1", "messages[1]", "alternate"], ["--chat-template", "llama2"])
+write("chat/ok.json", json.dumps([CHAT_OK, CHAT_OK]))
+case("chat_template_unknown_name", finetune()[:3] + ["--data-path", "$BAD/chat/ok.json"] + finetune()[5:] + ["--chat-template", "vicuna"],
+     ["vicuna", "chatml, llama2, llama3, mistral, alpaca"])
+case("chat_model_has_no_template", finetune()[:3] + ["--data-path", "$BAD/chat/ok.json"] + finetune()[5:],
+     ["no chat template", "--chat-template"])
+write("chat/unknown_template.jinja", "{% for m in messages %}<start_of_turn>{{ m['content'] }}<end_of_turn>{% endfor %}")
+case("chat_template_file_unrecognized", finetune()[:3] + ["--data-path", "$BAD/chat/ok.json"] + finetune()[5:]
+     + ["--chat-template", "$BAD/chat/unknown_template.jinja"], ["unknown_template.jinja", "unrecognized chat template"])
+
+
 # ---- prompt templates given as files: finetune --prompt-template-name, generate/eval --prompt-template ----
 def template_case(name, data, expect, command="generate", file=None):
     rel = f"template/{file or name + '.json'}"

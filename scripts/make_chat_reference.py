@@ -17,10 +17,11 @@ import struct
 import sys
 
 from tokenizers import Tokenizer, models
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-OUT = os.path.join(HERE, "..", "Tests", "Fixtures", "chat", "reference.json")
+FIX = os.path.join(HERE, "..", "Tests", "Fixtures")
+OUT = os.path.join(FIX, "chat", "reference.json")
 
 ALT = "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
 
@@ -164,8 +165,22 @@ def main():
                 except Exception as e:  # the template's raise_exception (jinja2 TemplateError)
                     case["error"] = str(e)
                 cases.append(case)
+    # Token ids of the training fixture's conversations, apply_chat_template(tokenize=True), with
+    # the fixtures' own tokenizers: SentencePiece (tiny-mha) and byte-level BPE (bpe/).
+    records = json.load(open(os.path.join(FIX, "chat", "conversations.json")))
+    tokenized = []
+    for folder, names in (("tiny-mha", ["llama2", "mistral_v02", "alpaca"]), ("bpe", ["smollm2", "chatml"])):
+        tok = AutoTokenizer.from_pretrained(os.path.join(FIX, folder))
+        for name in names:
+            src = templates[name]["source"]
+            # Mistral's template has no system role.
+            keep = [i for i, r in enumerate(records) if not (name.startswith("mistral") and r["messages"][0]["role"] == "system")]
+            ids = [tok.apply_chat_template(records[i]["messages"], chat_template=src, tokenize=True, return_dict=True)["input_ids"]
+                   for i in keep]
+            tokenized.append({"tokenizer": folder, "template": name, "records": keep,
+                              "input_ids": [list(map(int, x)) for x in ids]})
     out = {"generator": "scripts/make_chat_reference.py (transformers apply_chat_template)",
-           "templates": templates, "conversations": CONVERSATIONS, "cases": cases}
+           "templates": templates, "conversations": CONVERSATIONS, "cases": cases, "tokenized": tokenized}
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     tmp = OUT + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:

@@ -34,10 +34,13 @@ Outputs (all under Tests/Fixtures/):
                                          Q8_0/F16 quantizer inputs and outputs
     gguf/tiny-mha.gguf, tiny-gqa-q8.gguf the tiny checkpoints as llama.cpp files (F32; F16/BF16/Q8_0, tied)
     gguf/tiny-gqa-q8.forward.safetensors logits of the Q8_0 file's dequantized weights (transformers)
+    reference/dora/<case>.json|.safetensors|.adapter/|.final.adapter/   PEFT DoRA (use_dora=True) references:
+                                         loss, grads, 10 AdamW steps with weight decay, logits, merge_and_unload
     gguf/reference.json                  notes, diffs, and (when models/SmolLM2-135M-Instruct.Q4_1.gguf exists)
                                          that model's last-position logits from transformers' GGUF loader
 
-`--only gguf` regenerates only gguf/ from the committed tiny checkpoints (the other files stay byte-identical).
+`--only gguf` regenerates only gguf/ from the committed tiny checkpoints (the other files stay byte-identical);
+`--only dora` likewise only reference/dora/.
 
 The JSON files carry a "notes"/"semantics" block describing exactly what was computed.
 """
@@ -1479,6 +1482,290 @@ def print_gguf_summary(res: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# 7. DoRA references (PEFT LoraConfig(use_dora=True)); fixtures under reference/dora/
+# --------------------------------------------------------------------------------------------------
+#
+# PEFT's DoRA on a Linear W [out, in] (peft tuners/lora/dora.py, DoraLinearLayer):
+#   n = ||W + scaling * B A|| per output row, computed from the DEQUANTIZED base weight and detached;
+#   y = W x + (m / n - 1) * W x + (m / n) * scaling * B A x   (dropout 0)
+# The cases below use the same data, schedule and clipping as section 4, plus AdamW weight decay with
+# the parameter groups transformers.Trainer builds, and a perturbed magnitude so m / n != 1 everywhere.
+
+DORA = REF / "dora"
+DORA_WEIGHT_DECAY = 0.1
+DORA_CASES = {
+    "mha-qv": dict(model="tiny-mha", targets=["q_proj", "v_proj"], train_on_inputs=True, r=4, alpha=8, rslora=False,
+                   int8=False),
+    "gqa-all-int8": dict(model="tiny-gqa", targets=PROJ_NAMES, train_on_inputs=False, r=4, alpha=16, rslora=False,
+                         int8=True),
+}
+DORA_LOGIT_POSITIONS = 16
+
+
+def dora_key(name: str) -> str:
+    """named_parameters() name -> key in adapter_model.safetensors (PEFT drops the adapter name, and the
+    magnitude's '.weight')."""
+    k = name.replace(".default", "")
+    return k[: -len(".weight")] if k.endswith(".lora_magnitude_vector.weight") else k
+
+
+def dora_peft_model(case: dict) -> torch.nn.Module:
+    base = load_model(case["model"])
+    if case["int8"]:
+        apply_int8_(base)
+    base.config.use_cache = False
+    cfg = LoraConfig(r=case["r"], lora_alpha=case["alpha"], lora_dropout=0.0, target_modules=list(case["targets"]),
+                     bias="none", task_type="CAUSAL_LM", use_rslora=case["rslora"], use_dora=True)
+    return get_peft_model(base, cfg)
+
+
+def dora_init_(pm: torch.nn.Module, seed: int) -> float:
+    """Section 4's A/B init, then m *= 1 + 0.1 N(0, 1). Returns max |m0 - ||W|| row| before the change
+    (PEFT inits m to the row norms of the dequantized weight)."""
+    diff = 0.0
+    for name, mod in pm.named_modules():
+        if hasattr(mod, "lora_magnitude_vector") and "default" in mod.lora_magnitude_vector:
+            w = mod.get_base_layer().weight.detach()
+            m0 = mod.lora_magnitude_vector["default"].weight.detach()
+            diff = max(diff, float((m0 - w.norm(dim=1)).abs().max()))
+    init_lora_(pm, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in sorted(pm.named_parameters(), key=lambda kv: kv[0]):
+            if "lora_magnitude_vector" in name:
+                p.mul_(1 + 0.1 * torch.randn(p.shape, generator=g))
+    return diff
+
+
+def dora_param_groups(pm: torch.nn.Module, params: list) -> tuple[list[dict], list[str]]:
+    """transformers.Trainer's AdamW groups: weight decay on get_decay_parameter_names, 0 on the rest."""
+    args = transformers.TrainingArguments(output_dir=tempfile.gettempdir(), report_to="none", use_cpu=True)
+    decay = set(transformers.Trainer(model=pm, args=args).get_decay_parameter_names(pm))
+    groups = [{"params": [p for n, p in params if n in decay], "weight_decay": DORA_WEIGHT_DECAY},
+              {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0}]
+    return groups, sorted(dora_key(n) for n, _ in params if n not in decay)
+
+
+def dora_manual_forward_check(pm: torch.nn.Module, case: dict, ids: torch.Tensor) -> float:
+    """Independent check of PEFT's DoRA forward: a plain transformers model with every adapted Linear
+    replaced by (m / ||W + sBA||) * (W + sBA); returns max |logits difference|."""
+    plain = load_model(case["model"])
+    if case["int8"]:
+        apply_int8_(plain)
+    with torch.no_grad():
+        for name, mod in pm.named_modules():
+            if hasattr(mod, "lora_magnitude_vector") and "default" in mod.lora_magnitude_vector:
+                w = mod.get_base_layer().weight.detach()
+                s = mod.scaling["default"]
+                wd = w + s * mod.lora_B["default"].weight @ mod.lora_A["default"].weight
+                m = mod.lora_magnitude_vector["default"].weight
+                target = plain.get_submodule(name.replace("base_model.model.", "", 1))
+                target.weight.copy_((m / wd.norm(dim=1))[:, None] * wd)
+        a = pm(input_ids=ids).logits
+        b = plain(input_ids=ids).logits
+    return float((a - b).abs().max())
+
+
+def run_dora_case(cname: str, tok: Tok, max_grad_norm: float) -> dict:
+    import copy
+    case = DORA_CASES[cname]
+    set_determinism(0)
+    feats = [alpaca_tokenize(tok, r, TRAIN_CUTOFF, case["train_on_inputs"], False, "sp") for r in RECORDS[:BATCH_SIZE]]
+    mbs = [collate(tok, feats[i:i + MICRO_BS]) for i in range(0, BATCH_SIZE, MICRO_BS)]
+    n_items = int(sum((mb["labels"][:, 1:] != -100).sum() for mb in mbs))
+
+    pm = dora_peft_model(case)
+    m0_vs_row_norm = dora_init_(pm, seed=hash_seed("dora-" + cname))
+    assert m0_vs_row_norm < 1e-5, m0_vs_row_norm
+    adapter_dir = DORA / f"{cname}.adapter"
+    rm(adapter_dir)
+    pm.save_pretrained(str(adapter_dir), safe_serialization=True)
+    rm(adapter_dir / "README.md")
+    saved_cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    assert saved_cfg["use_dora"] is True
+    with safetensors.safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as f:
+        saved_shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+
+    params = [(n, p) for n, p in pm.named_parameters() if p.requires_grad]
+    assert all("lora_" in n for n, _ in params)
+    keys = sorted(dora_key(n) for n, _ in params)
+    assert keys == sorted(saved_shapes), (keys[:3], sorted(saved_shapes)[:3])
+    tensors: dict[str, torch.Tensor] = {}
+    init = {dora_key(n): p.detach().clone() for n, p in params}
+    pm.train()
+
+    pm.zero_grad(set_to_none=True)
+    loss0 = batch_loss(pm, mbs, n_items)
+    for n, p in params:
+        tensors["grad." + dora_key(n)] = p.grad.detach().clone()
+
+    groups, no_decay = dora_param_groups(pm, params)
+    opt = torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.999), eps=1e-8)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    losses, norms, lrs, clipped = [], [], [], []
+    for step in range(TRAIN_STEPS):
+        opt.zero_grad(set_to_none=True)
+        losses.append(batch_loss(pm, mbs, n_items))
+        norm = torch.nn.utils.clip_grad_norm_([p for _, p in params], max_grad_norm)
+        norms.append(float(norm))
+        clipped.append(bool(float(norm) > max_grad_norm))
+        lrs.append(float(opt.param_groups[0]["lr"]))
+        opt.step()
+        sched.step()
+    final = {dora_key(n): p.detach().clone() for n, p in params}
+
+    # the initial adapter reloads through PEFT to exactly its values and reproduces loss0
+    base = load_model(case["model"])
+    if case["int8"]:
+        apply_int8_(base)
+    reloaded = peft.PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)
+    for n, p in reloaded.named_parameters():
+        if "lora_" in n:
+            assert torch.equal(p.detach(), init[dora_key(n)]), n
+    reloaded_loss0 = batch_loss(reloaded, mbs, n_items)
+    assert abs(reloaded_loss0 - loss0) < 1e-5, (reloaded_loss0, loss0)
+
+    # eval-mode logits of the trained adapter on record 0 (unpadded), and PEFT's merge_and_unload
+    pm.eval()
+    ids = torch.tensor([feats[0]["input_ids"][:DORA_LOGIT_POSITIONS]])
+    with torch.no_grad():
+        logits = pm(input_ids=ids).logits[0]
+    tensors["logits"] = logits
+    manual_diff = dora_manual_forward_check(pm, case, ids)
+    assert manual_diff < 1e-4, manual_diff
+    final_dir = DORA / f"{cname}.final.adapter"
+    rm(final_dir)
+    pm.save_pretrained(str(final_dir), safe_serialization=True)
+    rm(final_dir / "README.md")
+    with safetensors.safe_open(str(final_dir / "adapter_model.safetensors"), "pt") as f:
+        assert all(torch.equal(f.get_tensor(k), final[k]) for k in keys)
+    merged = copy.deepcopy(pm).merge_and_unload()
+    with torch.no_grad():
+        merged_logits = merged(input_ids=ids).logits[0]
+    merged_vs_unmerged = float((merged_logits - logits).abs().max())
+    sd = merged.state_dict()
+    merged_names = []
+    if not case["int8"]:  # merged into the checkpoint's own f32 weights (an int8 base would merge into its copy)
+        for name in sorted(sd):
+            if any(f".{t}." in name for t in case["targets"]):
+                tensors["merged." + name] = sd[name]
+                merged_names.append(name)
+
+    scaling = case["alpha"] / (math.sqrt(case["r"]) if case["rslora"] else case["r"])
+    result = {
+        "case": cname, "model": case["model"], "model_dir": f"Tests/Fixtures/{case['model']}",
+        "adapter_dir": f"Tests/Fixtures/reference/dora/{cname}.adapter",
+        "final_adapter_dir": f"Tests/Fixtures/reference/dora/{cname}.final.adapter",
+        "versions": VERSIONS,
+        "settings": {
+            "target_modules": case["targets"], "r": case["r"], "lora_alpha": case["alpha"], "use_rslora": case["rslora"],
+            "use_dora": True, "scaling": scaling, "lora_dropout": 0.0, "train_on_inputs": case["train_on_inputs"],
+            "cutoff_len": TRAIN_CUTOFF, "micro_batch_size": MICRO_BS, "batch_size": BATCH_SIZE, "steps": TRAIN_STEPS,
+            "optimizer": {"type": "torch.optim.AdamW", "lr": LR, "betas": [0.9, 0.999], "eps": 1e-8,
+                          "weight_decay": DORA_WEIGHT_DECAY,
+                          "no_decay_keys": no_decay,
+                          "groups": "transformers.Trainer.get_decay_parameter_names: weight decay on every other "
+                                    "trainable tensor (lora_A, lora_B and lora_magnitude_vector alike)"},
+            "scheduler": {"num_warmup_steps": WARMUP, "num_training_steps": TRAIN_STEPS},
+            "max_grad_norm": max_grad_norm,
+            "int8": INT8_NOTES if case["int8"] else None,
+            "init": "section 4's lora_A/lora_B init (seed hash_seed('dora-<case>')), then every magnitude multiplied "
+                    "by 1 + 0.1 N(0,1) (generator seed + 1); before that PEFT's m0 equalled the row norms "
+                    f"of the (dequantized) base weight within {m0_vs_row_norm:.2e}",
+        },
+        "semantics": {
+            "dora": "n = ||W + scaling * B A|| per output row of the (int8-dequantized) base weight, detached; "
+                    "y = (m / n) * (W x + scaling * B A x)",
+            "saved_keys": "lora_A.weight [r, in], lora_B.weight [out, r], lora_magnitude_vector [out] (no .weight)",
+            "rest": "as train-<case>.json (section 4): the same micro-batches, loss, clipping and schedule",
+        },
+        "saved_shapes": saved_shapes,
+        "micro_batches": [{k: v.tolist() for k, v in mb.items()} for mb in mbs],
+        "num_items": n_items,
+        "loss0": loss0, "loss0_from_reloaded_adapter": reloaded_loss0,
+        "losses": losses, "grad_norms": norms, "lrs": lrs, "clipped": clipped,
+        "param_keys": keys,
+        "logits_input_ids": ids[0].tolist(),
+        "manual_dora_forward_vs_peft_max_abs_diff": manual_diff,
+        "merged_vs_unmerged_logits_max_abs_diff": merged_vs_unmerged,
+        "merged_names": merged_names,
+        "tensors": {"grad.<key>": "gradient of loss0 at the adapter folder's values",
+                    "(final values)": f"after {TRAIN_STEPS} steps: the final adapter folder",
+                    "logits": "eval-mode logits [T, V] of logits_input_ids with the final adapter",
+                    "merged.<name>": "merge_and_unload() weights of the final adapter (f32 base only)"},
+    }
+    save_tensors(DORA / f"{cname}.safetensors", tensors)
+    write_json(DORA / f"{cname}.json", result)
+    return result
+
+
+def dora_trainer_crosscheck(cname: str, tok: Tok, result: dict) -> dict:
+    """transformers.Trainer (weight_decay=0.1, its own parameter groups) from the same initial adapter."""
+    case = DORA_CASES[cname]
+    set_determinism(0)
+    base = load_model(case["model"])
+    if case["int8"]:
+        apply_int8_(base)
+    base.config.use_cache = False
+    pm = peft.PeftModel.from_pretrained(base, str(DORA / f"{cname}.adapter"), is_trainable=True)
+    with safetensors.safe_open(str(DORA / f"{cname}.final.adapter" / "adapter_model.safetensors"), "pt") as f:
+        final = {k: f.get_tensor(k) for k in f.keys()}
+    feats = [alpaca_tokenize(tok, r, TRAIN_CUTOFF, case["train_on_inputs"], False, "sp") for r in RECORDS[:BATCH_SIZE]]
+    data = [{"input_ids": f["input_ids"], "attention_mask": [1] * len(f["input_ids"]), "labels": f["labels"]}
+            for f in feats] * TRAIN_STEPS
+    with tempfile.TemporaryDirectory() as td:
+        args = transformers.TrainingArguments(
+            output_dir=td, per_device_train_batch_size=MICRO_BS, gradient_accumulation_steps=BATCH_SIZE // MICRO_BS,
+            max_steps=TRAIN_STEPS, learning_rate=LR, warmup_steps=WARMUP, lr_scheduler_type="linear",
+            weight_decay=DORA_WEIGHT_DECAY, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, optim="adamw_torch",
+            max_grad_norm=result["settings"]["max_grad_norm"], logging_steps=1, save_strategy="no",
+            report_to="none", use_cpu=True, seed=0, train_sampling_strategy="sequential", disable_tqdm=True,
+            dataloader_num_workers=0)
+        trainer = transformers.Trainer(
+            model=pm, args=args, train_dataset=data,
+            data_collator=transformers.DataCollatorForSeq2Seq(tok.hf, pad_to_multiple_of=8, return_tensors="pt",
+                                                              padding=True))
+        trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+        trainer.train()
+        logs = [h for h in trainer.state.log_history if "loss" in h and "grad_norm" in h]
+    diff = 0.0
+    for n, p in pm.named_parameters():
+        if p.requires_grad:
+            diff = max(diff, float((p.detach() - final[dora_key(n)]).abs().max()))
+    return {"final_params_max_abs_diff": diff,
+            "grad_norms_max_abs_diff": max(abs(float(h["grad_norm"]) - g) for h, g in zip(logs, result["grad_norms"])),
+            "logged_loss_max_abs_diff": max(abs(float(h["loss"]) - l) for h, l in zip(logs, result["losses"])),
+            "n_logged_steps": len(logs),
+            "how": "transformers.Trainer(optim=adamw_torch, weight_decay=0.1, linear schedule, sequential sampling) "
+                   "from the saved initial adapter, compared with final.<key>, grad_norms and losses"}
+
+
+def dora_reference(tok: Tok, trainer_check: bool = True) -> dict:
+    DORA.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for cname in DORA_CASES:
+        probe = run_dora_case(cname, tok, max_grad_norm=float("inf"))
+        clip = choose_clip(probe["grad_norms"])
+        res = run_dora_case(cname, tok, max_grad_norm=clip)
+        assert any(res["clipped"]) and not all(res["clipped"]), (cname, res["grad_norms"], clip)
+        if trainer_check:
+            res["trainer_crosscheck"] = dora_trainer_crosscheck(cname, tok, res)
+            write_json(DORA / f"{cname}.json", res)
+        out[cname] = res
+    return out
+
+
+def print_dora_summary(res: dict) -> None:
+    for cname, r in res.items():
+        print(f"dora {cname}: loss0={r['loss0']:.6f} clip={r['settings']['max_grad_norm']} clipped={sum(r['clipped'])}/10 "
+              f"manual-vs-peft={r['manual_dora_forward_vs_peft_max_abs_diff']:.2e} "
+              f"merged-vs-unmerged={r['merged_vs_unmerged_logits_max_abs_diff']:.2e}\n"
+              f"  losses={[round(x, 5) for x in r['losses']]}\n  no_decay={r['settings']['optimizer']['no_decay_keys']}")
+        if "trainer_crosscheck" in r:
+            print("  trainer crosscheck:", {k: v for k, v in r["trainer_crosscheck"].items() if k != "how"})
+
+
+# --------------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------------
 
@@ -1487,7 +1774,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--skip-trainer-check", action="store_true",
                     help="do not cross-check the manual training loop against transformers.Trainer")
-    ap.add_argument("--only", choices=["gguf"],
+    ap.add_argument("--only", choices=["gguf", "dora"],
                     help="run only one section from the committed fixtures (gguf: Tests/Fixtures/gguf/)")
     args = ap.parse_args()
     set_determinism(0)
@@ -1495,6 +1782,9 @@ def main() -> None:
     REF.mkdir(parents=True, exist_ok=True)
     if args.only == "gguf":
         print_gguf_summary(gguf_reference())
+        return
+    if args.only == "dora":
+        print_dora_summary(dora_reference(Tok(FIX / "tiny-mha"), trainer_check=not args.skip_trainer_check))
         return
 
     # 1. corpus + tokenizer
@@ -1533,6 +1823,9 @@ def main() -> None:
     # 6. GGUF
     gg = gguf_reference()
 
+    # 7. DoRA
+    dora = dora_reference(tok, trainer_check=not args.skip_trainer_check)
+
     # summary
     print("\n=== summary ===")
     print("versions:", VERSIONS)
@@ -1560,6 +1853,7 @@ def main() -> None:
         if "trainer_crosscheck" in r:
             print("  trainer crosscheck:", {k: v for k, v in r["trainer_crosscheck"].items() if k != "how"})
     print_gguf_summary(gg)
+    print_dora_summary(dora)
     total = 0
     for p in sorted(FIX.rglob("*")):
         if p.is_file():

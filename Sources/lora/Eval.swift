@@ -10,9 +10,10 @@ enum EvalMetric: String, ExpressibleByArgument, CaseIterable {
 
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Loss and perplexity, or exact-match accuracy of greedy answers, over an Alpaca dataset.",
+        abstract: "Loss and perplexity, or exact-match accuracy of greedy answers, over an Alpaca (or, for loss, chat-format) dataset.",
         discussion: """
-            --metric loss (default): mean loss per trained token and perplexity, with finetune's masking.
+            --metric loss (default): mean loss per trained token and perplexity, with finetune's masking \
+            (chat records: assistant turns, with the model's chat template or --chat-template).
             --metric exact_match: each record's prompt (template, no output) is answered greedily, stopping \
             at EOS or --max-new-tokens; the response must equal the record's output once both are trimmed \
             of surrounding whitespace.
@@ -23,6 +24,8 @@ struct Eval: ParsableCommand {
     @Option(name: .customLong("data-path")) var dataPath: String
     @Option(help: "loss or exact_match.") var metric: EvalMetric = .loss
     @Option(name: .customLong("prompt-template")) var promptTemplate = TrainConfig.defaults.promptTemplateName
+    @Option(name: .customLong("chat-template"), help: "Chat-format data: chatml, llama2, llama3, mistral, alpaca, or a Jinja file (default: the model's own).")
+    var chatTemplate: String?
     @Option(name: .customLong("cutoff-len"), help: "loss only.") var cutoffLen = TrainConfig.defaults.cutoffLen
     @Option(name: .customLong("train-on-inputs"), help: "loss only.") var trainOnInputs = TrainConfig.defaults.trainOnInputs
     @Option(name: .customLong("add-eos-token"), help: "loss only.") var addEosToken = TrainConfig.defaults.addEosToken
@@ -49,8 +52,17 @@ struct Eval: ParsableCommand {
             let ctx = try compute.context()
             let loaded = try model.load(default: TrainConfig.defaults.quantization, ctx: ctx)
             let set = try adapters.load(model: loaded.model.config)
-            let all = try AlpacaData.load(URL(fileURLWithPath: dataPath))
-            let indices = EvalSample.indices(count: all.count, limit: limit, seed: seed)
+            let data = try TrainingRecords.load(URL(fileURLWithPath: dataPath))
+            let indices = EvalSample.indices(count: data.count, limit: limit, seed: seed)
+            guard case .alpaca(let all) = data else {
+                guard case .chat(let records) = data, metric == .loss else {
+                    throw ValidationError("--metric exact_match needs Alpaca records ({instruction, input, output}); \(dataPath) holds chat records")
+                }
+                let template = try loaded.chatTemplate(override: chatTemplate)
+                let builder = ChatExampleBuilder(tokenizer: loaded.tokenizer, template: template, cutoffLen: cutoffLen)
+                report(try builder.examples(records, indices: indices, path: dataPath), loaded: loaded, adapters: set, ctx: ctx)
+                return
+            }
             let prompter = try loadPrompter(promptTemplate)
             switch metric {
             case .loss: loss(indices.map { all[$0] }, loaded: loaded, adapters: set, ctx: ctx, prompter: prompter)
@@ -62,7 +74,12 @@ struct Eval: ParsableCommand {
     func loss(_ records: [AlpacaRecord], loaded: LoadedModel, adapters: AdapterSet, ctx: ExecutionContext, prompter: Prompter) {
         let builder = ExampleBuilder(tokenizer: loaded.tokenizer, prompter: prompter,
                                      cutoffLen: cutoffLen, trainOnInputs: trainOnInputs, addEOSToken: addEosToken)
-        let r = Evaluation.loss(model: loaded.model, adapters: adapters, ctx: ctx, examples: records.map(builder.example), padID: loaded.padID,
+        report(records.map(builder.example), loaded: loaded, adapters: adapters, ctx: ctx)
+    }
+
+    func report(_ examples: [Example], loaded: LoadedModel, adapters: AdapterSet, ctx: ExecutionContext) {
+        let records = examples
+        let r = Evaluation.loss(model: loaded.model, adapters: adapters, ctx: ctx, examples: examples, padID: loaded.padID,
                                 microBatchSize: microBatchSize)
         if json {
             print(JSON.object([("loss", .double(r.loss)), ("perplexity", .double(r.perplexity)),

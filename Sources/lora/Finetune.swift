@@ -5,14 +5,14 @@ import Tensor
 
 struct Finetune: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Train LoRA adapters on Alpaca-format data (alpaca-lora's finetune.py).",
+        abstract: "Train LoRA adapters on Alpaca-format or chat-format data (alpaca-lora's finetune.py).",
         discussion: "Settings come from --config (YAML, keys as in configs/finetune.yml); every key is also a flag that overrides the file.")
 
     @Option(help: "YAML file with finetune settings.")
     var config: String?
 
     @Option(name: .customLong("base-model"), help: Self.help(.baseModel, "Model folder (config.json, model.safetensors, tokenizer) or .gguf file")) var baseModel: String?
-    @Option(name: .customLong("data-path"), help: Self.help(.dataPath, "Alpaca JSON list or JSON lines of {instruction, input, output}")) var dataPath: String?
+    @Option(name: .customLong("data-path"), help: Self.help(.dataPath, "JSON list or JSON lines of Alpaca {instruction, input, output} or chat {messages} records")) var dataPath: String?
     @Option(name: .customLong("output-dir"), help: Self.help(.outputDir, "Where the adapter, checkpoints, trainer_log.jsonl and loss.svg go")) var outputDir: String?
     @Option(name: .customLong("batch-size"), help: Self.help(.batchSize, "Examples per optimizer step")) var batchSize: Int?
     @Option(name: .customLong("micro-batch-size"), help: Self.help(.microBatchSize, "Examples per forward/backward pass")) var microBatchSize: Int?
@@ -25,10 +25,12 @@ struct Finetune: ParsableCommand {
     @Option(name: .customLong("lora-dropout"), help: Self.help(.loraDropout, "Dropout on the adapter input")) var loraDropout: Double?
     @Option(name: .customLong("lora-target-modules"), help: Self.help(.loraTargetModules, "Comma-separated projections, e.g. q_proj,v_proj")) var loraTargetModules: String?
     @Option(name: .customLong("use-rslora"), help: Self.help(.useRslora, "Scale alpha / sqrt(r) (true|false)")) var useRslora: Bool?
+    @Option(name: .customLong("use-dora"), help: Self.help(.useDora, "DoRA: learn a magnitude per output row besides A and B (true|false)")) var useDora: Bool?
     @Option(name: .customLong("train-on-inputs"), help: Self.help(.trainOnInputs, "false masks the prompt out of the loss (true|false)")) var trainOnInputs: Bool?
     @Option(name: .customLong("add-eos-token"), help: Self.help(.addEosToken, "As finetune.py: shifts the prompt mask when train_on_inputs is false (true|false)")) var addEosToken: Bool?
     @Option(name: .customLong("group-by-length"), help: Self.help(.groupByLength, "Batch examples of similar length (true|false)")) var groupByLength: Bool?
     @Option(name: .customLong("prompt-template-name"), help: Self.help(.promptTemplateName, "alpaca, alpaca_short, alpaca_legacy, vigogne, or a JSON file")) var promptTemplateName: String?
+    @Option(name: .customLong("chat-template"), help: Self.help(.chatTemplate, "Chat-format data: chatml, llama2, llama3, mistral, alpaca, or a Jinja file (null = the model's own)")) var chatTemplate: String?
     @Option(name: .customLong("resume-from-checkpoint"), help: Self.help(.resumeFromCheckpoint, "A checkpoint-N folder (continues exactly) or an adapter folder")) var resumeFromCheckpoint: String?
     @Option(name: .customLong("warmup-steps"), help: Self.help(.warmupSteps, "Linear warm-up steps")) var warmupSteps: Int?
     @Option(name: .customLong("logging-steps"), help: Self.help(.loggingSteps, "Log the mean loss every N steps")) var loggingSteps: Int?
@@ -76,10 +78,12 @@ struct Finetune: ParsableCommand {
             }
         }
         if let v = useRslora { c.useRslora = v }
+        if let v = useDora { c.useDora = v }
         if let v = trainOnInputs { c.trainOnInputs = v }
         if let v = addEosToken { c.addEosToken = v }
         if let v = groupByLength { c.groupByLength = v }
         if let v = promptTemplateName { c.promptTemplateName = v }
+        if let v = chatTemplate { c.chatTemplate = v }
         if let v = resumeFromCheckpoint { c.resumeFromCheckpoint = v }
         if let v = warmupSteps { c.warmupSteps = v }
         if let v = loggingSteps { c.loggingSteps = v }
@@ -117,18 +121,30 @@ struct Finetune: ParsableCommand {
                 throw ConfigError.badValue(key: "cutoff_len", value: "\(c.cutoffLen)",
                                            expected: "at most the model's context length (\(loaded.model.config.maxPositionEmbeddings), max_position_embeddings)")
             }
-            let prompter = try loadPrompter(c.promptTemplateName)
-            let records = try AlpacaData.load(URL(fileURLWithPath: c.dataPath))
-            if c.valSetSize >= records.count {
-                throw ConfigError.badValue(key: "val_set_size", value: "\(c.valSetSize)", expected: "fewer than the \(records.count) records in \(c.dataPath)")
+            // Alpaca or chat records, whichever the file holds (its first record decides).
+            let data = try TrainingRecords.load(URL(fileURLWithPath: c.dataPath))
+            if c.valSetSize >= data.count {
+                throw ConfigError.badValue(key: "val_set_size", value: "\(c.valSetSize)", expected: "fewer than the \(data.count) records in \(c.dataPath)")
             }
-            let builder = ExampleBuilder(tokenizer: loaded.tokenizer, prompter: prompter, cutoffLen: c.cutoffLen,
-                                         trainOnInputs: c.trainOnInputs, addEOSToken: c.addEosToken)
-            let (trainIdx, valIdx) = Sampler.split(count: records.count, valSize: c.valSetSize, seed: c.seed)
-            let train = trainIdx.map { builder.example(records[$0]) }
-            let val = valIdx.map { builder.example(records[$0]) }
+            let (trainIdx, valIdx) = Sampler.split(count: data.count, valSize: c.valSetSize, seed: c.seed)
+            let train: [Example], val: [Example]
+            switch data {
+            case .alpaca(let records):
+                let prompter = try loadPrompter(c.promptTemplateName)
+                let builder = ExampleBuilder(tokenizer: loaded.tokenizer, prompter: prompter, cutoffLen: c.cutoffLen,
+                                             trainOnInputs: c.trainOnInputs, addEOSToken: c.addEosToken)
+                train = trainIdx.map { builder.example(records[$0]) }
+                val = valIdx.map { builder.example(records[$0]) }
+            case .chat(let records):
+                // Loss on assistant turns only, whatever train_on_inputs says (it is Alpaca's).
+                let template = try loaded.chatTemplate(override: c.chatTemplate)
+                note("chat-format data: \(records.count) conversations, chat template \(template.kind.rawValue)\(c.chatTemplate == nil ? " (the model's)" : ""), loss on assistant turns")
+                let builder = ChatExampleBuilder(tokenizer: loaded.tokenizer, template: template, cutoffLen: c.cutoffLen)
+                train = try builder.examples(records, indices: trainIdx, path: c.dataPath)
+                val = try builder.examples(records, indices: valIdx, path: c.dataPath)
+            }
             var rng = RNG(seed: c.seed)
-            let adapter = LoRAAdapter(new: c.adapterConfig, model: loaded.model.config, rng: &rng)
+            let adapter = LoRAAdapter(new: c.adapterConfig, model: loaded.model, rng: &rng)
             let trainer = try Trainer(config: c, model: loaded.model, adapter: adapter, ctx: ctx,
                                       train: train, validation: val, padID: loaded.padID)
             // Claimed before training: writable, locked against a second run, stale temporaries

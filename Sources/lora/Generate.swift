@@ -23,6 +23,15 @@ struct Generate: ParsableCommand {
     @Option(help: "Raw prompt text, no template (\"\" starts from BOS alone).")
     var prompt: String?
 
+    @Option(help: "A user message, wrapped with the model's chat template (or --chat-template); prints the assistant's answer.")
+    var chat: String?
+
+    @Option(name: .customLong("chat-template"), help: "With --chat: chatml, llama2, llama3, mistral, alpaca, or a Jinja file (default: the model's own).")
+    var chatTemplate: String?
+
+    @Option(help: "With --chat: a system message before the user's.")
+    var system: String?
+
     @Flag(help: "Read one instruction per line from standard input; Ctrl-D exits.")
     var interactive = false
 
@@ -62,8 +71,9 @@ struct Generate: ParsableCommand {
     @OptionGroup var compute: ComputeOptions
 
     func validate() throws {
-        let modes = [instruction != nil, prompt != nil, interactive].filter { $0 }.count
-        if modes != 1 { throw ValidationError("give exactly one of --instruction, --prompt or --interactive") }
+        let modes = [instruction != nil, prompt != nil, interactive, chat != nil].filter { $0 }.count
+        if modes != 1 { throw ValidationError("give exactly one of --instruction, --prompt, --chat or --interactive") }
+        if chat == nil, chatTemplate != nil || system != nil { throw ValidationError("--chat-template and --system go with --chat") }
         if input != nil && instruction == nil { throw ValidationError("--input goes with --instruction") }
         if prompt != nil && !["none", "alpaca"].contains(promptTemplate) {
             throw ValidationError("--prompt is raw text; --prompt-template must be none (or left out) with it")
@@ -88,11 +98,18 @@ struct Generate: ParsableCommand {
             try opts.validate()
             let loaded = try model.load(default: .none, ctx: ctx)
             let set = try adapters.load(model: loaded.model.config)
-            let prompter: Prompter? = prompt != nil ? nil : try loadPrompter(promptTemplate)
+            let prompter: Prompter? = prompt != nil || chat != nil ? nil : try loadPrompter(promptTemplate)
             let gen = Generator(model: loaded.model, adapters: set, ctx: ctx, eosIDs: loaded.eosIDs)
             if profile { ctx.profile = OpProfile() }
             defer { if let p = ctx.profile { note("\(ctx.backend.name), \(loaded.model.quantization.rawValue) weights:\n" + p.report) } }
-            if let prompt {
+            if let chat {
+                let template = try loaded.chatTemplate(override: chatTemplate)
+                let messages = (system.map { [ChatMessage(role: "system", content: $0)] } ?? []) + [ChatMessage(role: "user", content: chat)]
+                let text = try template.render(messages, addGenerationPrompt: true)
+                // The template writes BOS itself; its BOS/EOS texts become their ids.
+                let ids = template.encode(text, tokenizer: loaded.tokenizer)
+                try answer(ids: ids, strip: true, stops: template.stopStrings, template: nil, loaded: loaded, gen: gen, opts: opts)
+            } else if let prompt {
                 try answer(prompt, template: nil, loaded: loaded, gen: gen, opts: opts)
             } else if let instruction, let prompter {
                 try answer(prompter.generatePrompt(instruction: instruction, input: input), template: prompter,
@@ -116,7 +133,14 @@ struct Generate: ParsableCommand {
         var ids = loaded.tokenizer.encode(text, addBOS: loaded.tokenizer.addsBOS)
         // An empty prompt starts from BOS alone, also for tokenizers that add none by default.
         if ids.isEmpty, let bos = loaded.tokenizer.bosID { ids = [bos] }
-        let out = StreamOut(strip: template != nil)
+        try answer(ids: ids, strip: template != nil, stops: [], template: template, loaded: loaded, gen: gen, opts: opts)
+    }
+
+    /// `stops`: texts that end the answer (a chat template's end of turn, when the model does
+    /// not emit an EOS id for it); the text from the first one on is not printed.
+    func answer(ids: [Int32], strip: Bool, stops: [String], template: Prompter?, loaded: LoadedModel, gen: Generator,
+                opts: GenerationOptions) throws {
+        let out = StreamOut(strip: strip, stops: stops)
         var decoder = StreamingDecoder(tokenizer: loaded.tokenizer, context: ids)
         let streaming = opts.numBeams == 1
         let t0 = Date()
@@ -140,7 +164,9 @@ struct Generate: ParsableCommand {
             out.end()
         } else {
             let full = loaded.tokenizer.decode(ids + generated)
-            let answer = template.map { $0.response(from: full) } ?? loaded.tokenizer.decode(generated)
+            var answer = template.map { $0.response(from: full) } ?? loaded.tokenizer.decode(generated)
+            if let cut = stops.compactMap({ answer.range(of: $0)?.lowerBound }).min() { answer = String(answer[..<cut]) }
+            if strip { answer = answer.trimmingCharacters(in: .whitespacesAndNewlines) }
             out.write(answer)
             out.end()
         }
@@ -161,11 +187,32 @@ func loadPrompter(_ name: String) throws -> Prompter {
 /// so the printed text equals the stripped response.
 final class StreamOut {
     let strip: Bool
+    let stops: [String]
     var started = false
     var pendingSpace = ""
-    init(strip: Bool) { self.strip = strip }
+    /// With stop strings: text not yet printed because it may be the start of one.
+    var held = ""
+    var stopped = false
+    init(strip: Bool, stops: [String] = []) { self.strip = strip; self.stops = stops.filter { !$0.isEmpty } }
 
     func write(_ s: String) {
+        guard !stopped, !s.isEmpty else { return }
+        guard !stops.isEmpty else { return show(s) }
+        held += s
+        if let cut = stops.compactMap({ held.range(of: $0)?.lowerBound }).min() {
+            show(String(held[..<cut])); held = ""; stopped = true; return
+        }
+        // Keep back the longest tail that could begin a stop string.
+        var keep = 0
+        for stop in stops {
+            for n in stride(from: min(stop.count - 1, held.count), to: 0, by: -1) where held.hasSuffix(stop.prefix(n)) {
+                keep = max(keep, n); break
+            }
+        }
+        show(String(held.dropLast(keep))); held = String(held.suffix(keep))
+    }
+
+    private func show(_ s: String) {
         guard !s.isEmpty else { return }
         guard strip else { emit(s); return }
         var text = s
@@ -181,7 +228,11 @@ final class StreamOut {
         pendingSpace += String(trailing.reversed())
     }
 
-    func end() { emit("\n") }
+    func end() {
+        if !stopped, !held.isEmpty { show(held) }
+        held = ""
+        emit("\n")
+    }
 
     private func emit(_ s: String) {
         FileHandle.standardOutput.write(Data(s.utf8))

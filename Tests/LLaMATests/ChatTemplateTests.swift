@@ -162,6 +162,7 @@ final class ChatTemplateTests: XCTestCase {
             let r = try Self.reference()
             XCTAssertEqual(source, r.templates["smollm2"]!["source"]!.string!)
         }
+        XCTAssertNil(try loadChatTemplateSource(modelPath: Fixtures.root.appendingPathComponent("gguf/tiny-mha.gguf").path))
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lora-chat-src-\(getpid())")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }

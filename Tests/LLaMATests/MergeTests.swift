@@ -216,7 +216,9 @@ final class MergeTests: XCTestCase {
 
     func testUnsupportedAdaptersAreRefusedNamingTheField() throws {
         func replacing(_ a: String, _ b: String) -> (inout String) -> Void { { $0 = $0.replacingOccurrences(of: a, with: b) } }
-        assertRefused(try copyAdapter("tiny-mha", "a", edit: replacing("\"use_dora\": false", "\"use_dora\": true")), naming: "use_dora")
+        // DoRA loads; a config that claims it without the magnitude tensors is refused naming one.
+        assertRefused(try copyAdapter("tiny-mha", "a", edit: replacing("\"use_dora\": false", "\"use_dora\": true")), naming: "lora_magnitude_vector")
+        assertRefused(try copyAdapter("tiny-mha", "a", edit: replacing("\"use_dora\": false", "\"use_dora\": 1")), naming: "use_dora")
         assertRefused(try copyAdapter("tiny-mha", "a", edit: replacing("\"bias\": \"none\"", "\"bias\": \"lora_only\"")), naming: "bias")
         assertRefused(try copyAdapter("tiny-mha", "a", edit: replacing("\"modules_to_save\": null", "\"modules_to_save\": [\"lm_head\"]")), naming: "modules_to_save")
         assertRefused(try copyAdapter("tiny-mha", "a", edit: replacing("\"q_proj\"", "\"lm_head\"")), naming: "target_modules")

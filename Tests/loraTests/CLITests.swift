@@ -161,4 +161,54 @@ final class CLITests: XCTestCase {
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasPrefix(".") }
         XCTAssertEqual(leftovers, [])
     }
+
+    /// Chat-format records train too: the model (which has no chat template) gets one from
+    /// --chat-template, and the loss is on assistant turns only.
+    func testFinetuneOnChatRecords() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lora-ft-chat-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let r = try lora(["finetune", "--base-model", Self.fixtures.appendingPathComponent("tiny-mha").path,
+                          "--data-path", Self.fixtures.appendingPathComponent("chat/conversations.json").path,
+                          "--chat-template", "llama2", "--output-dir", dir.path, "--batch-size", "2", "--micro-batch-size", "1",
+                          "--val-set-size", "2", "--max-steps", "2", "--warmup-steps", "1", "--logging-steps", "1",
+                          "--eval-steps", "2", "--save-steps", "2", "--cutoff-len", "64", "--load-8bit", "false"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssert(r.stderr.contains("chat-format data: 8 conversations, chat template llama2"), r.stderr)
+        XCTAssert(FileManager.default.fileExists(atPath: dir.appendingPathComponent("adapter_model.safetensors").path))
+        let log = try String(contentsOf: dir.appendingPathComponent("trainer_log.jsonl"), encoding: .utf8)
+        XCTAssertEqual(log.split(separator: "\n").filter { $0.contains("\"loss\"") }.count, 2)
+    }
+
+    /// `generate --chat` wraps the message with a chat template: greedy decoding prints one line,
+    /// the same with or without streaming's stop-string hold-back (beams do not stream).
+    func testGenerateChat() throws {
+        let model = Self.fixtures.appendingPathComponent("tiny-mha").path
+        let base = ["generate", "--base-model", model, "--chat", "Name a colour.", "--chat-template", "llama2",
+                    "--system", "Be brief.", "--max-new-tokens", "6", "--load-8bit", "false"]
+        let greedy = try lora(base + ["--num-beams", "1"])
+        XCTAssertEqual(greedy.status, 0, greedy.stderr)
+        XCTAssertEqual(greedy.stdout.filter { $0 == "\n" }.count, 1, greedy.stdout)
+        let beams = try lora(base + ["--num-beams", "2"])
+        XCTAssertEqual(beams.status, 0, beams.stderr)
+        let bad = try lora(["generate", "--base-model", model, "--prompt", "hi", "--chat-template", "chatml"])
+        XCTAssertEqual(bad.status, 64, bad.stderr)
+        XCTAssert(bad.stderr.contains("--chat-template and --system go with --chat"), bad.stderr)
+        let none = try lora(["generate", "--base-model", model, "--chat", "hi", "--load-8bit", "false"])
+        XCTAssertEqual(none.status, 1)
+        XCTAssert(none.stderr.contains("no chat template"), none.stderr)
+    }
+
+    /// `eval` takes chat records for the loss (assistant turns only), not for exact match.
+    func testEvalLossOnChatRecords() throws {
+        let args = ["eval", "--base-model", Self.fixtures.appendingPathComponent("tiny-mha").path, "--data-path",
+                    Self.fixtures.appendingPathComponent("chat/conversations.json").path, "--load-8bit", "false"]
+        let r = try lora(args + ["--chat-template", "llama2", "--json", "--limit", "3"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let j = try JSON.parse(r.stdout, source: "stdout")
+        XCTAssertEqual(j["records"]?.int, 3)
+        XCTAssert((j["loss"]?.double ?? 0) > 0, r.stdout)
+        let em = try lora(args + ["--chat-template", "chatml", "--metric", "exact_match"])
+        XCTAssertEqual(em.status, 64, em.stderr)
+        XCTAssert(em.stderr.contains("exact_match needs Alpaca records"), em.stderr)
+    }
 }

@@ -12,6 +12,11 @@ public enum Adapter {
         "base_model.model.\(p.path(layer: layer)).lora_\(ab).weight"
     }
 
+    /// DoRA's magnitude vector [out]: PEFT saves it without a `.weight` suffix.
+    public static func magnitudeKey(layer: Int, _ p: Projection) -> String {
+        "base_model.model.\(p.path(layer: layer)).lora_magnitude_vector"
+    }
+
     /// Reads an adapter folder; shapes are checked against the model (by `AdapterFactors`).
     public static func load(_ dir: URL, model: LlamaConfig) throws -> LoRAAdapter {
         LoRAAdapter(factors: try AdapterFactors.load(dir, model: model), model: model)
@@ -19,7 +24,9 @@ public enum Adapter {
 
     /// Reads every `DIR[:WEIGHT]` spec into one weighted set (generate's and eval's stacking).
     public static func loadSet(_ specs: [AdapterSpec], model: LlamaConfig) throws -> AdapterSet {
-        AdapterSet(try specs.map { (try load(URL(fileURLWithPath: $0.path), model: model), $0.weight) })
+        let set = AdapterSet(try specs.map { (try load(URL(fileURLWithPath: $0.path), model: model), $0.weight) })
+        try set.validate()
+        return set
     }
 
     /// The safetensors bytes of an adapter's trainable tensors, sorted by name.

@@ -1,7 +1,7 @@
 import Foundation
 
 /// PEFT's `adapter_config.json` for a LoRA adapter: the fields `lora` reads and writes.
-/// Anything PEFT supports that we do not (DoRA, biases, modules_to_save, per-module rank or
+/// Anything PEFT supports that we do not (biases, modules_to_save, per-module rank or
 /// alpha patterns) is refused with a message naming the field, never silently ignored.
 public struct AdapterConfig: Sendable, Equatable {
     public var r: Int
@@ -9,13 +9,15 @@ public struct AdapterConfig: Sendable, Equatable {
     public var loraDropout: Double
     public var targetModules: [Projection]
     public var useRslora: Bool
+    /// DoRA (`use_dora`): a magnitude vector per target and the row-normalised weight.
+    public var useDora: Bool
     public var baseModelNameOrPath: String?
     public var layersToTransform: [Int]?
 
     public init(r: Int, loraAlpha: Double, loraDropout: Double, targetModules: [Projection],
-                useRslora: Bool, baseModelNameOrPath: String?, layersToTransform: [Int]? = nil) {
+                useRslora: Bool, useDora: Bool = false, baseModelNameOrPath: String?, layersToTransform: [Int]? = nil) {
         self.r = r; self.loraAlpha = loraAlpha; self.loraDropout = loraDropout
-        self.targetModules = targetModules; self.useRslora = useRslora
+        self.targetModules = targetModules; self.useRslora = useRslora; self.useDora = useDora
         self.baseModelNameOrPath = baseModelNameOrPath; self.layersToTransform = layersToTransform
     }
 
@@ -42,7 +44,8 @@ public struct AdapterConfig: Sendable, Equatable {
         guard loraDropout >= 0, loraDropout < 1 else { throw bad("lora_dropout", j["lora_dropout"] ?? .null, "a number in [0, 1)") }
         useRslora = j["use_rslora"]?.bool ?? false
         baseModelNameOrPath = j["base_model_name_or_path"]?.string
-        if j["use_dora"]?.bool == true { throw bad("use_dora", .bool(true), "false (DoRA adapters are not supported)") }
+        if let d = j["use_dora"], !d.isNull, d.bool == nil { throw bad("use_dora", d, "true or false") }
+        useDora = j["use_dora"]?.bool ?? false
         if let b = j["bias"], let s = b.string, s != "none" { throw bad("bias", b, "\"none\"") }
         if j["fan_in_fan_out"]?.bool == true { throw bad("fan_in_fan_out", .bool(true), "false (LLaMA uses nn.Linear)") }
         if let m = j["modules_to_save"], !m.isNull, m.array?.isEmpty == false {
@@ -124,7 +127,7 @@ public struct AdapterConfig: Sendable, Equatable {
             ("revision", .null),
             ("target_modules", .array(targetModules.map { .string($0.rawValue) })),
             ("task_type", .string("CAUSAL_LM")),
-            ("use_dora", .bool(false)),
+            ("use_dora", .bool(useDora)),
             ("use_rslora", .bool(useRslora)),
         ]
         return .object(items)

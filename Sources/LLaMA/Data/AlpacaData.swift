@@ -35,36 +35,11 @@ public enum AlpacaData {
     /// Reads a JSON list of records, or JSON lines (one object per line). Record numbers in
     /// errors count from 0, as the list index.
     public static func load(_ url: URL) throws -> [AlpacaRecord] {
-        let path = url.path
-        let data: Data
-        do { data = try Data(contentsOf: url) } catch {
-            throw DataError.unreadable(path: path, reason: ioReason(error))
-        }
-        guard let text = String(data: data, encoding: .utf8) else {
-            throw DataError.syntax(path: path, detail: "not UTF-8 text")
-        }
-        var objects: [JSON] = []
-        let trimmed = text.drop { $0.isWhitespace }
-        if trimmed.first == "[" {
-            let j: JSON
-            do { j = try JSON.parse(text, source: path) } catch let JSONError.syntax(_, message, offset) {
-                throw DataError.syntax(path: path, detail: "invalid JSON at byte \(offset): \(message)")
-            }
-            guard let arr = j.array else { throw DataError.notAList(path: path, found: j.typeName) }
-            objects = arr
-        } else if trimmed.first == "{" {
-            for (n, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-                let l = line.trimmingCharacters(in: .whitespacesAndNewlines)
-                if l.isEmpty { continue }
-                do { objects.append(try JSON.parse(l, source: "\(path) line \(n + 1)")) } catch let JSONError.syntax(_, message, offset) {
-                    throw DataError.syntax(path: path, detail: "line \(n + 1): invalid JSON at byte \(offset) of the line: \(message)")
-                }
-            }
-        } else if trimmed.isEmpty {
-            throw DataError.empty(path: path)
-        } else {
-            throw DataError.syntax(path: path, detail: "not JSON: expected '[' or '{' at the start")
-        }
+        try records(DataFile.objects(url), path: url.path)
+    }
+
+    /// The records of a data file's objects; errors name `path`, the record and the field.
+    public static func records(_ objects: [JSON], path: String) throws -> [AlpacaRecord] {
         var out: [AlpacaRecord] = []
         out.reserveCapacity(objects.count)
         for (i, o) in objects.enumerated() {
@@ -87,6 +62,48 @@ public enum AlpacaData {
         }
         if out.isEmpty { throw DataError.empty(path: path) }
         return out
+    }
+}
+
+/// The JSON objects of a data file: a JSON list, or JSON lines (one object per line).
+public enum DataFile {
+    public static func objects(_ url: URL) throws -> [JSON] {
+        let path = url.path
+        let data: Data
+        do { data = try Data(contentsOf: url) } catch {
+            throw DataError.unreadable(path: path, reason: ioReason(error))
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw DataError.syntax(path: path, detail: "not UTF-8 text")
+        }
+        return try objects(text: text, path: path)
+    }
+
+    public static func objects(text: String, path: String) throws -> [JSON] {
+        var objects: [JSON] = []
+        let trimmed = text.drop { $0.isWhitespace }
+        if trimmed.first == "[" {
+            let j: JSON
+            do { j = try JSON.parse(text, source: path) } catch let JSONError.syntax(_, message, offset) {
+                throw DataError.syntax(path: path, detail: "invalid JSON at byte \(offset): \(message)")
+            }
+            guard let arr = j.array else { throw DataError.notAList(path: path, found: j.typeName) }
+            objects = arr
+        } else if trimmed.first == "{" {
+            for (n, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+                let l = line.trimmingCharacters(in: .whitespacesAndNewlines)
+                if l.isEmpty { continue }
+                do { objects.append(try JSON.parse(l, source: "\(path) line \(n + 1)")) } catch let JSONError.syntax(_, message, offset) {
+                    throw DataError.syntax(path: path, detail: "line \(n + 1): invalid JSON at byte \(offset) of the line: \(message)")
+                }
+            }
+        } else if trimmed.isEmpty {
+            throw DataError.empty(path: path)
+        } else {
+            throw DataError.syntax(path: path, detail: "not JSON: expected '[' or '{' at the start")
+        }
+        if objects.isEmpty { throw DataError.empty(path: path) }
+        return objects
     }
 }
 

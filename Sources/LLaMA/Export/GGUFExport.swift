@@ -147,6 +147,11 @@ public enum GGUFExport {
         guard dtype == .f32 || dtype == .f16 else {
             throw ExportError.unsupported(what: "dtype \(dtype.rawValue) for a GGUF LoRA adapter (use f32 or f16)")
         }
+        if a.config.useDora {
+            // llama.cpp's adapters add scale * B A x; DoRA's row rescaling has no GGUF form.
+            throw ExportError.unsupported(what: "\(a.source) is a DoRA adapter (use_dora: true) and llama.cpp has no DoRA: "
+                                          + "a GGUF LoRA adapter cannot hold it; merge it into the model instead (lora merge without --adapter-only)")
+        }
         var w = GGUFWriter()
         w.add("general.architecture", .string("llama"))
         w.add("general.type", .string("adapter"))

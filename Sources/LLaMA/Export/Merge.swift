@@ -51,6 +51,8 @@ public struct AdapterFactors {
     /// The user's multiplier (`DIR:WEIGHT`).
     public let weight: Float
     public let factors: [String: (A: Tensor, B: Tensor)]
+    /// DoRA adapters: the magnitude vector [out] of each targeted weight, by the weight's name.
+    public var magnitudes: [String: Tensor] = [:]
 
     /// The multiplier of B @ A in the merge: weight * alpha / r (or alpha / sqrt r).
     public var scale: Float { weight * config.scale }
@@ -91,6 +93,7 @@ public struct AdapterFactors {
             return st.entries[alt] != nil ? alt : nil
         }
         var factors: [String: (A: Tensor, B: Tensor)] = [:]
+        var magnitudes: [String: Tensor] = [:]
         var used = Set<String>()
         for i in layers {
             for p in cfg.targetModules {
@@ -119,12 +122,27 @@ public struct AdapterFactors {
                 try checkFinite(B, name: kb, file: wURL.path)
                 factors[p.weightName(layer: i)] = (A, B)
                 used.insert(ka); used.insert(kb)
+                if cfg.useDora {
+                    let mk = Adapter.magnitudeKey(layer: i, p)
+                    // PEFT saves the key bare; accept the in-memory ".default.weight" name too.
+                    let key = st.entries[mk] != nil ? mk : (st.entries[mk + ".default.weight"] != nil ? mk + ".default.weight" : nil)
+                    guard let key else { throw CheckpointError.missingTensor(file: wURL.path, name: mk) }
+                    guard st.entries[key]!.shape == [out] else {
+                        throw CheckpointError.shapeMismatch(file: wURL.path, name: key, expected: [out], found: st.entries[key]!.shape)
+                    }
+                    let m = try st.f32(key)!
+                    try checkFinite(m, name: key, file: wURL.path)
+                    magnitudes[p.weightName(layer: i)] = m
+                    used.insert(key)
+                }
             }
         }
         if let extra = st.order.first(where: { !used.contains($0) }) {
             throw CheckpointError.unsupported(file: wURL.path, what: "tensor '\(extra)' does not belong to a LoRA target of this model (adapter_config.json target_modules / layers_to_transform)")
         }
-        return AdapterFactors(source: dir.path, config: cfg, weight: weight, factors: factors)
+        var f = AdapterFactors(source: dir.path, config: cfg, weight: weight, factors: factors)
+        f.magnitudes = magnitudes
+        return f
     }
 }
 
@@ -145,6 +163,10 @@ public final class Merger {
         for (name, _) in tensors where !base.has(name) {
             throw CheckpointError.missingTensor(file: base.source, name: name)
         }
+        // DoRA rescales rows by m / ||W + scale B A||: no weighted sum with it is defined.
+        if let d = adapters.first(where: { $0.config.useDora }), adapters.count != 1 || d.weight != 1 {
+            throw AdapterSetError.doraInStack(count: adapters.count, weight: d.weight)
+        }
     }
 
     /// Opens the base and reads every adapter (`DIR:WEIGHT` specs), checking shapes.
@@ -163,7 +185,11 @@ public final class Merger {
         let w = try base.tensor(name, shape: shape)   // [out, in]
         for a in adapters {
             guard let f = a.factors[name] else { continue }
-            LoRALayer.merge(into: w.data, A: f.A, B: f.B, multiplier: a.scale)
+            if let m = a.magnitudes[name] {
+                LoRALayer.mergeDoRA(into: w.data, A: f.A, B: f.B, magnitude: m, scale: a.scale)
+            } else {
+                LoRALayer.merge(into: w.data, A: f.A, B: f.B, multiplier: a.scale)
+            }
         }
         return w
     }

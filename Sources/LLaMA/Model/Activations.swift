@@ -59,6 +59,9 @@ public final class Activations: @unchecked Sendable {
     let dz: Tensor       // [M, maxIn]
     let z: Tensor        // [M, maxIn] dropped-out LoRA input
     let uScratch: Tensor // [M, maxR] u of adapters that are applied but not trained
+    /// DoRA (trained adapter only): x W^T + scale u B^T and m / n * dy, [M, maxOut] each.
+    let doraPre: Tensor?
+    let doraDy: Tensor?
     let positions: UnsafeMutablePointer<Int32>   // [M]
     let attentionScratch: Tensor  // Attention.backward's dS buffers
     let scratch = MatmulScratch()
@@ -80,11 +83,12 @@ public final class Activations: @unchecked Sendable {
         dres = Tensor([M, C]); dxn = Tensor([M, C])
         dq = Tensor([M, c.qDim]); dk = Tensor([M, c.kvDim]); dv = Tensor([M, c.kvDim])
         datt = Tensor([M, c.qDim]); dgate = Tensor([M, I]); dup = Tensor([M, I]); dh = Tensor([M, I])
-        var maxR = max(1, maxRank), maxIn = 1
+        var maxR = max(1, maxRank), maxIn = 1, maxDoRAOut = 0
         if let trained {
             for site in trained.sites {
                 let a = trained.layers[site]!
                 maxR = max(maxR, a.r); maxIn = max(maxIn, a.inFeatures)
+                if a.isDoRA { maxDoRAOut = max(maxDoRAOut, a.outFeatures) }
                 layers[site.layer].loraU[site.projection] = Tensor([M, a.r])
                 if a.dropout > 0 {
                     let keep = UnsafeMutablePointer<UInt8>.allocate(capacity: M * a.inFeatures)
@@ -93,6 +97,8 @@ public final class Activations: @unchecked Sendable {
                 }
             }
         }
+        doraPre = maxDoRAOut > 0 ? Tensor([M, maxDoRAOut]) : nil
+        doraDy = maxDoRAOut > 0 ? Tensor([M, maxDoRAOut]) : nil
         du = Tensor([M, maxR]); dz = Tensor([M, maxIn]); z = Tensor([M, maxIn]); uScratch = Tensor([M, maxR])
         attentionScratch = Tensor([Attention.backwardScratchCount(B: maxB, T: maxT, nKV: c.numKeyValueHeads)])
         positions = .allocate(capacity: M)
@@ -110,6 +116,7 @@ public final class Activations: @unchecked Sendable {
             n += l.loraU.values.reduce(0) { $0 + $1.count * 4 }
         }
         return n + (xFinal.count * 2 + logits.count + xn.count + h.count + dres.count * 2 + dq.count * 2 + dk.count * 2
-                     + dgate.count * 3 + du.count * 2 + dz.count * 2) * 4
+                     + dgate.count * 3 + du.count * 2 + dz.count * 2
+                     + (doraPre?.count ?? 0) + (doraDy?.count ?? 0)) * 4
     }
 }

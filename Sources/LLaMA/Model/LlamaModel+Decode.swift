@@ -44,7 +44,14 @@ extension LlamaModel {
             if adapters.isEmpty { return }
             prof.time(.lora) {
                 for (layer, weight) in adapters.layers(at: LoRASite(l, p)) {
-                    layer.forward(be, y: y, xin: x, M: M, weight: weight, u: cache.u.data)
+                    if layer.isDoRA {
+                        // n is computed once (the adapter does not change while decoding).
+                        layer.refreshNorm(lin.weight)
+                        layer.forwardDoRA(be, y: y, xin: x, M: M, dropped: false, base: lin.weight, u: cache.u.data,
+                                          pre: nil, scratch: cache.scratch)
+                    } else {
+                        layer.forward(be, y: y, xin: x, M: M, weight: weight, u: cache.u.data)
+                    }
                 }
             }
         }

@@ -62,16 +62,31 @@ extension LlamaModel {
         let trainedLayer = acts.trained?.layers[site]
         ctx.profile.time(.lora) {
             for (layer, weight) in applied {
+                if layer.isDoRA {
+                    precondition(applied.count == 1 && weight == 1, "a DoRA adapter applies alone at weight 1 (AdapterSet.validate)")
+                    layer.refreshNorm(lin.weight)
+                }
                 guard layer === trainedLayer, let u = acts.layers[site.layer].loraU[site.projection] else {
-                    layer.forward(be, y: y, xin: x, M: M, weight: weight, u: acts.uScratch.data)
+                    if layer.isDoRA {
+                        layer.forwardDoRA(be, y: y, xin: x, M: M, dropped: false, base: lin.weight, u: acts.uScratch.data,
+                                          pre: nil, scratch: acts.scratch)
+                    } else {
+                        layer.forward(be, y: y, xin: x, M: M, weight: weight, u: acts.uScratch.data)
+                    }
                     continue
                 }
-                var xin = x
+                var xin = x, dropped = false
                 if training, layer.dropout > 0, let keep = acts.layers[site.layer].loraKeep[site.projection] {
                     layer.drop(x: x, M: M, keep: keep, z: acts.z.data, rng: &rng)
                     xin = UnsafePointer(acts.z.data)
+                    dropped = true
                 }
-                layer.forward(be, y: y, xin: xin, M: M, weight: weight, u: u.data)
+                if layer.isDoRA {
+                    layer.forwardDoRA(be, y: y, xin: xin, M: M, dropped: dropped, base: lin.weight, u: u.data,
+                                      pre: acts.doraPre?.data, scratch: acts.scratch)
+                } else {
+                    layer.forward(be, y: y, xin: xin, M: M, weight: weight, u: u.data)
+                }
             }
         }
     }
@@ -132,8 +147,12 @@ extension LlamaModel {
     private func projectBack(_ lin: Linear, _ site: LoRASite, dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
                              x: UnsafePointer<Float>, M: Int, accumulate: Bool, acts: Activations, ctx: ExecutionContext) {
         let be = ctx.backend
-        ctx.profile.time(.projection) { be.matmulBackwardInput(dx: dx, dy: dy, w: lin.weight, M: M, accumulate: accumulate, scratch: acts.scratch) }
-        guard let layer = acts.trained?.layers[site], let u = acts.layers[site.layer].loraU[site.projection] else { return }
+        let trained = acts.trained?.layers[site]
+        // A DoRA layer's backward runs the base product itself (its dy is rescaled by m / n).
+        if trained?.isDoRA != true {
+            ctx.profile.time(.projection) { be.matmulBackwardInput(dx: dx, dy: dy, w: lin.weight, M: M, accumulate: accumulate, scratch: acts.scratch) }
+        }
+        guard let layer = trained, let u = acts.layers[site.layer].loraU[site.projection] else { return }
         ctx.profile.time(.lora) {
             var xin = x
             var keep: UnsafePointer<UInt8>? = nil
@@ -142,7 +161,13 @@ extension LlamaModel {
                 xin = UnsafePointer(acts.z.data)
                 keep = UnsafePointer(k)
             }
-            layer.backward(be, dx: dx, dy: dy, M: M, u: u.data, xin: xin, keep: keep, du: acts.du.data, dz: acts.dz.data)
+            if layer.isDoRA, let pre = acts.doraPre, let dyc = acts.doraDy {
+                layer.backwardDoRA(be, dx: dx, dy: dy, M: M, accumulate: accumulate, base: lin.weight, u: u.data, xin: xin,
+                                   keep: keep, pre: pre.data, dyc: dyc.data, du: acts.du.data, dz: acts.dz.data,
+                                   scratch: acts.scratch)
+            } else {
+                layer.backward(be, dx: dx, dy: dy, M: M, u: u.data, xin: xin, keep: keep, du: acts.du.data, dz: acts.dz.data)
+            }
         }
     }
 

@@ -40,6 +40,12 @@ public struct LoRASite: Hashable, Sendable, Comparable {
 /// One LoRA adapter on one linear layer, PEFT's convention:
 ///   y = W x + scale * B (A (dropout(x)))
 ///   A [r, in] (kaiming-uniform init), B [out, r] (zeros), scale = alpha / r (or alpha / sqrt(r)).
+///
+/// With a `magnitude` it is a DoRA layer (PEFT `use_dora=True`, arXiv 2402.09353), with
+///   n = ||W + scale B A|| per output row (a constant in backward: PEFT detaches it), c = m / n,
+///   y = c * (W x + scale B A x)                                   (no dropout, or eval)
+///   y = W x + (c - 1) * W z + c * scale * B A z,  z = dropout(x)   (training with dropout)
+/// the second being PEFT's form, whose DoRA term sees the dropped-out input.
 public final class LoRALayer: @unchecked Sendable {
     public let r: Int
     public let inFeatures: Int
@@ -52,8 +58,18 @@ public final class LoRALayer: @unchecked Sendable {
     /// Gradients, allocated only for training.
     public private(set) var gradA: Tensor? = nil   // [r, in]
     public private(set) var gradB: Tensor? = nil   // [out, r]
+    /// DoRA's magnitude m [out] (PEFT's `lora_magnitude_vector`); nil for plain LoRA.
+    public let magnitude: Tensor?
+    public private(set) var gradMagnitude: Tensor? = nil   // [out]
+    /// DoRA: n = ||W + scale B A|| per row [out], valid while `normStale` is false. It depends on
+    /// A and B, so whoever changes them calls `parametersChanged()`. c = m / n [out] is formed
+    /// from it at each call (m may differ from the m n was computed with; a finite-difference
+    /// check that holds n fixed relies on that).
+    let weightNorm: Tensor?
+    let ratio: Tensor?
+    private(set) var normStale = true
 
-    public init(r: Int, inFeatures: Int, outFeatures: Int, scale: Float, dropout: Float = 0) {
+    public init(r: Int, inFeatures: Int, outFeatures: Int, scale: Float, dropout: Float = 0, dora: Bool = false) {
         self.r = r
         self.inFeatures = inFeatures
         self.outFeatures = outFeatures
@@ -61,7 +77,12 @@ public final class LoRALayer: @unchecked Sendable {
         self.dropout = dropout
         A = Tensor([r, inFeatures])
         B = Tensor([outFeatures, r])
+        magnitude = dora ? Tensor([outFeatures]) : nil
+        weightNorm = dora ? Tensor([outFeatures]) : nil
+        ratio = dora ? Tensor([outFeatures]) : nil
     }
+
+    public var isDoRA: Bool { magnitude != nil }
 
     /// PEFT's init: A ~ kaiming_uniform(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)), B = 0.
     public func initialize(rng: inout RNG) {
@@ -72,6 +93,61 @@ public final class LoRALayer: @unchecked Sendable {
 
     public func enableGradients() {
         if gradA == nil { gradA = Tensor(A.shape); gradB = Tensor(B.shape) }
+        if let m = magnitude, gradMagnitude == nil { gradMagnitude = Tensor(m.shape) }
+    }
+
+    // MARK: DoRA's weight norm
+
+    /// Marks n out of date (after an optimizer step or a copy into A, B or m).
+    public func parametersChanged() { normStale = true }
+
+    /// n[j] = ||W[j] + scale (B A)[j]|| for every output row j, with W the frozen weight as its
+    /// format dequantizes it (an int8 base gives the norm of the dequantized rows, as PEFT's
+    /// dequantize_module_weight). Summed in double: the rows are long and the result is a
+    /// divisor of every output. Rows go 64 at a time through a [64, in] buffer.
+    public static func rowNorms(_ w: Weight, A: Tensor, B: Tensor, scale: Float, into n: UnsafeMutablePointer<Float>) {
+        let out = w.outFeatures, inF = w.inFeatures, r = A.shape[0], chunk = min(64, out)
+        let rows = Tensor([chunk, inF])
+        var r0 = 0
+        while r0 < out {
+            let r1 = min(out, r0 + chunk), k = r1 - r0
+            w.dequantizeRows(r0, r1, into: rows.data)
+            // rows[k, in] += scale * B[r0..<r1, r] @ A[r, in]
+            sgemm(M: k, N: inF, K: r, alpha: scale, A: B.data + r0 * r, lda: r, B: A.data, ldb: inF,
+                  beta: 1, C: rows.data, ldc: inF)
+            for j in 0..<k {
+                var s = 0.0
+                let row = rows.data + j * inF
+                for i in 0..<inF { s += Double(row[i]) * Double(row[i]) }
+                n[r0 + j] = Float(s.squareRoot())
+            }
+            r0 = r1
+        }
+    }
+
+    /// DoRA: recomputes n from the frozen weight `w` when A or B changed since the last call
+    /// (once per optimizer step in training, once in all for inference).
+    public func refreshNorm(_ w: Weight) {
+        guard let n = weightNorm, normStale else { return }
+        precondition(w.outFeatures == outFeatures && w.inFeatures == inFeatures, "DoRA layer [\(outFeatures), \(inFeatures)] on weight [\(w.outFeatures), \(w.inFeatures)]")
+        Self.rowNorms(w, A: A, B: B, scale: scale, into: n.data)
+        normStale = false
+    }
+
+    /// c = m / n into `ratio`, for one forward or backward call.
+    private func formRatio() -> UnsafeMutablePointer<Float> {
+        guard let m = magnitude, let n = weightNorm, let c = ratio else { preconditionFailure("not a DoRA layer") }
+        precondition(!normStale, "DoRA norm is stale: call refreshNorm after changing A or B")
+        for j in 0..<outFeatures { c[j] = m[j] / n[j] }
+        return c.data
+    }
+
+    /// PEFT's DoRA init: m = ||W + scale B A|| per row (= ||W|| with B = 0), so the adapted
+    /// layer starts equal to the base.
+    public func initializeMagnitude(_ w: Weight) {
+        guard let m = magnitude else { return }
+        Self.rowNorms(w, A: A, B: B, scale: scale, into: m.data)
+        normStale = true
     }
 
     // MARK: dropout (on the adapter's input only, as PEFT's lora_dropout)
@@ -111,17 +187,9 @@ public final class LoRALayer: @unchecked Sendable {
     public func backward(_ be: any Backend, dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, M: Int,
                          u: UnsafePointer<Float>, xin: UnsafePointer<Float>, keep: UnsafePointer<UInt8>?,
                          du: UnsafeMutablePointer<Float>, dz: UnsafeMutablePointer<Float>?) {
-        guard let gA = gradA, let gB = gradB else { return }
-        let out = outFeatures, inF = inFeatures
-        // gradB[out, r] += scale * dy^T[out, M] @ u[M, r]
-        be.gemm(transA: true, transB: false, M: out, N: r, K: M, alpha: scale, A: dy, lda: out, B: u, ldb: r,
-                beta: 1, C: gB.data, ldc: r)
-        // du[M, r] = scale * dy[M, out] @ B[out, r]
-        be.gemm(transA: false, transB: false, M: M, N: r, K: out, alpha: scale, A: dy, lda: out, B: B.data, ldb: r,
-                beta: 0, C: du, ldc: r)
-        // gradA[r, in] += du^T[r, M] @ xin[M, in]
-        be.gemm(transA: true, transB: false, M: r, N: inF, K: M, alpha: 1, A: du, lda: r, B: xin, ldb: inF,
-                beta: 1, C: gA.data, ldc: inF)
+        guard gradA != nil else { return }
+        let inF = inFeatures
+        factorGradients(be, dy: dy, M: M, u: u, xin: xin, du: du)
         if let keep, let dz {
             // dz = du @ A, then dx += dz * keep / (1 - p): dropout's backward.
             be.gemm(transA: false, transB: false, M: M, N: inF, K: r, alpha: 1, A: du, lda: r, B: A.data, ldb: inF,
@@ -135,6 +203,98 @@ public final class LoRALayer: @unchecked Sendable {
         }
     }
 
+    /// gradB[out, r] += scale * dy^T @ u;  du[M, r] = scale * dy @ B;  gradA[r, in] += du^T @ xin.
+    private func factorGradients(_ be: any Backend, dy: UnsafePointer<Float>, M: Int, u: UnsafePointer<Float>,
+                                 xin: UnsafePointer<Float>, du: UnsafeMutablePointer<Float>) {
+        guard let gA = gradA, let gB = gradB else { return }
+        let out = outFeatures, inF = inFeatures
+        // gradB[out, r] += scale * dy^T[out, M] @ u[M, r]
+        be.gemm(transA: true, transB: false, M: out, N: r, K: M, alpha: scale, A: dy, lda: out, B: u, ldb: r,
+                beta: 1, C: gB.data, ldc: r)
+        // du[M, r] = scale * dy[M, out] @ B[out, r]
+        be.gemm(transA: false, transB: false, M: M, N: r, K: out, alpha: scale, A: dy, lda: out, B: B.data, ldb: r,
+                beta: 0, C: du, ldc: r)
+        // gradA[r, in] += du^T[r, M] @ xin[M, in]
+        be.gemm(transA: true, transB: false, M: r, N: inF, K: M, alpha: 1, A: du, lda: r, B: xin, ldb: inF,
+                beta: 1, C: gA.data, ldc: inF)
+    }
+
+    // MARK: DoRA forward / backward
+
+    /// DoRA forward. On entry y[M, out] = x W^T (the base projection of the un-dropped input);
+    /// `u` receives xin A^T [M, r]. Without dropout (xin = x): y = c * (y + scale u B^T). With
+    /// dropout (xin = z): y += (c - 1) * (z W^T) + c * scale * u B^T, through `pre` [M, out].
+    /// `refreshNorm` must have run since A, B or m last changed.
+    public func forwardDoRA(_ be: any Backend, y: UnsafeMutablePointer<Float>, xin: UnsafePointer<Float>, M: Int,
+                            dropped: Bool, base w: Weight, u: UnsafeMutablePointer<Float>,
+                            pre: UnsafeMutablePointer<Float>?, scratch: MatmulScratch) {
+        let c = formRatio(), out = outFeatures
+        if !dropped {
+            forward(be, y: y, xin: xin, M: M, u: u)
+            for t in 0..<M { let row = y + t * out; for j in 0..<out { row[j] *= c[j] } }
+            return
+        }
+        guard let pre else { preconditionFailure("DoRA with dropout needs a [M, out] buffer") }
+        // pre[M, out] = z W^T; y -= pre; pre += scale u B^T; y += c * pre
+        be.matmul(y: pre, x: xin, w: w, M: M, accumulate: false, scratch: scratch)
+        for i in 0..<(M * out) { y[i] -= pre[i] }
+        forward(be, y: pre, xin: xin, M: M, u: u)
+        for t in 0..<M {
+            let yr = y + t * out, pr = pre + t * out
+            for j in 0..<out { yr[j] += c[j] * pr[j] }
+        }
+    }
+
+    /// Backward of `forwardDoRA` in training, the base product's input gradient included (the
+    /// caller does not run it for a DoRA layer). n is a constant (PEFT's detach), so with
+    /// pre = xin W^T + scale u B^T (recomputed here; forward does not keep it):
+    ///   gradM[j] += sum_t dy[t, j] pre[t, j] / n[j]
+    ///   A and B get LoRA's gradients of dyc = c * dy
+    ///   no dropout: dx (+)= dyc W + (scale dyc B) A
+    ///   dropout:    dx (+)= dy W + keep / (1 - p) * ((c - 1) dy W + (scale dyc B) A)
+    /// `pre` and `dyc` are scratch [M, out], `du` [M, r], `dz` [M, in] (dropout only).
+    public func backwardDoRA(_ be: any Backend, dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, M: Int,
+                             accumulate: Bool, base w: Weight, u: UnsafePointer<Float>, xin: UnsafePointer<Float>,
+                             keep: UnsafePointer<UInt8>?, pre: UnsafeMutablePointer<Float>, dyc: UnsafeMutablePointer<Float>,
+                             du: UnsafeMutablePointer<Float>, dz: UnsafeMutablePointer<Float>?, scratch: MatmulScratch) {
+        let c = formRatio(), n = weightNorm!.data, out = outFeatures, inF = inFeatures
+        if let gM = gradMagnitude?.data {
+            // pre[M, out] = xin W^T + scale u B^T
+            be.matmul(y: pre, x: xin, w: w, M: M, accumulate: false, scratch: scratch)
+            be.gemm(transA: false, transB: true, M: M, N: out, K: r, alpha: scale, A: u, lda: r,
+                    B: B.data, ldb: r, beta: 1, C: pre, ldc: out)
+            for j in 0..<out {
+                var s: Float = 0
+                for t in 0..<M { s += dy[t * out + j] * pre[t * out + j] }
+                gM[j] += s / n[j]
+            }
+        }
+        for t in 0..<M {
+            let d = dy + t * out, e = dyc + t * out
+            for j in 0..<out { e[j] = c[j] * d[j] }
+        }
+        factorGradients(be, dy: dyc, M: M, u: u, xin: xin, du: du)
+        if let keep, let dz {
+            // The base path sees x; the DoRA terms see z = dropout(x).
+            be.matmulBackwardInput(dx: dx, dy: dy, w: w, M: M, accumulate: accumulate, scratch: scratch)
+            for t in 0..<M {
+                let d = dy + t * out, e = pre + t * out
+                for j in 0..<out { e[j] = (c[j] - 1) * d[j] }
+            }
+            // dz[M, in] = ((c - 1) dy) W + du A, then dx += dz * keep / (1 - p)
+            be.matmulBackwardInput(dx: dz, dy: pre, w: w, M: M, accumulate: false, scratch: scratch)
+            be.gemm(transA: false, transB: false, M: M, N: inF, K: r, alpha: 1, A: du, lda: r, B: A.data, ldb: inF,
+                    beta: 1, C: dz, ldc: inF)
+            let cnt = M * inF, s = 1 / (1 - dropout)
+            for i in 0..<cnt where keep[i] != 0 { dx[i] += dz[i] * s }
+        } else {
+            // dx[M, in] (+)= dyc W + du A
+            be.matmulBackwardInput(dx: dx, dy: dyc, w: w, M: M, accumulate: accumulate, scratch: scratch)
+            be.gemm(transA: false, transB: false, M: M, N: inF, K: r, alpha: 1, A: du, lda: r, B: A.data, ldb: inF,
+                    beta: 1, C: dx, ldc: inF)
+        }
+    }
+
     // MARK: merge
 
     /// W[out, in] += multiplier * B[out, r] @ A[r, in]: folding an adapter into a dense weight
@@ -143,6 +303,20 @@ public final class LoRALayer: @unchecked Sendable {
         let out = B.shape[0], r = B.shape[1], inF = A.shape[1]
         sgemm(M: out, N: inF, K: r, alpha: multiplier, A: B.data, lda: r, B: A.data, ldb: inF,
               beta: 1, C: w, ldc: inF)
+    }
+
+    /// DoRA's merge, PEFT's merge_and_unload: W[out, in] = (m / n) * (W + scale B A) per row,
+    /// n = ||W + scale B A|| of the unmerged W.
+    public static func mergeDoRA(into w: UnsafeMutablePointer<Float>, A: Tensor, B: Tensor, magnitude m: Tensor, scale: Float) {
+        let out = B.shape[0], inF = A.shape[1]
+        merge(into: w, A: A, B: B, multiplier: scale)
+        for j in 0..<out {
+            let row = w + j * inF
+            var s = 0.0
+            for i in 0..<inF { s += Double(row[i]) * Double(row[i]) }
+            let c = m[j] / Float(s.squareRoot())
+            for i in 0..<inF { row[i] *= c }
+        }
     }
 }
 
@@ -167,12 +341,19 @@ public final class LoRAAdapter: @unchecked Sendable {
             for p in config.targetModules {
                 let shape = p.shape(model)
                 let l = LoRALayer(r: config.r, inFeatures: shape[1], outFeatures: shape[0],
-                                  scale: config.scale, dropout: Float(config.loraDropout))
+                                  scale: config.scale, dropout: Float(config.loraDropout), dora: config.useDora)
                 l.initialize(rng: &rng)
                 layers[LoRASite(i, p)] = l
             }
         }
         self.init(config: config, layers: layers)
+    }
+
+    /// A fresh adapter on a loaded model: as above, and with DoRA each magnitude set to the
+    /// row norms of the model's own (possibly quantized) weights, as PEFT's init.
+    public convenience init(new config: AdapterConfig, model: LlamaModel, rng: inout RNG) {
+        self.init(new: config, model: model.config, rng: &rng)
+        initializeMagnitudes(model: model)
     }
 
     /// An adapter from factors read from a PEFT folder (`AdapterFactors`, already checked
@@ -183,9 +364,10 @@ public final class LoRAAdapter: @unchecked Sendable {
             for p in f.config.targetModules {
                 guard let (A, B) = f.factors[p.weightName(layer: i)] else { continue }
                 let l = LoRALayer(r: A.shape[0], inFeatures: A.shape[1], outFeatures: B.shape[0],
-                                  scale: f.config.scale, dropout: Float(f.config.loraDropout))
+                                  scale: f.config.scale, dropout: Float(f.config.loraDropout), dora: f.config.useDora)
                 l.A.copy(from: A)
                 l.B.copy(from: B)
+                if let m = l.magnitude, let saved = f.magnitudes[p.weightName(layer: i)] { m.copy(from: saved) }
                 layers[LoRASite(i, p)] = l
             }
         }
@@ -198,9 +380,24 @@ public final class LoRAAdapter: @unchecked Sendable {
     public var trainable: [(name: String, param: Tensor, grad: Tensor?)] {
         sites.flatMap { s -> [(name: String, param: Tensor, grad: Tensor?)] in
             let l = layers[s]!
-            return [(Adapter.key(layer: s.layer, s.projection, "A"), l.A, l.gradA),
-                    (Adapter.key(layer: s.layer, s.projection, "B"), l.B, l.gradB)]
+            var out: [(name: String, param: Tensor, grad: Tensor?)] =
+                [(Adapter.key(layer: s.layer, s.projection, "A"), l.A, l.gradA),
+                 (Adapter.key(layer: s.layer, s.projection, "B"), l.B, l.gradB)]
+            if let m = l.magnitude { out.append((Adapter.magnitudeKey(layer: s.layer, s.projection), m, l.gradMagnitude)) }
+            return out
         }
+    }
+
+    /// Whether the layers are DoRA layers (`use_dora` in the config).
+    public var isDoRA: Bool { config.useDora }
+
+    /// After anything wrote into A, B or a magnitude (an optimizer step, a resume, the
+    /// best-adapter copy): DoRA's norms are recomputed before the next forward.
+    public func parametersChanged() { for l in layers.values { l.parametersChanged() } }
+
+    /// DoRA's magnitude init on a fresh adapter: m = ||W + scale B A|| of the model's weights.
+    public func initializeMagnitudes(model: LlamaModel) {
+        for (site, l) in layers { l.initializeMagnitude(model.blocks[site.layer].linear(site.projection).weight) }
     }
 
     public var parameterCount: Int { trainable.reduce(0) { $0 + $1.param.count } }
@@ -230,8 +427,31 @@ public struct AdapterSet: @unchecked Sendable {
         entries.compactMap { e in e.adapter.layers[site].map { ($0, e.weight) } }
     }
 
+    /// A DoRA adapter rescales each output row by m / ||W + scale B A||: a rescaling of the whole
+    /// output, so it neither adds to nor commutes with other adapters, and a user weight has no
+    /// meaning PEFT defines (its forward applies a second adapter to the first one's rescaled
+    /// output, and add_weighted_adapter combines only lora_A / lora_B, not magnitudes). A set
+    /// holding a DoRA adapter must hold only it, at weight 1.
+    public func validate() throws {
+        guard let d = entries.first(where: { $0.adapter.isDoRA }) else { return }
+        if entries.count != 1 || d.weight != 1 {
+            throw AdapterSetError.doraInStack(count: entries.count, weight: d.weight)
+        }
+    }
+
     /// Whether any adapter acts on one of `projections` of block `layer`.
     public func touches(layer: Int, _ projections: Projection...) -> Bool {
         entries.contains { e in projections.contains { e.adapter.layers[LoRASite(layer, $0)] != nil } }
+    }
+}
+
+public enum AdapterSetError: Error, CustomStringConvertible, Equatable {
+    case doraInStack(count: Int, weight: Float)
+    public var description: String {
+        switch self {
+        case let .doraInStack(count, weight):
+            return "a DoRA adapter can only be applied alone at weight 1 (got \(count) adapter\(count == 1 ? "" : "s"), DoRA weight \(weight)): "
+                + "DoRA rescales each output row by m / ||W + scale B A||, so it has no weighted sum with other adapters (PEFT defines none either)"
+        }
     }
 }

@@ -25,11 +25,16 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public var loraDropout: Double = 0.05
     public var loraTargetModules: [Projection] = [.q, .v]
     public var useRslora: Bool = false
+    /// DoRA (PEFT's use_dora): a trained magnitude per output row of each target.
+    public var useDora: Bool = false
     // LLM hyper-parameters
     public var trainOnInputs: Bool = true
     public var addEosToken: Bool = false
     public var groupByLength: Bool = false
     public var promptTemplateName: String = "alpaca"
+    /// For chat-format data (`{"messages": [...]}` records): a template kind (chatml, llama2,
+    /// llama3, mistral, alpaca) or a Jinja file; nil uses the model's own chat template.
+    public var chatTemplate: String? = nil
     public var resumeFromCheckpoint: String? = nil
     // Trainer (transformers TrainingArguments as finetune.py sets them)
     public var warmupSteps: Int = 100
@@ -55,9 +60,9 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case batchSize = "batch_size", microBatchSize = "micro_batch_size", numEpochs = "num_epochs"
         case learningRate = "learning_rate", cutoffLen = "cutoff_len", valSetSize = "val_set_size"
         case loraR = "lora_r", loraAlpha = "lora_alpha", loraDropout = "lora_dropout"
-        case loraTargetModules = "lora_target_modules", useRslora = "use_rslora"
+        case loraTargetModules = "lora_target_modules", useRslora = "use_rslora", useDora = "use_dora"
         case trainOnInputs = "train_on_inputs", addEosToken = "add_eos_token", groupByLength = "group_by_length"
-        case promptTemplateName = "prompt_template_name", resumeFromCheckpoint = "resume_from_checkpoint"
+        case promptTemplateName = "prompt_template_name", chatTemplate = "chat_template", resumeFromCheckpoint = "resume_from_checkpoint"
         case warmupSteps = "warmup_steps", loggingSteps = "logging_steps", evalSteps = "eval_steps"
         case saveSteps = "save_steps", saveTotalLimit = "save_total_limit", maxGradNorm = "max_grad_norm"
         case weightDecay = "weight_decay", seed, maxSteps = "max_steps", quantization, threads, device
@@ -88,10 +93,12 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         loraDropout = try get(.loraDropout, d.loraDropout)
         loraTargetModules = try get(.loraTargetModules, d.loraTargetModules)
         useRslora = try get(.useRslora, d.useRslora)
+        useDora = try get(.useDora, d.useDora)
         trainOnInputs = try get(.trainOnInputs, d.trainOnInputs)
         addEosToken = try get(.addEosToken, d.addEosToken)
         groupByLength = try get(.groupByLength, d.groupByLength)
         promptTemplateName = try get(.promptTemplateName, d.promptTemplateName)
+        chatTemplate = try c.decodeIfPresent(String.self, forKey: .chatTemplate)
         resumeFromCheckpoint = try c.decodeIfPresent(String.self, forKey: .resumeFromCheckpoint)
         warmupSteps = try get(.warmupSteps, d.warmupSteps)
         loggingSteps = try get(.loggingSteps, d.loggingSteps)
@@ -141,10 +148,12 @@ public struct TrainConfig: Codable, Sendable, Equatable {
             case .loraDropout: v = "\(loraDropout)"
             case .loraTargetModules: v = "[" + loraTargetModules.map(\.rawValue).joined(separator: ", ") + "]"
             case .useRslora: v = "\(useRslora)"
+            case .useDora: v = "\(useDora)"
             case .trainOnInputs: v = "\(trainOnInputs)"
             case .addEosToken: v = "\(addEosToken)"
             case .groupByLength: v = "\(groupByLength)"
             case .promptTemplateName: v = str(promptTemplateName)
+            case .chatTemplate: v = chatTemplate.map(str) ?? "null"
             case .resumeFromCheckpoint: v = resumeFromCheckpoint.map(str) ?? "null"
             case .warmupSteps: v = "\(warmupSteps)"
             case .loggingSteps: v = "\(loggingSteps)"
@@ -192,7 +201,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
 
     public var adapterConfig: AdapterConfig {
         AdapterConfig(r: loraR, loraAlpha: loraAlpha, loraDropout: loraDropout, targetModules: loraTargetModules,
-                      useRslora: useRslora, baseModelNameOrPath: baseModel)
+                      useRslora: useRslora, useDora: useDora, baseModelNameOrPath: baseModel)
     }
 
     /// Refuses nonsense before any work starts; each message names the key and the value.

@@ -163,6 +163,7 @@ public final class Trainer {
             guard norm.isFinite else { throw TrainingError.nonFinite(step: state.step + 1, what: "the gradient norm (\(norm))") }
             let lr = schedule.lr(at: state.step)
             optimizer.update(lr: lr)
+            adapter.parametersChanged()   // DoRA's norms follow the new A, B and m
             state.step += 1
             lastLoss = loss
             windowLoss += loss; windowSteps += 1
@@ -211,6 +212,7 @@ public final class Trainer {
 
     private func restore(_ tensors: [Tensor]) {
         for (t, saved) in zip(adapter.trainable, tensors) { t.param.copy(from: saved) }
+        adapter.parametersChanged()
     }
 
     // MARK: checkpoints
@@ -283,7 +285,16 @@ public final class Trainer {
                 throw TrainingError.badCheckpoint(path: dir.path, detail: "its adapter does not match this run's (lora_r \(l.r) on \(site.path)); use the same lora_r and lora_target_modules")
             }
             l.A.copy(from: A); l.B.copy(from: B)
+            if let m = l.magnitude {
+                guard let sm = saved.magnitudes[site.path + ".weight"], sm.shape == m.shape else {
+                    throw TrainingError.badCheckpoint(path: dir.path, detail: "its adapter has no DoRA magnitude for \(site.path) (use_dora must match the run's)")
+                }
+                m.copy(from: sm)
+            } else if saved.config.useDora {
+                throw TrainingError.badCheckpoint(path: dir.path, detail: "it is a DoRA adapter (use_dora: true) and this run trains plain LoRA; set use_dora: true to continue it")
+            }
         }
+        adapter.parametersChanged()
         guard fm.fileExists(atPath: stateURL.path) else {   // bare adapter: weights only
             try TrainingLog.truncate(in: outputDir, after: 0)
             return
