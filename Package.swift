@@ -38,7 +38,9 @@ let package = Package(
         .executableTarget(name: "lora", dependencies: [
             "LLaMA", "Tensor",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ]),
+        ], plugins: ["BuildInfo"]),
+        // Stamps the git commit into the `lora` binary (lora --version).
+        .plugin(name: "BuildInfo", capability: .buildTool(), path: "Plugins/BuildInfo"),
         .testTarget(name: "TensorTests", dependencies: ["Tensor", "CKernels"], path: "Tests/TensorTests"),
         .testTarget(name: "LLaMATests", dependencies: ["LLaMA", "Tensor"], path: "Tests/LLaMATests"),
         .testTarget(name: "loraTests", dependencies: ["lora", "LLaMA"], path: "Tests/loraTests"),

@@ -18,6 +18,19 @@ For each tiny fixture model (Tests/Fixtures/tiny-mha, tiny-gqa) and its two merg
     GGUF of the unmerged base (written by lora merge with the adapter at weight 0), against
     `lora generate --lora-weights a`.
 
+With `--smollm GGUF` (default models/SmolLM2-135M-Instruct.Q4_1.gguf, skipped when absent), the
+GGUF-base case, with a random r=4 adapter on q_proj,v_proj written here (PEFT's file layout):
+ 5. `lora merge --format hf --dtype f32` from the GGUF: transformers loads the folder with
+    AutoTokenizer and AutoModelForCausalLM alone; its token ids of a multilingual text equal
+    `lora tokenize` on the GGUF; its greedy continuation equals `lora generate` (GGUF base,
+    the adapter unmerged, f32 weights).
+ 6. That folder reduced to tokenizer.json (no tokenizer_config.json, special_tokens_map.json or
+    tokenizer.model) -> `lora merge --format gguf --dtype f32` -> llama.cpp loads it, tokenizes the
+    text to the same ids, and its greedy continuation equals transformers' ids.
+
+ 7. A SentencePiece GGUF base (Tests/Fixtures/gguf/tiny-mha.gguf) merged to HF: transformers loads
+    the tokenizer.model written from the GGUF's pieces and encodes a text to lora's ids.
+
 f32 exports must match exactly (same ids). f16 / bf16 / q8_0 exports round the weights, so a different
 greedy token is possible on these random tiny models; such a difference is reported, not failed.
 
@@ -162,9 +175,119 @@ def llama_cpp_greedy(gguf: Path, prompt_ids: list[int], lora_path: Path | None =
     return new, own_ids, first
 
 
+MULTILINGUAL = "Hello, world! Grüße aus Köln: 1234 Äpfel. 東京は晴れ。Привет, как дела? مرحبا 😀\n\n  indented\tend"
+SMOL_PROMPT = "The three primary colors are"
+
+
+def smollm_adapter(gguf_path: Path, out: Path) -> None:
+    """A PEFT LoRA adapter (r=4, alpha 8, q_proj and v_proj) with random A and B for the model in
+    the GGUF, shapes from its metadata; B is not zero, so the merge changes the weights."""
+    import gguf
+    from safetensors.torch import save_file
+    r = gguf.GGUFReader(str(gguf_path))
+
+    def meta(key: str) -> int:
+        f = r.fields[key]
+        return int(f.parts[f.data[0]][0])
+
+    C, L = meta("llama.embedding_length"), meta("llama.block_count")
+    H, KV = meta("llama.attention.head_count"), meta("llama.attention.head_count_kv")
+    dims = {"q_proj": C, "v_proj": C // H * KV}
+    g = torch.Generator().manual_seed(0)
+    tensors = {}
+    for i in range(L):
+        for m, o in dims.items():
+            p = f"base_model.model.model.layers.{i}.self_attn.{m}"
+            tensors[f"{p}.lora_A.weight"] = torch.randn(4, C, generator=g) * 0.02
+            tensors[f"{p}.lora_B.weight"] = torch.randn(o, 4, generator=g) * 0.02
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    (out / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+        "target_modules": ["q_proj", "v_proj"], "bias": "none", "use_rslora": False, "fan_in_fan_out": False,
+        "base_model_name_or_path": str(gguf_path)}))
+
+
+def check_gguf_base(lora: Path, gguf_path: Path, tmp: Path) -> None:
+    print(f"\n== GGUF base {gguf_path.name}")
+    adapter = tmp / "smollm-adapter"
+    smollm_adapter(gguf_path, adapter)
+    hf = tmp / "smollm-hf"
+    run(lora, "merge", "--base-model", str(gguf_path), "--lora-weights", str(adapter), "--output", str(hf), "--dtype", "f32")
+    print(f"  lora merge --format hf wrote: {sorted(p.name for p in hf.iterdir())}")
+    tok = AutoTokenizer.from_pretrained(str(hf))
+    model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32)
+    model.eval()
+    print(f"  transformers: {type(tok).__name__}, {type(model).__name__}")
+    lora_ids = json.loads(run(lora, "tokenize", "--base-model", str(gguf_path), "--text", MULTILINGUAL))["ids"]
+    hf_ids = tok(MULTILINGUAL)["input_ids"]
+    check(hf_ids == lora_ids, f"transformers' tokenizer from the GGUF's vocabulary: {len(hf_ids)} ids of the multilingual text "
+          "equal lora tokenize on the GGUF" + ("" if hf_ids == lora_ids else f": {hf_ids} vs {lora_ids}"))
+    check(tok.decode(hf_ids) == MULTILINGUAL, "transformers decodes them back to the text")
+    cfg = json.loads((hf / "tokenizer_config.json").read_text())
+    check(bool(cfg.get("chat_template")) and tok.chat_template == cfg["chat_template"],
+          "tokenizer_config.json carries the GGUF's chat template")
+    msgs = [{"role": "user", "content": "Hi"}]
+    print(f"  chat template renders: {tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)!r}")
+
+    want = run(lora, "generate", "--base-model", str(gguf_path), "--lora-weights", str(adapter), "--quantization", "none",
+               "--prompt", SMOL_PROMPT, "--prompt-template", "none", "--num-beams", "1",
+               "--max-new-tokens", str(NEW_TOKENS), "--quiet")[:-1]
+    prompt_ids = json.loads(run(lora, "tokenize", "--base-model", str(gguf_path), "--text", SMOL_PROMPT))["ids"]
+    check(tok(SMOL_PROMPT)["input_ids"] == prompt_ids, "prompt ids equal")
+    eos = model.config.eos_token_id
+    with torch.no_grad():
+        ids = torch.tensor([prompt_ids])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, do_sample=False,
+                             num_beams=1, eos_token_id=eos, pad_token_id=eos)
+    new = out[0, len(prompt_ids):].tolist()
+    new = strip_eos(new, eos if isinstance(eos, int) else eos[0])
+    text = tok.decode(new, skip_special_tokens=True)
+    print(f"  lora generate (GGUF base, adapter unmerged, f32): {want!r}")
+    check(text == want, "transformers greedy on the merged HF folder equals lora generate" + ("" if text == want else f": {text!r}"))
+
+    # A folder whose tokenizer is only tokenizer.json, exported to GGUF for llama.cpp.
+    bpe = tmp / "smollm-bpe-only"
+    bpe.mkdir()
+    for f in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]:
+        os.link(hf / f, bpe / f)
+    out_gguf = tmp / "smollm-from-bpe.gguf"
+    run(lora, "merge", "--base-model", str(bpe), "--lora-weights", f"{adapter}:0", "--format", "gguf", "--dtype", "f32",
+        "--output", str(out_gguf), "--quiet")
+    from llama_cpp import Llama
+    llm = Llama(model_path=str(out_gguf), n_ctx=256, n_batch=256, n_threads=2, verbose=False, seed=0, type_k=0, type_v=0)
+    cpp_ids = llm.tokenize(MULTILINGUAL.encode("utf-8"), add_bos=True, special=False)
+    llm.close()
+    check(cpp_ids == lora_ids, "llama.cpp loads the GGUF made from a tokenizer.json-only folder and tokenizes the text to the same ids"
+          + ("" if cpp_ids == lora_ids else f": {cpp_ids}"))
+    cpp_new, _, _ = llama_cpp_greedy(out_gguf, prompt_ids)
+    check(cpp_new == new, "llama.cpp greedy ids on it equal transformers' on the HF folder" + ("" if cpp_new == new else f": {cpp_new} vs {new}"))
+
+
+def check_spm_gguf_base(lora: Path, tmp: Path) -> None:
+    """A SentencePiece GGUF base (the tiny fixture): the merged folder's tokenizer.model, written
+    from the GGUF's pieces, loads in transformers and encodes like lora."""
+    gguf_path = FIX / "gguf" / "tiny-mha.gguf"
+    print(f"\n== SentencePiece GGUF base {gguf_path.name}")
+    hf = tmp / "tiny-mha-from-gguf"
+    run(lora, "merge", "--base-model", str(gguf_path), "--lora-weights", str(FIX / "merge" / "tiny-mha-a.adapter"),
+        "--output", str(hf), "--dtype", "f32", "--quiet")
+    print(f"  lora merge --format hf wrote: {sorted(p.name for p in hf.iterdir())}")
+    tok = AutoTokenizer.from_pretrained(str(hf))
+    AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32)
+    text = "Hello, world! Grüße aus Köln: 1234 Äpfel. The sky is blue."
+    lora_ids = json.loads(run(lora, "tokenize", "--base-model", str(gguf_path), "--text", text))["ids"]
+    hf_ids = tok(text)["input_ids"]
+    check(hf_ids == lora_ids, f"transformers ({type(tok).__name__}) on tokenizer.model from the GGUF: {len(hf_ids)} ids equal lora tokenize"
+          + ("" if hf_ids == lora_ids else f": {hf_ids} vs {lora_ids}"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lora", type=Path, default=ROOT / ".build" / "release" / "lora", help="the lora binary")
+    ap.add_argument("--smollm", type=Path, default=ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf",
+                    help="a GGUF base for the GGUF-base checks (skipped when absent)")
+    ap.add_argument("--only-gguf-base", action="store_true", help="run only the GGUF-base checks")
     args = ap.parse_args()
     lora = args.lora.resolve()
     if not lora.exists():
@@ -175,7 +298,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="lora-exports-") as tmp_s:
         tmp = Path(tmp_s)
-        for name in ["tiny-mha", "tiny-gqa"]:
+        if args.smollm.exists():
+            check_gguf_base(lora, args.smollm.resolve(), tmp)
+        else:
+            print(f"\n== GGUF base: {args.smollm} not found, skipped")
+        check_spm_gguf_base(lora, tmp)
+        for name in ([] if args.only_gguf_base else ["tiny-mha", "tiny-gqa"]):
             model = str(FIX / name)
             ad = {k: str(FIX / "merge" / f"{name}-{k}.adapter") for k in WEIGHTS}
             specs = [f"{ad[k]}:{w}" for k, w in WEIGHTS.items()]

@@ -12,6 +12,14 @@ sentencepiece from PyPI):
 The base model is a Hugging Face folder (safetensors + tokenizer.model); int8 is not used.
 A DoRA adapter (use_dora: true) is checked the same way: PEFT must load every lora_magnitude_vector
 unchanged (the tensors it holds equal the file's) and give `lora eval`'s loss.
+
+With --nf4 (bitsandbytes==0.50.2 in the venv) the base is loaded in 4-bit by transformers +
+bitsandbytes on the CPU (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=float32)), as QLoRA trains, and `lora eval`
+runs with --quantization nf4: an adapter trained with `quantization: nf4` gives the same loss.
+bitsandbytes' float32 path is used (its AVX512-BF16 inference kernel computes in bf16), and its
+flat-block dequantization (its CPU kernel looks absmax up per row, which differs when in_features
+is not a multiple of 64; see make_reference.py nf4_flat_dequantize_).
 """
 import argparse
 import json
@@ -46,11 +54,34 @@ def main():
     ap.add_argument("--train-on-inputs", default="true")
     ap.add_argument("--template", default="configs/templates/alpaca.json")
     ap.add_argument("--lora", default=".build/release/lora")
+    ap.add_argument("--nf4", action="store_true", help="4-bit NF4 base on both sides (QLoRA)")
     # One record per batch on both sides, padded to a multiple of 8 as the collator pads.
     a = ap.parse_args()
     train_on_inputs = a.train_on_inputs.lower() == "true"
 
-    base = AutoModelForCausalLM.from_pretrained(a.base_model, dtype=torch.float32, attn_implementation="eager")
+    if a.nf4:
+        import bitsandbytes
+        import torch._dynamo
+        from transformers import BitsAndBytesConfig
+        from bitsandbytes.backends.default import ops as default_ops
+        from bitsandbytes.backends.utils import _get_4bit_code
+        torch._dynamo.config.disable = True
+
+        def flat(A, absmax, blocksize, quant_type, shape, dtype):
+            return default_ops._dequantize_4bit_compute(A.view(torch.uint8).reshape(-1), absmax,
+                                                        _get_4bit_code(quant_type, A.device), blocksize, shape, dtype)
+        torch.library.register_kernel("bitsandbytes::dequantize_4bit", "cpu", flat)
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(a.base_model, dtype=torch.float32, attn_implementation="eager",
+                                                    quantization_config=q, device_map="cpu")
+        for mod in base.modules():
+            if hasattr(mod, "support_avx512bf16_for_cpu"):
+                mod.support_avx512bf16_for_cpu = False
+        n4 = sum(type(mod).__name__ == "Linear4bit" for mod in base.modules())
+        print(f"base in 4-bit: {n4} Linear4bit layers (bitsandbytes {bitsandbytes.__version__}), lm_head {type(base.lm_head).__name__}")
+    else:
+        base = AutoModelForCausalLM.from_pretrained(a.base_model, dtype=torch.float32, attn_implementation="eager")
     model = PeftModel.from_pretrained(base, a.adapter)
     # from_pretrained warns but does not fail on key mismatches: check them explicitly.
     from peft.utils import load_peft_weights
@@ -98,7 +129,8 @@ def main():
     peft_loss = total / max(count, 1)
     out = subprocess.run([a.lora, "eval", "--base-model", a.base_model, "--lora-weights", a.adapter,
                           "--data-path", a.data, "--cutoff-len", str(a.cutoff_len),
-                          "--train-on-inputs", a.train_on_inputs, "--load-8bit", "false", "--micro-batch-size", "1", "--json"],
+                          "--train-on-inputs", a.train_on_inputs, "--quantization", "nf4" if a.nf4 else "none",
+                          "--micro-batch-size", "1", "--json"],
                          capture_output=True, text=True)
     if out.returncode != 0:
         print(out.stderr, file=sys.stderr)

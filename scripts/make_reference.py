@@ -30,6 +30,9 @@ Outputs (all under Tests/Fixtures/):
     reference/train-<case>.json|.safetensors      PEFT LoRA training references (loss, grads, 10 AdamW steps)
     reference/train-<case>.adapter/               the initial adapter, PEFT save_pretrained
     reference/alpaca_tokenize.json                alpaca-lora tokenization/masking for all records
+    reference/nf4/                       bitsandbytes NF4 (double quant) arrays and dequantized values of a few
+                                         tensors, the tiny models' loss in 4-bit (transformers + bitsandbytes),
+                                         one LoRA step on the 4-bit tiny-gqa against PEFT (loss, every gradient)
     gguf/quants.safetensors              raw GGML blocks of each dequantized type + gguf.quants' f32 values;
                                          Q8_0/F16 quantizer inputs and outputs
     gguf/tiny-mha.gguf, tiny-gqa-q8.gguf the tiny checkpoints as llama.cpp files (F32; F16/BF16/Q8_0, tied)
@@ -1482,6 +1485,183 @@ def print_gguf_summary(res: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# NF4 (QLoRA base): bitsandbytes 4-bit quantization and a LoRA step on a 4-bit base (--only nf4)
+# --------------------------------------------------------------------------------------------------
+
+NF4_DIR = REF / "nf4"
+NF4_SHAPES = {"a": (64, 64), "b": (7, 13), "c": (33, 176), "d": (3, 100)}
+NF4_BIG = (192, 576)  # 1728 blocks: 7 nested groups; inputs made by nf4_det_input, only the arrays kept
+
+
+def nf4_det_input(n: int) -> torch.Tensor:
+    """Deterministic f32 values both sides compute exactly: an integer hash scaled by a power of 2."""
+    i = torch.arange(n, dtype=torch.int64)
+    h = (i * 2654435761 + 12345) % 4294967296
+    h = (h ^ (h >> 13)) % 20001 - 10000          # -10000..10000
+    row_scale = 1 + (i // 576) % 5               # rows of different magnitude
+    return (h * row_scale).to(torch.float32) / 262144.0
+
+
+def nf4_quantize(w: torch.Tensor):
+    """bitsandbytes' NF4 with double quantization, as Linear4bit under load_in_4bit stores it."""
+    import bitsandbytes.functional as bnbf
+    q, st = bnbf.quantize_4bit(w.contiguous(), blocksize=64, compress_statistics=True, quant_type="nf4")
+    deq = bnbf.dequantize_4bit(q, st)
+    return q, st, deq
+
+
+def nf4_bnb_config():
+    from transformers import BitsAndBytesConfig
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.float32)
+
+
+def load_model_4bit(name: str) -> LlamaForCausalLM:
+    m = LlamaForCausalLM.from_pretrained(str(FIX / name), dtype=torch.float32, attn_implementation="eager",
+                                         quantization_config=nf4_bnb_config(), device_map="cpu")
+    m.config._name_or_path = f"Tests/Fixtures/{name}"
+    m.name_or_path = f"Tests/Fixtures/{name}"
+    nf4_f32_path_(m)
+    m.eval()
+    return m
+
+
+def nf4_f32_path_(m) -> None:
+    """On CPUs with AVX512-BF16, bitsandbytes' Linear4bit switches inference (eval, no grad) to a repacked
+    bf16 kernel; turn that off so the reference is the float32 path (dequantize, then F.linear) on every CPU."""
+    for mod in m.modules():
+        if hasattr(mod, "support_avx512bf16_for_cpu"):
+            mod.support_avx512bf16_for_cpu = False
+
+
+def nf4_flat_dequantize_() -> None:
+    """bitsandbytes 0.50.2's CPU dequantize_4bit kernel looks a weight's absmax up per row (row * (in // 64) +
+    col // 64), which is its quantizer's flat block layout only when in_features is a multiple of 64 (tiny-mha's
+    down_proj has 176). Use bitsandbytes' own backend-independent implementation (backends/default/ops.py, flat
+    blocks, as quantize_4bit and the CUDA kernels define them) for every dequantization instead."""
+    from bitsandbytes.backends.default import ops as default_ops
+    from bitsandbytes.backends.utils import _get_4bit_code
+
+    def flat(A, absmax, blocksize, quant_type, shape, dtype):
+        return default_ops._dequantize_4bit_compute(A.view(torch.uint8).reshape(-1), absmax,
+                                                    _get_4bit_code(quant_type, A.device), blocksize, shape, dtype)
+    torch.library.register_kernel("bitsandbytes::dequantize_4bit", "cpu", flat)
+
+
+def nf4_reference(tok: Tok) -> dict:
+    import bitsandbytes
+    import bitsandbytes.functional as bnbf
+    import torch._dynamo
+    # bitsandbytes wraps its dequantization in torch.compile when it can; the eager op is the same
+    # arithmetic and does not spend minutes compiling on a small machine.
+    torch._dynamo.config.disable = True
+    nf4_flat_dequantize_()
+    NF4_DIR.mkdir(parents=True, exist_ok=True)
+    set_determinism(0)
+    tensors: dict[str, torch.Tensor] = {}
+    g = torch.Generator().manual_seed(4444)
+    cases = {}
+    for key, shape in NF4_SHAPES.items():
+        w = torch.randn(shape, generator=g) * 0.05
+        if key == "d":
+            w[0, :64] = 0  # an all-zero block
+        q, st, deq = nf4_quantize(w)
+        tensors.update({f"{key}.w": w, f"{key}.q": q.reshape(-1), f"{key}.absmax8": st.absmax.reshape(-1),
+                        f"{key}.nested": st.state2.absmax.reshape(-1), f"{key}.offset": st.offset.reshape(1).float(),
+                        f"{key}.deq": deq})
+        cases[key] = {"shape": list(shape)}
+    n = NF4_BIG[0] * NF4_BIG[1]
+    wbig = nf4_det_input(n).reshape(NF4_BIG)
+    q, st, deq = nf4_quantize(wbig)
+    tensors.update({"big.q": q.reshape(-1), "big.absmax8": st.absmax.reshape(-1), "big.nested": st.state2.absmax.reshape(-1),
+                    "big.offset": st.offset.reshape(1).float(), "big.deq_sum": deq.double().sum().reshape(1)})
+    cases["big"] = {"shape": list(NF4_BIG), "input": "nf4_det_input (not stored)", "deq_sum": float(deq.double().sum())}
+    tensors["code"] = st.code.float()
+    tensors["dynamic"] = st.state2.code.float()
+
+    # The tiny models loaded in 4-bit by transformers + bitsandbytes: loss on the training batches.
+    losses = {}
+    for name in MODELS:
+        m = load_model_4bit(name)
+        lin = m.model.layers[0].self_attn.q_proj
+        assert type(lin).__name__ == "Linear4bit", type(lin)
+        assert type(m.lm_head).__name__ == "Linear", type(m.lm_head)
+        # the dequantized layer-0 q_proj, for a direct check of the loader's quantization
+        tensors[f"{name}.q_proj0.deq"] = bnbf.dequantize_4bit(lin.weight.data, lin.weight.quant_state).float()
+        feats = [alpaca_tokenize(tok, r, TRAIN_CUTOFF, True, False, "sp") for r in RECORDS[:BATCH_SIZE]]
+        mbs = [collate(tok, feats[i:i + MICRO_BS]) for i in range(0, BATCH_SIZE, MICRO_BS)]
+        n_items = int(sum((mb["labels"][:, 1:] != -100).sum() for mb in mbs))
+        with torch.no_grad():
+            total = 0.0
+            for mb in mbs:
+                logits = m(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits.float()
+                total += float(torch.nn.functional.cross_entropy(
+                    logits[:, :-1].reshape(-1, logits.shape[-1]), mb["labels"][:, 1:].reshape(-1),
+                    ignore_index=-100, reduction="sum")) / n_items
+        losses[name] = {"loss": total, "num_items": n_items,
+                        "micro_batches": [{k: v.tolist() for k, v in mb.items()} for mb in mbs]}
+    # codes stay uint8 (save_tensors would widen them to float32)
+    save_file({k: v.detach().contiguous().cpu() if v.dtype == torch.uint8 else v.detach().float().contiguous().cpu()
+               for k, v in sorted(tensors.items())}, str(NF4_DIR / "quant.safetensors"), metadata={"format": "pt"})
+
+    # One LoRA step on the 4-bit tiny-gqa base (all projections) against PEFT: loss and every gradient.
+    case_name = "gqa-all-nf4"
+    set_determinism(0)
+    feats = [alpaca_tokenize(tok, r, TRAIN_CUTOFF, True, False, "sp") for r in RECORDS[:BATCH_SIZE]]
+    mbs = [collate(tok, feats[i:i + MICRO_BS]) for i in range(0, BATCH_SIZE, MICRO_BS)]
+    n_items = int(sum((mb["labels"][:, 1:] != -100).sum() for mb in mbs))
+    base = load_model_4bit("tiny-gqa")
+    base.config.use_cache = False
+    lcfg = LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, target_modules=list(PROJ_NAMES), bias="none",
+                      task_type="CAUSAL_LM")
+    pm = get_peft_model(base, lcfg)
+    init_lora_(pm, seed=hash_seed(case_name))
+    adapter_dir = NF4_DIR / f"train-{case_name}.adapter"
+    rm(adapter_dir)
+    pm.save_pretrained(str(adapter_dir), safe_serialization=True)
+    rm(adapter_dir / "README.md")
+    params = [(nm, p) for nm, p in pm.named_parameters() if p.requires_grad]
+    assert params and all("lora_" in nm for nm, _ in params)
+    grads: dict[str, torch.Tensor] = {}
+    pm.train()
+    pm.zero_grad(set_to_none=True)
+    loss0 = batch_loss(pm, mbs, n_items)
+    for nm, p in params:  # the initial values are in the adapter folder
+        grads["grad." + peft_key(pm, nm)] = p.grad.detach().clone()
+    save_tensors(NF4_DIR / f"train-{case_name}.safetensors", grads)
+    train = {
+        "case": case_name, "model": "tiny-gqa", "adapter_dir": f"Tests/Fixtures/reference/nf4/train-{case_name}.adapter",
+        "settings": {"target_modules": PROJ_NAMES, "r": 4, "lora_alpha": 16, "scaling": 4.0, "lora_dropout": 0.0,
+                     "train_on_inputs": True, "cutoff_len": TRAIN_CUTOFF, "micro_batch_size": MICRO_BS,
+                     "batch_size": BATCH_SIZE, "base": "tiny-gqa loaded with BitsAndBytesConfig(load_in_4bit, nf4, "
+                     "double quant, compute dtype float32) from the float32 upcast of its bf16 weights; no "
+                     "prepare_model_for_kbit_training (everything is already float32)"},
+        "num_items": n_items, "loss0": loss0, "lora_param_keys": sorted(peft_key(pm, nm) for nm, _ in params),
+        "micro_batches": [{k: v.tolist() for k, v in mb.items()} for mb in mbs],
+    }
+    meta = {
+        "versions": dict(VERSIONS, bitsandbytes=bitsandbytes.__version__),
+        "notes": {
+            "quantize": "bitsandbytes.functional.quantize_4bit(w, blocksize=64, compress_statistics=True, "
+                        "quant_type='nf4') on the CPU; dequantization everywhere (here and inside Linear4bit) is "
+                        "bitsandbytes' flat-block default implementation (see nf4_flat_dequantize_); <k>.q packed codes (even element in the high nibble), "
+                        "<k>.absmax8 the 8-bit absmax codes, <k>.nested state2.absmax, <k>.offset; "
+                        "<k>.deq = dequantize_4bit(q, state)",
+            "code": "quant_state.code (NF4 code book); dynamic: state2.code (create_dynamic_map(), signed)",
+            "big": "input nf4_det_input(n) reshaped to " + str(list(NF4_BIG)) + ", not stored; big.deq_sum the "
+                   "float64 sum of its dequantized values",
+            "models": "<model>.q_proj0.deq: layer 0 q_proj of the model loaded in 4-bit, dequantized; losses: "
+                      "mean shifted CE over the 4 training records (train_on_inputs, cutoff 128), f32 compute",
+        },
+        "cases": cases, "losses": losses, "train": train,
+    }
+    write_json(NF4_DIR / "nf4.json", meta)
+    print("nf4:", {k: round(v["loss"], 6) for k, v in losses.items()}, "train loss0", round(loss0, 6),
+          "bytes", sum(p.stat().st_size for p in NF4_DIR.rglob("*") if p.is_file()))
+    return meta
+
+
+# --------------------------------------------------------------------------------------------------
 # 7. DoRA references (PEFT LoraConfig(use_dora=True)); fixtures under reference/dora/
 # --------------------------------------------------------------------------------------------------
 #
@@ -1774,8 +1954,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--skip-trainer-check", action="store_true",
                     help="do not cross-check the manual training loop against transformers.Trainer")
-    ap.add_argument("--only", choices=["gguf", "dora"],
-                    help="run only one section from the committed fixtures (gguf: Tests/Fixtures/gguf/)")
+    ap.add_argument("--only", choices=["gguf", "dora", "nf4"],
+                    help="run only one section from the committed fixtures (gguf: Tests/Fixtures/gguf/; "
+                         "dora: Tests/Fixtures/reference/dora/; nf4: Tests/Fixtures/reference/nf4/, needs bitsandbytes)")
     args = ap.parse_args()
     set_determinism(0)
     FIX.mkdir(parents=True, exist_ok=True)
@@ -1785,6 +1966,9 @@ def main() -> None:
         return
     if args.only == "dora":
         print_dora_summary(dora_reference(Tok(FIX / "tiny-mha"), trainer_check=not args.skip_trainer_check))
+        return
+    if args.only == "nf4":
+        nf4_reference(Tok(FIX / "tiny-mha"))
         return
 
     # 1. corpus + tokenizer
@@ -1825,6 +2009,9 @@ def main() -> None:
 
     # 7. DoRA
     dora = dora_reference(tok, trainer_check=not args.skip_trainer_check)
+
+    # 8. NF4 (QLoRA base)
+    nf4_reference(tok)
 
     # summary
     print("\n=== summary ===")

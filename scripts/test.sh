@@ -13,7 +13,7 @@ scripts/install_deps.sh
 swift build -c release --build-tests -Xswiftc -enable-testing
 swift test -c release --skip-build -Xswiftc -enable-testing "$@"
 if [ $# -eq 0 ]; then
-  parity='TrainingParityTests|ForwardParityTests|GenerationParityTests|MergeTests|ResumeTests|DoRATests'
+  parity='TrainingParityTests|ForwardParityTests|GenerationParityTests|MergeTests|ResumeTests|DoRATests|NF4Tests'
   for k in $(.build/release/lora info --families); do
     echo "== parity suites with LORA_KERNELS=$k" >&2
     LORA_KERNELS=$k swift test -c release --skip-build -Xswiftc -enable-testing --filter "$parity" 2>&1 \

@@ -63,6 +63,38 @@ static inline float lora_block_value(int format, const void *w, long i) {
     if (format == LORA_FORMAT_Q4_0) return d * (float)(((b[2 + (j & 15)] >> sh) & 15) - 8);
     return d * (float)((b[4 + (j & 15)] >> sh) & 15) + lora_half_to_float(lora_load_u16(b + 2));
 }
+// ---- NF4 (CKernels.h): scalar helpers every family shares ---------------------------------
+#define LORA_NF4_BLOCK 64
+#define LORA_NF4_NESTED (64 * 256)  // weights per nested absmax
+
+/// The f32 absmax of NF4 block b. Two statements, so the compiler cannot fuse them into an FMA
+/// (bitsandbytes rounds the product, then adds the offset).
+static inline float lora_nf4_absmax(const lora_nf4 *w, long b) {
+    float s = lora_nf4_dynamic[w->absmax8[b]] * w->nested[b / 256];
+    return s + w->offset;
+}
+
+/// NF4 weight at flat index i.
+static inline float lora_nf4_value(const lora_nf4 *w, long i) {
+    uint8_t byte = w->q[i >> 1];
+    int code = (i & 1) ? byte & 15 : byte >> 4;
+    return lora_nf4_code[code] * lora_nf4_absmax(w, i / LORA_NF4_BLOCK);
+}
+
+/// NF4 weights i..i+cnt into out, one absmax per block touched.
+static inline void lora_nf4_run(const lora_nf4 *w, long i, long cnt, float *out) {
+    for (long j = 0; j < cnt;) {
+        long b = (i + j) / LORA_NF4_BLOCK, end = (b + 1) * LORA_NF4_BLOCK - i;
+        if (end > cnt) end = cnt;
+        float s = lora_nf4_absmax(w, b);
+        for (; j < end; j++) {
+            long e = i + j;
+            uint8_t byte = w->q[e >> 1];
+            out[j] = lora_nf4_code[(e & 1) ? byte & 15 : byte >> 4] * s;
+        }
+    }
+}
+
 /// NR of the AVX2 packed GEMM.
 int lora_avx2_panel_width(void);
 

@@ -80,11 +80,13 @@ static float *pack_buffer(void) {  // AVX2_B_FLOATS floats, 64-byte aligned, one
 // ---- Loading weights as f32 ---------------------------------------------------------------
 
 static inline size_t format_bytes(int fmt) {
-    return fmt == LORA_FORMAT_I8_ROWS ? 1 : fmt == LORA_FORMAT_BF16 ? 2 : 4;
+    return fmt == LORA_FORMAT_I8_ROWS || fmt == LORA_FORMAT_NF4 ? 1 : fmt == LORA_FORMAT_BF16 ? 2 : 4;  // NF4: gemv steps only
 }
 
 /// 8 weights w[i..i+8) as f32 (int8 not yet scaled).
+INLINE __m256 load8_nf4(const void *w, long i, long cnt);
 INLINE __m256 load8(int fmt, const void *w, long i) {
+    if (fmt == LORA_FORMAT_NF4) return load8_nf4(w, i, 8);
     if (fmt == LORA_FORMAT_I8_ROWS) {
         __m128i b = _mm_loadl_epi64((const __m128i *)((const int8_t *)w + i));
         return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
@@ -126,9 +128,32 @@ INLINE __m256 load8_block(int fmt, const void *w, long i, long cnt) {
     return _mm256_loadu_ps(t);
 }
 
+/// NF4 weights i..i+cnt (flat indices), zeros after. A run of 8 starting at a multiple of 8
+/// lies in one 64-weight block: 4 bytes split into 8 codes (the even weight in the high
+/// nibble), looked up in the 16-entry code book (two 8-lane permutes and a blend on bit 3),
+/// times the block's absmax, the same float product as lora_nf4_value.
+INLINE __m256 load8_nf4(const void *w, long i, long cnt) {
+    const lora_nf4 *d = w;
+    if ((i & 7) == 0 && cnt >= 8) {
+        uint32_t bytes;
+        memcpy(&bytes, d->q + (i >> 1), 4);
+        __m128i b = _mm_cvtsi32_si128((int)bytes);
+        __m256i v = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(b, b));
+        v = _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0)), _mm256_set1_epi32(15));
+        __m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(lora_nf4_code), v);
+        __m256 hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(lora_nf4_code + 8), v);
+        __m256 code = _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(v, 28)));
+        return _mm256_mul_ps(code, _mm256_set1_ps(lora_nf4_absmax(d, i / LORA_NF4_BLOCK)));
+    }
+    float t[8] = {0};
+    lora_nf4_run(d, i, cnt < 8 ? cnt : 8, t);
+    return _mm256_loadu_ps(t);
+}
+
 /// The first `cnt` (0..8) of them, zeros after; reads nothing past them (block formats: nothing
 /// past their block).
 INLINE __m256 load8_part(int fmt, const void *w, long i, long cnt) {
+    if (fmt == LORA_FORMAT_NF4) return load8_nf4(w, i, cnt);
     if (lora_is_block_format(fmt)) return load8_block(fmt, w, i, cnt);
     if (cnt >= 8) return load8(fmt, w, i);
     unsigned char tmp[32] = {0};
@@ -277,6 +302,7 @@ TARGET static void gemm(long M, long col0, long ncols, long depth, const float *
             case LORA_FORMAT_Q8_0: PACK(LORA_FORMAT_Q8_0); break;
             case LORA_FORMAT_Q4_0: PACK(LORA_FORMAT_Q4_0); break;
             case LORA_FORMAT_Q4_1: PACK(LORA_FORMAT_Q4_1); break;
+            case LORA_FORMAT_NF4: PACK(LORA_FORMAT_NF4); break;
             default: PACK(LORA_FORMAT_F32); break;
             }
 #undef PACK
@@ -305,6 +331,7 @@ TARGET static void gemm(long M, long col0, long ncols, long depth, const float *
 #define GEMV_PF 16
 
 static inline float wscalar(int fmt, const void *w, long i) {
+    if (fmt == LORA_FORMAT_NF4) return lora_nf4_value(w, i);
     if (fmt == LORA_FORMAT_I8_ROWS) return ((const int8_t *)w)[i];
     if (fmt == LORA_FORMAT_BF16) {
         union { uint32_t u; float f; } v = { (uint32_t)((const uint16_t *)w)[i] << 16 };
@@ -336,7 +363,8 @@ INLINE void gemv_block(const int fmt, const int mb, long K, const float *A, long
     long k = 0;
     for (; k + step <= K; k += step) {
         for (int r = 0; r < GEMV_RB; r++)
-            _mm_prefetch(wb + (size_t)(wr[r] + GEMV_PF * ldw + k) * bytes, _MM_HINT_T0);
+            _mm_prefetch(fmt == LORA_FORMAT_NF4 ? (const char *)((const lora_nf4 *)w)->q + (wr[r] + GEMV_PF * ldw + k) / 2
+                                                : wb + (size_t)(wr[r] + GEMV_PF * ldw + k) * bytes, _MM_HINT_T0);
         for (long u = 0; u < step; u += 8) {
             __m256 x0 = _mm256_loadu_ps(A + k + u);
             __m256 x1 = mb == 2 ? _mm256_loadu_ps(A + lda + k + u) : x0;
@@ -376,10 +404,12 @@ TARGET static void gemv(const int fmt, long M, long n0, long n1, long K, const f
 #define CALL(f, mb) gemv_block(f, mb, K, A + m * lda, lda, w, ldw, scales, n, rows, C + m * ldc, ldc, accumulate)
             if (M - m >= 2) {
                 if (fmt == LORA_FORMAT_I8_ROWS) CALL(LORA_FORMAT_I8_ROWS, 2);
+                else if (fmt == LORA_FORMAT_NF4) CALL(LORA_FORMAT_NF4, 2);
                 else if (fmt == LORA_FORMAT_BF16) CALL(LORA_FORMAT_BF16, 2);
                 else CALL(LORA_FORMAT_F32, 2);
             } else {
                 if (fmt == LORA_FORMAT_I8_ROWS) CALL(LORA_FORMAT_I8_ROWS, 1);
+                else if (fmt == LORA_FORMAT_NF4) CALL(LORA_FORMAT_NF4, 1);
                 else if (fmt == LORA_FORMAT_BF16) CALL(LORA_FORMAT_BF16, 1);
                 else CALL(LORA_FORMAT_F32, 1);
             }
@@ -472,21 +502,21 @@ TARGET static void gemv_q(int fmt, long M, long n0, long n1, long K, const float
 void lora_avx2_gemm_abt(int format, long M, long n0, long n1, long K, const float *A, long lda,
                         const void *W, long ldw, const float *scales, float *C, long ldc,
                         int accumulate) {
-    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_Q4_1) abort();
+    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_NF4) abort();
     gemm(M, n0, n1 - n0, K, A, lda, 1, format, W, scales, ldw, C, ldc, accumulate);
 }
 
 void lora_avx2_gemm_ab(int format, long M, long k0, long k1, long N, const float *A, long lda,
                        const void *W, long ldw, const float *scales, float *C, long ldc,
                        int accumulate) {
-    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_Q4_1) abort();
+    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_NF4) abort();
     gemm(M, k0, k1 - k0, N, A, lda, 0, format, W, scales, ldw, C, ldc, accumulate);
 }
 
 void lora_avx2_gemv_abt(int format, long M, long n0, long n1, long K, const float *A, long lda,
                         const void *W, long ldw, const float *scales, float *C, long ldc,
                         int accumulate) {
-    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_Q4_1) abort();
+    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_NF4) abort();
     if (M <= 0 || n1 <= n0) return;
     switch (format) {
     case LORA_FORMAT_Q8_0: gemv_q(LORA_FORMAT_Q8_0, M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate); return;

@@ -143,8 +143,29 @@ INLINE __m512 load_block_w(const int fmt, __mmask16 m, const void *w, long i) {
     return _mm512_loadu_ps(t);
 }
 
+/// NF4 weights i..i+16 (flat indices; first `m` lanes, the rest 0). A full run starting at a
+/// multiple of 16 lies in one 64-weight block: 8 bytes, each doubled and shifted so lane 2j
+/// takes the high nibble, looked up in the code book with one permute, times the block's
+/// absmax (the same float product as lora_nf4_value); other runs go one by one.
+INLINE __m512 load_nf4_w(__mmask16 m, const void *w, long i) {
+    const lora_nf4 *d = w;
+    if ((i & 15) == 0 && m == (__mmask16)0xFFFF) {
+        __m128i b = _mm_loadl_epi64((const __m128i *)(d->q + (i >> 1)));
+        __m512i v = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(b, b));
+        v = _mm512_and_si512(_mm512_srlv_epi32(v, _mm512_set4_epi32(0, 4, 0, 4)), _mm512_set1_epi32(15));
+        __m512 code = _mm512_permutexvar_ps(v, _mm512_loadu_ps(lora_nf4_code));
+        return _mm512_mul_ps(code, _mm512_set1_ps(lora_nf4_absmax(d, i / LORA_NF4_BLOCK)));
+    }
+    float t[16] = {0};
+    int cnt = 0;
+    while (cnt < 16 && ((m >> cnt) & 1)) cnt++;
+    lora_nf4_run(d, i, cnt, t);
+    return _mm512_loadu_ps(t);
+}
+
 /// 16 weights of any format (first `m` lanes; the rest 0) as f32; `s` the row's int8 scale.
 INLINE __m512 load_w(int fmt, __mmask16 m, const void *w, long i, __m512 s) {
+    if (fmt == LORA_FORMAT_NF4) return load_nf4_w(m, w, i);
     if (lora_is_block_format(fmt)) return load_block_w(fmt, m, w, i);
     if (fmt == LORA_FORMAT_I8_ROWS) return load_i8(m, (const int8_t *)w + i, s);
     if (fmt == LORA_FORMAT_BF16) return load_bf16(m, (const uint16_t *)w + i);
@@ -327,6 +348,7 @@ TARGET static void gemm(long M, long col0, long ncols, long depth, const float *
             case LORA_FORMAT_Q8_0: PACK(LORA_FORMAT_Q8_0); break;
             case LORA_FORMAT_Q4_0: PACK(LORA_FORMAT_Q4_0); break;
             case LORA_FORMAT_Q4_1: PACK(LORA_FORMAT_Q4_1); break;
+            case LORA_FORMAT_NF4: PACK(LORA_FORMAT_NF4); break;
             default: PACK(LORA_FORMAT_F32); break;
             }
 #undef PACK
@@ -531,6 +553,42 @@ TARGET static void gemv_i8(long M, long n0, long n1, long K, const float *A, lon
     }
 }
 
+/// NF4 weights: rows n..n+rows (rows <= 4) for A rows 0..mb (mb <= 4), 16 depths per step,
+/// each weight decoded once (load_nf4_w) and used for every row of A.
+INLINE void gemv_nf4_block(const int mb, long K, const float *A, long lda, const lora_nf4 *w,
+                           long ldw, long n, long rows, float *C, long ldc, int accumulate) {
+    __m512 acc[4][GEMV_RB];
+    for (int m = 0; m < mb; m++)
+        for (int r = 0; r < GEMV_RB; r++) acc[m][r] = _mm512_setzero_ps();
+    long wr[GEMV_RB];  // flat indices of the rows; missing rows repeat the last, unstored
+    for (int r = 0; r < GEMV_RB; r++) wr[r] = (n + (r < rows ? r : rows - 1)) * ldw;
+    for (long k = 0; k < K; k += 16) {
+        __mmask16 km = mask16(K - k);
+        __m512 wv[GEMV_RB];
+        for (int r = 0; r < GEMV_RB; r++) {
+            if ((k & 127) == 0) _mm_prefetch((const char *)(w->q + (wr[r] + GEMV_PF * ldw + k) / 2), _MM_HINT_T0);
+            wv[r] = load_nf4_w(km, w, wr[r] + k);
+        }
+        for (int m = 0; m < mb; m++) {
+            __m512 x = _mm512_maskz_loadu_ps(km, A + m * lda + k);
+            for (int r = 0; r < GEMV_RB; r++) acc[m][r] = _mm512_fmadd_ps(x, wv[r], acc[m][r]);
+        }
+    }
+    gemv_store(mb, acc, NULL, n, rows, C, ldc, accumulate);
+}
+
+TARGET static void gemv_nf4(long M, long n0, long n1, long K, const float *A, long lda,
+                            const lora_nf4 *w, long ldw, float *C, long ldc, int accumulate) {
+    for (long n = n0; n < n1; n += GEMV_RB) {
+        long rows = n1 - n < GEMV_RB ? n1 - n : GEMV_RB;
+        for (long m = 0; m < M; m += 4) {
+#define CALL(mb) gemv_nf4_block(mb, K, A + m * lda, lda, w, ldw, n, rows, C + m * ldc, ldc, accumulate)
+            GEMV_MB_SWITCH(M - m, CALL)
+#undef CALL
+        }
+    }
+}
+
 void lora_gemv_abt_f32(long M, long n0, long n1, long K, const float *A, long lda,
                        const float *W, long ldw, float *C, long ldc, int accumulate) {
     gemv_f32(M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate);
@@ -668,14 +726,14 @@ TARGET static void gemv_q(int fmt, long M, long n0, long n1, long K, const float
 void lora_avx512_gemm_abt(int format, long M, long n0, long n1, long K, const float *A,
                           long lda, const void *W, long ldw, const float *scales, float *C,
                           long ldc, int accumulate) {
-    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_Q4_1) abort();
+    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_NF4) abort();
     gemm(M, n0, n1 - n0, K, A, lda, 1, format, W, scales, ldw, C, ldc, accumulate);
 }
 
 void lora_avx512_gemm_ab(int format, long M, long k0, long k1, long N, const float *A,
                          long lda, const void *W, long ldw, const float *scales, float *C,
                          long ldc, int accumulate) {
-    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_Q4_1) abort();
+    if (format < LORA_FORMAT_F32 || format > LORA_FORMAT_NF4) abort();
     gemm(M, k0, k1 - k0, N, A, lda, 0, format, W, scales, ldw, C, ldc, accumulate);
 }
 
@@ -690,6 +748,7 @@ void lora_avx512_gemv_abt(int format, long M, long n0, long n1, long K, const fl
     case LORA_FORMAT_Q8_0: gemv_q(LORA_FORMAT_Q8_0, M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate); break;
     case LORA_FORMAT_Q4_0: gemv_q(LORA_FORMAT_Q4_0, M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate); break;
     case LORA_FORMAT_Q4_1: gemv_q(LORA_FORMAT_Q4_1, M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate); break;
+    case LORA_FORMAT_NF4: gemv_nf4(M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate); break;
     default: abort();
     }
 }
@@ -750,6 +809,42 @@ void lora_gemm_ab_f32(long M, long k0, long k1, long N, const float *A, long lda
 void lora_gemm_ab_i8(long M, long k0, long k1, long N, const float *A, long lda,
                      const int8_t *Wq, long ldw, const float *scales, float *C, long ldc,
                      int accumulate) { abort(); }
+/// NF4 weights: rows n..n+rows (rows <= 4) for A rows 0..mb (mb <= 4), 16 depths per step,
+/// each weight decoded once (load_nf4_w) and used for every row of A.
+INLINE void gemv_nf4_block(const int mb, long K, const float *A, long lda, const lora_nf4 *w,
+                           long ldw, long n, long rows, float *C, long ldc, int accumulate) {
+    __m512 acc[4][GEMV_RB];
+    for (int m = 0; m < mb; m++)
+        for (int r = 0; r < GEMV_RB; r++) acc[m][r] = _mm512_setzero_ps();
+    long wr[GEMV_RB];  // flat indices of the rows; missing rows repeat the last, unstored
+    for (int r = 0; r < GEMV_RB; r++) wr[r] = (n + (r < rows ? r : rows - 1)) * ldw;
+    for (long k = 0; k < K; k += 16) {
+        __mmask16 km = mask16(K - k);
+        __m512 wv[GEMV_RB];
+        for (int r = 0; r < GEMV_RB; r++) {
+            if ((k & 127) == 0) _mm_prefetch((const char *)(w->q + (wr[r] + GEMV_PF * ldw + k) / 2), _MM_HINT_T0);
+            wv[r] = load_nf4_w(km, w, wr[r] + k);
+        }
+        for (int m = 0; m < mb; m++) {
+            __m512 x = _mm512_maskz_loadu_ps(km, A + m * lda + k);
+            for (int r = 0; r < GEMV_RB; r++) acc[m][r] = _mm512_fmadd_ps(x, wv[r], acc[m][r]);
+        }
+    }
+    gemv_store(mb, acc, NULL, n, rows, C, ldc, accumulate);
+}
+
+TARGET static void gemv_nf4(long M, long n0, long n1, long K, const float *A, long lda,
+                            const lora_nf4 *w, long ldw, float *C, long ldc, int accumulate) {
+    for (long n = n0; n < n1; n += GEMV_RB) {
+        long rows = n1 - n < GEMV_RB ? n1 - n : GEMV_RB;
+        for (long m = 0; m < M; m += 4) {
+#define CALL(mb) gemv_nf4_block(mb, K, A + m * lda, lda, w, ldw, n, rows, C + m * ldc, ldc, accumulate)
+            GEMV_MB_SWITCH(M - m, CALL)
+#undef CALL
+        }
+    }
+}
+
 void lora_gemv_abt_f32(long M, long n0, long n1, long K, const float *A, long lda,
                        const float *W, long ldw, float *C, long ldc, int accumulate) { abort(); }
 void lora_gemv_abt_i8(long M, long n0, long n1, long K, const float *A, long lda,

@@ -12,6 +12,7 @@ static inline __attribute__((always_inline)) float wval(const int format, const 
                                                        const float *scales, long n, long k) {
     switch (format) {
     case LORA_FORMAT_I8_ROWS: return (float)((const int8_t *)W)[n * ldw + k] * scales[n];
+    case LORA_FORMAT_NF4: return lora_nf4_value((const lora_nf4 *)W, n * ldw + k);
     case LORA_FORMAT_BF16: {
         union { uint32_t u; float f; } v = { (uint32_t)((const uint16_t *)W)[n * ldw + k] << 16 };
         return v.f;
@@ -149,6 +150,7 @@ static inline __attribute__((always_inline)) void ab(const int format, long M, l
                 for (long k = 0; k < kw; k++) acc[i][k] = 0;
             for (long n = 0; n < N; n++) {
                 if (lora_is_block_format(format)) deq_range(format, W, ldw, n, kb, kw, w);
+                else if (format == LORA_FORMAT_NF4) lora_nf4_run((const lora_nf4 *)W, n * ldw + kb, kw, w);
                 else for (long k = 0; k < kw; k++) w[k] = wval(format, W, ldw, scales, n, kb + k);
                 for (long i = 0; i < mb; i++) {
                     float a = A[(m + i) * lda + n];
@@ -169,6 +171,7 @@ static inline __attribute__((always_inline)) void ab(const int format, long M, l
     case LORA_FORMAT_Q8_0: call(LORA_FORMAT_Q8_0); break;     \
     case LORA_FORMAT_Q4_0: call(LORA_FORMAT_Q4_0); break;     \
     case LORA_FORMAT_Q4_1: call(LORA_FORMAT_Q4_1); break;     \
+    case LORA_FORMAT_NF4: call(LORA_FORMAT_NF4); break;       \
     default: abort();                                         \
     }
 

@@ -37,7 +37,8 @@ struct Eval: ParsableCommand {
     @Option(name: .customLong("show-failures"), help: "exact_match: failures to print (or list in --json).")
     var showFailures = 5
     @OptionGroup var compute: ComputeOptions
-    @Flag(help: "Print one JSON object.") var json = false
+    @Flag(help: "Print one JSON object (and progress as JSON lines on stderr).") var json = false
+    @OptionGroup var output: OutputOptions
 
     func validate() throws {
         if cutoffLen < 2 { throw ValidationError("--cutoff-len must be at least 2") }
@@ -50,7 +51,8 @@ struct Eval: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let ctx = try compute.context()
-            let loaded = try model.load(default: TrainConfig.defaults.quantization, ctx: ctx)
+            let progress = ProgressRenderer(quiet: output.quiet, json: json)
+            let loaded = try model.load(default: TrainConfig.defaults.quantization, ctx: ctx, progress: progress)
             let set = try adapters.load(model: loaded.model.config)
             let data = try TrainingRecords.load(URL(fileURLWithPath: dataPath))
             let indices = EvalSample.indices(count: data.count, limit: limit, seed: seed)
@@ -60,27 +62,32 @@ struct Eval: ParsableCommand {
                 }
                 let template = try loaded.chatTemplate(override: chatTemplate)
                 let builder = ChatExampleBuilder(tokenizer: loaded.tokenizer, template: template, cutoffLen: cutoffLen)
-                report(try builder.examples(records, indices: indices, path: dataPath), loaded: loaded, adapters: set, ctx: ctx)
+                report(try builder.examples(records, indices: indices, path: dataPath), loaded: loaded, adapters: set, ctx: ctx,
+                       progress: progress)
                 return
             }
             let prompter = try loadPrompter(promptTemplate)
             switch metric {
-            case .loss: loss(indices.map { all[$0] }, loaded: loaded, adapters: set, ctx: ctx, prompter: prompter)
-            case .exactMatch: try exactMatch(all, indices: indices, loaded: loaded, adapters: set, ctx: ctx, prompter: prompter)
+            case .loss: loss(indices.map { all[$0] }, loaded: loaded, adapters: set, ctx: ctx, prompter: prompter, progress: progress)
+            case .exactMatch: try exactMatch(all, indices: indices, loaded: loaded, adapters: set, ctx: ctx, prompter: prompter,
+                                             progress: progress)
             }
         }
     }
 
-    func loss(_ records: [AlpacaRecord], loaded: LoadedModel, adapters: AdapterSet, ctx: ExecutionContext, prompter: Prompter) {
+    func loss(_ records: [AlpacaRecord], loaded: LoadedModel, adapters: AdapterSet, ctx: ExecutionContext, prompter: Prompter,
+              progress: ProgressRenderer) {
         let builder = ExampleBuilder(tokenizer: loaded.tokenizer, prompter: prompter,
                                      cutoffLen: cutoffLen, trainOnInputs: trainOnInputs, addEOSToken: addEosToken)
-        report(records.map(builder.example), loaded: loaded, adapters: adapters, ctx: ctx)
+        progress.begin(.tokenize)
+        report(builder.examples(records, progress: progress.handler), loaded: loaded, adapters: adapters, ctx: ctx, progress: progress)
     }
 
-    func report(_ examples: [Example], loaded: LoadedModel, adapters: AdapterSet, ctx: ExecutionContext) {
+    func report(_ examples: [Example], loaded: LoadedModel, adapters: AdapterSet, ctx: ExecutionContext, progress: ProgressRenderer) {
         let records = examples
+        progress.begin(.eval, total: examples.count, unit: "records")
         let r = Evaluation.loss(model: loaded.model, adapters: adapters, ctx: ctx, examples: examples, padID: loaded.padID,
-                                microBatchSize: microBatchSize)
+                                microBatchSize: microBatchSize, progress: progress.handler)
         if json {
             print(JSON.object([("loss", .double(r.loss)), ("perplexity", .double(r.perplexity)),
                                ("tokens", .int(Int64(r.tokens))), ("records", .int(Int64(records.count)))]).serialized(pretty: false))
@@ -90,15 +97,12 @@ struct Eval: ParsableCommand {
     }
 
     func exactMatch(_ records: [AlpacaRecord], indices: [Int], loaded: LoadedModel, adapters: AdapterSet, ctx: ExecutionContext,
-                    prompter: Prompter) throws {
-        let tty = isatty(STDERR_FILENO) != 0
+                    prompter: Prompter, progress: ProgressRenderer) throws {
+        let generator = Generator(model: loaded.model, adapters: adapters, ctx: ctx, eosIDs: loaded.eosIDs)
+        progress.begin(.eval, total: indices.count, unit: "records")
         let r = try ExactMatch.evaluate(records: records, indices: indices, prompter: prompter,
-                                        tokenizer: loaded.tokenizer,
-                                        generator: Generator(model: loaded.model, adapters: adapters, ctx: ctx, eosIDs: loaded.eosIDs),
-                                        maxNewTokens: maxNewTokens) { done, total, correct in
-            if tty { FileHandle.standardError.write(Data("\r\u{1B}[K\(done)/\(total) answered, \(correct) correct".utf8)) }
-        }
-        if tty { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+                                        tokenizer: loaded.tokenizer, generator: generator,
+                                        maxNewTokens: maxNewTokens, progress: progress.handler)
         let shown = Array(r.failures.prefix(showFailures))
         if json {
             let failures: [JSON] = shown.map { f in

@@ -41,11 +41,12 @@ struct Finetune: ParsableCommand {
     @Option(name: .customLong("weight-decay"), help: Self.help(.weightDecay, "AdamW decoupled weight decay")) var weightDecay: Double?
     @Option(help: Self.help(.seed, "Seed of data order, split, LoRA init and dropout")) var seed: UInt64?
     @Option(name: .customLong("max-steps"), help: Self.help(.maxSteps, "Stop after N optimizer steps (-1 = from num_epochs)")) var maxSteps: Int?
-    @Option(help: Self.help(.quantization, "Frozen weights: none (f32), bf16, int8, q8_0, q4_0, q4_1, or stored (a GGUF's own formats)")) var quantization: Quantization?
+    @Option(help: Self.help(.quantization, "Frozen weights: none (f32), bf16, int8, q8_0, q4_0, q4_1, nf4 (QLoRA's 4-bit NF4), or stored (a GGUF's own formats)")) var quantization: Quantization?
     @Option(name: .customLong("load-8bit"), help: "alpaca-lora's flag: true = --quantization int8, false = none") var load8bit: Bool?
     @Option(help: Self.help(.threads, "Threads (0 = all cores)")) var threads: Int?
     @Option(help: Self.help(.device, "auto (a GPU when CUDA loads, else the CPU), cpu, cuda or cuda:N")) var device: DeviceRequest?
     @Flag(name: .customLong("print-config"), help: "Print the resolved settings as YAML and exit.") var printConfig = false
+    @OptionGroup var output: OutputOptions
 
     /// Help text with the default from TrainConfig (the one place defaults live).
     static func help(_ k: TrainConfig.CodingKeys, _ text: String) -> ArgumentHelp {
@@ -113,9 +114,13 @@ struct Finetune: ParsableCommand {
             if printConfig { print(c.yaml, terminator: ""); return }
             let ctx = try makeContext(threads: c.threads, device: c.device)
             let memory = MemoryMeter()
-            note("Training Alpaca-LoRA model with params:")
-            note(c.yaml.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
-            let loaded = try LoadedModel(path: c.baseModel, quantization: c.quantization, pool: ctx.pool)
+            let quiet = output.quiet
+            if !quiet {
+                note("Training Alpaca-LoRA model with params:")
+                note(c.yaml.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
+            }
+            let renderer = ProgressRenderer(quiet: quiet)
+            let loaded = try loadModel(c.baseModel, quantization: c.quantization, ctx: ctx, progress: renderer)
             // Positions past the model's context have no RoPE rows: refuse rather than truncate.
             if c.cutoffLen > loaded.model.config.maxPositionEmbeddings {
                 throw ConfigError.badValue(key: "cutoff_len", value: "\(c.cutoffLen)",
@@ -133,12 +138,14 @@ struct Finetune: ParsableCommand {
                 let prompter = try loadPrompter(c.promptTemplateName)
                 let builder = ExampleBuilder(tokenizer: loaded.tokenizer, prompter: prompter, cutoffLen: c.cutoffLen,
                                              trainOnInputs: c.trainOnInputs, addEOSToken: c.addEosToken)
-                train = trainIdx.map { builder.example(records[$0]) }
-                val = valIdx.map { builder.example(records[$0]) }
+                renderer.begin(.tokenize)
+                let tokenized = builder.examples(records, progress: renderer.handler)
+                train = trainIdx.map { tokenized[$0] }
+                val = valIdx.map { tokenized[$0] }
             case .chat(let records):
                 // Loss on assistant turns only, whatever train_on_inputs says (it is Alpaca's).
                 let template = try loaded.chatTemplate(override: c.chatTemplate)
-                note("chat-format data: \(records.count) conversations, chat template \(template.kind.rawValue)\(c.chatTemplate == nil ? " (the model's)" : ""), loss on assistant turns")
+                if !quiet { note("chat-format data: \(records.count) conversations, chat template \(template.kind.rawValue)\(c.chatTemplate == nil ? " (the model's)" : ""), loss on assistant turns") }
                 let builder = ChatExampleBuilder(tokenizer: loaded.tokenizer, template: template, cutoffLen: c.cutoffLen)
                 train = try builder.examples(records, indices: trainIdx, path: c.dataPath)
                 val = try builder.examples(records, indices: valIdx, path: c.dataPath)
@@ -166,10 +173,15 @@ struct Finetune: ParsableCommand {
             } else {
                 try TrainingLog.truncate(in: output.url, after: 0)   // a fresh run starts a fresh log
             }
-            let progress = ProgressPrinter(outputDir: URL(fileURLWithPath: c.outputDir))
+            let progress = ProgressPrinter(outputDir: URL(fileURLWithPath: c.outputDir), renderer: renderer)
             SignalHandling.installInterruptHandler(ctx.cancellation)
             let summary = try trainer.run { progress.handle($0) }
             try progress.finish()
+            let card = ModelCard(config: c, records: data.count, trainRecords: train.count, validationRecords: val.count,
+                                 steps: summary.steps, finalLoss: summary.finalLoss, finalEvalLoss: progress.lastEvalLoss,
+                                 bestEvalLoss: summary.bestEvalLoss, bestStep: trainer.state.bestStep,
+                                 command: ["lora"] + CommandLine.arguments.dropFirst())
+            try AtomicFile.write(card.markdown, to: output.url.appendingPathComponent(ModelCard.fileName))
             note(String(format: "done: %d steps in %.1f s, %.1f tokens/s, peak memory %@; adapter in %@",
                         summary.steps, summary.seconds, summary.tokensPerSecond, memory.peakDescription, summary.adapterPath))
         }

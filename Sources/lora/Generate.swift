@@ -69,6 +69,7 @@ struct Generate: ParsableCommand {
     var seed: UInt64 = 0
 
     @OptionGroup var compute: ComputeOptions
+    @OptionGroup var output: OutputOptions
 
     func validate() throws {
         let modes = [instruction != nil, prompt != nil, interactive, chat != nil].filter { $0 }.count
@@ -96,7 +97,8 @@ struct Generate: ParsableCommand {
             let ctx = try compute.context()
             let opts = options
             try opts.validate()
-            let loaded = try model.load(default: .none, ctx: ctx)
+            let progress = ProgressRenderer(quiet: output.quiet)
+            let loaded = try model.load(default: .none, ctx: ctx, progress: progress)
             let set = try adapters.load(model: loaded.model.config)
             let prompter: Prompter? = prompt != nil || chat != nil ? nil : try loadPrompter(promptTemplate)
             let gen = Generator(model: loaded.model, adapters: set, ctx: ctx, eosIDs: loaded.eosIDs)
@@ -108,12 +110,13 @@ struct Generate: ParsableCommand {
                 let text = try template.render(messages, addGenerationPrompt: true)
                 // The template writes BOS itself; its BOS/EOS texts become their ids.
                 let ids = template.encode(text, tokenizer: loaded.tokenizer)
-                try answer(ids: ids, strip: true, stops: template.stopStrings, template: nil, loaded: loaded, gen: gen, opts: opts)
+                try answer(ids: ids, strip: true, stops: template.stopStrings, template: nil, loaded: loaded, gen: gen, opts: opts,
+                           progress: progress)
             } else if let prompt {
-                try answer(prompt, template: nil, loaded: loaded, gen: gen, opts: opts)
+                try answer(prompt, template: nil, loaded: loaded, gen: gen, opts: opts, progress: progress)
             } else if let instruction, let prompter {
                 try answer(prompter.generatePrompt(instruction: instruction, input: input), template: prompter,
-                           loaded: loaded, gen: gen, opts: opts)
+                           loaded: loaded, gen: gen, opts: opts, progress: progress)
             } else if let prompter {
                 while true {
                     FileHandle.standardError.write(Data("> ".utf8))
@@ -121,7 +124,7 @@ struct Generate: ParsableCommand {
                     let text = line.trimmingCharacters(in: .whitespaces)
                     if text.isEmpty { continue }
                     try answer(prompter.generatePrompt(instruction: text, input: nil), template: prompter,
-                               loaded: loaded, gen: gen, opts: opts)
+                               loaded: loaded, gen: gen, opts: opts, progress: progress)
                 }
             }
         }
@@ -129,17 +132,19 @@ struct Generate: ParsableCommand {
 
     /// Generates and prints. With a template only the response is printed, stripped of
     /// surrounding whitespace (alpaca-lora's get_response); a single sequence streams.
-    func answer(_ text: String, template: Prompter?, loaded: LoadedModel, gen: Generator, opts: GenerationOptions) throws {
+    func answer(_ text: String, template: Prompter?, loaded: LoadedModel, gen: Generator, opts: GenerationOptions,
+                progress: ProgressRenderer) throws {
         var ids = loaded.tokenizer.encode(text, addBOS: loaded.tokenizer.addsBOS)
         // An empty prompt starts from BOS alone, also for tokenizers that add none by default.
         if ids.isEmpty, let bos = loaded.tokenizer.bosID { ids = [bos] }
-        try answer(ids: ids, strip: template != nil, stops: [], template: template, loaded: loaded, gen: gen, opts: opts)
+        try answer(ids: ids, strip: template != nil, stops: [], template: template, loaded: loaded, gen: gen, opts: opts,
+                   progress: progress)
     }
 
     /// `stops`: texts that end the answer (a chat template's end of turn, when the model does
     /// not emit an EOS id for it); the text from the first one on is not printed.
     func answer(ids: [Int32], strip: Bool, stops: [String], template: Prompter?, loaded: LoadedModel, gen: Generator,
-                opts: GenerationOptions) throws {
+                opts: GenerationOptions, progress: ProgressRenderer) throws {
         let out = StreamOut(strip: strip, stops: stops)
         var decoder = StreamingDecoder(tokenizer: loaded.tokenizer, context: ids)
         let streaming = opts.numBeams == 1
@@ -148,7 +153,7 @@ struct Generate: ParsableCommand {
         let generated = try gen.generate(prompt: ids, options: opts, onToken: streaming ? { id in
             if firstToken == nil { firstToken = Date() }
             out.write(decoder.push(id))
-        } : nil)
+        } : nil, onPrefill: progress.handler)
         let t1 = Date()
         defer {
             if stats {

@@ -10,6 +10,32 @@ struct Lora: ParsableCommand {
         abstract: "Fine-tune LLaMA-family models with LoRA on a CPU, answer prompts, merge adapters.",
         discussion: "Adapters are Hugging Face PEFT folders (adapter_config.json + adapter_model.safetensors).",
         subcommands: [Finetune.self, Generate.self, Eval.self, Tokenize.self, Merge.self, Info.self, CudaCheck.self])
+
+    /// The release this source tree is; the git commit comes from the BuildInfo plugin.
+    static let version = "0.2.0"
+
+    // The root's own flag (not CommandConfiguration.version, a fixed string) because the
+    // answer probes the machine: kernel family, BLAS, GPU runtime.
+    @Flag(name: .customLong("version"), help: "Show the version, git commit, kernel family, BLAS library and GPU runtime.")
+    var showVersion = false
+
+    func run() throws {
+        guard showVersion else { throw CleanExit.helpRequest(self) }
+        try runReportingErrors {
+            for line in try Self.versionLines() { print(line) }
+        }
+    }
+
+    static func versionLines() throws -> [String] {
+        let ctx = try makeContext(threads: 1, device: .cpu)
+        let family = (ctx.backend as? CPUBackend)?.family.rawValue ?? "n/a"
+        return ["lora \(version) (commit \(BuildInfo.gitCommit ?? "unknown"))",
+                "cpu: \(KernelFamily.cpuDescription)",
+                "kernels: \(family) (available: \(KernelFamily.available.map(\.rawValue).joined(separator: " ")); LORA_KERNELS forces one)",
+                "backend: \(ctx.backend.name)",
+                "blas: \(RuntimeInfo.blas)",
+                "gpu: \(RuntimeInfo.gpu(environment: ProcessInfo.processInfo.environment))"]
+    }
 }
 
 /// Prints one line to stderr.

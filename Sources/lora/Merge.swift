@@ -9,8 +9,9 @@ struct Merge: ParsableCommand {
         discussion: """
         Each adapter adds WEIGHT * scale * B @ A to the weights it targets (scale = lora_alpha / r, or \
         lora_alpha / sqrt(r) with rsLoRA, from its own adapter_config.json), computed from the base's \
-        full-precision weights. The output is written under a temporary name and renamed into place \
-        when complete.
+        full-precision weights. The base is always read unquantized, whatever the adapter was trained \
+        on (int8, nf4: a QLoRA adapter merges into the full-precision base, as PEFT recommends). The \
+        output is written under a temporary name and renamed into place when complete.
         """)
 
     enum Format: String, ExpressibleByArgument, CaseIterable { case hf, gguf }
@@ -39,6 +40,7 @@ struct Merge: ParsableCommand {
     var adapterOnly = false
 
     @OptionGroup var compute: ComputeOptions
+    @OptionGroup var outputOptions: OutputOptions
 
     var exportDType: ExportDType { ExportDType(rawValue: dtype ?? (adapterOnly ? "f32" : "f16"))! }
 
@@ -64,13 +66,18 @@ struct Merge: ParsableCommand {
             let specs = adapters.specs
             let start = Date()
             // Every adapter is read and checked against the base before anything is written.
-            let merger = try Merger(base: baseModel, adapters: specs)
-            for a in merger.adapters {
+            let merger = try Merger(base: try resolveModelPath(baseModel), adapters: specs)
+            let quiet = outputOptions.quiet
+            if !adapterOnly && !quiet { note("base \(baseModel): read at full precision (an adapter trained on an int8 or nf4 base merges into the unquantized weights)") }
+            for a in merger.adapters where !quiet {
                 note("adapter \(a.source): r \(a.config.r), alpha \(a.config.loraAlpha)\(a.config.useRslora ? " (rsLoRA)" : ""), "
                      + "\(a.config.targetModules.map(\.rawValue).joined(separator: ",")), \(a.factors.count) weights, "
                      + "weight \(a.weight) x scale \(a.config.scale)")
             }
-            let progress = progressReporter()
+            let renderer = ProgressRenderer(quiet: quiet)
+            renderer.labels[.merge] = format == .gguf ? "writing GGUF" : "merging"
+            renderer.begin(.merge)
+            let progress = renderer.handler
             if adapterOnly {
                 let a = merger.adapters[0]
                 let s = try GGUFExport.writeAdapter(a, model: merger.config, name: URL(fileURLWithPath: a.source).lastPathComponent,
@@ -78,26 +85,18 @@ struct Merge: ParsableCommand {
                 note("wrote \(out.path): GGUF LoRA adapter, \(s.tensors) tensors, \(exportDType.rawValue), alpha \(a.scale * Float(a.config.r))")
             } else if format == .gguf {
                 let s = try GGUFExport.writeModel(merger, to: out, dtype: exportDType, progress: progress)
-                if !s.fallbacks.isEmpty {
+                if !s.fallbacks.isEmpty && !quiet {
                     note("\(s.fallbacks.count) tensors have rows that are not a multiple of 32 and were written as f16: \(s.fallbacks.joined(separator: ", "))")
                 }
                 note("wrote \(out.path): GGUF, \(s.tensors) tensors, \(exportDType.rawValue), \(byteCount(s.bytes)) of tensor data in \(String(format: "%.1f", Date().timeIntervalSince(start))) s")
             } else {
                 let s = try HFExport.write(merger, to: out, options: .init(dtype: exportDType, maxShardSize: HFExport.parseSize(maxShardSize)!),
                                            progress: progress)
-                for n in s.notes { note("note: \(n)") }
+                for n in s.notes where !quiet { note("note: \(n)") }
                 note("wrote \(out.path): \(s.files.joined(separator: ", ")) (\(exportDType.rawValue), \(s.shards) shard\(s.shards == 1 ? "" : "s"), "
                      + "\(byteCount(s.tensorBytes))) in \(String(format: "%.1f", Date().timeIntervalSince(start))) s")
             }
         }
-    }
-}
-
-/// "merged 12/291 tensors" on one rewritten line while a terminal watches; nothing otherwise.
-func progressReporter() -> ((Int, Int) -> Void)? {
-    guard isatty(2) != 0 else { return nil }
-    return { done, total in
-        FileHandle.standardError.write(Data("\rmerged \(done)/\(total) tensors\(done == total ? "\n" : "")".utf8))
     }
 }
 

@@ -15,7 +15,7 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .customLong("base-model"), help: "Model: a Hugging Face folder (config.json, model.safetensors, tokenizer) or a .gguf file.")
     var baseModel: String
 
-    @Option(help: "Frozen projection weights: none (f32), bf16, int8 (bitsandbytes row-wise), q8_0, q4_0, q4_1 (ggml blocks), or stored (a GGUF file's own Q8_0/Q4_0/Q4_1/BF16 tensors, memory-mapped). Default: none for generate, int8 for eval (as finetune).")
+    @Option(help: "Frozen projection weights: none (f32), bf16, int8 (bitsandbytes row-wise), q8_0, q4_0, q4_1 (ggml blocks), nf4 (bitsandbytes 4-bit NF4 with double quantization, QLoRA), or stored (a GGUF file's own Q8_0/Q4_0/Q4_1/BF16 tensors, memory-mapped). Default: none for generate, int8 for eval (as finetune).")
     var quantization: Quantization?
 
     @Option(name: .customLong("load-8bit"), help: "alpaca-lora's flag: true = --quantization int8, false = none.")
@@ -37,8 +37,8 @@ struct ModelOptions: ParsableArguments {
         return fallback
     }
 
-    func load(default fallback: Quantization, ctx: ExecutionContext) throws -> LoadedModel {
-        try LoadedModel(path: baseModel, quantization: quantization(default: fallback), pool: ctx.pool)
+    func load(default fallback: Quantization, ctx: ExecutionContext, progress: ProgressRenderer? = nil) throws -> LoadedModel {
+        try loadModel(baseModel, quantization: quantization(default: fallback), ctx: ctx, progress: progress)
     }
 }
 
@@ -84,4 +84,20 @@ func makeContext(threads: Int, device: DeviceRequest) throws -> ExecutionContext
     let (ctx, line) = try DeviceSelection.context(for: device, threads: threads, environment: ProcessInfo.processInfo.environment)
     if let line { note(line) }
     return ctx
+}
+
+/// Loads `path` (a folder, a .gguf file or a Hub name in the local cache), reporting tensors
+/// loaded (and quantized) to `progress`.
+func loadModel(_ path: String, quantization q: Quantization, ctx: ExecutionContext, progress: ProgressRenderer?) throws -> LoadedModel {
+    let resolved = try resolveModelPath(path)
+    progress?.labels[.load] = [.none, .stored].contains(q) ? "loading" : "loading and quantizing (\(q.rawValue))"
+    progress?.begin(.load)
+    return try LoadedModel(path: resolved, quantization: q, pool: ctx.pool, progress: progress?.handler)
+}
+
+/// A path as given when it exists; else a Hub name (`ORG/NAME`) looked up in the local
+/// Hugging Face cache (HF_HUB_CACHE, HF_HOME, ~/.cache/huggingface/hub); never downloads.
+func resolveModelPath(_ path: String) throws -> String {
+    if FileManager.default.fileExists(atPath: path) || !HubCache.isRepoID(path) { return path }
+    return try HubCache.resolve(path, environment: ProcessInfo.processInfo.environment).path
 }

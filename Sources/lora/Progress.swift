@@ -2,16 +2,30 @@ import Foundation
 import LLaMA
 import Tensor
 
-/// Shows training progress on stderr: a live line on a terminal, plain periodic lines
-/// otherwise; forwards logs and evals to trainer_log.jsonl and loss.svg.
+/// Shows training progress through the CLI's renderer (its style and its stderr writer): a
+/// live step line on a terminal, the logged steps and evals as plain lines, nothing when quiet;
+/// forwards logs and evals to trainer_log.jsonl and loss.svg.
 final class ProgressPrinter {
     let log: TrainingLog
-    let tty = isatty(STDERR_FILENO) != 0
+    let renderer: ProgressRenderer
+    var tty: Bool { renderer.style == .live }
+    var quiet: Bool { renderer.style == .quiet }
     var lastDraw = Date.distantPast
+    /// The last eval loss reported (for the model card).
+    var lastEvalLoss: Double?
 
-    init(outputDir: URL) { log = TrainingLog(outputDir: outputDir) }
+    init(outputDir: URL, renderer: ProgressRenderer) { log = TrainingLog(outputDir: outputDir); self.renderer = renderer }
+
+    func note(_ s: String) { renderer.write(s + "\n") }
 
     func handle(_ e: TrainingEvent) {
+        if case let .evaluated(_, loss) = e { lastEvalLoss = loss }
+        // --quiet: the log and plot are still written; nothing is printed.
+        if quiet {
+            if case let .log(p) = e { log.logged(p) }
+            if case let .evaluated(step, loss) = e { log.evaluated(step: step, loss: loss) }
+            return
+        }
         switch e {
         case let .started(total, examples, val, params, resumed):
             note("training \(params) LoRA parameters on \(examples) examples (\(val) for validation), \(total) steps" +
@@ -19,21 +33,21 @@ final class ProgressPrinter {
         case let .step(p):
             if tty, Date().timeIntervalSince(lastDraw) > 0.2 || p.step == p.totalSteps {
                 lastDraw = Date()
-                FileHandle.standardError.write(Data(("\r\u{1B}[K" + line(p)).utf8))
+                renderer.write("\r\u{1B}[K" + line(p))
             }
         case let .log(p):
             log.logged(p)
-            if tty { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+            if tty { renderer.write("\r\u{1B}[K") }
             note(line(p))
         case let .evaluated(step, loss):
             log.evaluated(step: step, loss: loss)
-            if tty { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+            if tty { renderer.write("\r\u{1B}[K") }
             note(String(format: "step %d: eval_loss %.4f (perplexity %.2f)", step, loss, Foundation.exp(loss)))
         case let .saved(step, path):
-            if tty { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+            if tty { renderer.write("\r\u{1B}[K") }
             note("step \(step): checkpoint saved to \(path)")
         case .finished:
-            if tty { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+            if tty { renderer.write("\r\u{1B}[K") }
         }
     }
 

@@ -17,7 +17,7 @@ struct Tokenize: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            let tok = try loadTokenizer(path: baseModel)
+            let tok = try loadTokenizer(path: try resolveModelPath(baseModel))
             let ids = tok.encode(text, addBOS: tok.addsBOS && !noBOS)
             let out = JSON.object([
                 ("ids", .array(ids.map { .int(Int64($0)) })),

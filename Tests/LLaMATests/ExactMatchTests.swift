@@ -74,7 +74,9 @@ final class ExactMatchTests: XCTestCase {
         }
         var progress: [[Int]] = []
         let r = try ExactMatch.evaluate(records: records, prompter: prompter, tokenizer: loaded.tokenizer,
-                                        generator: gen, maxNewTokens: 12) { progress.append([$0, $1, $2]) }
+                                        generator: gen, maxNewTokens: 12) { p in
+            progress.append([p.done, p.total, Int((p.metricValue! * Double(p.done)).rounded())])
+        }
         XCTAssertEqual(r.correct, 3)
         XCTAssertEqual(r.total, 5)
         XCTAssertEqual(r.accuracy, 0.6, accuracy: 1e-12)

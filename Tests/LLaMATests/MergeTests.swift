@@ -385,9 +385,10 @@ final class MergeTests: XCTestCase {
         let out = try GGUFFile(path: url.path)
         for k in base.file.keys where k.hasPrefix("tokenizer.") { XCTAssertEqual(out.metadata[k], base.file.metadata[k], k) }
         XCTAssertNil(out.tensorInfo("output.weight"), "tied embedding: no output tensor")
-        // An HF export from a GGUF base says it has no tokenizer files.
+        // An HF export from a GGUF base writes the GGUF's tokenizer as Hugging Face files.
         let hf = try HFExport.write(m, to: try tempDir().appendingPathComponent("hf"), options: .init(dtype: .f32))
-        XCTAssert(hf.notes.contains { $0.contains("GGUF") }, "\(hf.notes)")
+        XCTAssertEqual(hf.notes, [])
+        for f in ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"] { XCTAssert(hf.files.contains(f), "\(hf.files)") }
     }
 
     /// The SentencePiece vocabulary as tokenizer.ggml.*: pieces, types, scores (from the

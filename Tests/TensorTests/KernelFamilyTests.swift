@@ -342,4 +342,95 @@ final class KernelFamilyTests: XCTestCase {
             }
         }
     }
+
+    // MARK: NF4 (LORA_FORMAT_NF4: a lora_nf4 descriptor, blocks over the flattened weight)
+
+    /// Random NF4 arrays for [N, K] (ldw = K) and the weights they define, computed in Float as
+    /// CKernels.h states (absmax = dynamic[a8] * nested + offset, two roundings; w = code * absmax).
+    struct NF4Weight {
+        var q: [UInt8], a8: [UInt8], nested: [Float], offset: Float
+        var value: [Double]
+
+        init(N: Int, K: Int, rng: inout Rand) {
+            let n = N * K, blocks = (n + 63) / 64
+            q = (0..<max((n + 1) / 2, 1)).map { _ in rng.byte() }
+            a8 = (0..<max(blocks, 1)).map { _ in rng.byte() }
+            nested = (0..<max((blocks + 255) / 256, 1)).map { _ in 0.01 + 0.05 * abs(rng.uniform()) }
+            offset = 0.03 * rng.uniform()
+            let code = withUnsafeBytes(of: lora_nf4_code) { Array($0.bindMemory(to: Float.self)) }
+            let dyn = withUnsafeBytes(of: lora_nf4_dynamic) { Array($0.bindMemory(to: Float.self)) }
+            value = (0..<n).map { [q, a8, nested, offset] i in
+                let b = i / 64
+                let s = dyn[Int(a8[b])] * nested[b / 256]
+                let absmax = s + offset
+                let byte = q[i / 2]
+                return Double(code[Int(i % 2 == 0 ? byte >> 4 : byte & 15)] * absmax)
+            }
+        }
+    }
+
+    /// Every family, every product, against the Double reference, full and partial column
+    /// ranges (a partial range starting mid-block), accumulate off and on; K and N not
+    /// multiples of 64, so blocks straddle rows.
+    func testNF4FamiliesProducts() {
+        var rng = Rand()
+        var failures = 0
+        let shapes = Self.shapes.filter { $0.2 > 0 } + [(1, 64, 64), (6, 50, 176), (4, 20, 4096), (3, 576, 576)]
+        for (M, N, K) in shapes {
+            let W = NF4Weight(N: N, K: K, rng: &rng)
+            for product in Product.allCases {
+                let (depth, cols) = product == .ab ? (N, K) : (K, N)
+                let lda = depth + 3, ldc = cols + 2
+                let A = (0..<(M * lda + 1)).map { _ in rng.uniform() }
+                let before = (0..<(M * ldc + 8)).map { _ in rng.uniform() }
+                for accumulate in [false, true] {
+                    for family in Self.families {
+                        var ranges = [(0, cols)]
+                        if cols > 12 { ranges.append((5, cols - 7)) }
+                        for (r0, r1) in ranges {
+                            let c0 = accumulate ? before : [Float](repeating: .nan, count: before.count)
+                            var C = c0
+                            W.q.withUnsafeBufferPointer { q in
+                                W.a8.withUnsafeBufferPointer { a8 in
+                                    W.nested.withUnsafeBufferPointer { ns in
+                                        var d = lora_nf4(q: q.baseAddress, absmax8: a8.baseAddress, nested: ns.baseAddress, offset: W.offset)
+                                        A.withUnsafeBufferPointer { a in
+                                            C.withUnsafeMutableBufferPointer { c in
+                                                let acc: Int32 = accumulate ? 1 : 0, fmt = Int32(LORA_FORMAT_NF4)
+                                                switch product {
+                                                case .abt: lora_gemm_abt(family, fmt, M, r0, r1, K, a.baseAddress, lda, &d, K, nil, c.baseAddress, ldc, acc)
+                                                case .ab: lora_gemm_ab(family, fmt, M, r0, r1, N, a.baseAddress, lda, &d, K, nil, c.baseAddress, ldc, acc)
+                                                case .gemv: lora_gemv_abt(family, fmt, M, r0, r1, K, a.baseAddress, lda, &d, K, nil, c.baseAddress, ldc, acc)
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                            let what = "\(Self.familyNames[Int(family)]) nf4 \(product) M=\(M) N=\(N) K=\(K) cols \(r0)..<\(r1) accumulate=\(accumulate)"
+                            var bad = 0
+                            for i in 0..<C.count where bad == 0 {
+                                let m = i / ldc, j = i % ldc
+                                if m >= M || j < r0 || j >= r1 {
+                                    if C[i].bitPattern != c0[i].bitPattern { XCTFail("\(what): wrote outside at \(i)"); bad += 1 }
+                                    continue
+                                }
+                                var r = 0.0, g = 0.0
+                                for d in 0..<depth {
+                                    let t = Double(A[m * lda + d]) * (product == .ab ? W.value[d * K + j] : W.value[j * K + d])
+                                    r += t; g += abs(t)
+                                }
+                                if accumulate { r += Double(c0[i]); g += abs(Double(c0[i])) }
+                                if !(abs(Double(C[i]) - r) <= Self.rtol * g) {
+                                    XCTFail("\(what): C[\(m), \(j)] = \(C[i]), reference \(r)"); bad += 1
+                                }
+                            }
+                            failures += bad
+                        }
+                    }
+                }
+                if failures > 20 { return XCTFail("too many failures; stopping") }
+            }
+        }
+    }
 }

@@ -12,7 +12,7 @@ enum LoraProcess {
         return dir.appendingPathComponent("lora")
     }
 
-    /// `environment` adds to (or replaces entries of) this process's environment.
+    /// `environment` entries are added to (or replace) this process's environment.
     static func run(_ args: [String], cwd: URL? = nil, environment: [String: String] = [:]) throws -> Result {
         let p = Process()
         p.executableURL = binary

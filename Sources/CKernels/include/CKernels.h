@@ -58,6 +58,13 @@ void lora_gemv_abt_i8(long M, long n0, long n1, long K, const float *A, long lda
 //                                               W[j + 16] = d * (qs[j] >> 4) + m
 // (each value computed in float; d * q is exact there, so with or without FMA it is the same).
 // A block-format call that breaks the multiple-of-32 rule aborts.
+//   LORA_FORMAT_NF4   bitsandbytes' NF4 with double quantization: W points to a lora_nf4 (below),
+//                     not to the bytes; ldw must equal the weight's row length (its blocks run
+//                     over the flattened matrix, so they may straddle rows); scales unused.
+// NF4 weight i (flattened, i = n * ldw + k) is, computed in float in this order:
+//   code   = i even ? q[i/2] >> 4 : q[i/2] & 15          (bitsandbytes packs the even one high)
+//   absmax = lora_nf4_dynamic[absmax8[i/64]] * nested[i/16384] + offset   (2 roundings, no FMA)
+//   W[i]   = lora_nf4_code[code] * absmax
 // The portable family is plain C (any CPU, and the scalar reference the others are tested
 // against); a family that is not available must not be called (lora_family_available; the
 // entry points fall back to portable rather than fault). An unknown format aborts.
@@ -66,7 +73,20 @@ void lora_gemv_abt_i8(long M, long n0, long n1, long K, const float *A, long lda
 
 enum { LORA_FAMILY_PORTABLE = 0, LORA_FAMILY_AVX2 = 1, LORA_FAMILY_AVX512 = 2 };
 enum { LORA_FORMAT_F32 = 0, LORA_FORMAT_I8_ROWS = 1, LORA_FORMAT_BF16 = 2,
-       LORA_FORMAT_Q8_0 = 3, LORA_FORMAT_Q4_0 = 4, LORA_FORMAT_Q4_1 = 5 };
+       LORA_FORMAT_Q8_0 = 3, LORA_FORMAT_Q4_0 = 4, LORA_FORMAT_Q4_1 = 5, LORA_FORMAT_NF4 = 6 };
+
+/// An NF4 weight (LORA_FORMAT_NF4): the arrays of bitsandbytes' QuantState with
+/// compress_statistics (blocksize 64, nested blocksize 256).
+typedef struct lora_nf4 {
+    const uint8_t *q;        // [ceil(n / 2)] two codes per byte
+    const uint8_t *absmax8;  // [ceil(n / 64)] each block's absmax, 8-bit dynamic code
+    const float *nested;     // [ceil(n / 16384)] absmax of 256 absmax8 blocks
+    float offset;            // mean of the f32 absmaxes, added back after the nested scale
+} lora_nf4;
+/// bitsandbytes' NF4 code book (get_4bit_type("nf4")), index 0..15.
+extern const float lora_nf4_code[16];
+/// bitsandbytes' signed 8-bit dynamic map (create_dynamic_map(), a QuantState's state2.code).
+extern const float lora_nf4_dynamic[256];
 
 /// 1 when `family` can run on this CPU (portable: always).
 int lora_family_available(int family);

@@ -14,7 +14,7 @@ public struct LoadedModel {
     /// The checkpoint is read and let go: the model holds copies, so the mapped file (a GGUF
     /// is mapped whole) leaves memory once loading is done.
     /// Projections are stored as `quantization` says; `pool` does the converting.
-    public init(path: String, quantization: Quantization, pool: WorkerPool) throws {
+    public init(path: String, quantization: Quantization, pool: WorkerPool, progress: ProgressHandler? = nil) throws {
         let ck = try openCheckpoint(path)
         let tokenizerFile: String
         if let g = ck as? GGUFCheckpoint {
@@ -31,7 +31,7 @@ public struct LoadedModel {
         // Checked before the weights are read: an id past the embedding's rows would read past
         // it in generate and write past the gradient buffer in finetune.
         try Self.checkTokenizer(tokenizer, fits: ck.config, file: tokenizerFile)
-        model = try LlamaModel(checkpoint: ck, quantization: quantization, pool: pool)
+        model = try LlamaModel(checkpoint: ck, quantization: quantization, pool: pool, progress: progress)
     }
 
     /// Every id the tokenizer can produce (its vocabulary, BOS, EOS, pad) is a row of the model's

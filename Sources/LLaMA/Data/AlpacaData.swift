@@ -136,6 +136,17 @@ public struct ExampleBuilder: Sendable {
         return ids
     }
 
+    /// Every record tokenized, in order; `progress` sees each one.
+    public func examples(_ records: [AlpacaRecord], progress: ProgressHandler? = nil) -> [Example] {
+        var out: [Example] = []
+        out.reserveCapacity(records.count)
+        for r in records {
+            out.append(example(r))
+            progress?(TaskProgress(task: .tokenize, done: out.count, total: records.count, unit: "records"))
+        }
+        return out
+    }
+
     /// finetune.py `generate_and_tokenize_prompt`: the full prompt always gets EOS; without
     /// train_on_inputs the user prompt's tokens are masked to -100.
     public func example(_ r: AlpacaRecord) -> Example {

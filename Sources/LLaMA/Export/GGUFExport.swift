@@ -108,7 +108,7 @@ public enum GGUFExport {
     /// Writes the merged model as one GGUF file (atomically).
     @discardableResult
     public static func writeModel(_ merger: Merger, to url: URL, dtype: ExportDType = .f16,
-                                  progress: ((_ done: Int, _ total: Int) -> Void)? = nil) throws -> Summary {
+                                  progress: ProgressHandler? = nil) throws -> Summary {
         let c = merger.config
         var w = GGUFWriter()
         w.add("general.architecture", .string("llama"))
@@ -136,7 +136,10 @@ public enum GGUFExport {
             summary.bytes += w.tensors.last!.byteCount
         }
         summary.tensors = w.tensors.count
-        try w.write(to: url, progress: progress)
+        let sizes = w.tensors.map(\.byteCount)
+        try w.write(to: url, progress: progress.map { report in { done, total in
+            report(TaskProgress(task: .merge, done: done, total: total, unit: "tensors", bytes: sizes[..<done].reduce(0, +)))
+        } })
         return summary
     }
 

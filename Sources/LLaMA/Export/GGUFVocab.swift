@@ -9,7 +9,11 @@ import Foundation
 ///   own numbering, which GGUF shares), padded to the config's vocab_size with `[PAD{i}]`
 ///   pieces (score -10000, UNUSED); special ids from config.json, else the tokenizer;
 ///   add_bos_token / add_eos_token from tokenizer_config.json (LLaMA's defaults true / false).
-/// - A tokenizer.json-only (BPE) base is refused for now.
+/// - A tokenizer.json (byte-level BPE) base: model `gpt2`, `pre` the llama.cpp name of its
+///   pre-tokenizer (gpt-2, smollm, llama-bpe), tokens by id (added tokens included; CONTROL 3 for
+///   special ones, USER_DEFINED 4 for others, NORMAL 1 for the rest; padded to vocab_size with
+///   `[PAD{i}]`, UNUSED 5), merges as "a b" strings, the special ids, add_bos_token from its
+///   post-processor, and tokenizer_config.json's chat_template (or chat_template.jinja).
 public enum GGUFVocab {
     public static func metadata(for base: Checkpoint) throws -> [(String, GGUFValue)] {
         if let g = base as? GGUFCheckpoint {
@@ -24,9 +28,65 @@ public enum GGUFVocab {
                                      tokenizerConfig: try? JSON.parse(contentsOf: folder.appendingPathComponent("tokenizer_config.json")))
         }
         if FileManager.default.fileExists(atPath: folder.appendingPathComponent("tokenizer.json").path) {
-            throw ExportError.unsupported(what: "GGUF export of a tokenizer.json (BPE) tokenizer from \(folder.path); only SentencePiece tokenizer.model (or a GGUF base) is converted")
+            return try bytePairs(folder: folder, config: base.config)
         }
         throw TokenizerError.notFound(folder: folder.path, expected: ["tokenizer.model"])
+    }
+
+    public static func bytePairs(folder: URL, config c: LlamaConfig) throws -> [(String, GGUFValue)] {
+        let url = folder.appendingPathComponent("tokenizer.json")
+        let cfgURL = folder.appendingPathComponent("tokenizer_config.json")
+        // Parsed (and checked) by lora's own reader first: what it refuses is not exported.
+        let tok = try BPETokenizer(tokenizerJSON: url, tokenizerConfig: cfgURL,
+                                   generationConfig: folder.appendingPathComponent("generation_config.json"))
+        let root = try JSON.parse(contentsOf: url)
+        guard case .object(let vocab)? = root["model"]?["vocab"], let mergeList = root["model"]?["merges"]?.array else {
+            throw TokenizerError.unreadable(file: url.path, reason: "model.vocab and model.merges: expected an object and an array")
+        }
+        var byID: [Int: (String, Int32)] = [:]
+        for (token, v) in vocab { if let i = v.int { byID[i] = (token, 1) } }
+        for a in root["added_tokens"]?.array ?? [] {
+            if let i = a["id"]?.int, let content = a["content"]?.string {
+                byID[i] = (content, a["special"]?.bool == true ? 3 : 4)
+            }
+        }
+        let size = max(c.vocabSize, (byID.keys.max() ?? -1) + 1)
+        var tokens: [GGUFValue] = [], types: [GGUFValue] = []
+        for i in 0..<size {
+            let (t, ty) = byID[i] ?? ("[PAD\(i)]", 5)
+            tokens.append(.string(t)); types.append(.int32(ty))
+        }
+        let merges: [GGUFValue] = mergeList.compactMap { m in
+            if let s = m.string { return .string(s) }
+            if let p = m.array, p.count == 2, let a = p[0].string, let b = p[1].string { return .string(a + " " + b) }
+            return nil
+        }
+        let pre: String
+        switch tok.preTokenizer {
+        case .gpt2: pre = "gpt-2"
+        case .smollm: pre = "smollm"
+        case .llama3: pre = "llama-bpe"
+        }
+        var out: [(String, GGUFValue)] = [
+            ("tokenizer.ggml.model", .string("gpt2")),
+            ("tokenizer.ggml.pre", .string(pre)),
+            ("tokenizer.ggml.tokens", .array(.string, tokens)),
+            ("tokenizer.ggml.token_type", .array(.int32, types)),
+            ("tokenizer.ggml.merges", .array(.string, merges)),
+        ]
+        func id(_ key: String, _ v: Int32?) {
+            if let v, v >= 0, Int(v) < size { out.append((key, .uint32(UInt32(v)))) }
+        }
+        id("tokenizer.ggml.bos_token_id", c.bosTokenID ?? tok.bosID)
+        id("tokenizer.ggml.eos_token_id", c.eosTokenIDs.first ?? tok.eosID)
+        id("tokenizer.ggml.unknown_token_id", tok.unkID)
+        id("tokenizer.ggml.padding_token_id", c.padTokenID ?? tok.padID)
+        out.append(("tokenizer.ggml.add_bos_token", .bool(tok.addsBOS)))
+        out.append(("tokenizer.ggml.add_eos_token", .bool(false)))
+        var template = (try? JSON.parse(contentsOf: cfgURL))?["chat_template"]?.string
+        if template == nil { template = try? String(contentsOf: folder.appendingPathComponent("chat_template.jinja"), encoding: .utf8) }
+        if let template { out.append(("tokenizer.chat_template", .string(template))) }
+        return out
     }
 
     public static func sentencePiece(model url: URL, config c: LlamaConfig, tokenizerConfig: JSON?) throws -> [(String, GGUFValue)] {

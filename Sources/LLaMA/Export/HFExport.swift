@@ -4,7 +4,8 @@ import Tensor
 /// Writes a merged model as a Hugging Face folder that `AutoModelForCausalLM.from_pretrained`
 /// loads: config.json, generation_config.json, model.safetensors (or shards
 /// model-0000i-of-0000n.safetensors listed in model.safetensors.index.json) and the base's
-/// tokenizer files. The folder is built under a temporary sibling and renamed into place at the
+/// tokenizer files (from a GGUF base: its tokenizer metadata as tokenizer.json or
+/// tokenizer.model, see `HFTokenizerExport`). The folder is built under a temporary sibling and renamed into place at the
 /// end; tensors are merged and written one at a time, so memory holds one tensor, not the model.
 public enum HFExport {
     public struct Options: Sendable {
@@ -34,7 +35,7 @@ public enum HFExport {
 
     @discardableResult
     public static func write(_ merger: Merger, to url: URL, options: Options = Options(),
-                             progress: ((_ done: Int, _ total: Int) -> Void)? = nil) throws -> Summary {
+                             progress: ProgressHandler? = nil) throws -> Summary {
         let dtype: DType
         switch options.dtype {
         case .f32: dtype = .f32
@@ -51,7 +52,7 @@ public enum HFExport {
         summary.tensorBytes = sizes.reduce(0) { $0 + $1.bytes }
 
         try AtomicFile.writeDirectory(url) { dir in
-            var done = 0
+            var done = 0, written = 0
             var weightMap: [(String, JSON)] = []
             for (k, names) in plan.enumerated() {
                 let file = plan.count == 1 ? "model.safetensors"
@@ -65,8 +66,8 @@ public enum HFExport {
                         var bytes = [UInt8](repeating: 0, count: item.byteCount)
                         bytes.withUnsafeMutableBytes { item.bytes($0) }
                         try h.write(contentsOf: Data(bytes))
-                        done += 1
-                        progress?(done, merger.tensors.count)
+                        done += 1; written += bytes.count
+                        progress?(TaskProgress(task: .merge, done: done, total: merger.tensors.count, unit: "tensors", bytes: written))
                     }
                 }
                 summary.files.append(file)
@@ -99,8 +100,14 @@ public enum HFExport {
                     copied += 1
                 }
                 if copied == 0 { summary.notes.append("\(folder.path) has no tokenizer files to copy") }
+            } else if let g = merger.base as? GGUFCheckpoint {
+                // The GGUF's tokenizer metadata, rewritten as the files transformers reads.
+                for (name, bytes) in try HFTokenizerExport.files(gguf: g.file, contextLength: merger.config.maxPositionEmbeddings) {
+                    try AtomicFile.write(bytes, to: dir.appendingPathComponent(name))
+                    summary.files.append(name)
+                }
             } else {
-                summary.notes.append("the base is a GGUF file: no tokenizer files were written (its tokenizer is in the GGUF metadata)")
+                summary.notes.append("\(merger.base.source) has no tokenizer files to copy")
             }
         }
         return summary

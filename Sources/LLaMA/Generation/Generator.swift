@@ -21,18 +21,19 @@ public final class Generator {
     /// Generates new token ids after `prompt`. `onToken` sees each new id as soon as it is
     /// chosen when a single sequence is decoded (greedy or sampling); beam search reports
     /// only the final sequence. The returned ids exclude the prompt and include no EOS.
+    /// `onPrefill` sees the prompt's tokens fed, chunk by chunk.
     public func generate(prompt: [Int32], options o: GenerationOptions,
-                         onToken: ((Int32) -> Void)? = nil) throws -> [Int32] {
+                         onToken: ((Int32) -> Void)? = nil, onPrefill: ProgressHandler? = nil) throws -> [Int32] {
         try o.validate()
         guard !prompt.isEmpty else { throw GenerationError.emptyPrompt }
-        if o.numBeams > 1 { return try beamSearch(prompt: prompt, options: o, onToken: onToken) }
+        if o.numBeams > 1 { return try beamSearch(prompt: prompt, options: o, onToken: onToken, onPrefill: onPrefill) }
         let V = model.config.vocabSize
         let cache = KVCache(model: model, sequences: 1, capacity: prompt.count + o.maxNewTokens,
                             maxChunk: min(prompt.count, 512), maxRank: adapters.maxRank)
         var rng = RNG(seed: o.seed)
         var seq = prompt
         var out: [Int32] = []
-        try model.step(tokens: prompt, sequences: 1, cache: cache, adapters: adapters, ctx: ctx)
+        try prefill(prompt, cache: cache, progress: onPrefill)
         let scores = cache.logits.data
         for _ in 0..<o.maxNewTokens {
             LogitsProcessing.repetitionPenalty(scores, seen: seq, penalty: o.repetitionPenalty)
@@ -56,15 +57,32 @@ public final class Generator {
         return out
     }
 
+    /// Feeds the prompt as one sequence. With `progress`, in the very chunks `model.step` would
+    /// cut a long prompt into (cache.maxRows tokens), so the logits are the same either way.
+    func prefill(_ prompt: [Int32], cache: KVCache, progress: ProgressHandler?) throws {
+        guard let progress else {
+            return try model.step(tokens: prompt, sequences: 1, cache: cache, adapters: adapters, ctx: ctx)
+        }
+        let chunk = max(1, cache.maxRows)
+        progress(TaskProgress(task: .prefill, done: 0, total: prompt.count, unit: "tokens"))
+        var t0 = 0
+        while t0 < prompt.count {
+            let t1 = min(prompt.count, t0 + chunk)
+            try model.step(tokens: Array(prompt[t0..<t1]), sequences: 1, cache: cache, adapters: adapters, ctx: ctx)
+            t0 = t1
+            progress(TaskProgress(task: .prefill, done: t0, total: prompt.count, unit: "tokens"))
+        }
+    }
+
     /// Beam search as transformers (length_penalty, early_stopping false): keeps numBeams
     /// running beams; a beam that picks EOS among the top numBeams candidates becomes a
     /// finished hypothesis scored sum_logprobs / generated_length^length_penalty.
     func beamSearch(prompt: [Int32], options o: GenerationOptions,
-                    onToken: ((Int32) -> Void)?) throws -> [Int32] {
+                    onToken: ((Int32) -> Void)?, onPrefill: ProgressHandler? = nil) throws -> [Int32] {
         let nb = o.numBeams, V = model.config.vocabSize
         let cache = KVCache(model: model, sequences: nb, capacity: prompt.count + o.maxNewTokens,
                             maxChunk: max(1, min(prompt.count, 512) / 1))
-        try model.step(tokens: prompt, sequences: 1, cache: cache, adapters: adapters, ctx: ctx)
+        try prefill(prompt, cache: cache, progress: onPrefill)
         cache.broadcastFirst()
         // Copy the shared prompt logits to every beam row.
         for b in 1..<nb { (cache.logits.data + b * V).update(from: cache.logits.data, count: V) }

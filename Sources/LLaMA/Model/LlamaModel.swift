@@ -41,6 +41,9 @@ public enum Quantization: String, CaseIterable, Sendable, Codable {
     /// ggml's block formats: a GGUF file's tensors already stored so are used as they are
     /// (memory-mapped); others are quantized with ggml's reference quantizer.
     case q8_0, q4_0, q4_1
+    /// NF4 with double quantization, bitsandbytes' `load_in_4bit` as QLoRA uses it (the
+    /// projections of every block; embeddings, norms and lm_head stay as they are).
+    case nf4
     /// Each projection as the checkpoint stores it where that is a weight format (a GGUF
     /// file's Q8_0 / Q4_0 / Q4_1 / BF16 tensors, memory-mapped), else f32.
     case stored
@@ -53,14 +56,18 @@ public enum Quantization: String, CaseIterable, Sendable, Codable {
         case .q8_0: return WeightFormats.q8_0
         case .q4_0: return WeightFormats.q4_0
         case .q4_1: return WeightFormats.q4_1
+        case .nf4: return WeightFormats.nf4
         case .stored: return WeightFormats.f32
         }
     }
 
     /// The lm_head format for decoding: a 4-bit head costs quality for little speed (llama.cpp
-    /// keeps GGUF outputs at Q6_K or better), so the block formats decode with a Q8_0 head.
+    /// keeps GGUF outputs at Q6_K or better), so the block formats decode with a Q8_0 head;
+    /// NF4 with an int8 head (bitsandbytes leaves lm_head unquantized; int8 rows is the
+    /// closest format of ours that needs no whole blocks of 32).
     var decodeHeadFormat: any WeightFormat {
         switch self {
+        case .nf4: return WeightFormats.int8
         case .q4_0, .q4_1, .stored: return WeightFormats.q8_0
         default: return format
         }
@@ -109,11 +116,21 @@ public final class LlamaModel: @unchecked Sendable {
 
     /// Loads every tensor by its Hugging Face name, checking shapes against the config; the
     /// projections are converted to `quantization`'s format one tensor at a time.
-    public convenience init(checkpoint ck: Checkpoint, quantization: Quantization, pool: WorkerPool) throws {
+    /// `progress` sees each tensor loaded (bytes: f32 values read, 4 bytes each).
+    public convenience init(checkpoint ck: Checkpoint, quantization: Quantization, pool: WorkerPool,
+                            progress: ProgressHandler? = nil) throws {
         let c = ck.config
         let C = c.hiddenSize, I = c.intermediateSize, V = c.vocabSize
+        let total = 2 + 7 * c.numHiddenLayers + (c.tieWordEmbeddings ? 0 : 1)   // embed, projections, norm, head
+        var done = 0, bytes = 0
+        func loaded(_ count: Int) {
+            done += 1; bytes += count * 4
+            progress?(TaskProgress(task: .load, done: done, total: total, unit: "tensors", bytes: bytes))
+        }
         let embed = try ck.tensor("model.embed_tokens.weight", shape: [V, C])
+        loaded(V * C)
         func linear(_ name: String, _ out: Int, _ inF: Int) throws -> Linear {
+            defer { loaded(out * inF) }
             if let w = try ck.storedWeight(name, shape: [out, inF], format: quantization == .stored ? nil : quantization.format) {
                 return Linear(w)
             }
@@ -137,9 +154,11 @@ public final class LlamaModel: @unchecked Sendable {
                 down: try linear(p + "mlp.down_proj.weight", C, I)))
         }
         let norm = try ck.tensor("model.norm.weight", shape: [C])
+        loaded(C)
         let head: Tensor
         if !c.tieWordEmbeddings, ck.has("lm_head.weight") {
             head = try ck.tensor("lm_head.weight", shape: [V, C])
+            loaded(V * C)
         } else if !c.tieWordEmbeddings {
             throw CheckpointError.missingTensor(file: ck.source, name: "lm_head.weight")
         } else {

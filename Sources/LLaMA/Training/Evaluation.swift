@@ -10,8 +10,10 @@ public enum Evaluation {
     }
 
     /// `acts` may be passed to reuse the trainer's buffers; it must fit the examples.
+    /// `progress` sees each micro-batch done (records), with the running mean loss.
     public static func loss(model: LlamaModel, adapters: AdapterSet, ctx: ExecutionContext, examples: [Example],
-                            padID: Int32, microBatchSize: Int, acts: Activations? = nil) -> Result {
+                            padID: Int32, microBatchSize: Int, acts: Activations? = nil,
+                            progress: ProgressHandler? = nil) -> Result {
         let longest = examples.map(\.count).max() ?? 1
         let acts = acts ?? Activations(model: model, maxRank: adapters.maxRank, maxB: microBatchSize,
                                        maxT: (longest + Collator.padToMultipleOf - 1) / Collator.padToMultipleOf * Collator.padToMultipleOf)
@@ -22,6 +24,8 @@ public enum Evaluation {
             let r = model.loss(b, adapters: adapters, acts: acts, ctx: ctx)
             sum += r.lossSum; tokens += r.tokens
             i += microBatchSize
+            progress?(TaskProgress(task: .eval, done: min(i, examples.count), total: examples.count, unit: "records",
+                                   metricName: "loss", metricValue: tokens > 0 ? sum / Double(tokens) : nil))
         }
         return Result(loss: tokens > 0 ? sum / Double(tokens) : .nan, tokens: tokens)
     }

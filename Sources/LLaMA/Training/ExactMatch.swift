@@ -59,11 +59,11 @@ public enum ExactMatch {
     }
 
     /// Answers `records[i]` for each i in `indices` (all records, in order, when nil) and counts
-    /// exact matches. `onRecord(done, total, correct)` is called after each record.
+    /// exact matches. `progress` sees each record answered, with the running accuracy.
     public static func evaluate(records: [AlpacaRecord], indices: [Int]? = nil, prompter: Prompter,
                                 tokenizer: Tokenizer, generator: Generator,
                                 maxNewTokens: Int = defaultMaxNewTokens,
-                                onRecord: ((_ done: Int, _ total: Int, _ correct: Int) -> Void)? = nil) throws -> Result {
+                                progress: ProgressHandler? = nil) throws -> Result {
         let order = indices ?? Array(records.indices)
         let opts = options(maxNewTokens: maxNewTokens)
         try opts.validate()
@@ -78,7 +78,9 @@ public enum ExactMatch {
                 failures.append(Failure(index: i, instruction: r.instruction, input: r.input,
                                         expected: normalize(r.output), got: normalize(got)))
             }
-            onRecord?(n + 1, order.count, correct)
+            let accuracy = Double(correct) / Double(n + 1)
+            progress?(TaskProgress(task: .eval, done: n + 1, total: order.count, unit: "records",
+                                   metricName: "accuracy", metricValue: accuracy))
         }
         return Result(correct: correct, total: order.count, failures: failures)
     }

@@ -29,8 +29,9 @@ public enum WeightFormats {
     public static let q8_0: any WeightFormat = GGUFBlockFormat(kind: .q8_0)
     public static let q4_0: any WeightFormat = GGUFBlockFormat(kind: .q4_0)
     public static let q4_1: any WeightFormat = GGUFBlockFormat(kind: .q4_1)
+    public static let nf4: any WeightFormat = NF4Format()
 
-    public static let all: [any WeightFormat] = [f32, bf16, int8, q8_0, q4_0, q4_1]
+    public static let all: [any WeightFormat] = [f32, bf16, int8, q8_0, q4_0, q4_1, nf4]
 
     public static func named(_ name: String) -> (any WeightFormat)? { all.first { $0.name == name } }
 }
