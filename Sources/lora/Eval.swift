@@ -50,7 +50,7 @@ struct Eval: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            let ctx = try compute.context()
+            let ctx = try compute.context(quiet: output.quiet)
             let progress = ProgressRenderer(quiet: output.quiet, json: json)
             let loaded = try model.load(default: TrainConfig.defaults.quantization, ctx: ctx, progress: progress)
             let set = try adapters.load(model: loaded.model.config)

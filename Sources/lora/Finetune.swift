@@ -112,7 +112,7 @@ struct Finetune: ParsableCommand {
         try runReportingErrors {
             let c = try resolved()
             if printConfig { print(c.yaml, terminator: ""); return }
-            let ctx = try makeContext(threads: c.threads, device: c.device)
+            let ctx = try makeContext(threads: c.threads, device: c.device, quiet: output.quiet)
             let memory = MemoryMeter()
             let quiet = output.quiet
             if !quiet {

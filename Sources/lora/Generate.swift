@@ -94,7 +94,7 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            let ctx = try compute.context()
+            let ctx = try compute.context(quiet: output.quiet)
             let opts = options
             try opts.validate()
             let progress = ProgressRenderer(quiet: output.quiet)

@@ -75,14 +75,15 @@ struct ComputeOptions: ParsableArguments {
         if threads < 0 || threads > 1024 { throw ValidationError("--threads \(threads): expected 0 (all cores) to 1024") }
     }
 
-    func context() throws -> ExecutionContext { try makeContext(threads: threads, device: device) }
+    /// `quiet` (the command's --quiet) keeps the device line off stderr.
+    func context(quiet: Bool = false) throws -> ExecutionContext { try makeContext(threads: threads, device: device, quiet: quiet) }
 }
 
 /// The context for `device` with `threads` CPU workers (0 = all cores) and the kernel family
 /// LORA_KERNELS names; prints which device runs when that was not the user's explicit choice.
-func makeContext(threads: Int, device: DeviceRequest) throws -> ExecutionContext {
+func makeContext(threads: Int, device: DeviceRequest, quiet: Bool = false) throws -> ExecutionContext {
     let (ctx, line) = try DeviceSelection.context(for: device, threads: threads, environment: ProcessInfo.processInfo.environment)
-    if let line { note(line) }
+    if let line, !quiet { note(line) }
     return ctx
 }
 
