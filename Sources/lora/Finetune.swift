@@ -112,7 +112,7 @@ struct Finetune: ParsableCommand {
         try runReportingErrors {
             let c = try resolved()
             if printConfig { print(c.yaml, terminator: ""); return }
-            let ctx = try makeContext(threads: c.threads, device: c.device, quiet: output.quiet)
+            let (ctx, deviceLine) = try makeContext(threads: c.threads, device: c.device)
             let memory = MemoryMeter()
             let quiet = output.quiet
             if !quiet {
@@ -121,6 +121,7 @@ struct Finetune: ParsableCommand {
             }
             let renderer = ProgressRenderer(quiet: quiet)
             let loaded = try loadModel(c.baseModel, quantization: c.quantization, ctx: ctx, progress: renderer)
+            deviceLine.print(quiet: output.quiet)
             // Positions past the model's context have no RoPE rows: refuse rather than truncate.
             if c.cutoffLen > loaded.model.config.maxPositionEmbeddings {
                 throw ConfigError.badValue(key: "cutoff_len", value: "\(c.cutoffLen)",

@@ -27,7 +27,7 @@ struct Lora: ParsableCommand {
     }
 
     static func versionLines() throws -> [String] {
-        let ctx = try makeContext(threads: 1, device: .cpu)
+        let (ctx, _) = try makeContext(threads: 1, device: .cpu)
         let family = (ctx.backend as? CPUBackend)?.family.rawValue ?? "n/a"
         return ["lora \(version) (commit \(BuildInfo.gitCommit ?? "unknown"))",
                 "cpu: \(KernelFamily.cpuDescription)",

@@ -60,7 +60,7 @@ struct Merge: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            _ = try compute.context(quiet: outputOptions.quiet)
+            _ = try compute.context()
             let out = URL(fileURLWithPath: output)
             try ExportError.checkOutput(out, file: format == .gguf, force: force)
             let specs = adapters.specs

@@ -75,16 +75,25 @@ struct ComputeOptions: ParsableArguments {
         if threads < 0 || threads > 1024 { throw ValidationError("--threads \(threads): expected 0 (all cores) to 1024") }
     }
 
-    /// `quiet` (the command's --quiet) keeps the device line off stderr.
-    func context(quiet: Bool = false) throws -> ExecutionContext { try makeContext(threads: threads, device: device, quiet: quiet) }
+    func context() throws -> (ExecutionContext, DeviceLine) { try makeContext(threads: threads, device: device) }
 }
 
 /// The context for `device` with `threads` CPU workers (0 = all cores) and the kernel family
 /// LORA_KERNELS names; prints which device runs when that was not the user's explicit choice.
-func makeContext(threads: Int, device: DeviceRequest, quiet: Bool = false) throws -> ExecutionContext {
+func makeContext(threads: Int, device: DeviceRequest) throws -> (ExecutionContext, DeviceLine) {
     let (ctx, line) = try DeviceSelection.context(for: device, threads: threads, environment: ProcessInfo.processInfo.environment)
-    if let line, !quiet { note(line) }
-    return ctx
+    return (ctx, DeviceLine(text: line))
+}
+
+/// The stderr line saying which device runs (none for an explicit --device cpu). Commands print
+/// it once the model has loaded, so an error before that stays one line; --quiet drops it and
+/// --json makes it an event.
+struct DeviceLine {
+    let text: String?
+    func print(quiet: Bool, json: Bool = false) {
+        guard let text, !quiet else { return }
+        note(json ? JSON.object([("event", .string("device")), ("message", .string(text))]).serialized(pretty: false) : text)
+    }
 }
 
 /// Loads `path` (a folder, a .gguf file or a Hub name in the local cache), reporting tensors
