@@ -1,5 +1,4 @@
 import COpenBLAS
-import CUDAShim
 import Foundation
 
 /// What the running binary computes with, for `lora --version` and `lora info`.
@@ -12,10 +11,17 @@ public enum RuntimeInfo {
         return "\(config.trimmingCharacters(in: .whitespaces)) (core \(core))"
     }
 
-    /// "CUDA, N devices" when libcudart loads and sees a device, else why not.
-    public static var gpu: String {
-        let n = lora_cuda_device_count()
-        if n > 0 { return "CUDA runtime loaded, \(n) device\(n == 1 ? "" : "s")" }
-        return "none (\(lora_cuda_status().map { String(cString: $0) } ?? "no CUDA runtime"))"
+    /// "CUDA 13.0 driver, N devices" when the driver loads and sees a device, else why not
+    /// (only the driver is loaded: NVRTC and cuBLAS are `lora cuda-check`'s business).
+    public static func gpu(environment: [String: String]) -> String {
+        var r = CUDALibraryReport()
+        do {
+            try CUDALibraries.loadDriver(environment: environment, report: &r)
+            return "\(r.driverDescription) driver, \(r.deviceCount) device\(r.deviceCount == 1 ? "" : "s") (\(r.driverPath))"
+        } catch let e as CUDAUnavailable {
+            return "none (\(e.reason.rawValue))"
+        } catch {
+            return "none (\(error))"
+        }
     }
 }

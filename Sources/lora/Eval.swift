@@ -50,9 +50,10 @@ struct Eval: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            let ctx = try compute.context()
+            let (ctx, deviceLine) = try compute.context()
             let progress = ProgressRenderer(quiet: output.quiet, json: json)
             let loaded = try model.load(default: TrainConfig.defaults.quantization, ctx: ctx, progress: progress)
+            deviceLine.print(quiet: output.quiet, json: json)
             let set = try adapters.load(model: loaded.model.config)
             let data = try TrainingRecords.load(URL(fileURLWithPath: dataPath))
             let indices = EvalSample.indices(count: data.count, limit: limit, seed: seed)

@@ -47,6 +47,7 @@ struct Finetune: ParsableCommand {
     @Option(help: Self.help(.threads, "Threads (0 = all cores)")) var threads: Int?
     @Option(name: .customLong("gradient-checkpointing"), help: Self.help(.gradientCheckpointing, "Recompute each block in backward, keeping only its input: auto (when the plan does not fit), true, false")) var gradientCheckpointing: GradientCheckpointing?
     @Flag(name: .customLong("plan-only"), help: "Print the memory plan (micro-batch x cutoff_len tokens; weights from the config and quantization) and exit; the model folder needs only config.json.") var planOnly = false
+    @Option(help: Self.help(.device, "auto (a GPU when CUDA loads, else the CPU), cpu, cuda or cuda:N")) var device: DeviceRequest?
     @Flag(name: .customLong("print-config"), help: "Print the resolved settings as YAML and exit.") var printConfig = false
 
     /// Help text with the default from TrainConfig (the one place defaults live).
@@ -105,6 +106,7 @@ struct Finetune: ParsableCommand {
         if let v = quantization { c.quantization = v }
         if let v = threads { c.threads = v }
         if let v = gradientCheckpointing { c.gradientCheckpointing = v }
+        if let v = device { c.device = v }
         try c.validate()
         return c
     }
@@ -128,7 +130,7 @@ struct Finetune: ParsableCommand {
         let cores = ProcessInfo.processInfo.activeProcessorCount
         let threads = comm.size > 1 ? Launcher.threadsPerRank(requested: c.threads, cores: cores,
                                                               environment: ProcessInfo.processInfo.environment) : c.threads
-        let ctx = try makeContext(threads: threads)
+        let (ctx, deviceLine) = try makeContext(threads: threads, device: c.device)
         let memory = MemoryMeter()
         let quiet = output.quiet
         let say: (String) -> Void = comm.isWriter && !quiet ? note : { _ in }
@@ -144,6 +146,7 @@ struct Finetune: ParsableCommand {
         // Rank 0 alone shows progress; the other ranks run silently.
         let renderer = ProgressRenderer(quiet: quiet || !comm.isWriter)
         let loaded = try loadModel(c.baseModel, quantization: c.quantization, ctx: ctx, progress: renderer)
+        if comm.isWriter { deviceLine.print(quiet: quiet) }
         // Positions past the model's context have no RoPE rows: refuse rather than truncate.
         if c.cutoffLen > loaded.model.config.maxPositionEmbeddings {
             throw ConfigError.badValue(key: "cutoff_len", value: "\(c.cutoffLen)",

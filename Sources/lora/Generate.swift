@@ -94,11 +94,12 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            let ctx = try compute.context()
+            let (ctx, deviceLine) = try compute.context()
             let opts = options
             try opts.validate()
             let progress = ProgressRenderer(quiet: output.quiet)
             let loaded = try model.load(default: .none, ctx: ctx, progress: progress)
+            deviceLine.print(quiet: output.quiet)
             let set = try adapters.load(model: loaded.model.config)
             let prompter: Prompter? = prompt != nil || chat != nil ? nil : try loadPrompter(promptTemplate)
             let gen = Generator(model: loaded.model, adapters: set, ctx: ctx, eosIDs: loaded.eosIDs)

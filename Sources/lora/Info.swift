@@ -19,7 +19,8 @@ struct Info: ParsableCommand {
                 for k in KernelFamily.available { print(k.rawValue) }
                 return
             }
-            let ctx = try compute.context()
+            let (ctx, deviceLine) = try compute.context()
+            deviceLine.print(quiet: false)
             print("cpu: \(KernelFamily.cpuDescription)")
             print("kernel families: \(KernelFamily.available.map(\.rawValue).joined(separator: " ")) (best: \(KernelFamily.best.rawValue))")
             print("backend: \(ctx.backend.name)")

@@ -9,7 +9,7 @@ struct Lora: ParsableCommand {
         commandName: "lora",
         abstract: "Fine-tune LLaMA-family models with LoRA on a CPU, answer prompts, merge adapters.",
         discussion: "Adapters are Hugging Face PEFT folders (adapter_config.json + adapter_model.safetensors).",
-        subcommands: [Finetune.self, Generate.self, Eval.self, Tokenize.self, Merge.self, Info.self, Serve.self])
+        subcommands: [Finetune.self, Generate.self, Eval.self, Tokenize.self, Merge.self, Info.self, Serve.self, CudaCheck.self])
 
     /// The release this source tree is; the git commit comes from the BuildInfo plugin.
     static let version = "0.2.0"
@@ -27,14 +27,14 @@ struct Lora: ParsableCommand {
     }
 
     static func versionLines() throws -> [String] {
-        let ctx = try makeContext(threads: 1)
+        let (ctx, _) = try makeContext(threads: 1, device: .cpu)
         let family = (ctx.backend as? CPUBackend)?.family.rawValue ?? "n/a"
         return ["lora \(version) (commit \(BuildInfo.gitCommit ?? "unknown"))",
                 "cpu: \(KernelFamily.cpuDescription)",
                 "kernels: \(family) (available: \(KernelFamily.available.map(\.rawValue).joined(separator: " ")); LORA_KERNELS forces one)",
                 "backend: \(ctx.backend.name)",
                 "blas: \(RuntimeInfo.blas)",
-                "gpu: \(RuntimeInfo.gpu)"]
+                "gpu: \(RuntimeInfo.gpu(environment: ProcessInfo.processInfo.environment))"]
     }
 }
 

@@ -60,21 +60,41 @@ struct AdapterOptions: ParsableArguments {
     func load(model: LlamaConfig) throws -> AdapterSet { try Adapter.loadSet(specs, model: model) }
 }
 
-/// `--threads`, and the execution context built from it.
+extension DeviceRequest: ExpressibleByArgument {
+    public init?(argument: String) { self.init(argument) }
+}
+
+/// `--threads` and `--device`, and the execution context built from them.
 struct ComputeOptions: ParsableArguments {
     @Option(help: "Worker threads (0 = all cores).")
     var threads = 0
+
+    @Option(help: "Where to compute: auto (a GPU when CUDA loads, else the CPU; says which on stderr), cpu, cuda or cuda:N.")
+    var device: DeviceRequest = .auto
 
     mutating func validate() throws {
         if threads < 0 || threads > 1024 { throw ValidationError("--threads \(threads): expected 0 (all cores) to 1024") }
     }
 
-    func context() throws -> ExecutionContext { try makeContext(threads: threads) }
+    func context() throws -> (ExecutionContext, DeviceLine) { try makeContext(threads: threads, device: device) }
 }
 
-/// The CPU context for `threads` (0 = all cores), with the kernel family LORA_KERNELS names.
-func makeContext(threads: Int) throws -> ExecutionContext {
-    try ExecutionContext.cpu(threads: threads, environment: ProcessInfo.processInfo.environment)
+/// The context for `device` with `threads` CPU workers (0 = all cores) and the kernel family
+/// LORA_KERNELS names; prints which device runs when that was not the user's explicit choice.
+func makeContext(threads: Int, device: DeviceRequest) throws -> (ExecutionContext, DeviceLine) {
+    let (ctx, line) = try DeviceSelection.context(for: device, threads: threads, environment: ProcessInfo.processInfo.environment)
+    return (ctx, DeviceLine(text: line))
+}
+
+/// The stderr line saying which device runs (none for an explicit --device cpu). Commands print
+/// it once the model has loaded, so an error before that stays one line; --quiet drops it and
+/// --json makes it an event.
+struct DeviceLine {
+    let text: String?
+    func print(quiet: Bool, json: Bool = false) {
+        guard let text, !quiet else { return }
+        note(json ? JSON.object([("event", .string("device")), ("message", .string(text))]).serialized(pretty: false) : text)
+    }
 }
 
 /// Loads `path` (a folder, a .gguf file or a Hub name in the local cache), reporting tensors

@@ -73,8 +73,9 @@ struct Serve: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            let ctx = try compute.context()
+            let (ctx, deviceLine) = try compute.context()
             let loaded = try model.load(default: .none, ctx: ctx)
+            deviceLine.print(quiet: false)
             let cfg = loaded.model.config
             let context = min(maxContext ?? min(cfg.maxPositionEmbeddings, 2048), cfg.maxPositionEmbeddings)
             var base = modelName ?? URL(fileURLWithPath: model.baseModel).lastPathComponent

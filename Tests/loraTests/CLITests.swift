@@ -65,7 +65,8 @@ final class CLITests: XCTestCase {
         try cfg.replacingOccurrences(of: "\"hidden_size\"", with: "\"hidden_sizes\"").write(to: bad.appendingPathComponent("config.json"), atomically: true, encoding: .utf8)
         var r = try lora(["generate", "--base-model", bad.path, "--prompt", "x", "--num-beams", "1"])
         XCTAssertEqual(r.status, 1)
-        XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
+        // `--device auto` (the default) says which device runs on a line of its own.
+        XCTAssertEqual(r.stderr.split(separator: "\n").filter { !$0.hasPrefix("device: ") }.count, 1, r.stderr)
         XCTAssert(r.stderr.contains("config.json") && r.stderr.contains("hidden_size"), r.stderr)
         // A truncated safetensors file.
         let trunc = dir.appendingPathComponent("trunc-model")

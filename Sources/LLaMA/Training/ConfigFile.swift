@@ -1,5 +1,6 @@
 import Foundation
 import Yams
+import Tensor
 
 /// Reads a finetune YAML file into `TrainConfig`: unknown keys are an error that names the
 /// closest valid key, wrong types name the key and the expected type. In the library (not the
@@ -156,6 +157,9 @@ public enum ConfigFile {
         }
         if ctx.codingPath.first?.stringValue == TrainConfig.CodingKeys.gradientCheckpointing.rawValue {
             return "one of \(GradientCheckpointing.allCases.map(\.rawValue).joined(separator: ", "))"
+        }
+        if ctx.codingPath.first?.stringValue == TrainConfig.CodingKeys.device.rawValue {
+            return "one of \(DeviceRequest.spellings)"
         }
         return "a valid value (\(ctx.debugDescription))"
     }

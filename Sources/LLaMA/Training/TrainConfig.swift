@@ -1,4 +1,5 @@
 import Foundation
+import Tensor
 
 /// Every `lora finetune` option, with the YAML key as its name. The defaults are alpaca-lora
 /// finetune.py's (and transformers TrainingArguments' as finetune.py sets them); this struct is
@@ -52,6 +53,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     /// Keep only each block's input and recompute the block in backward (`auto`: when the
     /// memory plan without it does not fit the available memory; see `MemoryPlan`).
     public var gradientCheckpointing: GradientCheckpointing = .auto
+    /// auto: a GPU when CUDA loads, else the CPU.
+    public var device: DeviceRequest = .auto
 
     public init() {}
 
@@ -66,7 +69,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case warmupSteps = "warmup_steps", loggingSteps = "logging_steps", evalSteps = "eval_steps"
         case saveSteps = "save_steps", saveTotalLimit = "save_total_limit", maxGradNorm = "max_grad_norm"
         case weightDecay = "weight_decay", seed, maxSteps = "max_steps", quantization, threads
-        case gradientCheckpointing = "gradient_checkpointing"
+        case gradientCheckpointing = "gradient_checkpointing", device
     }
 
     /// Keys accepted for compatibility and mapped onto a CodingKeys one.
@@ -122,6 +125,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         }
         threads = try get(.threads, d.threads)
         gradientCheckpointing = try get(.gradientCheckpointing, d.gradientCheckpointing)
+        device = try get(.device, d.device)
     }
 
     public static let defaults = TrainConfig()
@@ -168,6 +172,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
             case .quantization: v = quantization.rawValue
             case .threads: v = "\(threads)"
             case .gradientCheckpointing: v = gradientCheckpointing.rawValue
+            case .device: v = device.description
             }
             out += "\(k.rawValue): \(v)\n"
         }
