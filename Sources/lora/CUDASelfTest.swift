@@ -173,11 +173,11 @@ struct CUDASelfTest {
         var mask = [Float](repeating: 1, count: B * T)
         for j in 0..<5 { mask[T + j] = 0 }        // sequence 1: 5 left-padding tokens
         mask[T + 12] = 0                           // and a hole
-        var out = [Float](repeating: 0, count: q.count), probs = [Float](repeating: 0, count: B * nH * T * T)
+        var out = [Float](repeating: 0, count: q.count), stats = [Float](repeating: 0, count: B * nH * T * 2)
         var dq = out, dk = k.map { _ in Float(0) }, dv = dk
-        cpu.attentionForward(out: &out, probs: &probs, q: q, k: k, v: v, keyMask: mask, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
-        cpu.attentionBackward(dq: &dq, dk: &dk, dv: &dv, dout: dout, probs: probs, q: q, k: k, v: v, keyMask: mask,
-                              scratch: nil, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+        cpu.attentionForward(out: &out, stats: &stats, q: q, k: k, v: v, keyMask: mask, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+        cpu.attentionBackward(dq: &dq, dk: &dk, dv: &dv, dout: dout, stats: stats, q: q, k: k, v: v, keyMask: mask,
+                              B: B, T: T, nH: nH, nKV: nKV, hd: hd)
         let gq = try buf(q), gk = try buf(k), gv = try buf(v), gm = try buf(mask), gdo = try buf(dout)
         let go = try CUDABuffer(bytes: q.count * 4), glse = try CUDABuffer(bytes: B * nH * T * 4), gD = try CUDABuffer(bytes: B * nH * T * 4)
         let gdq = try CUDABuffer(bytes: q.count * 4), gdk = try CUDABuffer(bytes: k.count * 4), gdv = try CUDABuffer(bytes: k.count * 4)
