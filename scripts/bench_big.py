@@ -129,7 +129,14 @@ def lora_finetune(model, quantization, data, mb, cutoff, ckpt, steps, extra=()):
            "--lora-dropout", "0.05", "--lora-target-modules", "q_proj,v_proj", "--warmup-steps", "0",
            "--logging-steps", "1", "--save-steps", "100000", "--gradient-checkpointing", ckpt, *extra]
     r, rss, wall = timed(cmd, ok_codes=(0, 1))
-    plan = "\n".join(l for l in r.stderr.splitlines() if re.search(r"plan|weights|LoRA state|activations|scratch|total|available|fit|refus", l, re.I))
+    lines, plan, inside = r.stderr.splitlines(), [], False
+    for l in lines:   # the plan table: from "memory plan" to "available", and any refusal line
+        inside = inside or l.startswith("memory plan")
+        if inside or re.search(r"does not fit|refus", l, re.I):
+            plan.append(l)
+        if l.strip().startswith("available"):
+            inside = False
+    plan = "\n".join(plan)
     if r.returncode == 1:
         return {"refused": True, "plan": plan, "rss": rss, "wall": wall, "stderr": r.stderr[-3000:]}
     m = re.search(r"done: (\d+) steps in ([\d.]+) s, ([\d.]+) tokens/s", r.stderr)

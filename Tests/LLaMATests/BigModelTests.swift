@@ -66,7 +66,7 @@ final class BigModelTests: XCTestCase {
             }
             // The Generator's greedy path gives the same 4 ids.
             var o = GenerationOptions(); o.numBeams = 1; o.maxNewTokens = 4; o.minNewTokens = 4
-            let got = try Generator(model: m, ctx: testCtx, eosIDs: loaded.eosIDs).generate(prompt: ids, options: o) { _ in }
+            let got = try Generator(model: m, ctx: testCtx, eosIDs: loaded.eosIDs).generate(prompt: ids, options: o, onToken: { _ in })
             XCTAssertEqual(got, new, "\(path): Generator's greedy ids")
             print("BigModelTests[\(b.shape)]: \((path as NSString).lastPathComponent) as \(q.rawValue): weights \(m.weightBytes / 1_000_000) MB, new ids \(new), \(String(format: "%.1f", Date().timeIntervalSince(t0))) s")
         }
