@@ -29,7 +29,7 @@ import time
 LORA = os.environ.get("LORA", ".build/release/lora")
 PROMPT = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 NEW = 32
-SMOLLM = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM = os.environ.get("LORA_SCALING_MODEL", "models/SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def load():
@@ -181,7 +181,8 @@ def scaling():
     pred = a + b * rows[1][0]
     print(f"fit a + b T through T={t0} and T={t2}: a {a:.3f} ms, b {b * 1e3:.3f} us/token of context; "
           f"T={rows[1][0]} predicted {pred:.3f} ms, measured {rows[1][1]:.3f} ms ({rows[1][1] / pred:.2f}x); "
-          f"2048 vs 512: {p2 / p0:.2f}x per token (quadratic per token would be 4x that of linear growth's slope)")
+          f"2048 vs 512: {p2 / p0:.2f}x per token. Linear growth: the middle point lies on the line (ratio ~1.0); "
+          f"a cost quadratic in T per token would put it well below (ratio < 1 by the curvature)")
 
 
 def main():
