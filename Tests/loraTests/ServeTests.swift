@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import TestHelpers
 
 /// `lora serve` run as a user runs it, on a free loopback port, with the tiny fixture model and
 /// the two tiny fixture adapters: answers equal `lora generate`'s greedy ones, batching changes
@@ -12,18 +13,6 @@ final class ServeTests: XCTestCase {
     static let prompt = "The sky is a bright and calm blue that"
     static let prompts = ["The sky is a bright and calm blue that", "Once upon a time", "A list of fruit:", "Water boils at",
                           "My favourite colour", "The capital of France", "One two three", "Hello"]
-
-    var temporary: [URL] = []
-    override func tearDown() {
-        for u in temporary { try? FileManager.default.removeItem(at: u) }
-        temporary = []
-    }
-    func tempDir() throws -> URL {
-        let u = FileManager.default.temporaryDirectory.appendingPathComponent("lora-serve-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        try FileManager.default.createDirectory(at: u, withIntermediateDirectories: true)
-        temporary.append(u)
-        return u
-    }
 
     func server(_ extra: [String] = []) throws -> ServeProcess {
         try ServeProcess(["--base-model", Self.model, "--adapter", "a=\(Self.adapter("a"))", "--adapter", "b=\(Self.adapter("b"))",
