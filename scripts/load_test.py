@@ -153,7 +153,7 @@ def main():
         stop(p)
     if o.llama_python and o.merged_gguf:
         cmd = [o.llama_python, "-m", "llama_cpp.server", "--model", o.merged_gguf, "--host", "127.0.0.1", "--port", "0",
-               "--n_ctx", "2048"]
+               "--n_ctx", "2048", "--interrupt_requests", "False"]  # its default cuts a stream when another request arrives
         if o.threads:
             cmd += ["--n_threads", str(o.threads)]
         # llama_cpp.server takes no port 0; pick a free one.
