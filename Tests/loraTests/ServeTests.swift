@@ -278,6 +278,12 @@ final class ServeTests: XCTestCase {
         try FileManager.default.copyItem(atPath: Self.adapter("b"), toPath: outside.appendingPathComponent("b").path)
         try FileManager.default.createSymbolicLink(atPath: dir.appendingPathComponent("escape").path,
                                                    withDestinationPath: outside.appendingPathComponent("b").path)
+        try Data("not a GGUF file".utf8).write(to: dir.appendingPathComponent("junk.gguf"))
+        try Data("notes".utf8).write(to: dir.appendingPathComponent("notes.txt"))
+        try FileManager.default.copyItem(at: Self.fixtures.appendingPathComponent("gguf/tiny-mha-a.lora.gguf"),
+                                         to: outside.appendingPathComponent("a.gguf"))
+        try FileManager.default.createSymbolicLink(atPath: dir.appendingPathComponent("escape.gguf").path,
+                                                   withDestinationPath: outside.appendingPathComponent("a.gguf").path)
         let s = try server(["--api-key", "sekrit", "--adapters-dir", dir.path, "--max-body-bytes", "4096", "--max-context", "128"])
         defer { XCTAssertEqual(s.stop(), 0, s.stderr) }
         let auth = ["Authorization": "Bearer sekrit"]

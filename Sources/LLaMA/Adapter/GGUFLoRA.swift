@@ -36,10 +36,13 @@ public enum GGUFLoRA {
         }
         let f = try GGUFFile(path: path)
         func requireString(_ key: String, _ wanted: String, _ why: String) throws {
-            guard let v = try f.string(key) else { throw CheckpointError.missingKey(file: path, key: key) }
-            if v != wanted { throw CheckpointError.badValue(file: path, key: key, value: "\"\(v)\"", expected: "\"\(wanted)\" (\(why))") }
+            // Model files often have no general.type at all: say what was expected, not only "missing".
+            let v = try f.string(key)
+            if v != wanted {
+                throw CheckpointError.badValue(file: path, key: key, value: v.map { "\"\($0)\"" } ?? "absent", expected: "\"\(wanted)\" (\(why))")
+            }
         }
-        try requireString("general.type", "adapter", "a model file is not an adapter; pass it as --base-model")
+        try requireString("general.type", "adapter", "a GGUF LoRA adapter; a model file goes to --base-model")
         try requireString("adapter.type", "lora", "only LoRA adapters are supported")
         try requireString("general.architecture", "llama", "the base model is a LLaMA-family model")
         if f.value("adapter.alora.invocation_tokens") != nil {
