@@ -29,7 +29,7 @@ def bootstrap():
     py = VENV / "bin" / "python"
     if os.environ.get("LORA_OPENAI_VENV") == "1":
         sys.exit("test_openai_client: openai still missing inside " + str(VENV))
-    if subprocess.run([str(py), "-c", "import openai"], capture_output=True).returncode != 0:
+    if not py.exists() or subprocess.run([str(py), "-c", "import openai"], capture_output=True).returncode != 0:
         if not py.exists():
             subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
         p = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--timeout", "30",
@@ -136,8 +136,9 @@ def main():
             raise AssertionError("a wrong API key was accepted")
         except openai.AuthenticationError as e:
             assert e.status_code == 401, e
-        print(f"openai {openai.__version__} client: models {ids}; completion {want!r} (= lora generate, streamed too); "
-              f"chat {chat_want!r} (= lora generate, streamed too); NotFoundError and AuthenticationError raised")
+        print(f"openai {openai.__version__} client: models {ids}; completion of {c.usage.completion_tokens} tokens and chat of "
+              f"{r.usage.completion_tokens} tokens equal lora generate (streamed and not, usage checked); "
+              f"NotFoundError and AuthenticationError raised")
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
