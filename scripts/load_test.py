@@ -12,7 +12,10 @@ Reports aggregate tokens/s, p50/p99 time to first token and p50/p99 time per out
 Only the standard library is used; every request has a timeout and every phase a deadline.
 
 Equal work on both sides: every request bans the end-of-text ids with logit_bias (--ban) so
-that answers run to --max-tokens; the tokens each request produced are counted (lora serve's
+that answers run to --max-tokens; llama_cpp.server runs with --interrupt_requests false (by
+default it cuts a stream short as soon as another request waits, which ended most of its
+answers after 1-2 tokens) and gets repeat_penalty 1.0 (its default is 1.1; lora serve has none).
+The tokens each request produced are counted (lora serve's
 usage chunk; llama-cpp-python's stream has no usage, so its token chunks are counted, empty
 ones included) and reported per phase (tokens_min / tokens_max / full_length requests). When
 some answers still end early, the phase also reports tokens/s over the full-length requests
@@ -95,10 +98,10 @@ def setup_llama(python):
     return py
 
 
-def one(port, model, prompt, max_tokens, timeout):
+def one(port, model, prompt, max_tokens, timeout, extra=None):
     """One streamed completion: (ttft, [token arrival times], completion_tokens, seconds)."""
     body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-                       "logit_bias": BAN, "stream": True, "stream_options": {"include_usage": True}}).encode()
+                       "logit_bias": BAN, "stream": True, "stream_options": {"include_usage": True}, **(extra or {})}).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body, {"Content-Type": "application/json"})
     t0 = time.time()
     arrivals, usage, chunks = [], None, 0
@@ -121,7 +124,7 @@ def one(port, model, prompt, max_tokens, timeout):
     return (arrivals[0] if arrivals else None), arrivals, n, time.time() - t0
 
 
-def phase(port, models, clients, requests, max_tokens, deadline_s):
+def phase(port, models, clients, requests, max_tokens, deadline_s, extra=None):
     jobs = [(models[i % len(models)], PROMPTS[i % len(PROMPTS)]) for i in range(requests)]
     lock = threading.Lock()
     results, errors = [], []
@@ -134,7 +137,7 @@ def phase(port, models, clients, requests, max_tokens, deadline_s):
                     return
                 model, prompt = jobs.pop(0)
             try:
-                r = one(port, model, prompt, max_tokens, timeout=max(1, end - time.time()))
+                r = one(port, model, prompt, max_tokens, timeout=max(1, end - time.time()), extra=extra)
                 with lock:
                     results.append(r)
             except Exception as e:  # counted, not fatal: the report says how many failed
@@ -213,8 +216,10 @@ def main():
     finally:
         stop(p)
     if o.llama_python and o.merged_gguf:
+        # interrupt_requests (default true) ends a stream with [DONE] as soon as another request
+        # waits for the model: with concurrent clients most answers stopped after 1-2 tokens.
         cmd = [o.llama_python, "-m", "llama_cpp.server", "--model", o.merged_gguf, "--host", "127.0.0.1", "--port", "0",
-               "--n_ctx", "2048"]
+               "--n_ctx", "2048", "--interrupt_requests", "false"]
         if o.threads:
             cmd += ["--n_threads", str(o.threads)]
         # llama_cpp.server takes no port 0; pick a free one.
@@ -223,8 +228,10 @@ def main():
         cmd[cmd.index("--port") + 1] = str(free)
         p, port = start(cmd, log, r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
         try:
-            one(port, "m", PROMPTS[0], 4, 300)
-            report["llama_cpp_server_concurrent"] = phase(port, ["m"], o.clients, o.requests, o.max_tokens, o.deadline)
+            # Greedy as lora serve's: its server's default repeat_penalty is 1.1.
+            same = {"repeat_penalty": 1.0}
+            one(port, "m", PROMPTS[0], 4, 300, extra=same)
+            report["llama_cpp_server_concurrent"] = phase(port, ["m"], o.clients, o.requests, o.max_tokens, o.deadline, extra=same)
         finally:
             stop(p)
     c = report["lora_serve_concurrent"]
