@@ -46,6 +46,9 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     /// Forward with M up to this uses the unpacked small-M kernel (decoding); measured on Zen 5
     /// it is as fast as the packed GEMM up to M = 24..32 (packing W^T costs ~40 us per 576 x 576).
     static let smallM = 16
+    /// Largest M x K that the small-M path of `gemm` copies to apply alpha (LoRA's u, r wide).
+    static let smallScaled = 16 * 256
+    static let f32Format = F32Format().kernelID!
     /// Below this many flops (2 M N K) a product stays on one thread: splitting costs more.
     static let parallelFlops = 1 << 22
     /// Decoding (M = 1) is bound by memory bandwidth, which one core nearly saturates on Zen 5,
@@ -196,6 +199,25 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     public func gemm(transA: Bool = false, transB: Bool = false, M: Int, N: Int, K: Int, alpha: Float = 1,
                      A: UnsafePointer<Float>, lda: Int, B: UnsafePointer<Float>, ldb: Int,
                      beta: Float = 0, C: UnsafeMutablePointer<Float>, ldc: Int) {
+        // Decoding's LoRA products (a few rows against r x in or out x r factors): OpenBLAS's
+        // per-call packing costs more than the product, so the small-M f32 kernel takes them.
+        if !transA, transB, M <= Self.smallM, beta == 0 || beta == 1, alpha == 1 || M * K <= Self.smallScaled,
+           let fam = family.kernelID {
+            var a = A, lda = lda
+            var scaled: [Float] = []
+            if alpha != 1 {
+                scaled = [Float](unsafeUninitializedCapacity: M * K) { buf, n in
+                    for m in 0..<M { for k in 0..<K { buf[m * K + k] = alpha * A[m * lda + k] } }
+                    n = M * K
+                }
+                lda = K
+            }
+            scaled.withUnsafeBufferPointer { sp in
+                if alpha != 1 { a = UnsafePointer(sp.baseAddress!) }
+                lora_gemv_abt(fam, Self.f32Format, Int(M), 0, Int(N), Int(K), a, lda, B, ldb, nil, C, ldc, beta == 1 ? 1 : 0)
+            }
+            return
+        }
         // Fixed blocks of C's rows, so the bits do not depend on the thread count.
         let flops = 2 * M * N * K
         let block = flops >= Self.parallelFlops ? Self.blasBlock : M
