@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import TestHelpers
 @testable import LLaMA
 import Tensor
 
@@ -15,14 +16,8 @@ final class GGUFLoRATests: XCTestCase {
         try LlamaConfig(contentsOf: Fixtures.model(model).appendingPathComponent("config.json"))
     }
 
-    var temporary: [URL] = []
-    override func tearDown() { for u in temporary { try? FileManager.default.removeItem(at: u) }; temporary = [] }
-    func tempFile(_ name: String) throws -> URL {
-        let d = FileManager.default.temporaryDirectory.appendingPathComponent("lora-ggufl-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true)
-        temporary.append(d)
-        return d.appendingPathComponent(name)
-    }
+    /// `name` in a new temporary folder (TestHelpers' tempDir, removed when the test ends).
+    func tempFile(_ name: String) throws -> URL { try tempDir().appendingPathComponent(name) }
 
     /// Same targets, layers, rank and factors; the scale to `scaleRel` (alpha is stored as f32
     /// scale * r); A and B within `rel` (0: bit-equal).
