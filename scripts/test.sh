@@ -29,6 +29,8 @@ if [ $# -eq 0 ]; then
   python3 scripts/test_openai_client.py
   echo "== CUDA kernels compiled by NVRTC, no GPU needed (scripts/nvrtc_check.sh)" >&2
   scripts/nvrtc_check.sh
+  echo "== BigModelTests on make_big.py's tiny shape (scripts/big_ci.sh)" >&2
+  scripts/big_ci.sh
   echo "== fuzz targets, 20 s each (scripts/fuzz_ci.sh)" >&2
   scripts/fuzz_ci.sh
 fi

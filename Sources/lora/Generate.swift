@@ -98,7 +98,7 @@ struct Generate: ParsableCommand {
             let opts = options
             try opts.validate()
             let progress = ProgressRenderer(quiet: output.quiet)
-            let loaded = try model.load(default: .none, ctx: ctx, progress: progress)
+            let loaded = try model.load(default: .none, ctx: ctx, purpose: .decoding, progress: progress)
             deviceLine.print(quiet: output.quiet)
             let set = try adapters.load(model: loaded.model.config)
             let prompter: Prompter? = prompt != nil || chat != nil ? nil : try loadPrompter(promptTemplate)

@@ -38,8 +38,9 @@ struct ModelOptions: ParsableArguments {
         return fallback
     }
 
-    func load(default fallback: Quantization, ctx: ExecutionContext, progress: ProgressRenderer? = nil) throws -> LoadedModel {
-        try loadModel(baseModel, quantization: quantization(default: fallback), ctx: ctx, progress: progress)
+    func load(default fallback: Quantization, ctx: ExecutionContext, purpose: LoadPurpose = .training,
+              progress: ProgressRenderer? = nil) throws -> LoadedModel {
+        try loadModel(baseModel, quantization: quantization(default: fallback), ctx: ctx, purpose: purpose, progress: progress)
     }
 }
 
@@ -99,11 +100,12 @@ struct DeviceLine {
 
 /// Loads `path` (a folder, a .gguf file or a Hub name in the local cache), reporting tensors
 /// loaded (and quantized) to `progress`.
-func loadModel(_ path: String, quantization q: Quantization, ctx: ExecutionContext, progress: ProgressRenderer?) throws -> LoadedModel {
+func loadModel(_ path: String, quantization q: Quantization, ctx: ExecutionContext, purpose: LoadPurpose = .training,
+               progress: ProgressRenderer?) throws -> LoadedModel {
     let resolved = try resolveModelPath(path)
     progress?.labels[.load] = [.none, .stored].contains(q) ? "loading" : "loading and quantizing (\(q.rawValue))"
     progress?.begin(.load)
-    return try LoadedModel(path: resolved, quantization: q, pool: ctx.pool, progress: progress?.handler)
+    return try LoadedModel(path: resolved, quantization: q, pool: ctx.pool, purpose: purpose, progress: progress?.handler)
 }
 
 /// A path as given when it exists; else a Hub name (`ORG/NAME`) looked up in the local

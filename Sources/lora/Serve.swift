@@ -74,7 +74,7 @@ struct Serve: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let (ctx, deviceLine) = try compute.context()
-            let loaded = try model.load(default: .none, ctx: ctx)
+            let loaded = try model.load(default: .none, ctx: ctx, purpose: .decoding)
             deviceLine.print(quiet: false)
             let cfg = loaded.model.config
             let context = min(maxContext ?? min(cfg.maxPositionEmbeddings, 2048), cfg.maxPositionEmbeddings)

@@ -71,6 +71,27 @@ final class ForwardParityTests: XCTestCase {
         }
     }
 
+    /// A model loaded for decoding only (generate, serve) makes the decoding head from the
+    /// checkpoint's lm_head at load and keeps no f32 copy: the same head bytes, so the same
+    /// logits bit for bit, and the f32 head's bytes fewer (tiny-mha is untied).
+    func testDecodingOnlyLoadKeepsNoF32HeadAndDecodesTheSame() throws {
+        for q in [Quantization.int8, .none] {
+            let ck = try SafeTensorsCheckpoint(folder: Fixtures.model("tiny-mha"))
+            let train = try LlamaModel(checkpoint: ck, quantization: q, pool: testPool)
+            let dec = try LlamaModel(checkpoint: ck, quantization: q, pool: testPool, purpose: .decoding)
+            let c = train.config
+            XCTAssertFalse(c.tieWordEmbeddings)
+            XCTAssertEqual(dec.weightBytes, train.weightBytes - c.vocabSize * c.hiddenSize * 4 + dec.decodeHead.byteCount, "\(q): no f32 head")
+            let ids: [Int32] = [1, 295, 268, 267, 270, 418, 262, 261, 312]
+            func run(_ m: LlamaModel) throws -> [Float] {
+                let cache = KVCache(model: m, sequences: 1, capacity: ids.count, maxChunk: ids.count)
+                try m.step(tokens: ids, sequences: 1, cache: cache, adapters: .none, ctx: testCtx)
+                return Array(UnsafeBufferPointer(start: cache.logits.data, count: c.vocabSize))
+            }
+            XCTAssertEqual(try run(dec), try run(train), "\(q): decoding-only logits")
+        }
+    }
+
     /// With load_8bit, generation uses an int8 copy of the lm_head (speed); its logits stay
     /// within a stated bound of the f32 head's, which training and `logits` use.
     static let int8HeadTolerance: Float = 0.05

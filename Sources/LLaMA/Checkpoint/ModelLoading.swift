@@ -13,8 +13,10 @@ public struct LoadedModel {
 
     /// The checkpoint is read and let go: the model holds copies, so the mapped file (a GGUF
     /// is mapped whole) leaves memory once loading is done.
-    /// Projections are stored as `quantization` says; `pool` does the converting.
-    public init(path: String, quantization: Quantization, pool: WorkerPool, progress: ProgressHandler? = nil) throws {
+    /// Projections are stored as `quantization` says; `pool` does the converting. `purpose`
+    /// `.decoding` (generate, serve) keeps no f32 lm_head, only the one decoding uses.
+    public init(path: String, quantization: Quantization, pool: WorkerPool, purpose: LoadPurpose = .training,
+                progress: ProgressHandler? = nil) throws {
         let ck = try openCheckpoint(path)
         let tokenizerFile: String
         if let g = ck as? GGUFCheckpoint {
@@ -31,7 +33,7 @@ public struct LoadedModel {
         // Checked before the weights are read: an id past the embedding's rows would read past
         // it in generate and write past the gradient buffer in finetune.
         try Self.checkTokenizer(tokenizer, fits: ck.config, file: tokenizerFile)
-        model = try LlamaModel(checkpoint: ck, quantization: quantization, pool: pool, progress: progress)
+        model = try LlamaModel(checkpoint: ck, quantization: quantization, pool: pool, purpose: purpose, progress: progress)
     }
 
     /// Every id the tokenizer can produce (its vocabulary, BOS, EOS, pad) is a row of the model's

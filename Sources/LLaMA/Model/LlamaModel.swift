@@ -28,6 +28,10 @@ public final class Block: @unchecked Sendable {
     }
 }
 
+/// What a model is loaded for: `training` keeps the f32 lm_head (training, eval, `logits`);
+/// `decoding` (generate, serve) keeps only the head decoding uses (`decodeHead`).
+public enum LoadPurpose: Sendable { case training, decoding }
+
 /// What the frozen projection weights are stored as (`quantization:` in YAML, `--quantization`
 /// on the command line). Embeddings, norms and the training lm_head stay f32, as alpaca-lora's
 /// prepare_model_for_int8_training leaves them.
@@ -85,7 +89,14 @@ public final class LlamaModel: @unchecked Sendable {
     public let embed: Tensor          // [V, C]
     public let blocks: [Block]
     public let norm: Tensor           // [C]
-    public let lmHead: Tensor         // [V, C]; the same storage as `embed` when tied
+    /// [V, C] f32, the same storage as `embed` when tied: training's and `logits`' head. A model
+    /// loaded for decoding only (`LoadPurpose.decoding`, untied) has none: its `decodeHead` was
+    /// made at load and the f32 copy (0.5 GB for LLaMA-7B) let go.
+    public var lmHead: Tensor {
+        guard let h = _lmHead else { preconditionFailure("model loaded for decoding only: no f32 lm_head (load with purpose .training)") }
+        return h
+    }
+    private let _lmHead: Tensor?
     public let rope: RoPETable
     public let quantization: Quantization
 
@@ -96,30 +107,43 @@ public final class LlamaModel: @unchecked Sendable {
     public var decodeHead: Weight {
         headLock.lock(); defer { headLock.unlock() }
         if let h = _decodeHead { return h }
-        var f = quantization.decodeHeadFormat
-        if f is GGUFBlockFormat, config.hiddenSize % GGUFBlockFormat.blockSize != 0 { f = WeightFormats.int8 }
-        let h = Weight.make(f, from: lmHead, pool: .allCores)
+        let h = Self.makeDecodeHead(from: lmHead, quantization: quantization, hiddenSize: config.hiddenSize)
         _decodeHead = h
         return h
+    }
+
+    static func makeDecodeHead(from head: Tensor, quantization: Quantization, hiddenSize: Int) -> Weight {
+        var f = quantization.decodeHeadFormat
+        if f is GGUFBlockFormat, hiddenSize % GGUFBlockFormat.blockSize != 0 { f = WeightFormats.int8 }
+        return Weight.make(f, from: head, pool: .allCores)
     }
     private var _decodeHead: Weight?
     private let headLock = NSLock()
 
-    public init(config: LlamaConfig, embed: Tensor, blocks: [Block], norm: Tensor, lmHead: Tensor, quantization: Quantization) {
+    public convenience init(config: LlamaConfig, embed: Tensor, blocks: [Block], norm: Tensor, lmHead: Tensor, quantization: Quantization) {
+        self.init(config: config, embed: embed, blocks: blocks, norm: norm, lmHead: lmHead, decodeHead: nil, quantization: quantization)
+    }
+
+    /// `lmHead` nil needs `decodeHead` (a model for decoding only).
+    init(config: LlamaConfig, embed: Tensor, blocks: [Block], norm: Tensor, lmHead: Tensor?, decodeHead: Weight?, quantization: Quantization) {
+        precondition(lmHead != nil || decodeHead != nil, "a model needs an lm_head")
         self.config = config
         self.embed = embed
         self.blocks = blocks
         self.norm = norm
-        self.lmHead = lmHead
+        _lmHead = lmHead
+        _decodeHead = decodeHead
         self.quantization = quantization
         rope = RoPETable(maxT: max(config.maxPositionEmbeddings, 1), headDim: config.headDim, theta: config.ropeTheta)
     }
 
     /// Loads every tensor by its Hugging Face name, checking shapes against the config; the
     /// projections are converted to `quantization`'s format one tensor at a time.
-    /// `progress` sees each tensor loaded (bytes: f32 values read, 4 bytes each).
+    /// `progress` sees each tensor loaded (bytes: f32 values read, 4 bytes each). For
+    /// `.decoding`, an untied lm_head is read first, turned into `decodeHead` and let go before
+    /// the projections load, so it never adds to the peak.
     public convenience init(checkpoint ck: Checkpoint, quantization: Quantization, pool: WorkerPool,
-                            progress: ProgressHandler? = nil) throws {
+                            purpose: LoadPurpose = .training, progress: ProgressHandler? = nil) throws {
         let c = ck.config
         let C = c.hiddenSize, I = c.intermediateSize, V = c.vocabSize
         let total = 2 + 7 * c.numHiddenLayers + (c.tieWordEmbeddings ? 0 : 1)   // embed, projections, norm, head
@@ -130,6 +154,11 @@ public final class LlamaModel: @unchecked Sendable {
         }
         let embed = try ck.tensor("model.embed_tokens.weight", shape: [V, C])
         loaded(V * C)
+        var decodeHead: Weight? = nil
+        if purpose == .decoding, !c.tieWordEmbeddings, ck.has("lm_head.weight") {
+            decodeHead = Self.makeDecodeHead(from: try ck.tensor("lm_head.weight", shape: [V, C]), quantization: quantization, hiddenSize: C)
+            loaded(V * C)
+        }
         func linear(_ name: String, _ out: Int, _ inF: Int) throws -> Linear {
             defer { loaded(out * inF) }
             if let w = try ck.storedWeight(name, shape: [out, inF], format: quantization == .stored ? nil : quantization.format) {
@@ -156,8 +185,10 @@ public final class LlamaModel: @unchecked Sendable {
         }
         let norm = try ck.tensor("model.norm.weight", shape: [C])
         loaded(C)
-        let head: Tensor
-        if !c.tieWordEmbeddings, ck.has("lm_head.weight") {
+        let head: Tensor?
+        if decodeHead != nil {
+            head = nil
+        } else if !c.tieWordEmbeddings, ck.has("lm_head.weight") {
             head = try ck.tensor("lm_head.weight", shape: [V, C])
             loaded(V * C)
         } else if !c.tieWordEmbeddings {
@@ -165,12 +196,14 @@ public final class LlamaModel: @unchecked Sendable {
         } else {
             head = embed
         }
-        self.init(config: c, embed: embed, blocks: blocks, norm: norm, lmHead: head, quantization: quantization)
+        self.init(config: c, embed: embed, blocks: blocks, norm: norm, lmHead: head, decodeHead: decodeHead, quantization: quantization)
     }
 
     /// Bytes held by weights (for memory reports).
     public var weightBytes: Int {
-        var n = embed.count * 4 + norm.count * 4 + (lmHead === embed ? 0 : lmHead.count * 4)
+        var n = embed.count * 4 + norm.count * 4
+        if let h = _lmHead, h !== embed { n += h.count * 4 }
+        if _lmHead == nil, let d = _decodeHead { n += d.byteCount }
         for b in blocks {
             n += (b.attnNorm.count + b.mlpNorm.count) * 4
             for p in Projection.allCases { n += b.linear(p).weight.byteCount }
