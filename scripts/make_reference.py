@@ -1284,6 +1284,7 @@ def gguf_write_tiny(gguf, name: str, out_name: str, types: dict[str, str]) -> Pa
     """A tiny checkpoint as llama.cpp's convert_hf_to_gguf.py would write it (names, q/k permute, metadata,
     SentencePiece vocabulary as tokenizer.ggml.*), tensors stored as `types` (default F32)."""
     from sentencepiece import sentencepiece_model_pb2
+    from spm_vocab import spm_vocab
     T = gguf.GGMLQuantizationType
     cfg = json.loads((FIX / name / "config.json").read_text())
     H, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
@@ -1307,20 +1308,7 @@ def gguf_write_tiny(gguf, name: str, out_name: str, types: dict[str, str]) -> Pa
     sp = spm.SentencePieceProcessor(model_file=str(FIX / name / "tokenizer.model"))
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString((FIX / name / "tokenizer.model").read_bytes())
-    tokens, scores, ttypes = [], [], []
-    for i in range(sp.vocab_size()):
-        tokens.append(sp.id_to_piece(i).encode("utf-8"))
-        scores.append(sp.get_score(i))
-        tt = gguf.TokenType.NORMAL
-        if sp.is_unknown(i):
-            tt = gguf.TokenType.UNKNOWN
-        elif sp.is_control(i):
-            tt = gguf.TokenType.CONTROL
-        elif sp.is_unused(i):
-            tt = gguf.TokenType.UNUSED
-        elif sp.is_byte(i):
-            tt = gguf.TokenType.BYTE
-        ttypes.append(tt)
+    tokens, scores, ttypes = spm_vocab(sp)
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
