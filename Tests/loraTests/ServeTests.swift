@@ -226,28 +226,40 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual(s.post("/v1/adapters", ["name": "gmix", "adapters": ["ga": 0.7, "py": 0.3]]).status, 200, "GGUF adapters mix")
     }
 
-    /// --drain-timeout bounds the wait for a long request in flight: the server exits 0 about
-    /// 1 s after SIGTERM and the client's stream ends with its last chunk and [DONE].
-    func testDrainTimeoutBoundsSIGTERM() throws {
-        // 50 ms a step and 240 tokens: the request alone would take about 12 s.
-        let s = try server(["--max-context", "256", "--test-step-delay-ms", "50", "--drain-timeout", "1"])
-        nonisolated(unsafe) var inflight = ServeProcess.Reply(status: 0, body: Data())
-        let t = Thread { inflight = self.completion(s, model: "a", prompt: "Hello", tokens: 240, stream: true) }
-        t.start()
+    /// Starts a streamed completion on its own thread and returns once the server counts it in
+    /// flight; the returned function waits (at most the seconds given) for the stream to end and
+    /// gives its reply (status 0 if it has not ended).
+    private func streamInFlight(_ s: ServeProcess, model: String, prompt: String, tokens: Int)
+        -> (TimeInterval) -> ServeProcess.Reply {
+        final class Box: @unchecked Sendable { var reply = ServeProcess.Reply(status: 0, body: Data()) }
+        let box = Box()
+        Thread { box.reply = self.completion(s, model: model, prompt: prompt, tokens: tokens, stream: true) }.start()
         var active = false
         for _ in 0..<500 where !active {
             active = s.request("GET", "/metrics").text.contains("lora_requests_total 1")
             if !active { usleep(2_000) }
         }
-        XCTAssert(active)
+        XCTAssert(active, "the request never counted as in flight")
+        return { timeout in
+            let deadline = Date().addingTimeInterval(timeout)
+            while box.reply.status == 0 && Date() < deadline { usleep(10_000) }
+            return box.reply
+        }
+    }
+
+    /// --drain-timeout bounds the wait for a long request in flight: the server exits 0 about
+    /// 1 s after SIGTERM and the client's stream ends with its last chunk and [DONE].
+    func testDrainTimeoutBoundsSIGTERM() throws {
+        // 50 ms a step and 240 tokens: the request alone would take about 12 s.
+        let s = try server(["--max-context", "256", "--test-step-delay-ms", "50", "--drain-timeout", "1"])
+        let reply = streamInFlight(s, model: "a", prompt: "Hello", tokens: 240)
         usleep(300_000)
         let t0 = Date()
         XCTAssertEqual(s.stop(timeout: 20), 0, s.stderr)
         let took = Date().timeIntervalSince(t0)
         XCTAssertGreaterThan(took, 0.8, "it waited for the request")
         XCTAssertLessThan(took, 3.0, "--drain-timeout 1 bounds the wait")
-        let deadline = Date().addingTimeInterval(10)
-        while inflight.status == 0 && Date() < deadline { usleep(10_000) }
+        let inflight = reply(10)
         XCTAssertEqual(inflight.status, 200, "the client saw the stream end")
         XCTAssert(s.stderr.contains("drain timeout"), s.stderr)
         // It ended early but properly: a last chunk with finish_reason, then [DONE].
@@ -311,18 +323,10 @@ final class ServeTests: XCTestCase {
 
         // Slowed to 5 ms a step so that the request is still running when SIGTERM comes.
         let s = try server(["--max-context", "256", "--test-step-delay-ms", "5"])
-        nonisolated(unsafe) var inflight = ServeProcess.Reply(status: 0, body: Data())
-        let t = Thread { inflight = self.completion(s, model: "b", prompt: Self.prompt, tokens: 200, stream: true) }
-        t.start()
-        // Wait until the request holds a slot, then ask the server to stop.
-        var active = false
-        for _ in 0..<500 where !active {
-            active = s.request("GET", "/metrics").text.contains("lora_requests_total 1")
-            if !active { usleep(2_000) }
-        }
-        XCTAssert(active)
+        // Once the request holds a slot, ask the server to stop.
+        let reply = streamInFlight(s, model: "b", prompt: Self.prompt, tokens: 200)
         XCTAssertEqual(s.stop(), 0, s.stderr)
-        while inflight.status == 0 { usleep(10_000) }
+        let inflight = reply(60)
         XCTAssertEqual(inflight.status, 200)
         XCTAssertEqual(ServeProcess.events(inflight.text).last, "[DONE]", "the request in flight finished: \(inflight.text.suffix(300))")
         XCTAssert(s.stderr.contains("draining"), s.stderr)
