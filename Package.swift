@@ -56,8 +56,10 @@ let package = Package(
         // Stamps the git commit into the `lora` binary (lora --version).
         .plugin(name: "BuildInfo", capability: .buildTool(), path: "Plugins/BuildInfo"),
         .testTarget(name: "TensorTests", dependencies: ["Tensor", "CKernels"], path: "Tests/TensorTests"),
-        .testTarget(name: "LLaMATests", dependencies: ["LLaMA", "Tensor"], path: "Tests/LLaMATests"),
-        .testTarget(name: "loraTests", dependencies: ["lora", "LLaMA"], path: "Tests/loraTests"),
+        // What the test targets share (temporary folders); imports XCTest, used only by tests.
+        .target(name: "TestHelpers", path: "Tests/TestHelpers"),
+        .testTarget(name: "LLaMATests", dependencies: ["LLaMA", "Tensor", "TestHelpers"], path: "Tests/LLaMATests"),
+        .testTarget(name: "loraTests", dependencies: ["lora", "LLaMA", "TestHelpers"], path: "Tests/loraTests"),
     ],
     swiftLanguageModes: [.v5],
     cxxLanguageStandard: .cxx17

@@ -11,6 +11,25 @@ Phases, each the same streamed completions (greedy, --max-tokens each):
 Reports aggregate tokens/s, p50/p99 time to first token and p50/p99 time per output token.
 Only the standard library is used; every request has a timeout and every phase a deadline.
 
+Equal work on both sides: every request bans the end-of-text ids with logit_bias (--ban) so
+that answers run to --max-tokens; llama_cpp.server runs with --interrupt_requests false (by
+default it cuts a stream short as soon as another request waits, which ended most of its
+answers after 1-2 tokens) and gets repeat_penalty 1.0 (its default is 1.1; lora serve has none).
+The tokens each request produced are counted (lora serve's
+usage chunk; llama-cpp-python's stream has no usage, so its token chunks are counted, empty
+ones included) and reported per phase (tokens_min / tokens_max / full_length requests). When
+some answers still end early, the phase also reports tokens/s over the full-length requests
+alone ("full_length_tokens_per_s": their tokens over the phase's wall time is not meaningful,
+so it is their tokens over the sum of their own durations, times the clients), and
+"equal_length" says whether both servers produced max_tokens for every request.
+
+--setup-llama first makes --llama-python's environment (default ~/.cache/lora/venv-bench)
+able to run `python -m llama_cpp.server`: pip installs the server's own dependencies
+(fastapi, uvicorn, sse-starlette, starlette-context, pydantic-settings) when they are missing,
+and llama-cpp-python itself when absent (that compiles llama.cpp: minutes). Idempotent:
+nothing is installed when the server module already imports. `--setup-llama` alone (without
+--base-model) only sets up.
+
   scripts/load_test.py --lora .build/release/lora --base-model models/SmolLM2-135M-Instruct.Q4_1.gguf \
       --adapter qs=runs/quickstart --adapter c100=runs/quickstart/checkpoint-100 \
       --adapter c50=runs/quickstart/checkpoint-50 \
@@ -54,13 +73,38 @@ def stop(p):
 BAN = {}  # logit_bias that bans the end-of-text ids, so every answer is max_tokens long
 
 
-def one(port, model, prompt, max_tokens, timeout):
-    """One streamed completion: (ttft, [token arrival times], completion_tokens)."""
+LLAMA_SERVER_DEPS = ["fastapi", "uvicorn", "sse-starlette", "starlette-context", "pydantic-settings"]
+
+
+def setup_llama(python):
+    """Makes `python -m llama_cpp.server` runnable in `python`'s environment (a venv made
+    when `python` does not exist yet); installs only what is missing."""
+    py = os.path.expanduser(python)
+    if not os.path.exists(py):
+        venv = os.path.dirname(os.path.dirname(py))
+        print(f"setup-llama: creating {venv}", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    probe = lambda mod: subprocess.run([py, "-c", f"import {mod}"], capture_output=True).returncode == 0
+    if probe("llama_cpp.server.app"):
+        print("setup-llama: llama_cpp.server already importable", file=sys.stderr)
+        return py
+    need = [] if probe("llama_cpp") else ["llama-cpp-python==0.3.36"]
+    print(f"setup-llama: pip install {' '.join(LLAMA_SERVER_DEPS + need)}"
+          + (" (llama-cpp-python compiles llama.cpp: minutes)" if need else ""), file=sys.stderr)
+    subprocess.run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check"] + LLAMA_SERVER_DEPS + need, check=True)
+    if not probe("llama_cpp.server.app"):
+        r = subprocess.run([py, "-c", "import llama_cpp.server.app"], capture_output=True, text=True)
+        sys.exit("setup-llama: llama_cpp.server still does not import:\n" + r.stderr[-2000:])
+    return py
+
+
+def one(port, model, prompt, max_tokens, timeout, extra=None):
+    """One streamed completion: (ttft, [token arrival times], completion_tokens, seconds)."""
     body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-                       "logit_bias": BAN, "stream": True, "stream_options": {"include_usage": True}}).encode()
+                       "logit_bias": BAN, "stream": True, "stream_options": {"include_usage": True}, **(extra or {})}).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body, {"Content-Type": "application/json"})
     t0 = time.time()
-    arrivals, usage = [], None
+    arrivals, usage, chunks = [], None, 0
     with urllib.request.urlopen(req, timeout=timeout) as r:
         for raw in r:
             line = raw.decode().strip()
@@ -70,13 +114,17 @@ def one(port, model, prompt, max_tokens, timeout):
             if j.get("usage"):
                 usage = j["usage"]["completion_tokens"]
             for c in j.get("choices", []):
+                # One chunk per token on llama-cpp-python's server (text may be empty while a
+                # character is incomplete); the last one only carries finish_reason.
+                if c.get("finish_reason") is None:
+                    chunks += 1
                 if c.get("text"):
                     arrivals.append(time.time() - t0)
-    n = usage if usage is not None else len(arrivals)
-    return (arrivals[0] if arrivals else None), arrivals, n
+    n = usage if usage is not None else chunks
+    return (arrivals[0] if arrivals else None), arrivals, n, time.time() - t0
 
 
-def phase(port, models, clients, requests, max_tokens, deadline_s):
+def phase(port, models, clients, requests, max_tokens, deadline_s, extra=None):
     jobs = [(models[i % len(models)], PROMPTS[i % len(PROMPTS)]) for i in range(requests)]
     lock = threading.Lock()
     results, errors = [], []
@@ -89,7 +137,7 @@ def phase(port, models, clients, requests, max_tokens, deadline_s):
                     return
                 model, prompt = jobs.pop(0)
             try:
-                r = one(port, model, prompt, max_tokens, timeout=max(1, end - time.time()))
+                r = one(port, model, prompt, max_tokens, timeout=max(1, end - time.time()), extra=extra)
                 with lock:
                     results.append(r)
             except Exception as e:  # counted, not fatal: the report says how many failed
@@ -106,16 +154,26 @@ def phase(port, models, clients, requests, max_tokens, deadline_s):
     ttft = sorted(r[0] for r in results if r[0] is not None)
     tpot = sorted((r[1][-1] - r[1][0]) / (len(r[1]) - 1) for r in results if len(r[1]) > 1)
     pct = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
-    return {"clients": clients, "requests": len(results), "errors": len(errors), "first_error": errors[0] if errors else None,
-            "wall_s": round(wall, 2), "tokens": tokens, "tokens_per_s": round(tokens / wall, 1),
-            "ttft_p50_ms": round(1000 * pct(ttft, 0.5), 1), "ttft_p99_ms": round(1000 * pct(ttft, 0.99), 1),
-            "tpot_p50_ms": round(1000 * pct(tpot, 0.5), 1), "tpot_p99_ms": round(1000 * pct(tpot, 0.99), 1)}
+    counts = [r[2] for r in results]
+    full = [r for r in results if r[2] >= max_tokens]
+    out = {"clients": clients, "requests": len(results), "errors": len(errors), "first_error": errors[0] if errors else None,
+           "wall_s": round(wall, 2), "tokens": tokens, "tokens_per_s": round(tokens / wall, 1),
+           "max_tokens": max_tokens, "tokens_min": min(counts, default=0), "tokens_max": max(counts, default=0),
+           "full_length": len(full),
+           "ttft_p50_ms": round(1000 * pct(ttft, 0.5), 1), "ttft_p99_ms": round(1000 * pct(ttft, 0.99), 1),
+           "tpot_p50_ms": round(1000 * pct(tpot, 0.5), 1), "tpot_p99_ms": round(1000 * pct(tpot, 0.99), 1)}
+    if full and len(full) < len(results):
+        busy = sum(r[3] for r in full)
+        out["full_length_tokens_per_s"] = round(sum(r[2] for r in full) / busy * min(clients, len(results)), 1)
+    return out
 
 
 def main():
     a = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--lora", default=".build/release/lora")
-    a.add_argument("--base-model", required=True)
+    a.add_argument("--base-model")
+    a.add_argument("--setup-llama", action="store_true",
+                   help="pip install what `python -m llama_cpp.server` needs into --llama-python's venv (idempotent)")
     a.add_argument("--quantization", default="stored")
     a.add_argument("--adapter", action="append", default=[], help="NAME=DIR (3 or 4)")
     a.add_argument("--clients", type=int, default=8)
@@ -124,11 +182,17 @@ def main():
     a.add_argument("--max-tokens", type=int, default=64)
     a.add_argument("--deadline", type=float, default=900, help="seconds per phase")
     a.add_argument("--merged-gguf")
-    a.add_argument("--llama-python")
+    a.add_argument("--llama-python", help="python of the venv with llama-cpp-python (with --setup-llama: default ~/.cache/lora/venv-bench/bin/python)")
     a.add_argument("--threads", type=int, default=0)
     a.add_argument("--out", help="write the results as JSON here")
     a.add_argument("--ban", default="0,1,2", help="token ids given logit_bias -100 (SmolLM2: <|endoftext|>, <|im_start|>, <|im_end|>)")
     o = a.parse_args()
+    if o.setup_llama:
+        o.llama_python = setup_llama(o.llama_python or "~/.cache/lora/venv-bench/bin/python")
+        if not o.base_model:
+            return
+    if not o.base_model:
+        a.error("--base-model is required")
     BAN.update({i: -100 for i in o.ban.split(",") if i})
     names = [s.split("=", 1)[0] for s in o.adapter]
     if len(names) not in (3, 4):
@@ -152,8 +216,10 @@ def main():
     finally:
         stop(p)
     if o.llama_python and o.merged_gguf:
+        # interrupt_requests (default true) ends a stream with [DONE] as soon as another request
+        # waits for the model: with concurrent clients most answers stopped after 1-2 tokens.
         cmd = [o.llama_python, "-m", "llama_cpp.server", "--model", o.merged_gguf, "--host", "127.0.0.1", "--port", "0",
-               "--n_ctx", "2048", "--interrupt_requests", "False"]  # its default cuts a stream when another request arrives
+               "--n_ctx", "2048", "--interrupt_requests", "false"]
         if o.threads:
             cmd += ["--n_threads", str(o.threads)]
         # llama_cpp.server takes no port 0; pick a free one.
@@ -162,14 +228,23 @@ def main():
         cmd[cmd.index("--port") + 1] = str(free)
         p, port = start(cmd, log, r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
         try:
-            one(port, "m", PROMPTS[0], 4, 300)
-            report["llama_cpp_server_concurrent"] = phase(port, ["m"], o.clients, o.requests, o.max_tokens, o.deadline)
+            # Greedy as lora serve's: its server's default repeat_penalty is 1.1.
+            same = {"repeat_penalty": 1.0}
+            one(port, "m", PROMPTS[0], 4, 300, extra=same)
+            report["llama_cpp_server_concurrent"] = phase(port, ["m"], o.clients, o.requests, o.max_tokens, o.deadline, extra=same)
         finally:
             stop(p)
     c = report["lora_serve_concurrent"]
     report["ratio_vs_one_client"] = round(c["tokens_per_s"] / max(report["lora_serve_one_client"]["tokens_per_s"], 1e-9), 2)
     if "llama_cpp_server_concurrent" in report:
-        report["ratio_vs_llama_cpp"] = round(c["tokens_per_s"] / max(report["llama_cpp_server_concurrent"]["tokens_per_s"], 1e-9), 2)
+        l = report["llama_cpp_server_concurrent"]
+        report["ratio_vs_llama_cpp"] = round(c["tokens_per_s"] / max(l["tokens_per_s"], 1e-9), 2)
+        report["equal_length"] = all(p["full_length"] == p["requests"] for p in (c, l))
+        report["tokens_produced"] = {"lora_serve": [c["tokens_min"], c["tokens_max"]], "llama_cpp": [l["tokens_min"], l["tokens_max"]],
+                                     "max_tokens": o.max_tokens}
+        if not report["equal_length"] and "full_length_tokens_per_s" in l:
+            report["note"] = ("llama-cpp-python ended some answers before max_tokens; compare full_length_tokens_per_s "
+                              "or rerun with answers of equal length")
     print(json.dumps(report, indent=2))
     if o.out:
         open(o.out, "w").write(json.dumps(report, indent=2) + "\n")

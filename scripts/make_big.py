@@ -106,6 +106,7 @@ def gguf_writer(gguf, path: Path, s: dict, qtype, tensors, name: str):
     """A GGUFWriter with the metadata, vocabulary and tensor infos, header written, ready for
     write_tensor_data in `tensors` order."""
     import sentencepiece as spm
+    from spm_vocab import spm_vocab
     T = gguf.GGMLQuantizationType
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name(name)
@@ -121,20 +122,7 @@ def gguf_writer(gguf, path: Path, s: dict, qtype, tensors, name: str):
     w.add_rope_dimension_count(s["hidden"] // s["heads"])
     w.add_file_type({T.Q4_0: 2, T.Q8_0: 7}[qtype])  # LLAMA_FTYPE_MOSTLY_Q4_0 / _Q8_0
     sp = spm.SentencePieceProcessor(model_file=str(FIXTURE / "tokenizer.model"))
-    tokens, scores, types = [], [], []
-    for i in range(sp.vocab_size()):
-        tokens.append(sp.id_to_piece(i).encode("utf-8"))
-        scores.append(sp.get_score(i))
-        tt = gguf.TokenType.NORMAL
-        if sp.is_unknown(i):
-            tt = gguf.TokenType.UNKNOWN
-        elif sp.is_control(i):
-            tt = gguf.TokenType.CONTROL
-        elif sp.is_unused(i):
-            tt = gguf.TokenType.UNUSED
-        elif sp.is_byte(i):
-            tt = gguf.TokenType.BYTE
-        types.append(tt)
+    tokens, scores, types = spm_vocab(sp)
     for i in range(len(tokens), s["vocab"]):  # pad: llama.cpp's vocabulary size is the token list's
         tokens.append(f"<unused_{i}>".encode())
         scores.append(-1e9)

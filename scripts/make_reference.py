@@ -938,21 +938,76 @@ def batch_loss(pm, mbs: list[dict], n_items: int) -> torch.Tensor:
     return total
 
 
+def train_features(tok: Tok, train_on_inputs: bool) -> list[dict]:
+    """The first BATCH_SIZE records tokenized as alpaca-lora does for training (sentencepiece ids, no EOS)."""
+    return [alpaca_tokenize(tok, r, TRAIN_CUTOFF, train_on_inputs, False, "sp") for r in RECORDS[:BATCH_SIZE]]
+
+
+def train_batches(tok: Tok, train_on_inputs: bool) -> tuple[list[dict], list[dict], int]:
+    """train_features, their micro-batches in order, and the shifted label count (num_items)."""
+    feats = train_features(tok, train_on_inputs)
+    mbs = [collate(tok, feats[i:i + MICRO_BS]) for i in range(0, BATCH_SIZE, MICRO_BS)]
+    n_items = int(sum((mb["labels"][:, 1:] != -100).sum() for mb in mbs))
+    return feats, mbs, n_items
+
+
+def save_adapter(pm, adapter_dir: Path) -> None:
+    """PEFT's save_pretrained into a fresh folder, without the generated README."""
+    rm(adapter_dir)
+    pm.save_pretrained(str(adapter_dir), safe_serialization=True)
+    rm(adapter_dir / "README.md")
+
+
+def train_steps(pm, params: list, opt, sched, mbs: list[dict], n_items: int,
+                max_grad_norm: float) -> tuple[list[float], list[float], list[float], list[bool]]:
+    """TRAIN_STEPS optimizer steps on the same micro-batches: per step the loss, the pre-clip grad
+    norm, the lr used and whether clipping applied."""
+    losses, norms, lrs, clipped = [], [], [], []
+    for step in range(TRAIN_STEPS):
+        opt.zero_grad(set_to_none=True)
+        losses.append(batch_loss(pm, mbs, n_items))
+        norm = torch.nn.utils.clip_grad_norm_([p for _, p in params], max_grad_norm)
+        norms.append(float(norm))
+        clipped.append(bool(float(norm) > max_grad_norm))
+        lrs.append(float(opt.param_groups[0]["lr"]))
+        opt.step()
+        sched.step()
+    return losses, norms, lrs, clipped
+
+
+def reloaded_loss(case: dict, adapter_dir: Path, mbs: list[dict], n_items: int, expected) -> float:
+    """Loads the saved adapter through PEFT over a fresh base (int8 when the case says), asserts
+    each lora_ tensor equals expected(model, name), and returns its loss on the micro-batches."""
+    base = load_model(case["model"])
+    if case["int8"]:
+        apply_int8_(base)
+    reloaded = peft.PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)
+    for n, p in reloaded.named_parameters():
+        if "lora_" in n:
+            assert torch.equal(p.detach(), expected(reloaded, n)), n
+    return batch_loss(reloaded, mbs, n_items)
+
+
+def run_with_clip(run, cname: str, tok: Tok) -> dict:
+    """A probe run without clipping picks max_grad_norm (choose_clip); the recorded run uses it and
+    must clip in some steps but not all."""
+    probe = run(cname, tok, max_grad_norm=float("inf"))
+    clip = choose_clip(probe["grad_norms"])
+    res = run(cname, tok, max_grad_norm=clip)
+    assert any(res["clipped"]) and not all(res["clipped"]), (cname, res["grad_norms"], clip)
+    return res
+
+
 def run_case(case_name: str, tok: Tok, max_grad_norm: float | None) -> dict:
     case = CASES[case_name]
     set_determinism(0)
-    feats = [alpaca_tokenize(tok, r, TRAIN_CUTOFF, case["train_on_inputs"], False, "sp")
-             for r in RECORDS[:BATCH_SIZE]]
-    mbs = [collate(tok, feats[i:i + MICRO_BS]) for i in range(0, BATCH_SIZE, MICRO_BS)]
-    n_items = int(sum((mb["labels"][:, 1:] != -100).sum() for mb in mbs))
+    feats, mbs, n_items = train_batches(tok, case["train_on_inputs"])
     n_items_unshifted = int(sum((mb["labels"] != -100).sum() for mb in mbs))
 
     pm, lcfg = peft_model_for(case)
     init_lora_(pm, seed=hash_seed(case_name))
     adapter_dir = REF / f"train-{case_name}.adapter"
-    rm(adapter_dir)
-    pm.save_pretrained(str(adapter_dir), safe_serialization=True)
-    rm(adapter_dir / "README.md")
+    save_adapter(pm, adapter_dir)
 
     params = [(n, p) for n, p in pm.named_parameters() if p.requires_grad]
     assert all("lora_" in n for n, _ in params)
@@ -973,30 +1028,14 @@ def run_case(case_name: str, tok: Tok, max_grad_norm: float | None) -> dict:
         max_grad_norm = float("inf")
     opt = torch.optim.AdamW([p for _, p in params], lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
-    losses, norms, lrs, clipped = [], [], [], []
-    for step in range(TRAIN_STEPS):
-        opt.zero_grad(set_to_none=True)
-        losses.append(batch_loss(pm, mbs, n_items))
-        norm = torch.nn.utils.clip_grad_norm_([p for _, p in params], max_grad_norm)
-        norms.append(float(norm))
-        clipped.append(bool(float(norm) > max_grad_norm))
-        lrs.append(float(opt.param_groups[0]["lr"]))
-        opt.step()
-        sched.step()
+    losses, norms, lrs, clipped = train_steps(pm, params, opt, sched, mbs, n_items, max_grad_norm)
     for n, p in params:
         tensors["final." + peft_key(pm, n)] = p.detach().clone()
 
     saved_keys = sorted(safetensors.safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt").keys())
     assert sorted(peft_key(pm, n) for n in names) == saved_keys, (saved_keys[:3], names[:3])
     # the saved adapter reloads through PEFT to exactly the initial values and reproduces loss0
-    base = load_model(case["model"])
-    if case["int8"]:
-        apply_int8_(base)
-    reloaded = peft.PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)
-    for n, p in reloaded.named_parameters():
-        if "lora_" in n:
-            assert torch.equal(p.detach(), tensors["init." + peft_key(reloaded, n)]), n
-    reloaded_loss0 = batch_loss(reloaded, mbs, n_items)
+    reloaded_loss0 = reloaded_loss(case, adapter_dir, mbs, n_items, lambda m, n: tensors["init." + peft_key(m, n)])
     assert abs(reloaded_loss0 - loss0) < 1e-5, (reloaded_loss0, loss0)
 
     scaling = case["alpha"] / (math.sqrt(case["r"]) if case["rslora"] else case["r"])
@@ -1087,6 +1126,30 @@ def choose_clip(norms: list[float]) -> float:
     return float(f"{mid:.3g}")
 
 
+def trainer_logs(pm, tok: Tok, train_on_inputs: bool, weight_decay: float, max_grad_norm: float) -> list[dict]:
+    """transformers.Trainer for TRAIN_STEPS steps on the training records in order (adamw_torch, the
+    linear warmup schedule, DataCollatorForSeq2Seq padding to multiples of 8), from pm's current
+    values; the log entry of every step."""
+    feats = train_features(tok, train_on_inputs)
+    data = [{"input_ids": f["input_ids"], "attention_mask": [1] * len(f["input_ids"]), "labels": f["labels"]}
+            for f in feats] * TRAIN_STEPS
+    with tempfile.TemporaryDirectory() as td:
+        args = transformers.TrainingArguments(
+            output_dir=td, per_device_train_batch_size=MICRO_BS, gradient_accumulation_steps=BATCH_SIZE // MICRO_BS,
+            max_steps=TRAIN_STEPS, learning_rate=LR, warmup_steps=WARMUP, lr_scheduler_type="linear",
+            weight_decay=weight_decay, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, optim="adamw_torch",
+            max_grad_norm=max_grad_norm, logging_steps=1, save_strategy="no",
+            report_to="none", use_cpu=True, seed=0, train_sampling_strategy="sequential", disable_tqdm=True,
+            dataloader_num_workers=0)
+        trainer = transformers.Trainer(
+            model=pm, args=args, train_dataset=data,
+            data_collator=transformers.DataCollatorForSeq2Seq(tok.hf, pad_to_multiple_of=8, return_tensors="pt",
+                                                              padding=True))
+        trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+        trainer.train()
+        return [h for h in trainer.state.log_history if "loss" in h and "grad_norm" in h]
+
+
 def trainer_crosscheck(case_name: str, tok: Tok, result: dict) -> dict:
     """Run transformers.Trainer on the same setup and compare final params / per-step grad norms."""
     case = CASES[case_name]
@@ -1100,26 +1163,8 @@ def trainer_crosscheck(case_name: str, tok: Tok, result: dict) -> dict:
         for n, p in pm.named_parameters():
             if p.requires_grad:
                 p.copy_(init[peft_key(pm, n)])
-    feats = [alpaca_tokenize(tok, r, TRAIN_CUTOFF, case["train_on_inputs"], False, "sp")
-             for r in RECORDS[:BATCH_SIZE]]
-    data = [{"input_ids": f["input_ids"], "attention_mask": [1] * len(f["input_ids"]), "labels": f["labels"]}
-            for f in feats] * TRAIN_STEPS
-    with tempfile.TemporaryDirectory() as td:
-        args = transformers.TrainingArguments(
-            output_dir=td, per_device_train_batch_size=MICRO_BS, gradient_accumulation_steps=BATCH_SIZE // MICRO_BS,
-            max_steps=TRAIN_STEPS, learning_rate=LR, warmup_steps=WARMUP, lr_scheduler_type="linear",
-            weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, optim="adamw_torch",
-            max_grad_norm=result["settings"]["max_grad_norm"], logging_steps=1, save_strategy="no",
-            report_to="none", use_cpu=True, seed=0, train_sampling_strategy="sequential", disable_tqdm=True,
-            dataloader_num_workers=0,
-        )
-        trainer = transformers.Trainer(
-            model=pm, args=args, train_dataset=data,
-            data_collator=transformers.DataCollatorForSeq2Seq(tok.hf, pad_to_multiple_of=8, return_tensors="pt",
-                                                              padding=True))
-        trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
-        trainer.train()
-        logs = [h for h in trainer.state.log_history if "loss" in h and "grad_norm" in h]
+    logs = trainer_logs(pm, tok, case["train_on_inputs"], weight_decay=0.0,
+                        max_grad_norm=result["settings"]["max_grad_norm"])
     diff = 0.0
     for n, p in pm.named_parameters():
         if p.requires_grad:
@@ -1239,6 +1284,7 @@ def gguf_write_tiny(gguf, name: str, out_name: str, types: dict[str, str]) -> Pa
     """A tiny checkpoint as llama.cpp's convert_hf_to_gguf.py would write it (names, q/k permute, metadata,
     SentencePiece vocabulary as tokenizer.ggml.*), tensors stored as `types` (default F32)."""
     from sentencepiece import sentencepiece_model_pb2
+    from spm_vocab import spm_vocab
     T = gguf.GGMLQuantizationType
     cfg = json.loads((FIX / name / "config.json").read_text())
     H, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
@@ -1262,20 +1308,7 @@ def gguf_write_tiny(gguf, name: str, out_name: str, types: dict[str, str]) -> Pa
     sp = spm.SentencePieceProcessor(model_file=str(FIX / name / "tokenizer.model"))
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString((FIX / name / "tokenizer.model").read_bytes())
-    tokens, scores, ttypes = [], [], []
-    for i in range(sp.vocab_size()):
-        tokens.append(sp.id_to_piece(i).encode("utf-8"))
-        scores.append(sp.get_score(i))
-        tt = gguf.TokenType.NORMAL
-        if sp.is_unknown(i):
-            tt = gguf.TokenType.UNKNOWN
-        elif sp.is_control(i):
-            tt = gguf.TokenType.CONTROL
-        elif sp.is_unused(i):
-            tt = gguf.TokenType.UNUSED
-        elif sp.is_byte(i):
-            tt = gguf.TokenType.BYTE
-        ttypes.append(tt)
+    tokens, scores, ttypes = spm_vocab(sp)
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
@@ -1588,9 +1621,7 @@ def nf4_reference(tok: Tok) -> dict:
         assert type(m.lm_head).__name__ == "Linear", type(m.lm_head)
         # the dequantized layer-0 q_proj, for a direct check of the loader's quantization
         tensors[f"{name}.q_proj0.deq"] = bnbf.dequantize_4bit(lin.weight.data, lin.weight.quant_state).float()
-        feats = [alpaca_tokenize(tok, r, TRAIN_CUTOFF, True, False, "sp") for r in RECORDS[:BATCH_SIZE]]
-        mbs = [collate(tok, feats[i:i + MICRO_BS]) for i in range(0, BATCH_SIZE, MICRO_BS)]
-        n_items = int(sum((mb["labels"][:, 1:] != -100).sum() for mb in mbs))
+        _, mbs, n_items = train_batches(tok, True)
         with torch.no_grad():
             total = 0.0
             for mb in mbs:
@@ -1607,9 +1638,7 @@ def nf4_reference(tok: Tok) -> dict:
     # One LoRA step on the 4-bit tiny-gqa base (all projections) against PEFT: loss and every gradient.
     case_name = "gqa-all-nf4"
     set_determinism(0)
-    feats = [alpaca_tokenize(tok, r, TRAIN_CUTOFF, True, False, "sp") for r in RECORDS[:BATCH_SIZE]]
-    mbs = [collate(tok, feats[i:i + MICRO_BS]) for i in range(0, BATCH_SIZE, MICRO_BS)]
-    n_items = int(sum((mb["labels"][:, 1:] != -100).sum() for mb in mbs))
+    _, mbs, n_items = train_batches(tok, True)
     base = load_model_4bit("tiny-gqa")
     base.config.use_cache = False
     lcfg = LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, target_modules=list(PROJ_NAMES), bias="none",
@@ -1617,9 +1646,7 @@ def nf4_reference(tok: Tok) -> dict:
     pm = get_peft_model(base, lcfg)
     init_lora_(pm, seed=hash_seed(case_name))
     adapter_dir = NF4_DIR / f"train-{case_name}.adapter"
-    rm(adapter_dir)
-    pm.save_pretrained(str(adapter_dir), safe_serialization=True)
-    rm(adapter_dir / "README.md")
+    save_adapter(pm, adapter_dir)
     params = [(nm, p) for nm, p in pm.named_parameters() if p.requires_grad]
     assert params and all("lora_" in nm for nm, _ in params)
     grads: dict[str, torch.Tensor] = {}
@@ -1750,17 +1777,13 @@ def run_dora_case(cname: str, tok: Tok, max_grad_norm: float) -> dict:
     import copy
     case = DORA_CASES[cname]
     set_determinism(0)
-    feats = [alpaca_tokenize(tok, r, TRAIN_CUTOFF, case["train_on_inputs"], False, "sp") for r in RECORDS[:BATCH_SIZE]]
-    mbs = [collate(tok, feats[i:i + MICRO_BS]) for i in range(0, BATCH_SIZE, MICRO_BS)]
-    n_items = int(sum((mb["labels"][:, 1:] != -100).sum() for mb in mbs))
+    feats, mbs, n_items = train_batches(tok, case["train_on_inputs"])
 
     pm = dora_peft_model(case)
     m0_vs_row_norm = dora_init_(pm, seed=hash_seed("dora-" + cname))
     assert m0_vs_row_norm < 1e-5, m0_vs_row_norm
     adapter_dir = DORA / f"{cname}.adapter"
-    rm(adapter_dir)
-    pm.save_pretrained(str(adapter_dir), safe_serialization=True)
-    rm(adapter_dir / "README.md")
+    save_adapter(pm, adapter_dir)
     saved_cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
     assert saved_cfg["use_dora"] is True
     with safetensors.safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as f:
@@ -1782,27 +1805,11 @@ def run_dora_case(cname: str, tok: Tok, max_grad_norm: float) -> dict:
     groups, no_decay = dora_param_groups(pm, params)
     opt = torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.999), eps=1e-8)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
-    losses, norms, lrs, clipped = [], [], [], []
-    for step in range(TRAIN_STEPS):
-        opt.zero_grad(set_to_none=True)
-        losses.append(batch_loss(pm, mbs, n_items))
-        norm = torch.nn.utils.clip_grad_norm_([p for _, p in params], max_grad_norm)
-        norms.append(float(norm))
-        clipped.append(bool(float(norm) > max_grad_norm))
-        lrs.append(float(opt.param_groups[0]["lr"]))
-        opt.step()
-        sched.step()
+    losses, norms, lrs, clipped = train_steps(pm, params, opt, sched, mbs, n_items, max_grad_norm)
     final = {dora_key(n): p.detach().clone() for n, p in params}
 
     # the initial adapter reloads through PEFT to exactly its values and reproduces loss0
-    base = load_model(case["model"])
-    if case["int8"]:
-        apply_int8_(base)
-    reloaded = peft.PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)
-    for n, p in reloaded.named_parameters():
-        if "lora_" in n:
-            assert torch.equal(p.detach(), init[dora_key(n)]), n
-    reloaded_loss0 = batch_loss(reloaded, mbs, n_items)
+    reloaded_loss0 = reloaded_loss(case, adapter_dir, mbs, n_items, lambda m, n: init[dora_key(n)])
     assert abs(reloaded_loss0 - loss0) < 1e-5, (reloaded_loss0, loss0)
 
     # eval-mode logits of the trained adapter on record 0 (unpadded), and PEFT's merge_and_unload
@@ -1814,9 +1821,7 @@ def run_dora_case(cname: str, tok: Tok, max_grad_norm: float) -> dict:
     manual_diff = dora_manual_forward_check(pm, case, ids)
     assert manual_diff < 1e-4, manual_diff
     final_dir = DORA / f"{cname}.final.adapter"
-    rm(final_dir)
-    pm.save_pretrained(str(final_dir), safe_serialization=True)
-    rm(final_dir / "README.md")
+    save_adapter(pm, final_dir)
     with safetensors.safe_open(str(final_dir / "adapter_model.safetensors"), "pt") as f:
         assert all(torch.equal(f.get_tensor(k), final[k]) for k in keys)
     merged = copy.deepcopy(pm).merge_and_unload()
@@ -1890,24 +1895,8 @@ def dora_trainer_crosscheck(cname: str, tok: Tok, result: dict) -> dict:
     pm = peft.PeftModel.from_pretrained(base, str(DORA / f"{cname}.adapter"), is_trainable=True)
     with safetensors.safe_open(str(DORA / f"{cname}.final.adapter" / "adapter_model.safetensors"), "pt") as f:
         final = {k: f.get_tensor(k) for k in f.keys()}
-    feats = [alpaca_tokenize(tok, r, TRAIN_CUTOFF, case["train_on_inputs"], False, "sp") for r in RECORDS[:BATCH_SIZE]]
-    data = [{"input_ids": f["input_ids"], "attention_mask": [1] * len(f["input_ids"]), "labels": f["labels"]}
-            for f in feats] * TRAIN_STEPS
-    with tempfile.TemporaryDirectory() as td:
-        args = transformers.TrainingArguments(
-            output_dir=td, per_device_train_batch_size=MICRO_BS, gradient_accumulation_steps=BATCH_SIZE // MICRO_BS,
-            max_steps=TRAIN_STEPS, learning_rate=LR, warmup_steps=WARMUP, lr_scheduler_type="linear",
-            weight_decay=DORA_WEIGHT_DECAY, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, optim="adamw_torch",
-            max_grad_norm=result["settings"]["max_grad_norm"], logging_steps=1, save_strategy="no",
-            report_to="none", use_cpu=True, seed=0, train_sampling_strategy="sequential", disable_tqdm=True,
-            dataloader_num_workers=0)
-        trainer = transformers.Trainer(
-            model=pm, args=args, train_dataset=data,
-            data_collator=transformers.DataCollatorForSeq2Seq(tok.hf, pad_to_multiple_of=8, return_tensors="pt",
-                                                              padding=True))
-        trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
-        trainer.train()
-        logs = [h for h in trainer.state.log_history if "loss" in h and "grad_norm" in h]
+    logs = trainer_logs(pm, tok, case["train_on_inputs"], weight_decay=DORA_WEIGHT_DECAY,
+                        max_grad_norm=result["settings"]["max_grad_norm"])
     diff = 0.0
     for n, p in pm.named_parameters():
         if p.requires_grad:
@@ -1924,10 +1913,7 @@ def dora_reference(tok: Tok, trainer_check: bool = True) -> dict:
     DORA.mkdir(parents=True, exist_ok=True)
     out = {}
     for cname in DORA_CASES:
-        probe = run_dora_case(cname, tok, max_grad_norm=float("inf"))
-        clip = choose_clip(probe["grad_norms"])
-        res = run_dora_case(cname, tok, max_grad_norm=clip)
-        assert any(res["clipped"]) and not all(res["clipped"]), (cname, res["grad_norms"], clip)
+        res = run_with_clip(run_dora_case, cname, tok)
         if trainer_check:
             res["trainer_crosscheck"] = dora_trainer_crosscheck(cname, tok, res)
             write_json(DORA / f"{cname}.json", res)
@@ -1992,12 +1978,8 @@ def main() -> None:
 
     # 4. training references
     train = {}
-    for cname, case in CASES.items():
-        probe = run_case(cname, tok, max_grad_norm=float("inf"))
-        clip = choose_clip(probe["grad_norms"])
-        res = run_case(cname, tok, max_grad_norm=clip)
-        assert any(res["clipped"]) and not all(res["clipped"]), (cname, res["grad_norms"], clip)
-        train[cname] = res
+    for cname in CASES:
+        train[cname] = run_with_clip(run_case, cname, tok)
     if not args.skip_trainer_check:
         for cname in CASES:
             chk = trainer_crosscheck(cname, tok, train[cname])

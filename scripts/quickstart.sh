@@ -66,4 +66,4 @@ echo "== a sample answer" >&2
 Q="What is 17 plus 25?"
 echo "instruction: $Q"
 printf "answer: "
-$L generate --base-model "$MODEL" --lora-weights "$OUT" --prompt-template "$TEMPLATE" --instruction "$Q" --num-beams 1 --max-new-tokens 16
+$L generate --base-model "$MODEL" --lora-weights "$OUT" --prompt-template "$TEMPLATE" --instruction "$Q" --num-beams 1 --max-new-tokens 16 --quiet

@@ -25,6 +25,8 @@ if [ $# -eq 0 ]; then
   done
   echo "== lora serve's page in headless Chromium (scripts/test_browser.sh)" >&2
   scripts/test_browser.sh
+  echo "== the openai Python client against lora serve (scripts/test_openai_client.py)" >&2
+  python3 scripts/test_openai_client.py
   echo "== CUDA kernels compiled by NVRTC, no GPU needed (scripts/nvrtc_check.sh)" >&2
   scripts/nvrtc_check.sh
   echo "== BigModelTests on make_big.py's tiny shape (scripts/big_ci.sh)" >&2

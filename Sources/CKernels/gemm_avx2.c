@@ -132,19 +132,20 @@ INLINE __m256 load8_block(int fmt, const void *w, long i, long cnt) {
 /// lies in one 64-weight block: 4 bytes split into 8 codes (the even weight in the high
 /// nibble), looked up in the 16-entry code book (two 8-lane permutes and a blend on bit 3),
 /// times the block's absmax, the same float product as lora_nf4_value.
+INLINE __m256 nf4_code8(const lora_nf4 *d, long i) {  // code book values of weights i..i+8
+    uint32_t bytes;
+    memcpy(&bytes, d->q + (i >> 1), 4);
+    __m128i b = _mm_cvtsi32_si128((int)bytes);
+    __m256i v = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(b, b));
+    v = _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0)), _mm256_set1_epi32(15));
+    __m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(lora_nf4_code), v);
+    __m256 hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(lora_nf4_code + 8), v);
+    return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(v, 28)));
+}
 INLINE __m256 load8_nf4(const void *w, long i, long cnt) {
     const lora_nf4 *d = w;
-    if ((i & 7) == 0 && cnt >= 8) {
-        uint32_t bytes;
-        memcpy(&bytes, d->q + (i >> 1), 4);
-        __m128i b = _mm_cvtsi32_si128((int)bytes);
-        __m256i v = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(b, b));
-        v = _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0)), _mm256_set1_epi32(15));
-        __m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(lora_nf4_code), v);
-        __m256 hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(lora_nf4_code + 8), v);
-        __m256 code = _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(v, 28)));
-        return _mm256_mul_ps(code, _mm256_set1_ps(lora_nf4_absmax(d, i / LORA_NF4_BLOCK)));
-    }
+    if ((i & 7) == 0 && cnt >= 8)
+        return _mm256_mul_ps(nf4_code8(d, i), _mm256_set1_ps(lora_nf4_absmax(d, i / LORA_NF4_BLOCK)));
     float t[8] = {0};
     lora_nf4_run(d, i, cnt < 8 ? cnt : 8, t);
     return _mm256_loadu_ps(t);
@@ -360,17 +361,24 @@ INLINE void gemv_block(const int fmt, const int mb, long K, const float *A, long
         for (int r = 0; r < GEMV_RB; r++) acc[m][r][0] = acc[m][r][1] = _mm256_setzero_ps();
     long wr[GEMV_RB];  // element offsets of the rows; missing rows repeat the last, unstored
     for (int r = 0; r < GEMV_RB; r++) wr[r] = (n + (r < rows ? r : rows - 1)) * ldw;
+    // NF4: a step is one 64-weight block when the rows start on blocks, so each row's absmax
+    // is computed once per step (the same product as load8_nf4's).
+    const int nf4_blocks = fmt == LORA_FORMAT_NF4 && ldw % LORA_NF4_BLOCK == 0;
     long k = 0;
     for (; k + step <= K; k += step) {
-        for (int r = 0; r < GEMV_RB; r++)
+        __m256 s[GEMV_RB];
+        for (int r = 0; r < GEMV_RB; r++) {
             _mm_prefetch(fmt == LORA_FORMAT_NF4 ? (const char *)((const lora_nf4 *)w)->q + (wr[r] + GEMV_PF * ldw + k) / 2
                                                 : wb + (size_t)(wr[r] + GEMV_PF * ldw + k) * bytes, _MM_HINT_T0);
+            if (nf4_blocks) s[r] = _mm256_set1_ps(lora_nf4_absmax(w, (wr[r] + k) / LORA_NF4_BLOCK));
+        }
         for (long u = 0; u < step; u += 8) {
             __m256 x0 = _mm256_loadu_ps(A + k + u);
             __m256 x1 = mb == 2 ? _mm256_loadu_ps(A + lda + k + u) : x0;
             const int c = na == 2 ? (int)((u >> 3) & 1) : 0;
             for (int r = 0; r < GEMV_RB; r++) {
-                __m256 wv = load8(fmt, w, wr[r] + k + u);
+                __m256 wv = nf4_blocks ? _mm256_mul_ps(nf4_code8(w, wr[r] + k + u), s[r])
+                                       : load8(fmt, w, wr[r] + k + u);
                 acc[0][r][c] = _mm256_fmadd_ps(x0, wv, acc[0][r][c]);
                 if (mb == 2) acc[1][r][c] = _mm256_fmadd_ps(x1, wv, acc[1][r][c]);
             }

@@ -147,15 +147,16 @@ INLINE __m512 load_block_w(const int fmt, __mmask16 m, const void *w, long i) {
 /// multiple of 16 lies in one 64-weight block: 8 bytes, each doubled and shifted so lane 2j
 /// takes the high nibble, looked up in the code book with one permute, times the block's
 /// absmax (the same float product as lora_nf4_value); other runs go one by one.
+INLINE __m512 nf4_code16(const lora_nf4 *d, long i) {  // code book values of weights i..i+16
+    __m128i b = _mm_loadl_epi64((const __m128i *)(d->q + (i >> 1)));
+    __m512i v = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(b, b));
+    v = _mm512_and_si512(_mm512_srlv_epi32(v, _mm512_set4_epi32(0, 4, 0, 4)), _mm512_set1_epi32(15));
+    return _mm512_permutexvar_ps(v, _mm512_loadu_ps(lora_nf4_code));
+}
 INLINE __m512 load_nf4_w(__mmask16 m, const void *w, long i) {
     const lora_nf4 *d = w;
-    if ((i & 15) == 0 && m == (__mmask16)0xFFFF) {
-        __m128i b = _mm_loadl_epi64((const __m128i *)(d->q + (i >> 1)));
-        __m512i v = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(b, b));
-        v = _mm512_and_si512(_mm512_srlv_epi32(v, _mm512_set4_epi32(0, 4, 0, 4)), _mm512_set1_epi32(15));
-        __m512 code = _mm512_permutexvar_ps(v, _mm512_loadu_ps(lora_nf4_code));
-        return _mm512_mul_ps(code, _mm512_set1_ps(lora_nf4_absmax(d, i / LORA_NF4_BLOCK)));
-    }
+    if ((i & 15) == 0 && m == (__mmask16)0xFFFF)
+        return _mm512_mul_ps(nf4_code16(d, i), _mm512_set1_ps(lora_nf4_absmax(d, i / LORA_NF4_BLOCK)));
     float t[16] = {0};
     int cnt = 0;
     while (cnt < 16 && ((m >> cnt) & 1)) cnt++;
@@ -554,7 +555,9 @@ TARGET static void gemv_i8(long M, long n0, long n1, long K, const float *A, lon
 }
 
 /// NF4 weights: rows n..n+rows (rows <= 4) for A rows 0..mb (mb <= 4), 16 depths per step,
-/// each weight decoded once (load_nf4_w) and used for every row of A.
+/// each weight decoded once and used for every row of A. When the rows start on 64-weight
+/// blocks (ldw a multiple of 64) the depth goes a block at a time and each row's absmax is
+/// computed once per block; the FMAs into each accumulator come in the same order either way.
 INLINE void gemv_nf4_block(const int mb, long K, const float *A, long lda, const lora_nf4 *w,
                            long ldw, long n, long rows, float *C, long ldc, int accumulate) {
     __m512 acc[4][GEMV_RB];
@@ -562,7 +565,24 @@ INLINE void gemv_nf4_block(const int mb, long K, const float *A, long lda, const
         for (int r = 0; r < GEMV_RB; r++) acc[m][r] = _mm512_setzero_ps();
     long wr[GEMV_RB];  // flat indices of the rows; missing rows repeat the last, unstored
     for (int r = 0; r < GEMV_RB; r++) wr[r] = (n + (r < rows ? r : rows - 1)) * ldw;
-    for (long k = 0; k < K; k += 16) {
+    long k = 0;
+    if (ldw % LORA_NF4_BLOCK == 0)
+        for (; k + LORA_NF4_BLOCK <= K; k += LORA_NF4_BLOCK) {
+            __m512 s[GEMV_RB];
+            for (int r = 0; r < GEMV_RB; r++) {
+                if ((k & 127) == 0) _mm_prefetch((const char *)(w->q + (wr[r] + GEMV_PF * ldw + k) / 2), _MM_HINT_T0);
+                s[r] = _mm512_set1_ps(lora_nf4_absmax(w, (wr[r] + k) / LORA_NF4_BLOCK));
+            }
+            for (long u = 0; u < LORA_NF4_BLOCK; u += 16) {
+                __m512 wv[GEMV_RB];
+                for (int r = 0; r < GEMV_RB; r++) wv[r] = _mm512_mul_ps(nf4_code16(w, wr[r] + k + u), s[r]);
+                for (int m = 0; m < mb; m++) {
+                    __m512 x = _mm512_loadu_ps(A + m * lda + k + u);
+                    for (int r = 0; r < GEMV_RB; r++) acc[m][r] = _mm512_fmadd_ps(x, wv[r], acc[m][r]);
+                }
+            }
+        }
+    for (; k < K; k += 16) {
         __mmask16 km = mask16(K - k);
         __m512 wv[GEMV_RB];
         for (int r = 0; r < GEMV_RB; r++) {
@@ -809,41 +829,6 @@ void lora_gemm_ab_f32(long M, long k0, long k1, long N, const float *A, long lda
 void lora_gemm_ab_i8(long M, long k0, long k1, long N, const float *A, long lda,
                      const int8_t *Wq, long ldw, const float *scales, float *C, long ldc,
                      int accumulate) { abort(); }
-/// NF4 weights: rows n..n+rows (rows <= 4) for A rows 0..mb (mb <= 4), 16 depths per step,
-/// each weight decoded once (load_nf4_w) and used for every row of A.
-INLINE void gemv_nf4_block(const int mb, long K, const float *A, long lda, const lora_nf4 *w,
-                           long ldw, long n, long rows, float *C, long ldc, int accumulate) {
-    __m512 acc[4][GEMV_RB];
-    for (int m = 0; m < mb; m++)
-        for (int r = 0; r < GEMV_RB; r++) acc[m][r] = _mm512_setzero_ps();
-    long wr[GEMV_RB];  // flat indices of the rows; missing rows repeat the last, unstored
-    for (int r = 0; r < GEMV_RB; r++) wr[r] = (n + (r < rows ? r : rows - 1)) * ldw;
-    for (long k = 0; k < K; k += 16) {
-        __mmask16 km = mask16(K - k);
-        __m512 wv[GEMV_RB];
-        for (int r = 0; r < GEMV_RB; r++) {
-            if ((k & 127) == 0) _mm_prefetch((const char *)(w->q + (wr[r] + GEMV_PF * ldw + k) / 2), _MM_HINT_T0);
-            wv[r] = load_nf4_w(km, w, wr[r] + k);
-        }
-        for (int m = 0; m < mb; m++) {
-            __m512 x = _mm512_maskz_loadu_ps(km, A + m * lda + k);
-            for (int r = 0; r < GEMV_RB; r++) acc[m][r] = _mm512_fmadd_ps(x, wv[r], acc[m][r]);
-        }
-    }
-    gemv_store(mb, acc, NULL, n, rows, C, ldc, accumulate);
-}
-
-TARGET static void gemv_nf4(long M, long n0, long n1, long K, const float *A, long lda,
-                            const lora_nf4 *w, long ldw, float *C, long ldc, int accumulate) {
-    for (long n = n0; n < n1; n += GEMV_RB) {
-        long rows = n1 - n < GEMV_RB ? n1 - n : GEMV_RB;
-        for (long m = 0; m < M; m += 4) {
-#define CALL(mb) gemv_nf4_block(mb, K, A + m * lda, lda, w, ldw, n, rows, C + m * ldc, ldc, accumulate)
-            GEMV_MB_SWITCH(M - m, CALL)
-#undef CALL
-        }
-    }
-}
 
 void lora_gemv_abt_f32(long M, long n0, long n1, long K, const float *A, long lda,
                        const float *W, long ldw, float *C, long ldc, int accumulate) { abort(); }

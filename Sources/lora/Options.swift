@@ -44,9 +44,9 @@ struct ModelOptions: ParsableArguments {
     }
 }
 
-/// `--lora-weights DIR[:WEIGHT]`, repeatable: a weighted stack of PEFT adapters.
+/// `--lora-weights PATH[:WEIGHT]`, repeatable: a weighted stack of PEFT adapter folders or GGUF LoRA files.
 struct AdapterOptions: ParsableArguments {
-    @Option(name: .customLong("lora-weights"), help: "PEFT adapter folder, optionally DIR:WEIGHT (default weight 1); repeat to stack adapters.")
+    @Option(name: .customLong("lora-weights"), help: "PEFT adapter folder or GGUF LoRA file (llama.cpp's), optionally PATH:WEIGHT (default weight 1); repeat to stack adapters.")
     var loraWeights: [String] = []
 
     mutating func validate() throws {

@@ -16,10 +16,10 @@ struct Serve: ParsableCommand {
 
     @OptionGroup var model: ModelOptions
 
-    @Option(name: .customLong("adapter"), help: "NAME=DIR: a PEFT adapter folder served as model NAME (repeatable).")
+    @Option(name: .customLong("adapter"), help: "NAME=PATH: a PEFT adapter folder or a GGUF LoRA file (llama.cpp's) served as model NAME (repeatable).")
     var adapters: [String] = []
 
-    @Option(name: .customLong("adapters-dir"), help: "Folder that POST /v1/adapters may load adapters from (nothing outside it).")
+    @Option(name: .customLong("adapters-dir"), help: "Folder that POST /v1/adapters may load adapters (PEFT folders, .gguf LoRA files) from (nothing outside it).")
     var adaptersDir: String?
 
     @Option(help: "Address to bind (loopback unless told otherwise).")
@@ -66,7 +66,7 @@ struct Serve: ParsableCommand {
         if !(drainTimeout >= 0) { throw ValidationError("--drain-timeout \(drainTimeout): expected seconds >= 0") }
         for a in adapters {
             guard let eq = a.firstIndex(of: "="), eq != a.startIndex, a.index(after: eq) != a.endIndex else {
-                throw ValidationError("--adapter '\(a)': expected NAME=DIR")
+                throw ValidationError("--adapter '\(a)': expected NAME=PATH")
             }
         }
     }
@@ -108,7 +108,14 @@ struct Serve: ParsableCommand {
                 engine.beginShutdown()
                 note("lora serve: SIGTERM, draining (at most \(drain) s)")
                 DispatchQueue.global().asyncAfter(deadline: .now() + drain) {
-                    note("lora serve: drain timeout, exiting"); Foundation.exit(0)
+                    // Out of time: end the answers in flight (each stream gets its last chunk and
+                    // [DONE]), give the writes a moment, then go.
+                    let left = engine.snapshot
+                    note("lora serve: drain timeout, ending \(left.active + left.queued) requests and exiting")
+                    engine.cutShort()
+                    _ = engine.waitIdle(timeout: 0.5)
+                    Thread.sleep(forTimeInterval: 0.2)
+                    Foundation.exit(0)
                 }
             }
             term.resume()

@@ -1,7 +1,7 @@
 import Foundation
 import LLaMA
 
-/// The adapters a server holds by name: PEFT folders loaded at start (`--adapter NAME=DIR`) or
+/// The adapters a server holds by name: PEFT folders or GGUF LoRA files loaded at start (`--adapter NAME=PATH`) or
 /// at run time from `--adapters-dir`, and weighted mixes of them. Requests take an `AdapterSet`
 /// snapshot when they start, so unloading never touches a request in flight.
 final class AdapterRegistry: @unchecked Sendable {
@@ -30,14 +30,14 @@ final class AdapterRegistry: @unchecked Sendable {
         if !ok { throw ServeError.badRequest("adapter name '\(name)': expected 1 to 64 of A-Z a-z 0-9 . _ - (not starting with '.')", param: "name") }
     }
 
-    /// The folder for `relative` inside --adapters-dir, refusing absolute paths, `..` and links
-    /// that lead outside it.
+    /// The PEFT folder or GGUF LoRA file (`.gguf`) for `relative` inside --adapters-dir, refusing
+    /// absolute paths, `..` and links that lead outside it.
     func resolveInside(_ relative: String) throws -> URL {
         guard let root = adaptersDir else {
             throw ServeError.badRequest("loading adapters at run time needs the server started with --adapters-dir", param: "path")
         }
         if relative.isEmpty || relative.hasPrefix("/") || relative.hasPrefix("~") || relative.contains("\0") {
-            throw ServeError.badRequest("adapter path '\(relative)': expected a folder name relative to --adapters-dir", param: "path")
+            throw ServeError.badRequest("adapter path '\(relative)': expected a folder or .gguf file name relative to --adapters-dir", param: "path")
         }
         let parts = relative.split(separator: "/", omittingEmptySubsequences: true)
         if parts.contains(where: { $0 == ".." || $0 == "." }) {
@@ -49,8 +49,9 @@ final class AdapterRegistry: @unchecked Sendable {
             throw ServeError.badRequest("adapter path '\(relative)' leads outside --adapters-dir", param: "path")
         }
         var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir), isDir.boolValue else {
-            throw ServeError.notFound("no adapter folder '\(relative)' in --adapters-dir", param: "path", code: "adapter_not_found")
+        let exists = FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir)
+        guard exists, isDir.boolValue || url.pathExtension.lowercased() == "gguf" else {
+            throw ServeError.notFound("no adapter folder or .gguf file '\(relative)' in --adapters-dir", param: "path", code: "adapter_not_found")
         }
         return url
     }

@@ -127,8 +127,13 @@ final class ServeRoutes: @unchecked Sendable {
             try registry.addMix(name: name, weights: w)
         } else {
             try AdapterRegistry.checkName(name)
-            let rel = (o["path"] as? String) ?? name
-            let dir = try registry.resolveInside(rel)
+            var rel = (o["path"] as? String) ?? name
+            let dir: URL
+            do { dir = try registry.resolveInside(rel) } catch let e as ServeError where e.status == 404 && o["path"] == nil {
+                // No folder named like the adapter: a GGUF LoRA file of that name, if there is one.
+                rel = name + ".gguf"
+                do { dir = try registry.resolveInside(rel) } catch let e2 as ServeError where e2.status == 404 { throw e }
+            }
             do { try registry.add(name: name, adapterAt: dir) } catch let e as ServeError { throw e } catch {
                 throw ServeError.badRequest("cannot load adapter '\(rel)': \(fileErrorDescription(error) ?? "\(error)")", param: "path", code: "bad_adapter")
             }

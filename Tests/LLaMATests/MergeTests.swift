@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import TestHelpers
 @testable import LLaMA
 import Tensor
 
@@ -19,18 +20,6 @@ final class MergeTests: XCTestCase {
     static func reference(_ model: String) throws -> (JSON, SafeTensorsFile) {
         (try JSON.parse(contentsOf: dir.appendingPathComponent("\(model).json")),
          try SafeTensorsFile(path: dir.appendingPathComponent("\(model).safetensors").path))
-    }
-
-    var temporary: [URL] = []
-    override func tearDown() {
-        for u in temporary { try? FileManager.default.removeItem(at: u) }
-        temporary = []
-    }
-    func tempDir() throws -> URL {
-        let u = FileManager.default.temporaryDirectory.appendingPathComponent("lora-merge-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        try FileManager.default.createDirectory(at: u, withIntermediateDirectories: true)
-        temporary.append(u)
-        return u
     }
 
     func merger(_ model: String, _ specs: [(String, Float)]) throws -> Merger {

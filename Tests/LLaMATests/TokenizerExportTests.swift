@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import TestHelpers
 @testable import LLaMA
 import Tensor
 
@@ -13,18 +14,6 @@ final class TokenizerExportTests: XCTestCase {
         "  leading spaces\n\n\ttabs and emoji 😀👍🏽 and 3.14159",
         "### Instruction:\nName three primary colors.\n\n### Response:\n",
     ]
-
-    var temporary: [URL] = []
-    override func tearDown() {
-        for u in temporary { try? FileManager.default.removeItem(at: u) }
-        temporary = []
-    }
-    func tempDir() throws -> URL {
-        let u = FileManager.default.temporaryDirectory.appendingPathComponent("lora-tokexport-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        try FileManager.default.createDirectory(at: u, withIntermediateDirectories: true)
-        temporary.append(u)
-        return u
-    }
 
     func write(_ files: [(name: String, text: [UInt8])], to dir: URL) throws {
         for f in files { try Data(f.text).write(to: dir.appendingPathComponent(f.name)) }
@@ -103,29 +92,10 @@ final class TokenizerExportTests: XCTestCase {
 /// `--base-model ORG/NAME` in a fake huggingface_hub cache: refs/main -> snapshots/<hash>/,
 /// files symlinked into blobs/ as the hub stores them.
 final class HubCacheTests: XCTestCase {
-    static func makeCache(_ root: URL, org: String, name: String, from model: URL) throws {
-        let fm = FileManager.default
-        let repo = root.appendingPathComponent("models--\(org)--\(name)")
-        let hash = "0123456789abcdef0123456789abcdef01234567"
-        let snap = repo.appendingPathComponent("snapshots/\(hash)")
-        try fm.createDirectory(at: repo.appendingPathComponent("blobs"), withIntermediateDirectories: true)
-        try fm.createDirectory(at: repo.appendingPathComponent("refs"), withIntermediateDirectories: true)
-        try fm.createDirectory(at: snap, withIntermediateDirectories: true)
-        try (hash + "\n").write(to: repo.appendingPathComponent("refs/main"), atomically: true, encoding: .utf8)
-        // A stale snapshot that refs/main does not name.
-        try fm.createDirectory(at: repo.appendingPathComponent("snapshots/ffffffffffffffffffffffffffffffffffffffff"), withIntermediateDirectories: true)
-        for (i, f) in try fm.contentsOfDirectory(atPath: model.path).sorted().enumerated() {
-            let blob = repo.appendingPathComponent("blobs/blob\(i)")
-            try fm.copyItem(at: model.appendingPathComponent(f), to: blob)
-            try fm.createSymbolicLink(atPath: snap.appendingPathComponent(f).path, withDestinationPath: "../../blobs/blob\(i)")
-        }
-    }
-
     func testResolveAndRoots() throws {
-        let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("lora-hub-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        defer { try? FileManager.default.removeItem(at: tmp) }
+        let tmp = try tempDir()
         let hub = tmp.appendingPathComponent("home/hub")
-        try Self.makeCache(hub, org: "Org", name: "tiny", from: Fixtures.model("tiny-mha"))
+        try HubCacheFixture.make(hub, org: "Org", name: "tiny", from: Fixtures.model("tiny-mha"))
         XCTAssertEqual(HubCache.roots(environment: ["HF_HUB_CACHE": "/a", "HF_HOME": "/b", "HOME": "/h"]).map(\.path),
                        ["/a", "/b/hub", "/h/.cache/huggingface/hub"])
         XCTAssert(HubCache.isRepoID("HuggingFaceTB/SmolLM2-135M-Instruct"))
@@ -134,7 +104,7 @@ final class HubCacheTests: XCTestCase {
 
         let env = ["HF_HOME": tmp.appendingPathComponent("home").path, "HOME": "/nonexistent"]
         let dir = try HubCache.resolve("Org/tiny", environment: env)
-        XCTAssertEqual(dir.lastPathComponent, "0123456789abcdef0123456789abcdef01234567")
+        XCTAssertEqual(dir.lastPathComponent, HubCacheFixture.hash)
         let m = try LlamaModel(checkpoint: try SafeTensorsCheckpoint(folder: dir), quantization: .none, pool: .serial)
         XCTAssertEqual(m.config.vocabSize, 512)
 

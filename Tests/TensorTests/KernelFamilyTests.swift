@@ -348,6 +348,32 @@ final class KernelFamilyTests: XCTestCase {
 
     // MARK: NF4 (LORA_FORMAT_NF4: a lora_nf4 descriptor, blocks over the flattened weight)
 
+    /// Compares C [M, ldc] from one call of `product` on columns r0..<r1 with the Double
+    /// reference of A times the weights `value` ([N, K], row-major), within rtol of the sum of
+    /// magnitudes (plus C's old value when accumulating); everything outside C[0..<M, r0..<r1]
+    /// must still be c0's bits. Returns the failures (at most 1: it stops at the first).
+    static func checkProduct(_ what: String, _ product: Product, C: [Float], c0: [Float], ldc: Int, M: Int,
+                             K: Int, depth: Int, r0: Int, r1: Int, A: [Float], lda: Int, value: [Double],
+                             accumulate: Bool) -> Int {
+        for i in 0..<C.count {
+            let m = i / ldc, j = i % ldc
+            if m >= M || j < r0 || j >= r1 {
+                if C[i].bitPattern != c0[i].bitPattern { XCTFail("\(what): wrote outside at \(i)"); return 1 }
+                continue
+            }
+            var r = 0.0, g = 0.0
+            for d in 0..<depth {
+                let t = Double(A[m * lda + d]) * (product == .ab ? value[d * K + j] : value[j * K + d])
+                r += t; g += abs(t)
+            }
+            if accumulate { r += Double(c0[i]); g += abs(Double(c0[i])) }
+            if !(abs(Double(C[i]) - r) <= rtol * g) {
+                XCTFail("\(what): C[\(m), \(j)] = \(C[i]), reference \(r)"); return 1
+            }
+        }
+        return 0
+    }
+
     /// Random NF4 arrays for [N, K] (ldw = K) and the weights they define, computed in Float as
     /// CKernels.h states (absmax = dynamic[a8] * nested + offset, two roundings; w = code * absmax).
     struct NF4Weight {
@@ -411,24 +437,8 @@ final class KernelFamilyTests: XCTestCase {
                                 }
                             }
                             let what = "\(Self.familyNames[Int(family)]) nf4 \(product) M=\(M) N=\(N) K=\(K) cols \(r0)..<\(r1) accumulate=\(accumulate)"
-                            var bad = 0
-                            for i in 0..<C.count where bad == 0 {
-                                let m = i / ldc, j = i % ldc
-                                if m >= M || j < r0 || j >= r1 {
-                                    if C[i].bitPattern != c0[i].bitPattern { XCTFail("\(what): wrote outside at \(i)"); bad += 1 }
-                                    continue
-                                }
-                                var r = 0.0, g = 0.0
-                                for d in 0..<depth {
-                                    let t = Double(A[m * lda + d]) * (product == .ab ? W.value[d * K + j] : W.value[j * K + d])
-                                    r += t; g += abs(t)
-                                }
-                                if accumulate { r += Double(c0[i]); g += abs(Double(c0[i])) }
-                                if !(abs(Double(C[i]) - r) <= Self.rtol * g) {
-                                    XCTFail("\(what): C[\(m), \(j)] = \(C[i]), reference \(r)"); bad += 1
-                                }
-                            }
-                            failures += bad
+                            failures += Self.checkProduct(what, product, C: C, c0: c0, ldc: ldc, M: M, K: K, depth: depth,
+                                                          r0: r0, r1: r1, A: A, lda: lda, value: W.value, accumulate: accumulate)
                         }
                     }
                 }
@@ -468,6 +478,34 @@ final class KernelFamilyTests: XCTestCase {
         return Weight(bytes: q, scales: [], value: value)
     }
 
+    /// Every family decodes the tile formats to the scalar reference's values bit for bit (the
+    /// AVX2 / AVX-512 families with the AVX2 decoder, portable with the scalar one): whole rows,
+    /// and ranges that start or end mid-block, as the ab product's column ranges do.
+    func testTileFormatsDecodeBitExact() {
+        var rng = Rand()
+        for (kind, format) in Self.tileKinds {
+            let bs = kind.blockSize, N = 9, K = 3 * bs, ldw = K + bs
+            let W = Self.tileWeight(kind, N: N, K: K, ldw: ldw, rng: &rng)
+            for family in Self.families {
+                for n in 0..<N {
+                    for (k0, cnt) in [(0, K), (3, K - 5), (bs, bs), (bs + 1, bs - 1), (K - 1, 1), (7, 0)] {
+                        var out = [Float](repeating: .nan, count: cnt + 1)
+                        W.bytes.withUnsafeBytes { w in
+                            out.withUnsafeMutableBufferPointer {
+                                lora_tile_dequantize(family, format, w.baseAddress, ldw, n, k0, cnt, $0.baseAddress)
+                            }
+                        }
+                        XCTAssert(out[cnt].isNaN, "\(kind.ggmlName) wrote past the range")
+                        for j in 0..<cnt where out[j].bitPattern != Float(W.value[n * K + k0 + j]).bitPattern {
+                            return XCTFail("\(Self.familyNames[Int(family)]) \(kind.ggmlName) row \(n) weight \(k0 + j): "
+                                           + "\(out[j]), scalar reference \(W.value[n * K + k0 + j])")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Every family, every product, against the Double reference of the scalar reference's
     /// values, for full and partial column ranges (the abt / gemv panels, and ab ranges starting
     /// mid-block), accumulate off and on; writes outside the range must not happen.
@@ -500,24 +538,8 @@ final class KernelFamilyTests: XCTestCase {
                                 var C = c0
                                 Self.call(product, family: family, format: format, M: M, N: N, K: K, r0: r0, r1: r1,
                                           A: A, lda: lda, W: W, ldw: ldw, C: &C, ldc: ldc, accumulate: accumulate)
-                                var bad = 0
-                                for i in 0..<C.count where bad == 0 {
-                                    let m = i / ldc, j = i % ldc
-                                    if m >= M || j < r0 || j >= r1 {
-                                        if C[i].bitPattern != c0[i].bitPattern { XCTFail("\(what): wrote outside at \(i)"); bad += 1 }
-                                        continue
-                                    }
-                                    var r = 0.0, g = 0.0
-                                    for d in 0..<depth {
-                                        let t = Double(A[m * lda + d]) * (product == .ab ? W.value[d * K + j] : W.value[j * K + d])
-                                        r += t; g += abs(t)
-                                    }
-                                    if accumulate { r += Double(c0[i]); g += abs(Double(c0[i])) }
-                                    if !(abs(Double(C[i]) - r) <= Self.rtol * g) {
-                                        XCTFail("\(what): C[\(m), \(j)] = \(C[i]), reference \(r)"); bad += 1
-                                    }
-                                }
-                                failures += bad
+                                failures += Self.checkProduct(what, product, C: C, c0: c0, ldc: ldc, M: M, K: K, depth: depth,
+                                                              r0: r0, r1: r1, A: A, lda: lda, value: W.value, accumulate: accumulate)
                             }
                         }
                     }

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import TestHelpers
 import LLaMA
 
 /// `lora merge` run as a user runs it: outputs that load, stacked adapters in `lora generate`,
@@ -13,18 +14,6 @@ final class MergeCLITests: XCTestCase {
 
     @discardableResult
     func lora(_ args: [String]) throws -> LoraProcess.Result { try LoraProcess.run(args) }
-
-    var temporary: [URL] = []
-    override func tearDown() {
-        for u in temporary { try? FileManager.default.removeItem(at: u) }
-        temporary = []
-    }
-    func tempDir() throws -> URL {
-        let u = FileManager.default.temporaryDirectory.appendingPathComponent("lora-merge-cli-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        try FileManager.default.createDirectory(at: u, withIntermediateDirectories: true)
-        temporary.append(u)
-        return u
-    }
 
     /// Entries of `dir` whose names start with a dot (temporary siblings).
     func hidden(_ dir: URL) throws -> [String] {

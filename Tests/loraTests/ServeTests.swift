@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import TestHelpers
 
 /// `lora serve` run as a user runs it, on a free loopback port, with the tiny fixture model and
 /// the two tiny fixture adapters: answers equal `lora generate`'s greedy ones, batching changes
@@ -12,18 +13,6 @@ final class ServeTests: XCTestCase {
     static let prompt = "The sky is a bright and calm blue that"
     static let prompts = ["The sky is a bright and calm blue that", "Once upon a time", "A list of fruit:", "Water boils at",
                           "My favourite colour", "The capital of France", "One two three", "Hello"]
-
-    var temporary: [URL] = []
-    override func tearDown() {
-        for u in temporary { try? FileManager.default.removeItem(at: u) }
-        temporary = []
-    }
-    func tempDir() throws -> URL {
-        let u = FileManager.default.temporaryDirectory.appendingPathComponent("lora-serve-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        try FileManager.default.createDirectory(at: u, withIntermediateDirectories: true)
-        temporary.append(u)
-        return u
-    }
 
     func server(_ extra: [String] = []) throws -> ServeProcess {
         try ServeProcess(["--base-model", Self.model, "--adapter", "a=\(Self.adapter("a"))", "--adapter", "b=\(Self.adapter("b"))",
@@ -177,6 +166,109 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual(s.request("DELETE", "/v1/adapters/mix").status, 200)
     }
 
+    /// GGUF LoRA files (llama.cpp's format) load at start and at run time and answer as the
+    /// PEFT folder they came from; a damaged or mismatched one gets a 400 naming the problem. A
+    /// DoRA adapter answers as `lora generate` with it; a mix with it is refused.
+    func testGGUFLoRAAndDoRA() throws {
+        let dir = try tempDir()
+        let ours = dir.appendingPathComponent("ga.gguf").path
+        let m = try LoraProcess.run(["merge", "--base-model", Self.model, "--lora-weights", Self.adapter("a"), "--format", "gguf",
+                                     "--adapter-only", "--output", ours])
+        XCTAssertEqual(m.status, 0, m.stderr)
+        // Written by llama.cpp's gguf-py (scripts/make_gguf_lora_reference.py), not by lora.
+        try FileManager.default.copyItem(at: Self.fixtures.appendingPathComponent("gguf/tiny-mha-a.lora.gguf"),
+                                         to: dir.appendingPathComponent("py.gguf"))
+        try FileManager.default.copyItem(at: Self.fixtures.appendingPathComponent("gguf/tiny-gqa-b.lora.gguf"),
+                                         to: dir.appendingPathComponent("gqa.gguf"))
+        try Data(try Data(contentsOf: URL(fileURLWithPath: ours)).prefix(200)).write(to: dir.appendingPathComponent("cut.gguf"))
+        let dora = Self.fixtures.appendingPathComponent("reference/dora/mha-qv.final.adapter").path
+
+        let expected = try generate(Self.prompt, adapters: [Self.adapter("a")], tokens: 24)
+        XCTAssertEqual(try generate(Self.prompt, adapters: [ours], tokens: 24), expected, "lora generate --lora-weights FILE.gguf")
+        let doraExpected = try generate(Self.prompt, adapters: [dora], tokens: 24)
+        XCTAssertNotEqual(doraExpected, try generate(Self.prompt, adapters: [], tokens: 24), "the DoRA adapter changes the answer")
+
+        let s = try server(["--adapters-dir", dir.path, "--adapter", "g0=\(ours)", "--adapter", "d=\(dora)"])
+        defer { XCTAssertEqual(s.stop(), 0, s.stderr) }
+        XCTAssertEqual(s.post("/v1/adapters", ["name": "ga", "path": "ga.gguf"]).status, 200)
+        XCTAssertEqual(s.post("/v1/adapters", ["name": "py"]).status, 200, "NAME.gguf when there is no folder NAME")
+        for name in ["a", "g0", "ga", "py"] {
+            let r = completion(s, model: name, prompt: Self.prompt, tokens: 24)
+            XCTAssertEqual(r.status, 200, r.text)
+            XCTAssertEqual(ServeProcess.answer(r, stream: false), expected, "model \(name)")
+        }
+        let streamed = completion(s, model: "ga", prompt: Self.prompt, tokens: 24, stream: true)
+        XCTAssertEqual(ServeProcess.answer(streamed, stream: true), expected)
+
+        // Damaged, or made for another model: 400 with OpenAI's error JSON naming the file and problem.
+        for (path, words) in [("cut.gguf", ["cut.gguf", "corrupt or truncated"]), ("gqa.gguf", ["gqa.gguf", "blk.2.", "not an attention or MLP projection"])] {
+            let r = s.post("/v1/adapters", ["name": "bad", "path": path])
+            XCTAssertEqual(r.status, 400, r.text)
+            let err = r.json["error"] as? [String: Any] ?? [:]
+            XCTAssertEqual(err["code"] as? String, "bad_adapter", r.text)
+            XCTAssertEqual(err["type"] as? String, "invalid_request_error", r.text)
+            for w in words { XCTAssert((err["message"] as? String ?? "").contains(w), "'\(w)' in \(r.text)") }
+        }
+        XCTAssertEqual(completion(s, model: "bad", prompt: "Hello", tokens: 2).status, 404, "nothing half-loaded")
+
+        // DoRA served alone equals generate; a batch of DoRA and GGUF requests changes nothing.
+        var got = ["", "", ""]
+        let lock = NSLock()
+        DispatchQueue.concurrentPerform(iterations: 3) { i in
+            let r = completion(s, model: ["d", "ga", "d"][i], prompt: Self.prompt, tokens: 24, stream: i == 2)
+            lock.lock(); got[i] = ServeProcess.answer(r, stream: i == 2); lock.unlock()
+        }
+        XCTAssertEqual(got, [doraExpected, expected, doraExpected])
+        let mix = s.post("/v1/adapters", ["name": "dmix", "adapters": ["d": 0.5, "ga": 0.5]])
+        XCTAssertEqual(mix.status, 400, mix.text)
+        XCTAssert(mix.text.contains("DoRA adapter can only be applied alone at weight 1"), mix.text)
+        XCTAssertEqual(s.post("/v1/adapters", ["name": "dhalf", "adapters": ["d": 0.5]]).status, 400, "DoRA at weight 0.5")
+        XCTAssertEqual(s.post("/v1/adapters", ["name": "gmix", "adapters": ["ga": 0.7, "py": 0.3]]).status, 200, "GGUF adapters mix")
+    }
+
+    /// Starts a streamed completion on its own thread and returns once the server counts it in
+    /// flight; the returned function waits (at most the seconds given) for the stream to end and
+    /// gives its reply (status 0 if it has not ended).
+    private func streamInFlight(_ s: ServeProcess, model: String, prompt: String, tokens: Int)
+        -> (TimeInterval) -> ServeProcess.Reply {
+        final class Box: @unchecked Sendable { var reply = ServeProcess.Reply(status: 0, body: Data()) }
+        let box = Box()
+        Thread { box.reply = self.completion(s, model: model, prompt: prompt, tokens: tokens, stream: true) }.start()
+        var active = false
+        for _ in 0..<500 where !active {
+            active = s.request("GET", "/metrics").text.contains("lora_requests_total 1")
+            if !active { usleep(2_000) }
+        }
+        XCTAssert(active, "the request never counted as in flight")
+        return { timeout in
+            let deadline = Date().addingTimeInterval(timeout)
+            while box.reply.status == 0 && Date() < deadline { usleep(10_000) }
+            return box.reply
+        }
+    }
+
+    /// --drain-timeout bounds the wait for a long request in flight: the server exits 0 about
+    /// 1 s after SIGTERM and the client's stream ends with its last chunk and [DONE].
+    func testDrainTimeoutBoundsSIGTERM() throws {
+        // 50 ms a step and 240 tokens: the request alone would take about 12 s.
+        let s = try server(["--max-context", "256", "--test-step-delay-ms", "50", "--drain-timeout", "1"])
+        let reply = streamInFlight(s, model: "a", prompt: "Hello", tokens: 240)
+        usleep(300_000)
+        let t0 = Date()
+        XCTAssertEqual(s.stop(timeout: 20), 0, s.stderr)
+        let took = Date().timeIntervalSince(t0)
+        XCTAssertGreaterThan(took, 0.8, "it waited for the request")
+        XCTAssertLessThan(took, 3.0, "--drain-timeout 1 bounds the wait")
+        let inflight = reply(10)
+        XCTAssertEqual(inflight.status, 200, "the client saw the stream end")
+        XCTAssert(s.stderr.contains("drain timeout"), s.stderr)
+        // It ended early but properly: a last chunk with finish_reason, then [DONE].
+        let ev = ServeProcess.events(inflight.text)
+        XCTAssertEqual(ev.last, "[DONE]", inflight.text.suffix(300).description)
+        XCTAssert(ev.dropLast().last?.contains("\"finish_reason\":\"length\"") == true, ev.suffix(2).description)
+        XCTAssertLessThan(ev.count, 200, "fewer than the 240 tokens asked for were sent")
+    }
+
     /// Every request of Tests/Fixtures/serve/bad_requests.json gets its status and OpenAI
     /// error JSON, and the server answers normally after each.
     func testBadRequestCatalogue() throws {
@@ -187,6 +279,12 @@ final class ServeTests: XCTestCase {
         try FileManager.default.copyItem(atPath: Self.adapter("b"), toPath: outside.appendingPathComponent("b").path)
         try FileManager.default.createSymbolicLink(atPath: dir.appendingPathComponent("escape").path,
                                                    withDestinationPath: outside.appendingPathComponent("b").path)
+        try Data("not a GGUF file".utf8).write(to: dir.appendingPathComponent("junk.gguf"))
+        try Data("notes".utf8).write(to: dir.appendingPathComponent("notes.txt"))
+        try FileManager.default.copyItem(at: Self.fixtures.appendingPathComponent("gguf/tiny-mha-a.lora.gguf"),
+                                         to: outside.appendingPathComponent("a.gguf"))
+        try FileManager.default.createSymbolicLink(atPath: dir.appendingPathComponent("escape.gguf").path,
+                                                   withDestinationPath: outside.appendingPathComponent("a.gguf").path)
         let s = try server(["--api-key", "sekrit", "--adapters-dir", dir.path, "--max-body-bytes", "4096", "--max-context", "128"])
         defer { XCTAssertEqual(s.stop(), 0, s.stderr) }
         let auth = ["Authorization": "Bearer sekrit"]
@@ -225,18 +323,10 @@ final class ServeTests: XCTestCase {
 
         // Slowed to 5 ms a step so that the request is still running when SIGTERM comes.
         let s = try server(["--max-context", "256", "--test-step-delay-ms", "5"])
-        nonisolated(unsafe) var inflight = ServeProcess.Reply(status: 0, body: Data())
-        let t = Thread { inflight = self.completion(s, model: "b", prompt: Self.prompt, tokens: 200, stream: true) }
-        t.start()
-        // Wait until the request holds a slot, then ask the server to stop.
-        var active = false
-        for _ in 0..<500 where !active {
-            active = s.request("GET", "/metrics").text.contains("lora_requests_total 1")
-            if !active { usleep(2_000) }
-        }
-        XCTAssert(active)
+        // Once the request holds a slot, ask the server to stop.
+        let reply = streamInFlight(s, model: "b", prompt: Self.prompt, tokens: 200)
         XCTAssertEqual(s.stop(), 0, s.stderr)
-        while inflight.status == 0 { usleep(10_000) }
+        let inflight = reply(60)
         XCTAssertEqual(inflight.status, 200)
         XCTAssertEqual(ServeProcess.events(inflight.text).last, "[DONE]", "the request in flight finished: \(inflight.text.suffix(300))")
         XCTAssert(s.stderr.contains("draining"), s.stderr)

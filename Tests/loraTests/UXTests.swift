@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import TestHelpers
 import LLaMA
 @testable import lora
 
@@ -9,18 +10,6 @@ final class UXTests: XCTestCase {
     static let fixtures = CLITests.fixtures
     static let tiny = fixtures.appendingPathComponent("tiny-mha").path
     static let records = fixtures.appendingPathComponent("records.json").path
-
-    var temporary: [URL] = []
-    override func tearDown() {
-        for u in temporary { try? FileManager.default.removeItem(at: u) }
-        temporary = []
-    }
-    func tempDir() throws -> URL {
-        let u = FileManager.default.temporaryDirectory.appendingPathComponent("lora-ux-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        try FileManager.default.createDirectory(at: u, withIntermediateDirectories: true)
-        temporary.append(u)
-        return u
-    }
 
     func lora(_ args: [String], environment: [String: String] = [:]) throws -> LoraProcess.Result {
         try LoraProcess.run(args, environment: environment)
@@ -199,23 +188,5 @@ final class UXTests: XCTestCase {
         let c = try lora(["--generate-completion-script", "bash"])
         XCTAssertEqual(c.status, 0, c.stderr)
         XCTAssert(c.stdout.contains("finetune") && c.stdout.contains("--base-model"), c.stdout)
-    }
-}
-
-/// A huggingface_hub cache entry: refs/main -> snapshots/<hash>/ with files symlinked to blobs/.
-enum HubCacheFixture {
-    static func make(_ root: URL, org: String, name: String, from model: URL) throws {
-        let fm = FileManager.default
-        let repo = root.appendingPathComponent("models--\(org)--\(name)")
-        let hash = "0123456789abcdef0123456789abcdef01234567"
-        let snap = repo.appendingPathComponent("snapshots/\(hash)")
-        try fm.createDirectory(at: repo.appendingPathComponent("blobs"), withIntermediateDirectories: true)
-        try fm.createDirectory(at: repo.appendingPathComponent("refs"), withIntermediateDirectories: true)
-        try fm.createDirectory(at: snap, withIntermediateDirectories: true)
-        try (hash + "\n").write(to: repo.appendingPathComponent("refs/main"), atomically: true, encoding: .utf8)
-        for (i, f) in try fm.contentsOfDirectory(atPath: model.path).sorted().enumerated() {
-            try fm.copyItem(at: model.appendingPathComponent(f), to: repo.appendingPathComponent("blobs/blob\(i)"))
-            try fm.createSymbolicLink(atPath: snap.appendingPathComponent(f).path, withDestinationPath: "../../blobs/blob\(i)")
-        }
     }
 }

@@ -119,6 +119,10 @@ void lora_gemm_abt(int family, int format, long M, long n0, long n1, long K,
 void lora_gemm_ab(int family, int format, long M, long k0, long k1, long N,
                   const float *A, long lda, const void *W, long ldw, const float *scales,
                   float *C, long ldc, int accumulate);
+/// Tile formats (Q5_0 .. Q6_K): weights k0..<k0+cnt of row n as f32 into out, decoded as
+/// `family`'s products decode them (for tests: every family must give the scalar values).
+void lora_tile_dequantize(int family, int format, const void *W, long ldw, long n, long k0, long cnt,
+                          float *out);
 /// Forward for small M (decoding), rows n0..<n1 of W, unpacked, weights streamed once.
 void lora_gemv_abt(int family, int format, long M, long n0, long n1, long K,
                    const float *A, long lda, const void *W, long ldw, const float *scales,

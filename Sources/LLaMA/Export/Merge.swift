@@ -60,7 +60,9 @@ public struct AdapterFactors {
     /// Reads `adapter_config.json` and `adapter_model.safetensors` from `dir` and checks every
     /// tensor against `model` (a model config): a wrong shape, a layer the model lacks, or a
     /// tensor that belongs to no target is refused, naming the file and tensor or key.
+    /// A GGUF LoRA file (llama.cpp's adapter format) in place of the folder is read by `GGUFLoRA`.
     public static func load(_ dir: URL, weight: Float = 1, model c: LlamaConfig) throws -> AdapterFactors {
+        if GGUFLoRA.isGGUF(dir) { return try GGUFLoRA.load(dir, weight: weight, model: c) }
         let cfgURL = dir.appendingPathComponent(Adapter.configFile)
         let wURL = dir.appendingPathComponent(Adapter.weightsFile)
         let fm = FileManager.default

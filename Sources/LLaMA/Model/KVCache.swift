@@ -74,3 +74,24 @@ public final class KVCache: @unchecked Sendable {
         }
     }
 }
+
+/// The step buffers of a decoding step (LlamaModel.decodeRows): rows of new tokens in x .. tmp,
+/// their positions, the last rows' hidden states and logits.
+protocol DecodeBuffers: AnyObject {
+    var x: Tensor { get }
+    var xn: Tensor { get }
+    var q: Tensor { get }
+    var kNew: Tensor { get }
+    var vNew: Tensor { get }
+    var att: Tensor { get }
+    var gate: Tensor { get }
+    var up: Tensor { get }
+    var h: Tensor { get }
+    var tmp: Tensor { get }
+    var lastHidden: Tensor { get }
+    var logits: Tensor { get }
+    var positions: UnsafeMutablePointer<Int32> { get }
+    var scratch: MatmulScratch { get }
+}
+
+extension KVCache: DecodeBuffers {}

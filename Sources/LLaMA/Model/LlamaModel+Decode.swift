@@ -19,7 +19,7 @@ extension LlamaModel {
     /// token in cache.logits [S, V]. `sequences` may be 1 for a prefill shared by all beams.
     /// `adapters` apply to every sequence; the cache must have been sized for their rank.
     public func step(tokens: [Int32], sequences S: Int, cache: KVCache, adapters: AdapterSet, ctx: ExecutionContext) throws {
-        let c = config, Tq = tokens.count / S, M = S * Tq, C = c.hiddenSize, I = c.intermediateSize
+        let c = config, Tq = tokens.count / S, M = S * Tq
         precondition(Tq * S == tokens.count && S <= cache.S)
         let start = cache.length
         guard start + Tq <= cache.capacity else { throw DecodeError.tooLong(needed: start + Tq, capacity: cache.capacity) }
@@ -56,16 +56,8 @@ extension LlamaModel {
             }
         }
         for s in 0..<S { for t in 0..<Tq { cache.positions[s * Tq + t] = Int32(start + t) } }
-        tokens.withUnsafeBufferPointer { ids in
-            be.embedding(out: cache.x.data, ids: ids.baseAddress!, table: embed.data, N: M, C: C)
-        }
-        for (l, blk) in blocks.enumerated() {
-            prof.time(.rmsnorm) { be.rmsnormForward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.x.data, weight: blk.attnNorm.data, N: M, C: C, eps: c.rmsNormEps) }
-            project(blk.q, l, .q, y: cache.q.data, x: cache.xn.data)
-            project(blk.k, l, .k, y: cache.kNew.data, x: cache.xn.data)
-            project(blk.v, l, .v, y: cache.vNew.data, x: cache.xn.data)
-            prof.time(.rope) { be.ropeForward(x: cache.q.data, positions: cache.positions, rows: M, nHeads: c.numAttentionHeads, headDim: c.headDim, table: rope) }
-            be.ropeForward(x: cache.kNew.data, positions: cache.positions, rows: M, nHeads: c.numKeyValueHeads, headDim: c.headDim, table: rope)
+        // Only each sequence's last token needs logits.
+        decodeRows(tokens, buffers: cache, lastRows: (0..<S).map { $0 * Tq + Tq - 1 }, ctx: ctx, project: project) { l in
             // Append the new keys and values to each sequence's cache.
             for s in 0..<S {
                 let dst = (start) * c.kvDim + s * cache.capacity * c.kvDim
@@ -73,22 +65,45 @@ extension LlamaModel {
                 (cache.v[l].data + dst).update(from: cache.vNew.data + s * Tq * c.kvDim, count: Tq * c.kvDim)
             }
             prof.time(.attention) { cachedAttention(be, cache: cache, layer: l, S: S, Tq: Tq, start: start) }
-            project(blk.o, l, .o, y: cache.tmp.data, x: cache.att.data)
-            prof.time(.residual) { be.add(out: cache.x.data, a: cache.x.data, b: cache.tmp.data, count: M * C) }
-            prof.time(.rmsnorm) { be.rmsnormForward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.x.data, weight: blk.mlpNorm.data, N: M, C: C, eps: c.rmsNormEps) }
-            project(blk.gate, l, .gate, y: cache.gate.data, x: cache.xn.data)
-            project(blk.up, l, .up, y: cache.up.data, x: cache.xn.data)
-            prof.time(.swiglu) { be.swigluForward(h: cache.h.data, gate: cache.gate.data, up: cache.up.data, count: M * I) }
-            project(blk.down, l, .down, y: cache.tmp.data, x: cache.h.data)
-            prof.time(.residual) { be.add(out: cache.x.data, a: cache.x.data, b: cache.tmp.data, count: M * C) }
         }
-        // Only each sequence's last token needs logits.
-        for s in 0..<S {
-            (cache.lastHidden.data + s * C).update(from: cache.x.data + (s * Tq + Tq - 1) * C, count: C)
-        }
-        prof.time(.rmsnorm) { be.rmsnormForward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.lastHidden.data, weight: norm.data, N: S, C: C, eps: c.rmsNormEps) }
-        prof.time(.lmHead) { be.matmul(y: cache.logits.data, x: cache.xn.data, w: decodeHead, M: S, accumulate: false, scratch: cache.scratch) }
         cache.advance(Tq)
+    }
+
+    /// The part of a decoding step that lock-step sequences (KVCache) and server slots
+    /// (SlotCache) share, over the M = ids.count new rows whose positions are already in
+    /// b.positions: embeddings, every layer, then the final norm and the head for `lastRows`
+    /// (logits row i is row lastRows[i]'s). `project` runs one projection of all M rows with
+    /// its LoRA terms; `attend(l)` stores layer l's new keys and values (b.kNew, b.vNew, after
+    /// RoPE) in the cache and writes the attention of b.q into b.att. What differs between
+    /// the caches (who owns which rows, which adapters apply) stays in those two closures.
+    func decodeRows<B: DecodeBuffers>(_ ids: [Int32], buffers b: B, lastRows: [Int], ctx: ExecutionContext,
+                                      project: (Linear, Int, Projection, UnsafeMutablePointer<Float>, UnsafePointer<Float>) -> Void,
+                                      attend: (Int) -> Void) {
+        let c = config, M = ids.count, C = c.hiddenSize, I = c.intermediateSize, S = lastRows.count
+        let be = ctx.backend, prof = ctx.profile
+        ids.withUnsafeBufferPointer { p in
+            be.embedding(out: b.x.data, ids: p.baseAddress!, table: embed.data, N: M, C: C)
+        }
+        for (l, blk) in blocks.enumerated() {
+            prof.time(.rmsnorm) { be.rmsnormForward(y: b.xn.data, rstd: b.tmp.data, x: b.x.data, weight: blk.attnNorm.data, N: M, C: C, eps: c.rmsNormEps) }
+            project(blk.q, l, .q, b.q.data, b.xn.data)
+            project(blk.k, l, .k, b.kNew.data, b.xn.data)
+            project(blk.v, l, .v, b.vNew.data, b.xn.data)
+            prof.time(.rope) { be.ropeForward(x: b.q.data, positions: b.positions, rows: M, nHeads: c.numAttentionHeads, headDim: c.headDim, table: rope) }
+            be.ropeForward(x: b.kNew.data, positions: b.positions, rows: M, nHeads: c.numKeyValueHeads, headDim: c.headDim, table: rope)
+            attend(l)
+            project(blk.o, l, .o, b.tmp.data, b.att.data)
+            prof.time(.residual) { be.add(out: b.x.data, a: b.x.data, b: b.tmp.data, count: M * C) }
+            prof.time(.rmsnorm) { be.rmsnormForward(y: b.xn.data, rstd: b.tmp.data, x: b.x.data, weight: blk.mlpNorm.data, N: M, C: C, eps: c.rmsNormEps) }
+            project(blk.gate, l, .gate, b.gate.data, b.xn.data)
+            project(blk.up, l, .up, b.up.data, b.xn.data)
+            prof.time(.swiglu) { be.swigluForward(h: b.h.data, gate: b.gate.data, up: b.up.data, count: M * I) }
+            project(blk.down, l, .down, b.tmp.data, b.h.data)
+            prof.time(.residual) { be.add(out: b.x.data, a: b.x.data, b: b.tmp.data, count: M * C) }
+        }
+        for (i, r) in lastRows.enumerated() { (b.lastHidden.data + i * C).update(from: b.x.data + r * C, count: C) }
+        prof.time(.rmsnorm) { be.rmsnormForward(y: b.xn.data, rstd: b.tmp.data, x: b.lastHidden.data, weight: norm.data, N: S, C: C, eps: c.rmsNormEps) }
+        prof.time(.lmHead) { be.matmul(y: b.logits.data, x: b.xn.data, w: decodeHead, M: S, accumulate: false, scratch: b.scratch) }
     }
 
     /// Causal attention of the Tq new queries of each sequence against its cached keys.

@@ -90,6 +90,7 @@ public final class ServeEngine: @unchecked Sendable {
     private let cond = NSCondition()
     private var queue: [ServeRequest] = []
     private var stopping = false
+    private var cutting = false
     private var stopped = false
     private var stats = ServeStats()
     private var thread: Thread?
@@ -138,6 +139,10 @@ public final class ServeEngine: @unchecked Sendable {
     /// Stops taking requests; those queued or running finish. `waitIdle` returns when none is left.
     public func beginShutdown() { cond.lock(); stopping = true; cond.broadcast(); cond.unlock() }
 
+    /// Ends every queued and running request at the next step with what it has so far
+    /// (`finished(.length)`): a drain that ran out of time still closes each answer properly.
+    public func cutShort() { cond.lock(); stopping = true; cutting = true; cond.broadcast(); cond.unlock() }
+
     /// Waits until no request is queued or running, at most `timeout` seconds; true when idle.
     public func waitIdle(timeout: TimeInterval) -> Bool {
         let deadline = Date().addingTimeInterval(timeout)
@@ -162,9 +167,18 @@ public final class ServeEngine: @unchecked Sendable {
                 cache.reset(slot: slot)
                 running.append(Running(req: r, slot: slot, rng: RNG(seed: r.sampling.seed)))
             }
+            let cut = cutting
+            if cut {
+                for r in queue { r.onEvent(.finished(.length)) }
+                queue.removeAll()
+            }
             stats.queued = queue.count
             stats.active = running.count
             cond.unlock()
+            if cut {
+                for r in running { r.req.onEvent(.finished(.length)); freeSlots.append(r.slot) }
+                running.removeAll()
+            }
 
             // Cancelled requests leave before the step.
             running.removeAll { r in

@@ -48,6 +48,8 @@ public final class SlotCache: @unchecked Sendable {
     func advance(slot: Int, by n: Int) { lengths[slot] += n }
 }
 
+extension SlotCache: DecodeBuffers {}
+
 /// One sequence's part of a batched step: its slot, its new tokens (a prompt chunk or one
 /// decoded token) and the adapters that apply to it.
 public struct SlotItem {
@@ -70,7 +72,7 @@ extension LlamaModel {
     /// Items must name distinct slots and be ordered so that equal adapter keys are adjacent
     /// (`ServeEngine` sorts them); the total of tokens must fit cache.maxRows.
     public func step(items: [SlotItem], cache: SlotCache, ctx: ExecutionContext) throws {
-        let c = config, C = c.hiddenSize, I = c.intermediateSize
+        let c = config
         precondition(!items.isEmpty && items.count <= cache.slots)
         var offsets: [Int] = []          // first row of each item
         var M = 0
@@ -122,17 +124,10 @@ extension LlamaModel {
             for t in 0..<it.tokens.count { cache.positions[offsets[i] + t] = Int32(start + t) }
             ids += it.tokens
         }
-        ids.withUnsafeBufferPointer { p in
-            be.embedding(out: cache.x.data, ids: p.baseAddress!, table: embed.data, N: M, C: C)
-        }
         let kvDim = c.kvDim
-        for (l, blk) in blocks.enumerated() {
-            be.rmsnormForward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.x.data, weight: blk.attnNorm.data, N: M, C: C, eps: c.rmsNormEps)
-            project(blk.q, l, .q, y: cache.q.data, x: cache.xn.data)
-            project(blk.k, l, .k, y: cache.kNew.data, x: cache.xn.data)
-            project(blk.v, l, .v, y: cache.vNew.data, x: cache.xn.data)
-            be.ropeForward(x: cache.q.data, positions: cache.positions, rows: M, nHeads: c.numAttentionHeads, headDim: c.headDim, table: rope)
-            be.ropeForward(x: cache.kNew.data, positions: cache.positions, rows: M, nHeads: c.numKeyValueHeads, headDim: c.headDim, table: rope)
+        // Logits only for each item's last token.
+        let lastRows = items.indices.map { offsets[$0] + items[$0].tokens.count - 1 }
+        decodeRows(ids, buffers: cache, lastRows: lastRows, ctx: ctx, project: project) { l in
             for (i, it) in items.enumerated() {
                 let n = it.tokens.count, start = cache.lengths[it.slot], r0 = offsets[i]
                 let base = it.slot * cache.capacity * kvDim
@@ -144,22 +139,7 @@ extension LlamaModel {
                                    keyMask: nil, start: start, Tq: n,
                                    nH: c.numAttentionHeads, nKV: c.numKeyValueHeads, hd: c.headDim)
             }
-            project(blk.o, l, .o, y: cache.tmp.data, x: cache.att.data)
-            be.add(out: cache.x.data, a: cache.x.data, b: cache.tmp.data, count: M * C)
-            be.rmsnormForward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.x.data, weight: blk.mlpNorm.data, N: M, C: C, eps: c.rmsNormEps)
-            project(blk.gate, l, .gate, y: cache.gate.data, x: cache.xn.data)
-            project(blk.up, l, .up, y: cache.up.data, x: cache.xn.data)
-            be.swigluForward(h: cache.h.data, gate: cache.gate.data, up: cache.up.data, count: M * I)
-            project(blk.down, l, .down, y: cache.tmp.data, x: cache.h.data)
-            be.add(out: cache.x.data, a: cache.x.data, b: cache.tmp.data, count: M * C)
         }
-        // Logits only for each item's last token.
-        for (i, it) in items.enumerated() {
-            (cache.lastHidden.data + i * C).update(from: cache.x.data + (offsets[i] + it.tokens.count - 1) * C, count: C)
-        }
-        let S = items.count
-        be.rmsnormForward(y: cache.xn.data, rstd: cache.tmp.data, x: cache.lastHidden.data, weight: norm.data, N: S, C: C, eps: c.rmsNormEps)
-        be.matmul(y: cache.logits.data, x: cache.xn.data, w: decodeHead, M: S, accumulate: false, scratch: cache.scratch)
         for it in items { cache.advance(slot: it.slot, by: it.tokens.count) }
     }
 }

@@ -42,57 +42,31 @@ public enum CUDAKernels {
         return (bf16_t)(u >> 16);
     }
 
-    __device__ __forceinline__ float warp_sum(float v) {
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        return v;
-    }
-    __device__ __forceinline__ float warp_max(float v) {
-        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-        return v;
-    }
-    __device__ __forceinline__ double warp_sum_d(double v) {
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        return v;
-    }
-
-    // Block-wide reductions (blockDim.x a multiple of 32, at most 1024); every thread gets
+    // Warp and block reductions (blockDim.x a multiple of 32, at most 1024); every thread gets
     // the result. `sh` holds 32 values; the leading barrier lets a caller reduce twice in a row.
-    __device__ float block_sum(float v, float *sh) {
+    struct SumOp { template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; } };
+    struct MaxOp { __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); } };
+
+    template <typename T, typename Op> __device__ __forceinline__ T warp_reduce(T v, Op op) {
+        for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+        return v;
+    }
+    template <typename T, typename Op> __device__ T block_reduce(T v, T *sh, T identity, Op op) {
         int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-        v = warp_sum(v);
+        v = warp_reduce(v, op);
         __syncthreads();
         if (lane == 0) sh[w] = v;
         __syncthreads();
-        v = threadIdx.x < nw ? sh[threadIdx.x] : 0.0f;
-        if (w == 0) v = warp_sum(v);
+        v = threadIdx.x < nw ? sh[threadIdx.x] : identity;
+        if (w == 0) v = warp_reduce(v, op);
         if (threadIdx.x == 0) sh[0] = v;
         __syncthreads();
         return sh[0];
     }
-    __device__ float block_max(float v, float *sh) {
-        int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-        v = warp_max(v);
-        __syncthreads();
-        if (lane == 0) sh[w] = v;
-        __syncthreads();
-        v = threadIdx.x < nw ? sh[threadIdx.x] : NEG_INF;
-        if (w == 0) v = warp_max(v);
-        if (threadIdx.x == 0) sh[0] = v;
-        __syncthreads();
-        return sh[0];
-    }
-    __device__ double block_sum_d(double v, double *sh) {
-        int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-        v = warp_sum_d(v);
-        __syncthreads();
-        if (lane == 0) sh[w] = v;
-        __syncthreads();
-        v = threadIdx.x < nw ? sh[threadIdx.x] : 0.0;
-        if (w == 0) v = warp_sum_d(v);
-        if (threadIdx.x == 0) sh[0] = v;
-        __syncthreads();
-        return sh[0];
-    }
+    __device__ __forceinline__ float warp_sum(float v) { return warp_reduce(v, SumOp()); }
+    __device__ float block_sum(float v, float *sh) { return block_reduce(v, sh, 0.0f, SumOp()); }
+    __device__ float block_max(float v, float *sh) { return block_reduce(v, sh, NEG_INF, MaxOp()); }
+    __device__ double block_sum_d(double v, double *sh) { return block_reduce(v, sh, 0.0, SumOp()); }
 
     #define GRID_STRIDE(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 
