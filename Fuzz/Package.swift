@@ -6,7 +6,7 @@
 import PackageDescription
 
 let targets = ["safetensors", "safetensors_index", "gguf", "gguf_tokenizer", "config", "adapter_config",
-               "tokenizer_json", "data", "yaml", "prompter", "resume", "chat_data"]
+               "tokenizer_json", "data", "yaml", "prompter", "resume", "chat_data", "gguf_lora"]
 
 let package = Package(
     name: "LoraFuzz",

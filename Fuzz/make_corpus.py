@@ -235,6 +235,11 @@ def main():
         "prompt_no_input": "Below is an instruction.\n\n### Instruction:\n{instruction}\n\n### Response:\n",
         "response_split": "### Response:"}))
 
+    # gguf_lora: llama.cpp adapter files (f32 and f16, MHA and GQA; the last byte picks the model)
+    for n in ("tiny-mha-a.lora", "tiny-mha-a.lora-f16", "tiny-gqa-b.lora"):
+        b = rd("gguf", n + ".gguf")
+        put("gguf_lora", n, b[:-1] + bytes([(b[-1] & 0xFE) | (1 if "gqa" in n else 0)]))
+
     # resume: trainer_state.json SEP optimizer.safetensors
     ok_state = {"step": 3, "epoch": 1, "micro_batch": 0, "total_steps": 6, "rng": ["1", "2", "3", "4"],
                 "best_eval_loss": 2.5, "best_step": 2}

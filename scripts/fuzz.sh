@@ -5,6 +5,9 @@
 #                                              inputs to Fuzz/corpus/TARGET
 #   scripts/fuzz.sh all SECONDS                each target in turn; non-zero if any failed
 #   scripts/fuzz.sh list                       the targets
+# Runs of 60 s or more append a line to Fuzz/runs.tsv (date, target, seconds, CPU seconds the
+# fuzzer got, executions, coverage, corpus, CPU): the total per target is the sum over that
+# file. FUZZ_NOBUILD=1 skips the build (runs side by side share one build).
 # Runs on a copy of the committed corpus in .build-fuzz/run/TARGET; a crash, hang (10 s) or
 # allocation over 2 GB leaves its input in .build-fuzz/run/TARGET/artifacts/ and fails.
 set -uo pipefail
@@ -12,7 +15,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 SCRATCH=$ROOT/.build-fuzz
 
-TARGETS=(safetensors safetensors_index gguf gguf_tokenizer config adapter_config tokenizer_json data yaml prompter resume chat_data)
+TARGETS=(safetensors safetensors_index gguf gguf_tokenizer config adapter_config tokenizer_json data yaml prompter resume chat_data gguf_lora)
 # Longest input per target: a little over its largest seed.
 max_len() {
     case $1 in
@@ -43,12 +46,17 @@ build() {
     echo "build: $((SECONDS - t0)) s"
 }
 
+# CPU time (ticks) of this shell's waited-for children: what the fuzzer itself got, whatever
+# else the machine ran.
+child_cpu() { awk '{print $16 + $17}' "/proc/$$/stat"; }
+
 run_one() {
     local t=$1 secs=$2 dir=$SCRATCH/run/$1
     local bin
     bin=$(cd Fuzz && swift build -c debug --scratch-path "$SCRATCH" --show-bin-path 2>/dev/null)/fuzz-$t
     [ -x "$bin" ] || { echo "$t: no binary $bin" >&2; return 1; }
     rm -rf "$dir"; mkdir -p "$dir/corpus" "$dir/artifacts"
+    local cpu0; cpu0=$(child_cpu)
     cp "$ROOT/Fuzz/corpus/$t/"* "$dir/corpus/"
     # detect_leaks=0: Foundation's Data(contentsOf:) leaks a buffer on empty files and the
     # Swift runtime keeps caches alive; leaks are not what these targets look for.
@@ -56,6 +64,7 @@ run_one() {
         -rss_limit_mb=2048 -malloc_limit_mb=2048 -detect_leaks=0 -print_final_stats=1 ${FUZZ_SEED:+-seed=$FUZZ_SEED} \
         -artifact_prefix="$dir/artifacts/" corpus > "$dir/log" 2>&1)
     local rc=$?
+    local cpu=$(( ($(child_cpu) - cpu0) / $(getconf CLK_TCK) ))
     local last execs cov corp
     last=$(grep -E "^#[0-9]+" "$dir/log" | tail -1)
     execs=$(grep -oE "stat::number_of_executed_units: *[0-9]+" "$dir/log" | grep -oE "[0-9]+$" | tail -1)
@@ -66,7 +75,12 @@ run_one() {
         grep -E "ERROR|SUMMARY|Fatal error|deadly signal|Test unit written" "$dir/log" | head -8
         return 1
     fi
-    echo "ok   $t: ${secs}s, ${execs:-?} executions, cov: ${cov:-?}, corpus: ${corp:-?}"
+    echo "ok   $t: ${secs}s (${cpu} s CPU), ${execs:-?} executions, cov: ${cov:-?}, corpus: ${corp:-?}"
+    # Runs of a minute or more are logged, so time spent on a target adds up across sessions.
+    if [ "$secs" -ge 60 ]; then
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "$secs" "$cpu" "${execs:-?}" "${cov:-?}" "${corp:-?}" \
+            "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores" >> "$ROOT/Fuzz/runs.tsv"
+    fi
     if [ "$MERGE" = --merge ]; then
         local before after
         before=$(ls "$ROOT/Fuzz/corpus/$t" | wc -l)
@@ -77,7 +91,7 @@ run_one() {
 }
 
 mkdir -p "$SCRATCH"
-build
+[ "${FUZZ_NOBUILD:-}" = 1 ] || build
 if [ "$TARGET" = all ]; then
     failed=0
     for t in "${TARGETS[@]}"; do run_one "$t" "$SECONDS_" || failed=1; done

@@ -25,6 +25,7 @@ struct lora_pool {
     lora_task_fn fn;
     void *ctx;
     long n;
+    _Atomic long next;           // the next task to hand out
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int sleepers;
@@ -33,9 +34,11 @@ struct lora_pool {
 
 typedef struct { lora_pool *p; int index; } worker_arg;
 
-static void run_share(lora_pool *p, int index) {
-    // Task i goes to worker i % threads: fixed, whatever the timing.
-    for (long i = index; i < p->n; i += p->threads) p->fn(p->ctx, i);
+static void run_share(lora_pool *p) {
+    // Tasks in order to whoever is free: a core that is slower this time (interrupts, another
+    // process) takes fewer, so both finish together. Each task's output is its own, so which
+    // thread runs it changes no result.
+    for (long i; (i = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed)) < p->n;) p->fn(p->ctx, i);
 }
 
 static void *worker(void *arg) {
@@ -58,7 +61,7 @@ static void *worker(void *arg) {
         }
         if (atomic_load(&p->stop)) return NULL;
         seen = g;
-        run_share(p, a.index);
+        run_share(p);
         atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel);
     }
 }
@@ -101,12 +104,13 @@ void lora_pool_run(lora_pool *p, long n, lora_task_fn fn, void *ctx) {
         return;
     }
     p->fn = fn; p->ctx = ctx; p->n = n;
+    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
     atomic_store_explicit(&p->pending, p->threads - 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
     pthread_mutex_lock(&p->mu);
     if (p->sleepers) pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
-    run_share(p, 0);
+    run_share(p);
     while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) PAUSE();
     pthread_mutex_unlock(&p->busy);
 }

@@ -74,10 +74,11 @@ public final class ExecutionContext: @unchecked Sendable {
     }
 
     /// A CPU context: `threads` workers (0 = all cores), the kernel family from `environment`
-    /// (LORA_KERNELS) or the best the CPU has.
+    /// (LORA_KERNELS) or the best the CPU has, the decoding arithmetic from LORA_DECODE (q8).
     public static func cpu(threads: Int = 0, environment: [String: String] = [:]) throws -> ExecutionContext {
         let pool = threads > 0 ? WorkerPool(threads: threads) : .allCores
-        return ExecutionContext(backend: CPUBackend(family: try KernelFamily.select(environment: environment), pool: pool))
+        return ExecutionContext(backend: CPUBackend(family: try KernelFamily.select(environment: environment), pool: pool,
+                                                    decoding: try KernelFamily.selectDecoding(environment: environment)))
     }
 
     /// The CPU backend's worker pool (loading and quantizing use it too).

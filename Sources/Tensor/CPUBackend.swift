@@ -24,15 +24,18 @@ final class TaskBox {
 public final class CPUBackend: Backend, @unchecked Sendable {
     public let family: KernelFamily
     public let pool: WorkerPool
+    /// How decoding products with Q4_0 / Q4_1 weights are computed.
+    public let decoding: DecodeArithmetic
 
     /// Spinning workers for the decoding step's GEMVs (see spinpool.c); nil with one thread.
     private let spin: OpaquePointer?
 
-    public init(family: KernelFamily = .best, pool: WorkerPool) {
+    public init(family: KernelFamily = .best, pool: WorkerPool, decoding: DecodeArithmetic = .q8) {
         precondition(family.isAvailable, "kernel family \(family) is not available on this CPU")
         _ = BLASThreads.single
         self.family = family
         self.pool = pool
+        self.decoding = decoding
         spin = pool.threads > 1 ? lora_pool_create(Int32(pool.threads)) : nil
     }
 
@@ -41,7 +44,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     /// Weights at least this large are split over the spinning workers when decoding.
     static let spinBytes = 1 << 16
 
-    public var name: String { "cpu \(family.rawValue) x\(pool.threads)" }
+    public var name: String { "cpu \(family.rawValue) x\(pool.threads)" + (decoding == .q8 ? "" : " decode \(decoding.rawValue)") }
 
     /// Forward with M up to this uses the unpacked small-M kernel (decoding); measured on Zen 5
     /// it is as fast as the packed GEMM up to M = 24..32 (packing W^T costs ~40 us per 576 x 576).
@@ -71,26 +74,39 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         }
         let acc: Int32 = accumulate ? 1 : 0
         let scales = w.scales
-        if M <= Self.smallM, let spin, w.byteCount >= Self.spinBytes {
-            // One contiguous range of 16-row units per spinning worker.
-            let units = (N + 15) / 16, t = Int(lora_pool_threads(spin)), per = (units + t - 1) / t
-            withoutActuallyEscaping({ (i: Int) in
-                let n0 = min(N, i * per * 16), n1 = min(N, (i + 1) * per * 16)
-                if n0 < n1 { lora_gemv_abt(fam, fmt, M, n0, n1, K, x, K, w.data, K, scales, y, N, acc) }
-            }) { body in
-                let box = TaskBox(body)
-                lora_pool_run(spin, t, { ctx, i in Unmanaged<TaskBox>.fromOpaque(ctx!).takeUnretainedValue().body(i) },
-                              Unmanaged.passUnretained(box).toOpaque())
-            }
-            return
-        }
         if M <= Self.smallM {
+            // x quantized once for every worker when the integer GEMV applies (q8 bytes, then
+            // the block scales and sums, in the caller's scratch).
+            let nb = K / 32, bytes = M * K + 8 * M * nb
+            let q8 = decoding == .q8 && lora_q8_gemv_format(fmt) != 0 && K % 32 == 0
+                && bytes <= scratch.capacity * MemoryLayout<Float>.stride
+            let raw = UnsafeMutableRawPointer(scratch.data)
+            let q = raw.assumingMemoryBound(to: Int8.self)
+            let d = (raw + M * K).assumingMemoryBound(to: Float.self)  // M * K is a multiple of 32
+            let sums = (raw + M * K + 4 * M * nb).assumingMemoryBound(to: Int32.self)
+            if q8 { lora_q8_quantize(M, K, x, K, q, d, sums) }
+            let rows = { (n0: Int, n1: Int) in
+                if q8 { lora_q8_gemv(fam, fmt, M, n0, n1, K, q, d, sums, w.data, K, y, N, acc) }
+                else { lora_gemv_abt(fam, fmt, M, n0, n1, K, x, K, w.data, K, scales, y, N, acc) }
+            }
+            if let spin, w.byteCount >= Self.spinBytes {
+                // Ranges of 16-row units, 8 per spinning worker, taken by whichever is free.
+                let units = (N + 15) / 16, t = min(units, 8 * Int(lora_pool_threads(spin))), per = (units + t - 1) / t
+                withoutActuallyEscaping({ (i: Int) in
+                    let n0 = min(N, i * per * 16), n1 = min(N, (i + 1) * per * 16)
+                    if n0 < n1 { rows(n0, n1) }
+                }) { body in
+                    let box = TaskBox(body)
+                    lora_pool_run(spin, t, { ctx, i in Unmanaged<TaskBox>.fromOpaque(ctx!).takeUnretainedValue().body(i) },
+                                  Unmanaged.passUnretained(box).toOpaque())
+                }
+                return
+            }
             // Rows of W in blocks of 16 per worker.
             let units = (N + 15) / 16
             let split = 2 * M * N * K >= Self.parallelFlops || w.byteCount >= Self.parallelBytes
             pool.chunks(units, grain: split ? 1 : units) { r in
-                let n0 = r.lowerBound * 16, n1 = min(N, r.upperBound * 16)
-                lora_gemv_abt(fam, fmt, M, n0, n1, K, x, K, w.data, K, scales, y, N, acc)
+                rows(r.lowerBound * 16, min(N, r.upperBound * 16))
             }
             return
         }

@@ -44,7 +44,9 @@ final class MatmulTests: XCTestCase {
     /// A two-worker backend of family `k`.
     func backend(_ k: KernelFamily) -> CPUBackend {
         if let b = Self.backends[k] { return b }
-        let b = CPUBackend(family: k, pool: testPool)
+        // The f32 decoding arithmetic: these tests hold every path to the f32 reference;
+        // Q8DecodeTests covers the integer one.
+        let b = CPUBackend(family: k, pool: testPool, decoding: .f32)
         Self.backends[k] = b
         return b
     }
@@ -172,7 +174,7 @@ final class MatmulTests: XCTestCase {
             for k in kernels {
                 var ys: [[Float]] = [], dxs: [[Float]] = []
                 for t in [1, 2, 3] {
-                    let b = CPUBackend(family: k, pool: WorkerPool(threads: t))
+                    let b = CPUBackend(family: k, pool: WorkerPool(threads: t), decoding: .f32)
                     let y = Tensor([M, N]), dx = Tensor([M, K])
                     b.matmul(y: y.data, x: x.data, w: w, M: M, accumulate: false, scratch: MatmulScratch())
                     b.matmulBackwardInput(dx: dx.data, dy: dy.data, w: w, M: M, accumulate: false, scratch: MatmulScratch())

@@ -128,6 +128,24 @@ void lora_gemv_abt(int family, int format, long M, long n0, long n1, long K,
                    const float *A, long lda, const void *W, long ldw, const float *scales,
                    float *C, long ldc, int accumulate);
 
+// ---- Integer decoding GEMV for Q4_0 / Q4_1 (qdot.c) --------------------------------------------
+// llama.cpp's CPU scheme: A is quantized once per call to int8 in blocks of 32 (per block
+// d = absmax / 127, q = round(x / d) ties to even, sum = sum of q), and each weight block's dot
+// with an activation block is an exact int32 sum, scaled by d_w * d_a (Q4_1 adds m_w * d_a *
+// sum). Differs from the f32 product by the activation rounding; families agree to float
+// rounding (the portable one is the scalar reference).
+/// q [M][K] int8, d and sum [M][K/32]; K a multiple of 32 (else abort).
+void lora_q8_quantize(long M, long K, const float *A, long lda, int8_t *q, float *d, int32_t *sum);
+/// 1 for the weight formats lora_q8_gemv takes (Q4_0, Q4_1).
+int lora_q8_gemv_format(int format);
+/// 1 when the AVX-512 family's version can use VNNI (vpdpbusd); else it runs the AVX2 one.
+int lora_q8_vnni_available(void);
+/// C[M, n0:n1] (+)= A @ W[n0:n1]^T with A given as lora_q8_quantize's output for M rows of K;
+/// W, ldw as in lora_gemv_abt (ldw and K multiples of 32).
+void lora_q8_gemv(int family, int format, long M, long n0, long n1, long K, const int8_t *q,
+                  const float *d, const int32_t *sum, const void *W, long ldw, float *C, long ldc,
+                  int accumulate);
+
 // Element-wise helpers with FMA where the family has it (the Swift ops call these on the
 // hot loops so they are not limited to baseline x86-64 code generation).
 /// sum_i a[i] * b[i]
@@ -142,7 +160,8 @@ typedef void (*lora_task_fn)(void *ctx, long i);
 lora_pool *lora_pool_create(int threads);
 void lora_pool_destroy(lora_pool *p);
 int lora_pool_threads(const lora_pool *p);
-/// Runs fn(ctx, i) for i in 0..<n, task i on worker i % threads, and returns when all are done.
+/// Runs fn(ctx, i) for i in 0..<n, each task once, handed out in order to whichever thread is
+/// free (tasks must not depend on which thread runs them), and returns when all are done.
 /// One caller at a time.
 void lora_pool_run(lora_pool *p, long n, lora_task_fn fn, void *ctx);
 

@@ -1,0 +1,271 @@
+// Decoding GEMVs in integers, as llama.cpp computes them on CPUs: the activations are quantized
+// once per call to int8 in blocks of 32 (lora_q8_quantize), and each Q4_0 / Q4_1 weight block
+// is multiplied with its activation block as bytes (exact int32 sums), then scaled. A 4-bit
+// weight then costs a few byte operations instead of a conversion to float and an FMA, which
+// makes the M = 1 GEMV memory-bound instead of compute-bound, and lets one decoded block serve
+// several rows of A (batched decoding).
+//
+// The plain reference is lora_portable_q8_gemv below (C, exact integer sums, floats summed
+// block by block); the SIMD versions add the same block products in another order (per lane,
+// then across lanes), so they agree to float rounding. Against the f32 product of the
+// dequantized weights the difference is the activation quantization (|error| <= d/2 per
+// activation, d = block absmax / 127): tests hold it to a named tolerance.
+#include "CKernels.h"
+#include "families.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define QK LORA_QK
+
+void lora_q8_quantize(long M, long K, const float *A, long lda, int8_t *q, float *d, int32_t *sum) {
+    if (K % QK != 0) abort();
+    const long nb = K / QK;
+    for (long m = 0; m < M; m++)
+        for (long b = 0; b < nb; b++) {
+            const float *x = A + m * lda + b * QK;
+            float amax = 0;
+            for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+            const float dd = amax / 127.0f, id = dd != 0 ? 1.0f / dd : 0.0f;
+            int8_t *o = q + m * K + b * QK;
+            int32_t s = 0;
+            for (int j = 0; j < QK; j++) {
+                // Ties to even (the default rounding mode); |x * id| <= 127 up to rounding.
+                long v = lrintf(x[j] * id);
+                v = v > 127 ? 127 : v < -127 ? -127 : v;
+                o[j] = (int8_t)v;
+                s += (int32_t)v;
+            }
+            d[m * nb + b] = dd;
+            sum[m * nb + b] = s;
+        }
+}
+
+int lora_q8_gemv_format(int format) {
+    return format == LORA_FORMAT_Q4_0 || format == LORA_FORMAT_Q4_1;
+}
+
+/// The scalar reference: per block, the exact integer dot of the 4-bit codes with the int8
+/// activations (Q4_0's -8 folded in as -8 * sum), times d_w * d_a; Q4_1 adds m_w * (d_a * sum).
+static void portable_q8_gemv(int fmt, long M, long n0, long n1, long K, const int8_t *q,
+                             const float *da, const int32_t *sa, const uint8_t *w, long rowbytes,
+                             float *C, long ldc, int accumulate) {
+    const long nb = K / QK, bb = lora_block_bytes(fmt);
+    for (long m = 0; m < M; m++)
+        for (long n = n0; n < n1; n++) {
+            float acc = 0;
+            for (long b = 0; b < nb; b++) {
+                const uint8_t *blk = w + n * rowbytes + b * bb, *qs = blk + bb - 16;
+                const int8_t *x = q + m * K + b * QK;
+                int32_t s = 0;
+                for (int j = 0; j < 16; j++) s += (qs[j] & 15) * x[j] + (qs[j] >> 4) * x[j + 16];
+                const float dw = lora_half_to_float(lora_load_u16(blk)), a = da[m * nb + b];
+                if (fmt == LORA_FORMAT_Q4_0) {
+                    s -= 8 * sa[m * nb + b];
+                    acc += dw * a * (float)s;
+                } else {
+                    acc += dw * a * (float)s;
+                    acc += lora_half_to_float(lora_load_u16(blk + 2)) * (a * (float)sa[m * nb + b]);
+                }
+            }
+            float *c = C + m * ldc + n;
+            *c = accumulate ? *c + acc : acc;
+        }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+/// 4 bytes as a little-endian int32 (one unaligned load).
+static inline int32_t load_i32(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+/// A half's bits at p (one unaligned load).
+static inline int load_h(const uint8_t *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+#define RB 8  // weight rows per group: one 32-bit lane of a ymm vector each
+
+/// Rows n..n+8 of W against rows 0..mb of A (mb <= MB). Per block of 32 depths: the 16 code
+/// bytes of each of the 8 rows, transposed in registers so that 32-bit lane i holds 4 bytes of
+/// row i (v[k] = bytes 4k..4k+3 of every row); their low nibbles are weights 4k..4k+3 and the
+/// high ones 16+4k..16+4k+3, so each product with 4 activation bytes broadcast to every lane
+/// adds 4 terms to every row at once. The block's exact int32 dot per row is then one lane,
+/// scaled by its row's d (the 8 halves converted together) and d_a: no horizontal sums.
+#define Q8_BLOCK_BODY(DOTS)                                                                      \
+    const long bb = lora_block_bytes(fmt), nb = K / QK;                                          \
+    const __m256i low4 = _mm256_set1_epi8(15);                                                   \
+    __m256 acc[MB], accm[MB];                                                                    \
+    for (int m = 0; m < mb; m++) acc[m] = accm[m] = _mm256_setzero_ps();                         \
+    const uint8_t *wr[RB];                                                                       \
+    for (int r = 0; r < RB; r++) wr[r] = w + (n + r) * rowbytes;                                 \
+    for (long b = 0, o = 0; b < nb; b++, o += bb) {                                              \
+        __m128i h = _mm_setzero_si128(), hm = _mm_setzero_si128();                               \
+        INSERT8(h, o);                                                                           \
+        const __m256 dw = _mm256_cvtph_ps(h);                                                    \
+        __m256 mw = _mm256_setzero_ps();                                                         \
+        if (fmt == LORA_FORMAT_Q4_1) {                                                           \
+            INSERT8(hm, o + 2);                                                                  \
+            mw = _mm256_cvtph_ps(hm);                                                            \
+        }                                                                                        \
+        __m256i a[4];                                                                            \
+        for (int r = 0; r < 4; r++) {                                                            \
+            _mm_prefetch((const char *)(wr[r] + o + 8 * rowbytes), _MM_HINT_T0);                 \
+            _mm_prefetch((const char *)(wr[r + 4] + o + 8 * rowbytes), _MM_HINT_T0);             \
+            a[r] = _mm256_inserti128_si256(                                                      \
+                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(wr[r] + o + bb - 16))), \
+                _mm_loadu_si128((const __m128i *)(wr[r + 4] + o + bb - 16)), 1);                 \
+        }                                                                                        \
+        /* a[r] = [row r | row r+4]; 4 x 4 dword transposes in each 128-bit half */             \
+        const __m256i t0 = _mm256_unpacklo_epi32(a[0], a[1]), t1 = _mm256_unpackhi_epi32(a[0], a[1]); \
+        const __m256i t2 = _mm256_unpacklo_epi32(a[2], a[3]), t3 = _mm256_unpackhi_epi32(a[2], a[3]); \
+        const __m256i v[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2),      \
+                              _mm256_unpacklo_epi64(t1, t3), _mm256_unpackhi_epi64(t1, t3)};     \
+        __m256i lo[4], hi[4];                                                                    \
+        for (int k = 0; k < 4; k++) {                                                            \
+            lo[k] = _mm256_and_si256(v[k], low4);                                                \
+            hi[k] = _mm256_and_si256(_mm256_srli_epi16(v[k], 4), low4);                          \
+        }                                                                                        \
+        for (int m = 0; m < mb; m++) {                                                           \
+            const int8_t *x = q + m * K + b * QK;                                                \
+            const float ad = da[m * nb + b];                                                     \
+            const int32_t s = sa[m * nb + b];                                                    \
+            /* Q4_0's -8 offset: every row's sum starts at -8 * sum(x). */                        \
+            __m256i dot = _mm256_set1_epi32(fmt == LORA_FORMAT_Q4_0 ? -8 * s : 0);               \
+            DOTS                                                                                 \
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(ad)), acc[m]); \
+            if (fmt == LORA_FORMAT_Q4_1)                                                         \
+                accm[m] = _mm256_fmadd_ps(mw, _mm256_set1_ps(ad * (float)s), accm[m]);           \
+        }                                                                                        \
+    }                                                                                            \
+    for (int m = 0; m < mb; m++) {                                                               \
+        __m256 v = fmt == LORA_FORMAT_Q4_1 ? _mm256_add_ps(acc[m], accm[m]) : acc[m];            \
+        float *c = C + m * ldc + n;                                                              \
+        _mm256_storeu_ps(c, accumulate ? _mm256_add_ps(_mm256_loadu_ps(c), v) : v);              \
+    }
+
+/// The halves at byte `at` of the current block of the 8 rows, as 8 lanes of v (the lane
+/// index of vpinsrw must be a constant).
+#define INSERT8(v, at)                                                                           \
+    do {                                                                                         \
+        v = _mm_insert_epi16(v, load_h(wr[0] + (at)), 0);                                 \
+        v = _mm_insert_epi16(v, load_h(wr[1] + (at)), 1);                                 \
+        v = _mm_insert_epi16(v, load_h(wr[2] + (at)), 2);                                 \
+        v = _mm_insert_epi16(v, load_h(wr[3] + (at)), 3);                                 \
+        v = _mm_insert_epi16(v, load_h(wr[4] + (at)), 4);                                 \
+        v = _mm_insert_epi16(v, load_h(wr[5] + (at)), 5);                                 \
+        v = _mm_insert_epi16(v, load_h(wr[6] + (at)), 6);                                 \
+        v = _mm_insert_epi16(v, load_h(wr[7] + (at)), 7);                                 \
+    } while (0)
+
+/// 4 activation bytes (little-endian int32) broadcast to every lane.
+#define X4(off) _mm256_set1_epi32(load_i32(x + (off)))
+
+#define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
+#define VNNI_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
+
+/// AVX2: vpmaddubsw (u8 codes <= 15 times s8 in -127..127: a pair <= 3810) summed as int16
+/// over the 8 products (<= 30480, no overflow), then vpmaddwd with ones to int32.
+#define DOTS_AVX2                                                                                \
+    {                                                                                            \
+        __m256i p = _mm256_setzero_si256();                                                      \
+        for (int k = 0; k < 4; k++) {                                                            \
+            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(lo[k], X4(4 * k)));                     \
+            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(hi[k], X4(16 + 4 * k)));                \
+        }                                                                                        \
+        dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));                 \
+    }
+/// VNNI: vpdpbusd in two chains (low and high nibbles).
+#define DOTS_VNNI                                                                                \
+    {                                                                                            \
+        __m256i d2 = _mm256_setzero_si256();                                                     \
+        for (int k = 0; k < 4; k++) {                                                            \
+            dot = _mm256_dpbusd_epi32(dot, lo[k], X4(4 * k));                                    \
+            d2 = _mm256_dpbusd_epi32(d2, hi[k], X4(16 + 4 * k));                                 \
+        }                                                                                        \
+        dot = _mm256_add_epi32(dot, d2);                                                         \
+    }
+
+#define MB 2  // rows of A per pass on AVX2 (16 ymm registers)
+static inline __attribute__((always_inline)) AVX2_TARGET void
+avx2_block(const int fmt, const int mb, long K, const int8_t *q, const float *da, const int32_t *sa,
+           const uint8_t *w, long rowbytes, long n, float *C, long ldc, int accumulate) {
+    Q8_BLOCK_BODY(DOTS_AVX2)
+}
+#undef MB
+#define MB 4  // AVX-512VL gives 32 registers
+static inline __attribute__((always_inline)) VNNI_TARGET void
+vnni_block(const int fmt, const int mb, long K, const int8_t *q, const float *da, const int32_t *sa,
+           const uint8_t *w, long rowbytes, long n, float *C, long ldc, int accumulate) {
+    Q8_BLOCK_BODY(DOTS_VNNI)
+}
+#undef MB
+
+/// Whole groups of 8 rows; the caller does the rest (fewer than 8) with the reference.
+#define Q8_GEMV(name, target, block, mbmax)                                                      \
+    target static void name(int fmt, long M, long n0, long n1, long K, const int8_t *q,          \
+                            const float *da, const int32_t *sa, const uint8_t *w,                \
+                            long rowbytes, float *C, long ldc, int accumulate) {                 \
+        const long nb = K / QK;                                                                  \
+        for (long n = n0; n + RB <= n1; n += RB)                                                 \
+            for (long m = 0; m < M; m += mbmax) {                                                \
+                const long left = M - m;                                                         \
+                const int8_t *qm = q + m * K;                                                    \
+                const float *dm = da + m * nb;                                                   \
+                const int32_t *sm = sa + m * nb;                                                 \
+                float *cm = C + m * ldc;                                                         \
+                /* constant format and row count: each pair gets its own unrolled loop */       \
+                for (int f = LORA_FORMAT_Q4_0; f <= LORA_FORMAT_Q4_1; f++) {                     \
+                    if (f != fmt) continue;                                                      \
+                    if (mbmax >= 4 && left >= 4) block(f, 4, K, qm, dm, sm, w, rowbytes, n, cm, ldc, accumulate); \
+                    else if (mbmax >= 3 && left == 3) block(f, 3, K, qm, dm, sm, w, rowbytes, n, cm, ldc, accumulate); \
+                    else if (left >= 2) block(f, 2, K, qm, dm, sm, w, rowbytes, n, cm, ldc, accumulate); \
+                    else block(f, 1, K, qm, dm, sm, w, rowbytes, n, cm, ldc, accumulate);        \
+                }                                                                                \
+            }                                                                                    \
+    }
+
+Q8_GEMV(avx2_q8_gemv, AVX2_TARGET, avx2_block, 2)
+Q8_GEMV(vnni_q8_gemv, VNNI_TARGET, vnni_block, 4)
+
+static int has_vnni(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+#endif
+
+int lora_q8_vnni_available(void) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    static int cached = -1;
+    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v < 0) { v = has_vnni(); __atomic_store_n(&cached, v, __ATOMIC_RELAXED); }
+    return v;
+#else
+    return 0;
+#endif
+}
+
+void lora_q8_gemv(int family, int format, long M, long n0, long n1, long K, const int8_t *q,
+                  const float *d, const int32_t *sum, const void *W, long ldw, float *C, long ldc,
+                  int accumulate) {
+    if (!lora_q8_gemv_format(format) || K % QK != 0 || ldw % QK != 0) abort();
+    if (M <= 0 || n1 <= n0) return;
+    const long rowbytes = ldw / QK * lora_block_bytes(format);
+    if (!lora_family_available(family)) family = LORA_FAMILY_PORTABLE;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if (family == LORA_FAMILY_AVX512 || family == LORA_FAMILY_AVX2) {
+        if (family == LORA_FAMILY_AVX512 && lora_q8_vnni_available())
+            vnni_q8_gemv(format, M, n0, n1, K, q, d, sum, W, rowbytes, C, ldc, accumulate);
+        else
+            avx2_q8_gemv(format, M, n0, n1, K, q, d, sum, W, rowbytes, C, ldc, accumulate);
+        n0 += (n1 - n0) / RB * RB;  // the rest below
+    }
+#endif
+    portable_q8_gemv(format, M, n0, n1, K, q, d, sum, W, rowbytes, C, ldc, accumulate);
+}

@@ -1,0 +1,211 @@
+import CKernels
+import Tensor
+import XCTest
+
+/// The integer decoding GEMV (qdot.c: lora_q8_quantize, lora_q8_gemv) for Q4_0 and Q4_1.
+///
+/// Three oracles:
+/// - quantization: each int8 is x / d rounded (|x - d q| <= d / 2, up to the float rounding of
+///   x * (1 / d): 0.5001 d), d = absmax / 127 exactly, sum = the sum of the q;
+/// - every family against a Double reference of the same integer arithmetic (exact block dots,
+///   scaled by d_w d_a; Q4_1 plus m_w d_a sum): |err| <= 1e-5 * the sum of the terms' magnitudes
+///   (the families add the same block products in different orders);
+/// - the f32 product of the dequantized weights with the unquantized activations: the only
+///   difference is the activation rounding, so |C - sum_k w_k x_k| <= sum_k |w_k| 0.5001 d_k
+///   (d_k the scale of x_k's block) plus the float rounding above. A bound, not a statistic.
+/// Shapes: rows not a multiple of the SIMD kernels' 8-row groups, sub-ranges starting mid-group,
+/// M from 1 to past the kernels' 4-row A blocks, K from one block to 4096; C starts as NaN (must
+/// not leak) or holds values to accumulate onto; C's padding and a canary must keep their bits.
+final class Q8DecodeTests: XCTestCase {
+    static let rtol = 1e-5
+    /// |x - d q| <= this * d (0.5 plus float rounding of x * (1 / d) for |x / d| <= 127).
+    static let roundingBound = 0.5001
+
+    static let shapes: [(M: Int, N: Int, K: Int)] = [
+        (1, 1, 32), (1, 8, 64), (1, 37, 320), (2, 19, 96), (3, 64, 4096), (4, 24, 128),
+        (5, 41, 64), (9, 16, 160), (16, 40, 64), (1, 200, 1024),
+    ]
+    static let formats: [(Int32, String)] = [(Int32(LORA_FORMAT_Q4_0), "q4_0"), (Int32(LORA_FORMAT_Q4_1), "q4_1")]
+
+    var families: [Int32] {
+        [Int32(LORA_FAMILY_PORTABLE), Int32(LORA_FAMILY_AVX2), Int32(LORA_FAMILY_AVX512)]
+            .filter { lora_family_available($0) != 0 }
+    }
+
+    /// Random Q4 rows: halves d in [2^-10, 2^-4) (and m in +-[2^-10, 2^-4) for Q4_1), random codes.
+    static func weights(_ format: Int32, N: Int, K: Int, _ rng: inout KernelFamilyTests.Rand) -> [UInt8] {
+        let bb = format == Int32(LORA_FORMAT_Q4_0) ? 18 : 20, nb = K / 32
+        var w = [UInt8](repeating: 0, count: N * nb * bb)
+        func half(_ sign: Bool) -> (UInt8, UInt8) {
+            // exponent 5..10 (2^-10 .. 2^-5 times 1.m), random mantissa
+            let bits = UInt16(sign ? 0x8000 : 0) | UInt16(5 + rng.next() % 6) << 10 | UInt16(rng.next() % 1024)
+            return (UInt8(bits & 0xFF), UInt8(bits >> 8))
+        }
+        for blk in 0..<(N * nb) {
+            let o = blk * bb
+            (w[o], w[o + 1]) = half(false)
+            if bb == 20 { (w[o + 2], w[o + 3]) = half(rng.next() & 1 == 1) }
+            for j in (bb - 16)..<bb { w[o + j] = rng.byte() }
+        }
+        return w
+    }
+
+    static func halfValue(_ lo: UInt8, _ hi: UInt8) -> Double {
+        Double(Float(Float16(bitPattern: UInt16(lo) | UInt16(hi) << 8)))
+    }
+
+    /// Activations with a few blocks of zeros and a few of tiny values, the rest uniform.
+    static func activations(M: Int, K: Int, _ rng: inout KernelFamilyTests.Rand) -> [Float] {
+        var a = (0..<(M * K)).map { _ in rng.uniform() }
+        for b in 0..<(M * K / 32) where b % 7 == 3 {
+            for j in 0..<32 { a[b * 32 + j] = b % 2 == 0 ? 0 : a[b * 32 + j] * 1e-30 }
+        }
+        return a
+    }
+
+    func testQuantize() {
+        var rng = KernelFamilyTests.Rand()
+        let M = 3, K = 256, nb = K / 32
+        var a = Self.activations(M: M, K: K, &rng)
+        a[5] = 1000; a[40] = -3e-38; a[70] = .leastNonzeroMagnitude
+        var q = [Int8](repeating: 99, count: M * K), d = [Float](repeating: -1, count: M * nb)
+        var s = [Int32](repeating: -1, count: M * nb)
+        lora_q8_quantize(M, K, a, K, &q, &d, &s)
+        for b in 0..<(M * nb) {
+            let x = a[(b * 32)..<(b * 32 + 32)]
+            let amax = x.map(abs).max()!
+            XCTAssertEqual(d[b], amax / 127, "block \(b): d")
+            XCTAssertEqual(s[b], q[(b * 32)..<(b * 32 + 32)].reduce(Int32(0)) { $0 + Int32($1) }, "block \(b): sum")
+            for j in 0..<32 {
+                let qi = q[b * 32 + j], xi = Double(a[b * 32 + j])
+                XCTAssertTrue(qi >= -127 && qi <= 127, "block \(b) q \(qi)")
+                if amax == 0 { XCTAssertEqual(qi, 0); continue }
+                let err = abs(xi - Double(d[b]) * Double(qi))
+                XCTAssertLessThanOrEqual(err, Self.roundingBound * Double(d[b]), "block \(b) j \(j): x \(xi) q \(qi) d \(d[b])")
+            }
+        }
+        XCTAssertEqual(q[5], 127)
+    }
+
+    func testFamiliesAgainstReferences() {
+        var rng = KernelFamilyTests.Rand()
+        print("Q8DecodeTests: families " + families.map { KernelFamilyTests.familyNames[Int($0)] }.joined(separator: ", ")
+              + (lora_q8_vnni_available() != 0 ? " (avx512 with VNNI)" : " (avx512 runs the AVX2 version: no VNNI)"))
+        var failures = 0
+        for (format, name) in Self.formats {
+            let q40 = format == Int32(LORA_FORMAT_Q4_0), bb = q40 ? 18 : 20
+            for (M, N, K) in Self.shapes {
+                let nb = K / 32, ldc = N + 3
+                let W = Self.weights(format, N: N, K: K, &rng)
+                let A = Self.activations(M: M, K: K, &rng)
+                var q = [Int8](repeating: 0, count: M * K), d = [Float](repeating: 0, count: M * nb)
+                var s = [Int32](repeating: 0, count: M * nb)
+                lora_q8_quantize(M, K, A, K, &q, &d, &s)
+                // References: the integer scheme (ref, mag) and the f32 product (fref, bound).
+                var ref = [Double](repeating: 0, count: M * N), mag = ref, fref = ref, fbound = ref
+                for m in 0..<M {
+                    for n in 0..<N {
+                        var r = 0.0, g = 0.0, f = 0.0, fb = 0.0
+                        for b in 0..<nb {
+                            let o = (n * nb + b) * bb
+                            let dw = Self.halfValue(W[o], W[o + 1]), mw = q40 ? 0 : Self.halfValue(W[o + 2], W[o + 3])
+                            let da = Double(d[m * nb + b])
+                            var isum = 0
+                            for j in 0..<32 {
+                                let byte = W[o + bb - 16 + j % 16]
+                                let code = Int(j < 16 ? byte & 15 : byte >> 4) - (q40 ? 8 : 0)
+                                isum += code * Int(q[m * K + b * 32 + j])
+                                // The format's value, computed in Float as the format defines it.
+                                let wv = q40 ? Double(Float(dw) * Float(code)) : Double(Float(dw) * Float(code) + Float(mw))
+                                f += wv * Double(A[m * K + b * 32 + j])
+                                fb += abs(wv) * Self.roundingBound * da
+                            }
+                            let t0 = dw * da * Double(isum), t1 = mw * da * Double(s[m * nb + b])
+                            r += t0 + t1
+                            g += abs(t0) + abs(t1)
+                        }
+                        ref[m * N + n] = r; mag[m * N + n] = g; fref[m * N + n] = f; fbound[m * N + n] = fb
+                    }
+                }
+                let before = (0..<(M * ldc + 4)).map { _ in rng.uniform() }
+                for accumulate in [false, true] {
+                    for family in families {
+                        for (r0, r1) in [(0, N)] + (N > 12 ? [(5, N - 2)] : []) {
+                            let what = "\(KernelFamilyTests.familyNames[Int(family)]) \(name) M=\(M) N=\(N) K=\(K) rows \(r0)..<\(r1) accumulate=\(accumulate)"
+                            let c0 = accumulate ? before : [Float](repeating: .nan, count: before.count)
+                            var C = c0
+                            W.withUnsafeBytes { w in
+                                lora_q8_gemv(family, format, M, r0, r1, K, q, d, s, w.baseAddress, K, &C, ldc, accumulate ? 1 : 0)
+                            }
+                            var bad = 0
+                            for i in 0..<C.count where bad < 3 {
+                                let m = i / ldc, n = i % ldc
+                                if m >= M || n < r0 || n >= r1 {
+                                    if C[i].bitPattern != c0[i].bitPattern { XCTFail("\(what): wrote outside at \(i)"); bad += 1 }
+                                    continue
+                                }
+                                let base = accumulate ? Double(c0[i]) : 0, scale = accumulate ? abs(Double(c0[i])) : 0
+                                let got = Double(C[i]) - base
+                                let e1 = abs(got - ref[m * N + n])
+                                if !(e1 <= Self.rtol * (mag[m * N + n] + scale)) {
+                                    XCTFail("\(what): C[\(m), \(n)] = \(C[i]), integer reference \(ref[m * N + n] + base), |err| \(e1)")
+                                    bad += 1
+                                }
+                                let e2 = abs(got - fref[m * N + n])
+                                if !(e2 <= fbound[m * N + n] + Self.rtol * (mag[m * N + n] + scale)) {
+                                    XCTFail("\(what): C[\(m), \(n)] = \(C[i]), f32 product \(fref[m * N + n] + base), |err| \(e2) > bound \(fbound[m * N + n])")
+                                    bad += 1
+                                }
+                            }
+                            failures += bad
+                            if failures > 20 { return XCTFail("too many failures; stopping") }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The CPU backend takes the integer path for Q4_0 / Q4_1 products of up to 16 rows unless
+    /// told `.f32` (LORA_DECODE=f32), and then gives exactly what the C entry points give.
+    func testBackendPath() throws {
+        var rng = RNG(seed: 7)
+        let N = 48, K = 96
+        let wf = Tensor([N, K])
+        for i in 0..<wf.count { wf.data[i] = 0.1 * rng.normal() }
+        XCTAssertEqual(try KernelFamily.selectDecoding(environment: [:]), .q8)
+        XCTAssertEqual(try KernelFamily.selectDecoding(environment: ["LORA_DECODE": "F32"]), .f32)
+        XCTAssertThrowsError(try KernelFamily.selectDecoding(environment: ["LORA_DECODE": "int4"])) {
+            XCTAssertTrue("\($0)".contains("LORA_DECODE=int4"), "\($0)")
+        }
+        for format in [WeightFormats.q4_0, WeightFormats.q4_1] {
+            let w = Weight.make(format, from: wf, pool: testPool)
+            let fam = KernelFamily.best.kernelID!, fmt = format.kernelID!
+            for M in [1, 3, 16, 17] {
+                let x = Tensor([M, K])
+                for i in 0..<x.count { x.data[i] = rng.normal() }
+                var outs: [DecodeArithmetic: [Float]] = [:]
+                for dec in DecodeArithmetic.allCases {
+                    let b = CPUBackend(family: .best, pool: testPool, decoding: dec)
+                    let y = Tensor([M, N])
+                    b.matmul(y: y.data, x: x.data, w: w, M: M, accumulate: false, scratch: MatmulScratch())
+                    outs[dec] = (0..<(M * N)).map { y[$0] }
+                }
+                // The direct calls.
+                var q = [Int8](repeating: 0, count: M * K), d = [Float](repeating: 0, count: M * K / 32)
+                var s = [Int32](repeating: 0, count: M * K / 32)
+                var cq = [Float](repeating: 0, count: M * N), cf = cq
+                lora_q8_quantize(M, K, x.data, K, &q, &d, &s)
+                lora_q8_gemv(fam, fmt, M, 0, N, K, q, d, s, w.data, K, &cq, N, 0)
+                lora_gemv_abt(fam, fmt, M, 0, N, K, x.data, K, w.data, K, nil, &cf, N, 0)
+                if M <= 16 {
+                    XCTAssertEqual(outs[.q8]!, cq, "\(format.name) M=\(M): q8 backend path")
+                    XCTAssertEqual(outs[.f32]!, cf, "\(format.name) M=\(M): f32 backend path")
+                    XCTAssertNotEqual(cq, cf, "\(format.name) M=\(M): the two arithmetics should differ somewhere")
+                } else {
+                    XCTAssertEqual(outs[.q8]!, outs[.f32]!, "\(format.name) M=\(M): past 16 rows both use the GEMM")
+                }
+            }
+        }
+    }
+}
