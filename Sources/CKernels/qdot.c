@@ -42,10 +42,10 @@ void lora_q8_quantize(long M, long K, const float *A, long lda, int8_t *q, float
 }
 
 int lora_q8_gemv_format(int format) {
-    return format == LORA_FORMAT_Q4_0 || format == LORA_FORMAT_Q4_1;
+    return format == LORA_FORMAT_Q4_0 || format == LORA_FORMAT_Q4_1 || format == LORA_FORMAT_Q8_0;
 }
 
-/// The scalar reference: per block, the exact integer dot of the 4-bit codes with the int8
+/// The scalar reference: per block, the exact integer dot of the codes with the int8
 /// activations (Q4_0's -8 folded in as -8 * sum), times d_w * d_a; Q4_1 adds m_w * (d_a * sum).
 static void portable_q8_gemv(int fmt, long M, long n0, long n1, long K, const int8_t *q,
                              const float *da, const int32_t *sa, const uint8_t *w, long rowbytes,
@@ -58,8 +58,13 @@ static void portable_q8_gemv(int fmt, long M, long n0, long n1, long K, const in
                 const uint8_t *blk = w + n * rowbytes + b * bb, *qs = blk + bb - 16;
                 const int8_t *x = q + m * K + b * QK;
                 int32_t s = 0;
-                for (int j = 0; j < 16; j++) s += (qs[j] & 15) * x[j] + (qs[j] >> 4) * x[j + 16];
                 const float dw = lora_half_to_float(lora_load_u16(blk)), a = da[m * nb + b];
+                if (fmt == LORA_FORMAT_Q8_0) {
+                    for (int j = 0; j < 32; j++) s += (int8_t)blk[2 + j] * x[j];
+                    acc += dw * a * (float)s;
+                    continue;
+                }
+                for (int j = 0; j < 16; j++) s += (qs[j] & 15) * x[j] + (qs[j] >> 4) * x[j + 16];
                 if (fmt == LORA_FORMAT_Q4_0) {
                     s -= 8 * sa[m * nb + b];
                     acc += dw * a * (float)s;
@@ -191,18 +196,98 @@ static inline int load_h(const uint8_t *p) {
         dot = _mm256_add_epi32(dot, d2);                                                         \
     }
 
+/// Q8_0 (signed weights): 8 rows' 32 bytes transposed 8 x 8 in dwords (v[k] = bytes 4k..4k+3
+/// of every row), then the same lane-per-row products as the 4-bit body.
+#define Q80_BLOCK_BODY(DOTS)                                                                     \
+    const long bb = 34, nb = K / QK;                                                             \
+    __m256 acc[MB];                                                                              \
+    for (int m = 0; m < mb; m++) acc[m] = _mm256_setzero_ps();                                   \
+    const uint8_t *wr[RB];                                                                       \
+    for (int r = 0; r < RB; r++) wr[r] = w + (n + r) * rowbytes;                                 \
+    for (long b = 0, o = 0; b < nb; b++, o += bb) {                                              \
+        __m128i h = _mm_setzero_si128();                                                         \
+        INSERT8(h, o);                                                                           \
+        const __m256 dw = _mm256_cvtph_ps(h);                                                    \
+        __m256i r8[RB];                                                                          \
+        for (int r = 0; r < RB; r++) {                                                           \
+            _mm_prefetch((const char *)(wr[r] + o + 8 * rowbytes), _MM_HINT_T0);                 \
+            r8[r] = _mm256_loadu_si256((const __m256i *)(wr[r] + o + 2));                        \
+        }                                                                                        \
+        __m256i t[8], u[8], v[8];                                                                \
+        for (int i = 0; i < 4; i++) {                                                            \
+            t[2 * i] = _mm256_unpacklo_epi32(r8[2 * i], r8[2 * i + 1]);                          \
+            t[2 * i + 1] = _mm256_unpackhi_epi32(r8[2 * i], r8[2 * i + 1]);                      \
+        }                                                                                        \
+        for (int i = 0; i < 2; i++) {                                                            \
+            u[4 * i] = _mm256_unpacklo_epi64(t[4 * i], t[4 * i + 2]);                            \
+            u[4 * i + 1] = _mm256_unpackhi_epi64(t[4 * i], t[4 * i + 2]);                        \
+            u[4 * i + 2] = _mm256_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);                    \
+            u[4 * i + 3] = _mm256_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);                    \
+        }                                                                                        \
+        /* u[j] (j < 4): dword j and j + 4 of rows 0..3; u[j + 4]: of rows 4..7 */              \
+        for (int j = 0; j < 4; j++) {                                                            \
+            v[j] = _mm256_permute2x128_si256(u[j], u[j + 4], 0x20);                              \
+            v[j + 4] = _mm256_permute2x128_si256(u[j], u[j + 4], 0x31);                          \
+        }                                                                                        \
+        for (int m = 0; m < mb; m++) {                                                           \
+            const int8_t *x = q + m * K + b * QK;                                                \
+            const float ad = da[m * nb + b];                                                     \
+            const int32_t s = sa[m * nb + b];                                                    \
+            __m256i dot;                                                                         \
+            DOTS                                                                                 \
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(ad)), acc[m]); \
+        }                                                                                        \
+    }                                                                                            \
+    for (int m = 0; m < mb; m++) {                                                               \
+        float *c = C + m * ldc + n;                                                              \
+        _mm256_storeu_ps(c, accumulate ? _mm256_add_ps(_mm256_loadu_ps(c), acc[m]) : acc[m]);    \
+    }
+
+/// AVX2: vpmaddubsw(|w|, x signed as w) is w * x per byte pair (<= 2 * 128 * 127, no
+/// saturation), widened to int32 at once (8 of them would overflow int16).
+#define DOTS80_AVX2                                                                              \
+    {                                                                                            \
+        (void)s;                                                                                 \
+        dot = _mm256_setzero_si256();                                                            \
+        for (int k = 0; k < 8; k++)                                                              \
+            dot = _mm256_add_epi32(dot, _mm256_madd_epi16(                                       \
+                _mm256_maddubs_epi16(_mm256_abs_epi8(v[k]), _mm256_sign_epi8(X4(4 * k), v[k])),  \
+                _mm256_set1_epi16(1)));                                                          \
+    }
+/// VNNI: the weights as unsigned w + 128 (xor 0x80), so vpdpbusd gives w.x + 128 sum(x); the
+/// start value takes 128 sum(x) off.
+#define DOTS80_VNNI                                                                              \
+    {                                                                                            \
+        const __m256i flip = _mm256_set1_epi8((char)0x80);                                       \
+        dot = _mm256_set1_epi32(-128 * s);                                                       \
+        __m256i d2 = _mm256_setzero_si256();                                                     \
+        for (int k = 0; k < 8; k += 2) {                                                         \
+            dot = _mm256_dpbusd_epi32(dot, _mm256_xor_si256(v[k], flip), X4(4 * k));             \
+            d2 = _mm256_dpbusd_epi32(d2, _mm256_xor_si256(v[k + 1], flip), X4(4 * k + 4));       \
+        }                                                                                        \
+        dot = _mm256_add_epi32(dot, d2);                                                         \
+    }
+
 #define MB 2  // rows of A per pass on AVX2 (16 ymm registers)
 static inline __attribute__((always_inline)) AVX2_TARGET void
 avx2_block(const int fmt, const int mb, long K, const int8_t *q, const float *da, const int32_t *sa,
            const uint8_t *w, long rowbytes, long n, float *C, long ldc, int accumulate) {
-    Q8_BLOCK_BODY(DOTS_AVX2)
+    if (fmt == LORA_FORMAT_Q8_0) {
+        Q80_BLOCK_BODY(DOTS80_AVX2)
+    } else {
+        Q8_BLOCK_BODY(DOTS_AVX2)
+    }
 }
 #undef MB
 #define MB 4  // AVX-512VL gives 32 registers
 static inline __attribute__((always_inline)) VNNI_TARGET void
 vnni_block(const int fmt, const int mb, long K, const int8_t *q, const float *da, const int32_t *sa,
            const uint8_t *w, long rowbytes, long n, float *C, long ldc, int accumulate) {
-    Q8_BLOCK_BODY(DOTS_VNNI)
+    if (fmt == LORA_FORMAT_Q8_0) {
+        Q80_BLOCK_BODY(DOTS80_VNNI)
+    } else {
+        Q8_BLOCK_BODY(DOTS_VNNI)
+    }
 }
 #undef MB
 
@@ -220,7 +305,7 @@ vnni_block(const int fmt, const int mb, long K, const int8_t *q, const float *da
                 const int32_t *sm = sa + m * nb;                                                 \
                 float *cm = C + m * ldc;                                                         \
                 /* constant format and row count: each pair gets its own unrolled loop */       \
-                for (int f = LORA_FORMAT_Q4_0; f <= LORA_FORMAT_Q4_1; f++) {                     \
+                for (int f = LORA_FORMAT_Q8_0; f <= LORA_FORMAT_Q4_1; f++) {                     \
                     if (f != fmt) continue;                                                      \
                     if (mbmax >= 4 && left >= 4) block(f, 4, K, qm, dm, sm, w, rowbytes, n, cm, ldc, accumulate); \
                     else if (mbmax >= 3 && left == 3) block(f, 3, K, qm, dm, sm, w, rowbytes, n, cm, ldc, accumulate); \

@@ -5,11 +5,12 @@ import Glibc
 import Darwin
 #endif
 
-/// How the CPU backend's decoding products (M <= 16 rows) multiply Q4_0 / Q4_1 weights.
+/// How the CPU backend's decoding products (M <= 16 rows) multiply Q4_0 / Q4_1 / Q8_0 weights.
 public enum DecodeArithmetic: String, Sendable, CaseIterable {
     /// As llama.cpp does on CPUs: the activations quantized to int8 per 32 (lora_q8_quantize),
-    /// exact integer block dots, then scaled. About 1.4x faster per core at M = 1 and 2.5x at
-    /// M = 8 here; differs from the f32 product by the activation rounding only.
+    /// exact integer block dots, then scaled. Q4: about 1.4x faster per core at M = 1 and 2.5x
+    /// at M = 8 here; Q8_0: 2.3x at M = 8 (one row from cache stays f32, see CPUBackend).
+    /// Differs from the f32 product by the activation rounding only.
     case q8
     /// The weights dequantized to f32 in registers and multiplied in f32 (the reference).
     case f32

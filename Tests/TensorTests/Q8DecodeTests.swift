@@ -2,7 +2,7 @@ import CKernels
 import Tensor
 import XCTest
 
-/// The integer decoding GEMV (qdot.c: lora_q8_quantize, lora_q8_gemv) for Q4_0 and Q4_1.
+/// The integer decoding GEMV (qdot.c: lora_q8_quantize, lora_q8_gemv) for Q4_0, Q4_1 and Q8_0.
 ///
 /// Three oracles:
 /// - quantization: each int8 is x / d rounded (|x - d q| <= d / 2, up to the float rounding of
@@ -25,16 +25,22 @@ final class Q8DecodeTests: XCTestCase {
         (1, 1, 32), (1, 8, 64), (1, 37, 320), (2, 19, 96), (3, 64, 4096), (4, 24, 128),
         (5, 41, 64), (9, 16, 160), (16, 40, 64), (1, 200, 1024),
     ]
-    static let formats: [(Int32, String)] = [(Int32(LORA_FORMAT_Q4_0), "q4_0"), (Int32(LORA_FORMAT_Q4_1), "q4_1")]
+    static let formats: [(Int32, String)] = [(Int32(LORA_FORMAT_Q4_0), "q4_0"), (Int32(LORA_FORMAT_Q4_1), "q4_1"),
+                                             (Int32(LORA_FORMAT_Q8_0), "q8_0")]
+
+    static func blockBytes(_ format: Int32) -> Int {
+        format == Int32(LORA_FORMAT_Q4_0) ? 18 : format == Int32(LORA_FORMAT_Q4_1) ? 20 : 34
+    }
 
     var families: [Int32] {
         [Int32(LORA_FAMILY_PORTABLE), Int32(LORA_FAMILY_AVX2), Int32(LORA_FAMILY_AVX512)]
             .filter { lora_family_available($0) != 0 }
     }
 
-    /// Random Q4 rows: halves d in [2^-10, 2^-4) (and m in +-[2^-10, 2^-4) for Q4_1), random codes.
+    /// Random rows: halves d in [2^-10, 2^-4) (and m in +-[2^-10, 2^-4) for Q4_1), random codes
+    /// (every byte value, so Q8_0 gets -128 too).
     static func weights(_ format: Int32, N: Int, K: Int, _ rng: inout KernelFamilyTests.Rand) -> [UInt8] {
-        let bb = format == Int32(LORA_FORMAT_Q4_0) ? 18 : 20, nb = K / 32
+        let bb = blockBytes(format), nb = K / 32
         var w = [UInt8](repeating: 0, count: N * nb * bb)
         func half(_ sign: Bool) -> (UInt8, UInt8) {
             // exponent 5..10 (2^-10 .. 2^-5 times 1.m), random mantissa
@@ -45,7 +51,7 @@ final class Q8DecodeTests: XCTestCase {
             let o = blk * bb
             (w[o], w[o + 1]) = half(false)
             if bb == 20 { (w[o + 2], w[o + 3]) = half(rng.next() & 1 == 1) }
-            for j in (bb - 16)..<bb { w[o + j] = rng.byte() }
+            for j in (bb == 34 ? 2 : bb - 16)..<bb { w[o + j] = rng.byte() }
         }
         return w
     }
@@ -93,7 +99,8 @@ final class Q8DecodeTests: XCTestCase {
               + (lora_q8_vnni_available() != 0 ? " (avx512 with VNNI)" : " (avx512 runs the AVX2 version: no VNNI)"))
         var failures = 0
         for (format, name) in Self.formats {
-            let q40 = format == Int32(LORA_FORMAT_Q4_0), bb = q40 ? 18 : 20
+            let q40 = format == Int32(LORA_FORMAT_Q4_0), q80 = format == Int32(LORA_FORMAT_Q8_0)
+            let bb = Self.blockBytes(format)
             for (M, N, K) in Self.shapes {
                 let nb = K / 32, ldc = N + 3
                 let W = Self.weights(format, N: N, K: K, &rng)
@@ -108,15 +115,17 @@ final class Q8DecodeTests: XCTestCase {
                         var r = 0.0, g = 0.0, f = 0.0, fb = 0.0
                         for b in 0..<nb {
                             let o = (n * nb + b) * bb
-                            let dw = Self.halfValue(W[o], W[o + 1]), mw = q40 ? 0 : Self.halfValue(W[o + 2], W[o + 3])
+                            let dw = Self.halfValue(W[o], W[o + 1])
+                            let mw = q40 || q80 ? 0 : Self.halfValue(W[o + 2], W[o + 3])
                             let da = Double(d[m * nb + b])
                             var isum = 0
                             for j in 0..<32 {
                                 let byte = W[o + bb - 16 + j % 16]
-                                let code = Int(j < 16 ? byte & 15 : byte >> 4) - (q40 ? 8 : 0)
+                                let code = q80 ? Int(Int8(bitPattern: W[o + 2 + j]))
+                                    : Int(j < 16 ? byte & 15 : byte >> 4) - (q40 ? 8 : 0)
                                 isum += code * Int(q[m * K + b * 32 + j])
                                 // The format's value, computed in Float as the format defines it.
-                                let wv = q40 ? Double(Float(dw) * Float(code)) : Double(Float(dw) * Float(code) + Float(mw))
+                                let wv = q40 || q80 ? Double(Float(dw) * Float(code)) : Double(Float(dw) * Float(code) + Float(mw))
                                 f += wv * Double(A[m * K + b * 32 + j])
                                 fb += abs(wv) * Self.roundingBound * da
                             }
@@ -166,8 +175,9 @@ final class Q8DecodeTests: XCTestCase {
         }
     }
 
-    /// The CPU backend takes the integer path for Q4_0 / Q4_1 products of up to 16 rows unless
-    /// told `.f32` (LORA_DECODE=f32), and then gives exactly what the C entry points give.
+    /// The CPU backend takes the integer path for Q4_0 / Q4_1 / Q8_0 products of up to 16 rows
+    /// (not Q8_0's single rows from cache) unless told `.f32` (LORA_DECODE=f32), and then gives
+    /// exactly what the C entry points give.
     func testBackendPath() throws {
         var rng = RNG(seed: 7)
         let N = 48, K = 96
@@ -178,7 +188,7 @@ final class Q8DecodeTests: XCTestCase {
         XCTAssertThrowsError(try KernelFamily.selectDecoding(environment: ["LORA_DECODE": "int4"])) {
             XCTAssertTrue("\($0)".contains("LORA_DECODE=int4"), "\($0)")
         }
-        for format in [WeightFormats.q4_0, WeightFormats.q4_1] {
+        for format in [WeightFormats.q4_0, WeightFormats.q4_1, WeightFormats.q8_0] {
             let w = Weight.make(format, from: wf, pool: testPool)
             let fam = KernelFamily.best.kernelID!, fmt = format.kernelID!
             for M in [1, 3, 16, 17] {
@@ -198,7 +208,10 @@ final class Q8DecodeTests: XCTestCase {
                 lora_q8_quantize(M, K, x.data, K, &q, &d, &s)
                 lora_q8_gemv(fam, fmt, M, 0, N, K, q, d, s, w.data, K, &cq, N, 0)
                 lora_gemv_abt(fam, fmt, M, 0, N, K, x.data, K, w.data, K, nil, &cf, N, 0)
-                if M <= 16 {
+                if format.name == "q8_0" && M == 1 {
+                    // One row against a weight under 1 MB: Q8_0 stays on the f32 GEMV.
+                    XCTAssertEqual(outs[.q8]!, cf, "\(format.name) M=\(M): f32 path for one row from cache")
+                } else if M <= 16 {
                     XCTAssertEqual(outs[.q8]!, cq, "\(format.name) M=\(M): q8 backend path")
                     XCTAssertEqual(outs[.f32]!, cf, "\(format.name) M=\(M): f32 backend path")
                     XCTAssertNotEqual(cq, cf, "\(format.name) M=\(M): the two arithmetics should differ somewhere")

@@ -128,7 +128,7 @@ void lora_gemv_abt(int family, int format, long M, long n0, long n1, long K,
                    const float *A, long lda, const void *W, long ldw, const float *scales,
                    float *C, long ldc, int accumulate);
 
-// ---- Integer decoding GEMV for Q4_0 / Q4_1 (qdot.c) --------------------------------------------
+// ---- Integer decoding GEMV for Q4_0 / Q4_1 / Q8_0 (qdot.c) --------------------------------------------
 // llama.cpp's CPU scheme: A is quantized once per call to int8 in blocks of 32 (per block
 // d = absmax / 127, q = round(x / d) ties to even, sum = sum of q), and each weight block's dot
 // with an activation block is an exact int32 sum, scaled by d_w * d_a (Q4_1 adds m_w * d_a *
@@ -136,7 +136,7 @@ void lora_gemv_abt(int family, int format, long M, long n0, long n1, long K,
 // rounding (the portable one is the scalar reference).
 /// q [M][K] int8, d and sum [M][K/32]; K a multiple of 32 (else abort).
 void lora_q8_quantize(long M, long K, const float *A, long lda, int8_t *q, float *d, int32_t *sum);
-/// 1 for the weight formats lora_q8_gemv takes (Q4_0, Q4_1).
+/// 1 for the weight formats lora_q8_gemv takes (Q4_0, Q4_1, Q8_0).
 int lora_q8_gemv_format(int format);
 /// 1 when the AVX-512 family's version can use VNNI (vpdpbusd); else it runs the AVX2 one.
 int lora_q8_vnni_available(void);
