@@ -30,8 +30,10 @@ void lora_q8_quantize(long M, long K, const float *A, long lda, int8_t *q, float
             int8_t *o = q + m * K + b * QK;
             int32_t s = 0;
             for (int j = 0; j < QK; j++) {
-                // Ties to even (the default rounding mode); |x * id| <= 127 up to rounding.
-                long v = lrintf(x[j] * id);
+                // Ties to even (the default rounding mode), as lrintf but inline: adding and
+                // taking off 1.5 * 2^23 rounds any |t| < 2^22 to an integer (|x * id| <= 127).
+                const float t = x[j] * id, r = (t + 0x1.8p23f) - 0x1.8p23f;
+                long v = (long)r;
                 v = v > 127 ? 127 : v < -127 ? -127 : v;
                 o[j] = (int8_t)v;
                 s += (int32_t)v;
