@@ -270,27 +270,24 @@ static inline int load_h(const uint8_t *p) {
         dot = _mm256_add_epi32(dot, d2);                                                         \
     }
 
-#define MB 2  // rows of A per pass on AVX2 (16 ymm registers)
-static inline __attribute__((always_inline)) AVX2_TARGET void
-avx2_block(const int fmt, const int mb, long K, const int8_t *q, const float *da, const int32_t *sa,
-           const uint8_t *w, long rowbytes, long n, float *C, long ldc, int accumulate) {
-    if (fmt == LORA_FORMAT_Q8_0) {
-        Q80_BLOCK_BODY(DOTS80_AVX2)
-    } else {
-        Q8_BLOCK_BODY(DOTS_AVX2)
+/// One family's block function: Q8_0 or the 4-bit formats, with MB rows of A at most.
+#define Q8_BLOCK_FN(name, target, dots4, dots8)                                                  \
+    static inline __attribute__((always_inline)) target void                                     \
+    name(const int fmt, const int mb, long K, const int8_t *q, const float *da,                  \
+         const int32_t *sa, const uint8_t *w, long rowbytes, long n, float *C, long ldc,         \
+         int accumulate) {                                                                       \
+        if (fmt == LORA_FORMAT_Q8_0) {                                                           \
+            Q80_BLOCK_BODY(dots8)                                                                \
+        } else {                                                                                 \
+            Q8_BLOCK_BODY(dots4)                                                                 \
+        }                                                                                        \
     }
-}
+
+#define MB 2  // rows of A per pass on AVX2 (16 ymm registers)
+Q8_BLOCK_FN(avx2_block, AVX2_TARGET, DOTS_AVX2, DOTS80_AVX2)
 #undef MB
 #define MB 4  // AVX-512VL gives 32 registers
-static inline __attribute__((always_inline)) VNNI_TARGET void
-vnni_block(const int fmt, const int mb, long K, const int8_t *q, const float *da, const int32_t *sa,
-           const uint8_t *w, long rowbytes, long n, float *C, long ldc, int accumulate) {
-    if (fmt == LORA_FORMAT_Q8_0) {
-        Q80_BLOCK_BODY(DOTS80_VNNI)
-    } else {
-        Q8_BLOCK_BODY(DOTS_VNNI)
-    }
-}
+Q8_BLOCK_FN(vnni_block, VNNI_TARGET, DOTS_VNNI, DOTS80_VNNI)
 #undef MB
 
 /// Whole groups of 8 rows; the caller does the rest (fewer than 8) with the reference.
