@@ -1,11 +1,11 @@
 // Decoding GEMVs in integers, as llama.cpp computes them on CPUs: the activations are quantized
-// once per call to int8 in blocks of 32 (lora_q8_quantize), and each Q4_0 / Q4_1 weight block
-// is multiplied with its activation block as bytes (exact int32 sums), then scaled. A 4-bit
+// once per call to int8 in blocks of 32 (lora_q8_quantize), and each Q4_0 / Q4_1 / Q8_0 weight
+// block is multiplied with its activation block as bytes (exact int32 sums), then scaled. A
 // weight then costs a few byte operations instead of a conversion to float and an FMA, which
 // makes the M = 1 GEMV memory-bound instead of compute-bound, and lets one decoded block serve
 // several rows of A (batched decoding).
 //
-// The plain reference is lora_portable_q8_gemv below (C, exact integer sums, floats summed
+// The plain reference is portable_q8_gemv below (C, exact integer sums, floats summed
 // block by block); the SIMD versions add the same block products in another order (per lane,
 // then across lanes), so they agree to float rounding. Against the f32 product of the
 // dequantized weights the difference is the activation quantization (|error| <= d/2 per
