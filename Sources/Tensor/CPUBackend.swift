@@ -24,7 +24,7 @@ final class TaskBox {
 public final class CPUBackend: Backend, @unchecked Sendable {
     public let family: KernelFamily
     public let pool: WorkerPool
-    /// How decoding products with Q4_0 / Q4_1 weights are computed.
+    /// How decoding products with Q4_0 / Q4_1 / Q8_0 weights are computed.
     public let decoding: DecodeArithmetic
 
     /// Spinning workers for the decoding step's GEMVs (see spinpool.c); nil with one thread.
@@ -52,7 +52,6 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     /// Largest M x K that the small-M path of `gemm` copies to apply alpha (LoRA's u, r wide).
     static let smallScaled = 16 * 256
     static let f32Format = F32Format().kernelID!
-    static let q8_0Format = WeightFormats.q8_0.kernelID!
     /// Below this many flops (2 M N K) a product stays on one thread: splitting costs more.
     static let parallelFlops = 1 << 22
     /// Decoding (M = 1) is bound by memory bandwidth, which one core nearly saturates on Zen 5,
@@ -79,11 +78,12 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             // x quantized once for every worker when the integer GEMV applies (q8 bytes, then
             // the block scales and sums, in the caller's scratch).
             let nb = K / 32, bytes = M * K + 8 * M * nb
-            // Q8_0 with one row from cache (under 1 MB) is faster in f32: its 8 x 8 byte transpose
-            // costs more than it saves when memory is not the limit.
+            // The same arithmetic at every M <= 16, so that a row's result does not depend on the
+            // rows beside it: a request served alone and batched gives the same tokens. (Until
+            // session 6 one-row Q8_0 products with weights under 1 MB stayed f32, a little faster
+            // from cache, which broke that for Q8_0 models of SmolLM2's size.)
             let q8 = decoding == .q8 && lora_q8_gemv_format(fmt) != 0 && K % 32 == 0
                 && bytes <= scratch.capacity * MemoryLayout<Float>.stride
-                && !(fmt == Self.q8_0Format && M == 1 && w.byteCount < 1 << 20)
             let raw = UnsafeMutableRawPointer(scratch.data)
             let q = raw.assumingMemoryBound(to: Int8.self)
             let d = (raw + M * K).assumingMemoryBound(to: Float.self)  // M * K is a multiple of 32

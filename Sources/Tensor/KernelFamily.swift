@@ -9,7 +9,8 @@ import Darwin
 public enum DecodeArithmetic: String, Sendable, CaseIterable {
     /// As llama.cpp does on CPUs: the activations quantized to int8 per 32 (lora_q8_quantize),
     /// exact integer block dots, then scaled. Q4: about 1.4x faster per core at M = 1 and 2.5x
-    /// at M = 8 here; Q8_0: 2.3x at M = 8 (one row from cache stays f32, see CPUBackend).
+    /// at M = 8 here; Q8_0: 2.3x at M = 8. Used at every M <= 16 so results do not depend on M.
+    /// Not for int8 rows: their products keep bitsandbytes' semantics (f32 activations).
     /// Differs from the f32 product by the activation rounding only.
     case q8
     /// The weights dequantized to f32 in registers and multiplied in f32 (the reference).

@@ -157,7 +157,12 @@ struct Generate: ParsableCommand {
         } : nil, onPrefill: progress.handler)
         let t1 = Date()
         defer {
-            if stats {
+            if stats, firstToken == nil {
+                // Beam search hands its tokens over at the end: no first-token time to split on.
+                let total = t1.timeIntervalSince(t0)
+                note(String(format: "prompt %d tokens, %d new tokens (%d beams); %.1f new tokens/s over the whole run, prompt included; total %.2f s",
+                            ids.count, generated.count, opts.numBeams, Double(generated.count) / max(total, 1e-9), total))
+            } else if stats {
                 let ttft = (firstToken ?? t1).timeIntervalSince(t0)
                 let rest = t1.timeIntervalSince(firstToken ?? t1)
                 note(String(format: "prompt %d tokens, %d new tokens; time to first token %.3f s; decode %.1f tokens/s; total %.2f s",

@@ -117,10 +117,12 @@ final class GGUFKQuantTests: XCTestCase {
         assertClose(ls.data, ld.data, count: ld.count, abs: Self.logitsTolerance, "stored K-quant logits vs f32")
 
         // Decoding (GEMV path, one token at a time; lm_head as Q8_0 for decoding, hence the
-        // int8-head bound) matches the full forward's last row.
+        // int8-head bound) matches the full forward's last row. In f32 arithmetic: the head's
+        // integer path (activations rounded to int8) has its own bound in Q8DecodeTests.
         let V = stored.config.vocabSize
         let cache1 = KVCache(model: stored, sequences: 1, capacity: ids.count, maxChunk: 1)
-        for t in ids { try stored.step(tokens: [t], sequences: 1, cache: cache1, adapters: .none, ctx: testCtx) }
+        let f32Decode = ExecutionContext(backend: CPUBackend(family: try KernelFamily.select(environment: ProcessInfo.processInfo.environment), pool: testPool, decoding: .f32))
+        for t in ids { try stored.step(tokens: [t], sequences: 1, cache: cache1, adapters: .none, ctx: f32Decode) }
         assertClose(cache1.logits.data, ld.data + (ids.count - 1) * V, count: V, abs: Self.logitsTolerance,
                     "token-by-token decoding (GEMV) on stored K-quants vs the f32 forward")
 
