@@ -305,6 +305,8 @@ def yaml_case(name, text, expect, extra=()):
 
 yaml_case("deep_flow_nesting", "lora_target_modules: " + "[" * 5000 + "]" * 5000 + "\n", ["deep_flow_nesting.yml", "nested"])
 yaml_case("deep_block_nesting", "".join(" " * i + f"k{i}:\n" for i in range(200)), ["deep_block_nesting.yml", "nested"])
+# Yams reads "1:2:..." given to an integer key as sexagesimal, with arithmetic that traps on overflow.
+yaml_case("sexagesimal_overflow", "cutoff_len: 1:2:3:4:5:6:7:8:9:10:11:12\n", ["sexagesimal_overflow.yml", "cutoff_len"])
 yaml_case("deep_dash_nesting", "lora_target_modules:\n" + "- " * 500 + "q_proj\n", ["deep_dash_nesting.yml", "nested"])
 laughs = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
 for i in range(1, 9):

@@ -60,8 +60,30 @@ public enum ConfigFile {
             }
         case .sequence(let items):
             for (i, v) in items.enumerated() { try checkKeys(v, file: file, at: "\(path)[\(i)]") }
+        case .scalar(let s):
+            // Yams reads a plain scalar with ':' given to an integer key as sexagesimal (1:30 =
+            // 90) with unchecked arithmetic, which traps on overflow: refuse those first.
+            if s.style == .plain, s.string.contains(":"), sexagesimalOverflows(s.string) {
+                throw ConfigError.wrongType(file: file, key: path, expected: "a number (the value has ':' parts and is too large as a sexagesimal number)")
+            }
         default: break
         }
+    }
+
+    /// Whether Yams' sexagesimal reading of `text` as a 64-bit integer overflows: the same
+    /// steps (numeric ':' parts from the last, value += part * base, base *= 60), checked.
+    static func sexagesimalOverflows(_ text: String) -> Bool {
+        var t = Substring(text)
+        if t.hasPrefix("-") || t.hasPrefix("+") { t = t.dropFirst() }
+        var base: Int64 = 1, value: Int64 = 0
+        for part in t.split(separator: ":", omittingEmptySubsequences: false).compactMap({ Int64($0, radix: 10) }).reversed() {
+            let (m, o1) = part.multipliedReportingOverflow(by: base)
+            let (v, o2) = value.addingReportingOverflow(m)
+            let (b, o3) = base.multipliedReportingOverflow(by: 60)
+            if o1 || o2 || o3 { return true }
+            value = v; base = b
+        }
+        return false
     }
 
     /// A scan of the raw text, outside quotes and comments: refuses anchors and aliases (`&a`,
