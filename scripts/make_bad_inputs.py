@@ -245,6 +245,24 @@ gguf_case("array_count_huge", gguf([gstr("a") + struct.pack("<IIQ", 9, 4, 1 << 6
 gguf_case("context_length_huge", gguf(llama_kvs(context_length=1 << 24)), ["llama.context_length"])
 gguf_case("head_count_kv_not_divisor", gguf(llama_kvs(**{"attention.head_count_kv": 3})), ["llama.attention.head_count_kv"])
 gguf_case("embedding_length_huge", gguf(llama_kvs(embedding_length=1 << 30)), ["llama.embedding_length"])
+# A token type outside llama.cpp's 0 ... 6 (fuzz, session 7: garbage types left SentencePiece
+# unable to segment text, and encoding trapped).
+def gguf_tokenizer_kvs(types):
+    toks = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)] + ["\u2581", "a", "b"]
+    arr = lambda typ, items: struct.pack("<IQ", typ, len(items)) + b"".join(items)
+    return [gkv("tokenizer.ggml.model", 8, "llama"),
+            gstr("tokenizer.ggml.tokens") + struct.pack("<I", 9) + arr(8, [gstr(t) for t in toks]),
+            gstr("tokenizer.ggml.token_type") + struct.pack("<I", 9) + arr(5, [struct.pack("<i", t) for t in types(len(toks))])]
+
+
+write("gguf/token_type_out_of_range.gguf", gguf(llama_kvs() + gguf_tokenizer_kvs(lambda n: [2, 3, 3] + [6] * 256 + [1, 1115, 1])))
+# Valid types, but a single character as a control token: libsentencepiece loads it and then
+# cannot segment text ("all normalized characters are not consumed"); refused at load.
+write("gguf/single_char_control.gguf", gguf(gguf_tokenizer_kvs(lambda n: [2, 3, 3] + [6] * 256 + [1, 3, 1])))
+case("gguf_single_char_control", ["tokenize", "--base-model", "$BAD/gguf/single_char_control.gguf", "--text", "hi"],
+     ["single_char_control.gguf", "cannot encode"])
+case("gguf_token_type_out_of_range", ["tokenize", "--base-model", "$BAD/gguf/token_type_out_of_range.gguf", "--text", "hi"],
+     ["token_type_out_of_range.gguf", "tokenizer.ggml.token_type[260]", "1115"])
 gguf_case("tensor_offset_past_end",
           gguf(llama_kvs(), tensors=gstr("token_embd.weight") + struct.pack("<IQQIQ", 2, 64, 512, 0, 1 << 40) + b"\0" * 64, n_tensors=1),
           ["token_embd.weight"])
@@ -313,6 +331,9 @@ for i in range(1, 9):
     p, q = chr(ord("a") + i - 1), chr(ord("a") + i)
     laughs += f"{q}: &{q} [" + ", ".join([f"*{p}"] * 9) + "]\n"
 yaml_case("billion_laughs", laughs, ["billion_laughs.yml", "alias"])
+# A quote inside a plain key is text, not the start of a quoted scalar that hides what follows
+# (fuzz crash, session 7: the dashes below overflowed the stack inside Yams).
+yaml_case("deep_dash_nesting_after_quote", "lora_ ' x:\n" + "- " * 500 + "q_proj\n", ["deep_dash_nesting_after_quote.yml", "nested"])
 yaml_case("complex_key", "? [a]\n: 1\n", ["complex_key.yml", "complex"])
 yaml_case("complex_flow_key", "[a, b]: 1\n", ["complex_flow_key.yml", "complex"])
 yaml_case("learning_rate_inf", "learning_rate: .inf\n", ["learning_rate"])

@@ -98,12 +98,56 @@ static inline int load_h(const uint8_t *p) {
 
 #define RB 8  // weight rows per group: one 32-bit lane of a ymm vector each
 
-/// Rows n..n+8 of W against rows 0..mb of A (mb <= MB). Per block of 32 depths: the 16 code
-/// bytes of each of the 8 rows, transposed in registers so that 32-bit lane i holds 4 bytes of
-/// row i (v[k] = bytes 4k..4k+3 of every row); their low nibbles are weights 4k..4k+3 and the
-/// high ones 16+4k..16+4k+3, so each product with 4 activation bytes broadcast to every lane
-/// adds 4 terms to every row at once. The block's exact int32 dot per row is then one lane,
-/// scaled by its row's d (the 8 halves converted together) and d_a: no horizontal sums.
+/// Rows n..n+8 of W against rows of A. Per block of 32 depths: the 16 code bytes of each of
+/// the 8 rows, transposed in registers so that 32-bit lane i holds 4 bytes of row i (v[k] =
+/// bytes 4k..4k+3 of every row); their low nibbles are weights 4k..4k+3 and the high ones
+/// 16+4k..16+4k+3, so each product with 4 activation bytes broadcast to every lane adds 4 terms
+/// to every row at once. The block's exact int32 dot per row is then one lane, scaled by its
+/// row's d (the 8 halves converted together) and d_a: no horizontal sums.
+///
+/// DECODE4 leaves block b (bytes o..) of the 8 rows in lo[4], hi[4] (the nibbles) and dw, mw
+/// (d and Q4_1's m as floats); ACC4 adds its products with rows 0..mb of A to acc / accm.
+#define DECODE4                                                                                  \
+    __m128i h = _mm_setzero_si128(), hm = _mm_setzero_si128();                                   \
+    INSERT8(h, o);                                                                               \
+    dw = _mm256_cvtph_ps(h);                                                                     \
+    mw = _mm256_setzero_ps();                                                                    \
+    if (fmt == LORA_FORMAT_Q4_1) {                                                               \
+        INSERT8(hm, o + 2);                                                                      \
+        mw = _mm256_cvtph_ps(hm);                                                                \
+    }                                                                                            \
+    __m256i a[4];                                                                                \
+    for (int r = 0; r < 4; r++) {                                                                \
+        _mm_prefetch((const char *)(wr[r] + o + 8 * rowbytes), _MM_HINT_T0);                     \
+        _mm_prefetch((const char *)(wr[r + 4] + o + 8 * rowbytes), _MM_HINT_T0);                 \
+        a[r] = _mm256_inserti128_si256(                                                          \
+            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(wr[r] + o + bb - 16))),     \
+            _mm_loadu_si128((const __m128i *)(wr[r + 4] + o + bb - 16)), 1);                     \
+    }                                                                                            \
+    /* a[r] = [row r | row r+4]; 4 x 4 dword transposes in each 128-bit half */                 \
+    const __m256i t0 = _mm256_unpacklo_epi32(a[0], a[1]), t1 = _mm256_unpackhi_epi32(a[0], a[1]); \
+    const __m256i t2 = _mm256_unpacklo_epi32(a[2], a[3]), t3 = _mm256_unpackhi_epi32(a[2], a[3]); \
+    const __m256i v[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2),          \
+                          _mm256_unpacklo_epi64(t1, t3), _mm256_unpackhi_epi64(t1, t3)};         \
+    for (int k = 0; k < 4; k++) {                                                                \
+        lo[k] = _mm256_and_si256(v[k], low4);                                                    \
+        hi[k] = _mm256_and_si256(_mm256_srli_epi16(v[k], 4), low4);                              \
+    }
+
+#define ACC4(DOTS)                                                                               \
+    for (int m = 0; m < mb; m++) {                                                               \
+        const int8_t *x = q + m * K + b * QK;                                                    \
+        const float ad = da[m * nb + b];                                                         \
+        const int32_t s = sa[m * nb + b];                                                        \
+        /* Q4_0's -8 offset: every row's sum starts at -8 * sum(x). */                            \
+        __m256i dot = _mm256_set1_epi32(fmt == LORA_FORMAT_Q4_0 ? -8 * s : 0);                   \
+        DOTS                                                                                     \
+        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(ad)), acc[m]); \
+        if (fmt == LORA_FORMAT_Q4_1)                                                             \
+            accm[m] = _mm256_fmadd_ps(mw, _mm256_set1_ps(ad * (float)s), accm[m]);               \
+    }
+
+/// Rows n..n+8 of W against rows 0..mb of A (mb <= MB), each block decoded as it is used.
 #define Q8_BLOCK_BODY(DOTS)                                                                      \
     const long bb = lora_block_bytes(fmt), nb = K / QK;                                          \
     const __m256i low4 = _mm256_set1_epi8(15);                                                   \
@@ -112,43 +156,10 @@ static inline int load_h(const uint8_t *p) {
     const uint8_t *wr[RB];                                                                       \
     for (int r = 0; r < RB; r++) wr[r] = w + (n + r) * rowbytes;                                 \
     for (long b = 0, o = 0; b < nb; b++, o += bb) {                                              \
-        __m128i h = _mm_setzero_si128(), hm = _mm_setzero_si128();                               \
-        INSERT8(h, o);                                                                           \
-        const __m256 dw = _mm256_cvtph_ps(h);                                                    \
-        __m256 mw = _mm256_setzero_ps();                                                         \
-        if (fmt == LORA_FORMAT_Q4_1) {                                                           \
-            INSERT8(hm, o + 2);                                                                  \
-            mw = _mm256_cvtph_ps(hm);                                                            \
-        }                                                                                        \
-        __m256i a[4];                                                                            \
-        for (int r = 0; r < 4; r++) {                                                            \
-            _mm_prefetch((const char *)(wr[r] + o + 8 * rowbytes), _MM_HINT_T0);                 \
-            _mm_prefetch((const char *)(wr[r + 4] + o + 8 * rowbytes), _MM_HINT_T0);             \
-            a[r] = _mm256_inserti128_si256(                                                      \
-                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(wr[r] + o + bb - 16))), \
-                _mm_loadu_si128((const __m128i *)(wr[r + 4] + o + bb - 16)), 1);                 \
-        }                                                                                        \
-        /* a[r] = [row r | row r+4]; 4 x 4 dword transposes in each 128-bit half */             \
-        const __m256i t0 = _mm256_unpacklo_epi32(a[0], a[1]), t1 = _mm256_unpackhi_epi32(a[0], a[1]); \
-        const __m256i t2 = _mm256_unpacklo_epi32(a[2], a[3]), t3 = _mm256_unpackhi_epi32(a[2], a[3]); \
-        const __m256i v[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2),      \
-                              _mm256_unpacklo_epi64(t1, t3), _mm256_unpackhi_epi64(t1, t3)};     \
+        __m256 dw, mw;                                                                           \
         __m256i lo[4], hi[4];                                                                    \
-        for (int k = 0; k < 4; k++) {                                                            \
-            lo[k] = _mm256_and_si256(v[k], low4);                                                \
-            hi[k] = _mm256_and_si256(_mm256_srli_epi16(v[k], 4), low4);                          \
-        }                                                                                        \
-        for (int m = 0; m < mb; m++) {                                                           \
-            const int8_t *x = q + m * K + b * QK;                                                \
-            const float ad = da[m * nb + b];                                                     \
-            const int32_t s = sa[m * nb + b];                                                    \
-            /* Q4_0's -8 offset: every row's sum starts at -8 * sum(x). */                        \
-            __m256i dot = _mm256_set1_epi32(fmt == LORA_FORMAT_Q4_0 ? -8 * s : 0);               \
-            DOTS                                                                                 \
-            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(ad)), acc[m]); \
-            if (fmt == LORA_FORMAT_Q4_1)                                                         \
-                accm[m] = _mm256_fmadd_ps(mw, _mm256_set1_ps(ad * (float)s), accm[m]);           \
-        }                                                                                        \
+        DECODE4                                                                                  \
+        ACC4(DOTS)                                                                               \
     }                                                                                            \
     for (int m = 0; m < mb; m++) {                                                               \
         __m256 v = fmt == LORA_FORMAT_Q4_1 ? _mm256_add_ps(acc[m], accm[m]) : acc[m];            \
@@ -199,7 +210,44 @@ static inline int load_h(const uint8_t *p) {
     }
 
 /// Q8_0 (signed weights): 8 rows' 32 bytes transposed 8 x 8 in dwords (v[k] = bytes 4k..4k+3
-/// of every row), then the same lane-per-row products as the 4-bit body.
+/// of every row), then the same lane-per-row products as the 4-bit body. DECODE80 leaves block
+/// b in v[8] and dw; ACC80 adds its products with rows 0..mb of A to acc.
+#define DECODE80                                                                                 \
+    __m128i h = _mm_setzero_si128();                                                             \
+    INSERT8(h, o);                                                                               \
+    dw = _mm256_cvtph_ps(h);                                                                     \
+    __m256i r8[RB];                                                                              \
+    for (int r = 0; r < RB; r++) {                                                               \
+        _mm_prefetch((const char *)(wr[r] + o + 8 * rowbytes), _MM_HINT_T0);                     \
+        r8[r] = _mm256_loadu_si256((const __m256i *)(wr[r] + o + 2));                            \
+    }                                                                                            \
+    __m256i t[8], u[8];                                                                          \
+    for (int i = 0; i < 4; i++) {                                                                \
+        t[2 * i] = _mm256_unpacklo_epi32(r8[2 * i], r8[2 * i + 1]);                              \
+        t[2 * i + 1] = _mm256_unpackhi_epi32(r8[2 * i], r8[2 * i + 1]);                          \
+    }                                                                                            \
+    for (int i = 0; i < 2; i++) {                                                                \
+        u[4 * i] = _mm256_unpacklo_epi64(t[4 * i], t[4 * i + 2]);                                \
+        u[4 * i + 1] = _mm256_unpackhi_epi64(t[4 * i], t[4 * i + 2]);                            \
+        u[4 * i + 2] = _mm256_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);                        \
+        u[4 * i + 3] = _mm256_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);                        \
+    }                                                                                            \
+    /* u[j] (j < 4): dword j and j + 4 of rows 0..3; u[j + 4]: of rows 4..7 */                  \
+    for (int j = 0; j < 4; j++) {                                                                \
+        v[j] = _mm256_permute2x128_si256(u[j], u[j + 4], 0x20);                                  \
+        v[j + 4] = _mm256_permute2x128_si256(u[j], u[j + 4], 0x31);                              \
+    }
+
+#define ACC80(DOTS)                                                                              \
+    for (int m = 0; m < mb; m++) {                                                               \
+        const int8_t *x = q + m * K + b * QK;                                                    \
+        const float ad = da[m * nb + b];                                                         \
+        const int32_t s = sa[m * nb + b];                                                        \
+        __m256i dot;                                                                             \
+        DOTS                                                                                     \
+        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(ad)), acc[m]); \
+    }
+
 #define Q80_BLOCK_BODY(DOTS)                                                                     \
     const long bb = 34, nb = K / QK;                                                             \
     __m256 acc[MB];                                                                              \
@@ -207,38 +255,10 @@ static inline int load_h(const uint8_t *p) {
     const uint8_t *wr[RB];                                                                       \
     for (int r = 0; r < RB; r++) wr[r] = w + (n + r) * rowbytes;                                 \
     for (long b = 0, o = 0; b < nb; b++, o += bb) {                                              \
-        __m128i h = _mm_setzero_si128();                                                         \
-        INSERT8(h, o);                                                                           \
-        const __m256 dw = _mm256_cvtph_ps(h);                                                    \
-        __m256i r8[RB];                                                                          \
-        for (int r = 0; r < RB; r++) {                                                           \
-            _mm_prefetch((const char *)(wr[r] + o + 8 * rowbytes), _MM_HINT_T0);                 \
-            r8[r] = _mm256_loadu_si256((const __m256i *)(wr[r] + o + 2));                        \
-        }                                                                                        \
-        __m256i t[8], u[8], v[8];                                                                \
-        for (int i = 0; i < 4; i++) {                                                            \
-            t[2 * i] = _mm256_unpacklo_epi32(r8[2 * i], r8[2 * i + 1]);                          \
-            t[2 * i + 1] = _mm256_unpackhi_epi32(r8[2 * i], r8[2 * i + 1]);                      \
-        }                                                                                        \
-        for (int i = 0; i < 2; i++) {                                                            \
-            u[4 * i] = _mm256_unpacklo_epi64(t[4 * i], t[4 * i + 2]);                            \
-            u[4 * i + 1] = _mm256_unpackhi_epi64(t[4 * i], t[4 * i + 2]);                        \
-            u[4 * i + 2] = _mm256_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);                    \
-            u[4 * i + 3] = _mm256_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);                    \
-        }                                                                                        \
-        /* u[j] (j < 4): dword j and j + 4 of rows 0..3; u[j + 4]: of rows 4..7 */              \
-        for (int j = 0; j < 4; j++) {                                                            \
-            v[j] = _mm256_permute2x128_si256(u[j], u[j + 4], 0x20);                              \
-            v[j + 4] = _mm256_permute2x128_si256(u[j], u[j + 4], 0x31);                          \
-        }                                                                                        \
-        for (int m = 0; m < mb; m++) {                                                           \
-            const int8_t *x = q + m * K + b * QK;                                                \
-            const float ad = da[m * nb + b];                                                     \
-            const int32_t s = sa[m * nb + b];                                                    \
-            __m256i dot;                                                                         \
-            DOTS                                                                                 \
-            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(ad)), acc[m]); \
-        }                                                                                        \
+        __m256 dw;                                                                               \
+        __m256i v[8];                                                                            \
+        DECODE80                                                                                 \
+        ACC80(DOTS)                                                                              \
     }                                                                                            \
     for (int m = 0; m < mb; m++) {                                                               \
         float *c = C + m * ldc + n;                                                              \
@@ -283,20 +303,111 @@ static inline int load_h(const uint8_t *p) {
         }                                                                                        \
     }
 
+/// One decoded block of 8 rows: the code vectors (lo[4] then hi[4], or Q8_0's v[8]) and the
+/// scales as floats.
+typedef struct { __m256i c[8]; __m256 dw, mw; } q8_decoded;
+#define DCHUNK 16    // blocks decoded at a time: 5 KB, in L1 while every pass over A reads them
+#define MAX_M 16     // rows of A the buffered path keeps sums for (the backend's small M)
+
+/// A pass of rows 0..mb of A (mb <= MB) over the decoded blocks b0..<b1 in buf, adding to the
+/// sums in accs / accms: the same operations, in the same order, as the block bodies.
+#define Q8_PASS_FN(name, target, dots4, dots8)                                                   \
+    static inline __attribute__((always_inline)) target void                                     \
+    name(const int fmt, const int mb, long K, long b0, long b1, const int8_t *q, const float *da, \
+         const int32_t *sa, const q8_decoded *buf, __m256 *accs, __m256 *accms) {               \
+        const long nb = K / QK;                                                                  \
+        __m256 acc[MB], accm[MB];                                                                \
+        for (int m = 0; m < mb; m++) { acc[m] = accs[m]; accm[m] = accms[m]; }                   \
+        for (long b = b0; b < b1; b++) {                                                         \
+            const q8_decoded *e = buf + (b - b0);                                                \
+            const __m256 dw = e->dw;                                                             \
+            if (fmt == LORA_FORMAT_Q8_0) {                                                       \
+                __m256i v[8];                                                                    \
+                for (int k = 0; k < 8; k++) v[k] = e->c[k];                                      \
+                ACC80(dots8)                                                                     \
+            } else {                                                                             \
+                const __m256 mw = e->mw;                                                         \
+                __m256i lo[4], hi[4];                                                            \
+                for (int k = 0; k < 4; k++) { lo[k] = e->c[k]; hi[k] = e->c[4 + k]; }            \
+                ACC4(dots4)                                                                      \
+            }                                                                                    \
+        }                                                                                        \
+        for (int m = 0; m < mb; m++) { accs[m] = acc[m]; accms[m] = accm[m]; }                   \
+    }
+
+/// Rows n..n+8 of W against all M rows of A when M takes several passes (MB < M <= MAX_M):
+/// each chunk of blocks is decoded (transposed, nibbles split, scales converted) once into
+/// `buf` and read by every pass, instead of decoded again for each MB rows of A. Decoding is
+/// shuffles, which at M = 8 on AVX2 cost about as much as the products.
+#define Q8_BUFFERED_FN(name, target, pass, mbmax)                                                \
+    static inline __attribute__((always_inline)) target void                                     \
+    name(const int fmt, long M, long K, const int8_t *q, const float *da, const int32_t *sa,     \
+         const uint8_t *w, long rowbytes, long n, float *C, long ldc, int accumulate) {          \
+        const long bb = lora_block_bytes(fmt), nb = K / QK;                                      \
+        const __m256i low4 = _mm256_set1_epi8(15);                                               \
+        q8_decoded buf[DCHUNK];                                                                  \
+        __m256 accs[MAX_M], accms[MAX_M];                                                        \
+        for (long m = 0; m < M; m++) accs[m] = accms[m] = _mm256_setzero_ps();                   \
+        const uint8_t *wr[RB];                                                                   \
+        for (int r = 0; r < RB; r++) wr[r] = w + (n + r) * rowbytes;                             \
+        for (long b0 = 0; b0 < nb; b0 += DCHUNK) {                                               \
+            const long b1 = b0 + DCHUNK < nb ? b0 + DCHUNK : nb;                                 \
+            for (long b = b0, o = b0 * bb; b < b1; b++, o += bb) {                               \
+                q8_decoded *e = buf + (b - b0);                                                  \
+                __m256 dw, mw = _mm256_setzero_ps();                                             \
+                if (fmt == LORA_FORMAT_Q8_0) {                                                   \
+                    __m256i v[8];                                                                \
+                    DECODE80                                                                     \
+                    for (int k = 0; k < 8; k++) e->c[k] = v[k];                                  \
+                } else {                                                                         \
+                    __m256i lo[4], hi[4];                                                        \
+                    DECODE4                                                                      \
+                    for (int k = 0; k < 4; k++) { e->c[k] = lo[k]; e->c[4 + k] = hi[k]; }        \
+                }                                                                                \
+                e->dw = dw;                                                                      \
+                e->mw = mw;                                                                      \
+            }                                                                                    \
+            for (long m = 0; m < M; m += mbmax) {                                                \
+                const long left = M - m;                                                         \
+                const int8_t *qm = q + m * K;                                                    \
+                const float *dm = da + m * nb;                                                   \
+                const int32_t *sm = sa + m * nb;                                                 \
+                if (mbmax >= 4 && left >= 4) pass(fmt, 4, K, b0, b1, qm, dm, sm, buf, accs + m, accms + m); \
+                else if (mbmax >= 3 && left == 3) pass(fmt, 3, K, b0, b1, qm, dm, sm, buf, accs + m, accms + m); \
+                else if (left >= 2) pass(fmt, 2, K, b0, b1, qm, dm, sm, buf, accs + m, accms + m); \
+                else pass(fmt, 1, K, b0, b1, qm, dm, sm, buf, accs + m, accms + m);              \
+            }                                                                                    \
+        }                                                                                        \
+        for (long m = 0; m < M; m++) {                                                           \
+            __m256 v = fmt == LORA_FORMAT_Q4_1 ? _mm256_add_ps(accs[m], accms[m]) : accs[m];     \
+            float *c = C + m * ldc + n;                                                          \
+            _mm256_storeu_ps(c, accumulate ? _mm256_add_ps(_mm256_loadu_ps(c), v) : v);          \
+        }                                                                                        \
+    }
+
 #define MB 2  // rows of A per pass on AVX2 (16 ymm registers)
 Q8_BLOCK_FN(avx2_block, AVX2_TARGET, DOTS_AVX2, DOTS80_AVX2)
+Q8_PASS_FN(avx2_pass, AVX2_TARGET, DOTS_AVX2, DOTS80_AVX2)
+Q8_BUFFERED_FN(avx2_buffered, AVX2_TARGET, avx2_pass, 2)
 #undef MB
 #define MB 4  // AVX-512VL gives 32 registers
 Q8_BLOCK_FN(vnni_block, VNNI_TARGET, DOTS_VNNI, DOTS80_VNNI)
+Q8_PASS_FN(vnni_pass, VNNI_TARGET, DOTS_VNNI, DOTS80_VNNI)
+Q8_BUFFERED_FN(vnni_buffered, VNNI_TARGET, vnni_pass, 4)
 #undef MB
 
 /// Whole groups of 8 rows; the caller does the rest (fewer than 8) with the reference.
-#define Q8_GEMV(name, target, block, mbmax)                                                      \
+#define Q8_GEMV(name, target, block, buffered, mbmax)                                            \
     target static void name(int fmt, long M, long n0, long n1, long K, const int8_t *q,          \
                             const float *da, const int32_t *sa, const uint8_t *w,                \
                             long rowbytes, float *C, long ldc, int accumulate) {                 \
         const long nb = K / QK;                                                                  \
-        for (long n = n0; n + RB <= n1; n += RB)                                                 \
+        for (long n = n0; n + RB <= n1; n += RB) {                                               \
+            if (M > mbmax && M <= MAX_M) {                                                       \
+                for (int f = LORA_FORMAT_Q8_0; f <= LORA_FORMAT_Q4_1; f++)                       \
+                    if (f == fmt) buffered(f, M, K, q, da, sa, w, rowbytes, n, C, ldc, accumulate); \
+                continue;                                                                        \
+            }                                                                                    \
             for (long m = 0; m < M; m += mbmax) {                                                \
                 const long left = M - m;                                                         \
                 const int8_t *qm = q + m * K;                                                    \
@@ -312,10 +423,11 @@ Q8_BLOCK_FN(vnni_block, VNNI_TARGET, DOTS_VNNI, DOTS80_VNNI)
                     else block(f, 1, K, qm, dm, sm, w, rowbytes, n, cm, ldc, accumulate);        \
                 }                                                                                \
             }                                                                                    \
+        }                                                                                        \
     }
 
-Q8_GEMV(avx2_q8_gemv, AVX2_TARGET, avx2_block, 2)
-Q8_GEMV(vnni_q8_gemv, VNNI_TARGET, vnni_block, 4)
+Q8_GEMV(avx2_q8_gemv, AVX2_TARGET, avx2_block, avx2_buffered, 2)
+Q8_GEMV(vnni_q8_gemv, VNNI_TARGET, vnni_block, vnni_buffered, 4)
 
 static int has_vnni(void) {
     __builtin_cpu_init();

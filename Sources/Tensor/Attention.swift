@@ -256,12 +256,8 @@ public enum Attention {
             // One query per head: dot products and axpys. Parallel over heads only when the
             // context is long enough to pay for waking a worker (~10 us).
             let head = { (h: Int) in
-                let g = h / rep
-                let qh = q + h * hd, s = scores + h * L, o = out + h * hd
-                for j in 0..<L { s[j] = alpha * lora_dot(fam, qh, kCache + j * ldk + g * hd, hd) }
-                maskedSoftmaxRow(s, allowed: L, width: L, keyMask: keyMask, emptyValue: 1 / Float(L))
-                o.update(repeating: 0, count: hd)
-                for j in 0..<L where s[j] != 0 { lora_axpy(fam, s[j], vCache + j * ldk + g * hd, o, hd) }
+                decodeHead(h, vectorKernels: fam, out: out, scores: scores + h * L, q: q, kCache: kCache, vCache: vCache,
+                           keyMask: keyMask, L: L, nH: nH, nKV: nKV, hd: hd)
             }
             if nH * L * hd >= 1 << 16 { pool.forEach(nH, head) } else { for h in 0..<nH { head(h) } }
             return
@@ -285,6 +281,21 @@ public enum Attention {
             sgemm(M: Tq, N: hd, K: L, A: scores + h * Tq * L, lda: L,
                   B: vCache + g * hd, ldb: ldk, C: out + h * hd, ldc: ldq)
         }
+    }
+
+    /// Head h of a decode step (one query against L cached keys): `forwardCached` with Tq = 1
+    /// runs this per head, on one thread or several; `scores` is this head's [L] scratch.
+    @inline(__always)
+    public static func decodeHead(_ h: Int, vectorKernels fam: Int32, out: UnsafeMutablePointer<Float>,
+                                  scores s: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
+                                  kCache: UnsafePointer<Float>, vCache: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,
+                                  L: Int, nH: Int, nKV: Int, hd: Int) {
+        let g = h / (nH / nKV), ldk = nKV * hd, alpha = scale(hd: hd)
+        let qh = q + h * hd, o = out + h * hd
+        for j in 0..<L { s[j] = alpha * lora_dot(fam, qh, kCache + j * ldk + g * hd, hd) }
+        maskedSoftmaxRow(s, allowed: L, width: L, keyMask: keyMask, emptyValue: 1 / Float(L))
+        o.update(repeating: 0, count: hd)
+        for j in 0..<L where s[j] != 0 { lora_axpy(fam, s[j], vCache + j * ldk + g * hd, o, hd) }
     }
 
     /// Softmax of row[0..<allowed] in place, skipping keys whose mask is 0, and zeros

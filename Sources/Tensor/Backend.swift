@@ -46,6 +46,69 @@ public protocol Backend: AnyObject, Sendable {
     func add(out: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>, count: Int)
     func crossEntropy(dlogits: UnsafeMutablePointer<Float>?, logits: UnsafePointer<Float>, targets: UnsafePointer<Int32>,
                       N: Int, V: Int, gradScale: Float) -> (lossSum: Double, count: Int)
+    /// `attentionCached` for several sequences of a batch, each with its own cache and length
+    /// (a server's slots): the same results as one call per item, in any order. Each item's
+    /// `scores` is its own scratch of [nH, Tq, start + Tq] floats.
+    func attentionCachedBatch(_ items: [CachedAttention], nH: Int, nKV: Int, hd: Int)
+    /// The LoRA terms of one projection over a batch whose row groups use different adapters
+    /// (S-LoRA / Punica's grouped product): for each term, in order, y[r0..<r1] += alpha *
+    /// (x[r0..<r1] @ A^T) @ B^T. Each term's result is what `gemm` gives for it alone (two
+    /// calls, as `LoRALayer.forward` makes them); terms on the same rows add in the order given.
+    /// `u` is scratch of `LoRATerm.scratchCount(terms)` floats.
+    func loraGrouped(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, inFeatures: Int, outFeatures: Int,
+                     terms: [LoRATerm], u: UnsafeMutablePointer<Float>)
+}
+
+/// One adapter's term of `Backend.loraGrouped`: rows r0..<r1, factors A [rank, in] and
+/// B [out, rank], and alpha (the adapter's weight times its scale).
+public struct LoRATerm {
+    public let r0: Int, r1: Int, rank: Int, alpha: Float
+    public let A: UnsafePointer<Float>, B: UnsafePointer<Float>
+    public init(r0: Int, r1: Int, rank: Int, alpha: Float, A: UnsafePointer<Float>, B: UnsafePointer<Float>) {
+        self.r0 = r0; self.r1 = r1; self.rank = rank; self.alpha = alpha; self.A = A; self.B = B
+    }
+    /// The floats of u that `loraGrouped` needs: each term's [r1 - r0, rank] intermediate.
+    public static func scratchCount(_ terms: [LoRATerm]) -> Int { terms.reduce(0) { $0 + ($1.r1 - $1.r0) * $1.rank } }
+}
+
+/// One sequence of `Backend.attentionCachedBatch`: `attentionCached`'s per-sequence arguments.
+public struct CachedAttention {
+    public let out: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>
+    public let kCache: UnsafePointer<Float>, vCache: UnsafePointer<Float>
+    public let start: Int, Tq: Int
+    public init(out: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
+                kCache: UnsafePointer<Float>, vCache: UnsafePointer<Float>, start: Int, Tq: Int) {
+        self.out = out; self.scores = scores; self.q = q; self.kCache = kCache; self.vCache = vCache
+        self.start = start; self.Tq = Tq
+    }
+}
+
+extension Backend {
+    public func attentionCachedBatch(_ items: [CachedAttention], nH: Int, nKV: Int, hd: Int) {
+        for it in items {
+            attentionCached(out: it.out, scores: it.scores, q: it.q, kCache: it.kCache, vCache: it.vCache, keyMask: nil,
+                            start: it.start, Tq: it.Tq, nH: nH, nKV: nKV, hd: hd)
+        }
+    }
+
+    public func loraGrouped(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, inFeatures: Int, outFeatures: Int,
+                            terms: [LoRATerm], u: UnsafeMutablePointer<Float>) {
+        loraGroupedSerial(y: y, x: x, inFeatures: inFeatures, outFeatures: outFeatures, terms: terms, u: u)
+    }
+
+    /// The reference: each term as two `gemm` calls, one after another.
+    public func loraGroupedSerial(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, inFeatures: Int, outFeatures: Int,
+                                  terms: [LoRATerm], u: UnsafeMutablePointer<Float>) {
+        var ut = u
+        for t in terms {
+            let M = t.r1 - t.r0
+            gemm(transA: false, transB: true, M: M, N: t.rank, K: inFeatures, alpha: 1, A: x + t.r0 * inFeatures, lda: inFeatures,
+                 B: t.A, ldb: inFeatures, beta: 0, C: ut, ldc: t.rank)
+            gemm(transA: false, transB: true, M: M, N: outFeatures, K: t.rank, alpha: t.alpha, A: ut, lda: t.rank,
+                 B: t.B, ldb: t.rank, beta: 1, C: y + t.r0 * outFeatures, ldc: outFeatures)
+            ut += M * t.rank
+        }
+    }
 }
 
 /// A cooperative stop request: set from a signal handler or another task, read between steps.

@@ -96,13 +96,9 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             if let spin, w.byteCount >= Self.spinBytes {
                 // Ranges of 16-row units, 8 per spinning worker, taken by whichever is free.
                 let units = (N + 15) / 16, t = min(units, 8 * Int(lora_pool_threads(spin))), per = (units + t - 1) / t
-                withoutActuallyEscaping({ (i: Int) in
+                runSpin(spin, t) { i in
                     let n0 = min(N, i * per * 16), n1 = min(N, (i + 1) * per * 16)
                     if n0 < n1 { rows(n0, n1) }
-                }) { body in
-                    let box = TaskBox(body)
-                    lora_pool_run(spin, t, { ctx, i in Unmanaged<TaskBox>.fromOpaque(ctx!).takeUnretainedValue().body(i) },
-                                  Unmanaged.passUnretained(box).toOpaque())
                 }
                 return
             }
@@ -245,6 +241,71 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             let a = transA ? A + r.lowerBound : A + r.lowerBound * lda
             sgemm(transA: transA, transB: transB, M: r.count, N: N, K: K, alpha: alpha, A: a, lda: lda,
                   B: B, ldb: ldb, beta: beta, C: C + r.lowerBound * ldc, ldc: ldc)
+        }
+    }
+
+    /// On the spinning workers when every term takes gemm's small-M path: first each term's
+    /// u = x A^T (one task per term), then y's columns in blocks of 16, each task adding every
+    /// term to its columns in order. The kernel calls are the ones `gemm` makes (same M, alpha
+    /// applied to u as gemm's scaled copy does), only split by columns, which changes no
+    /// output's arithmetic: the same bits as `loraGroupedSerial`.
+    public func loraGrouped(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, inFeatures: Int, outFeatures: Int,
+                            terms: [LoRATerm], u: UnsafeMutablePointer<Float>) {
+        guard let spin, let fam = family.kernelID, !terms.isEmpty,
+              terms.allSatisfy({ $0.r1 - $0.r0 <= Self.smallM && ($0.alpha == 1 || ($0.r1 - $0.r0) * $0.rank <= Self.smallScaled) })
+        else {
+            loraGroupedSerial(y: y, x: x, inFeatures: inFeatures, outFeatures: outFeatures, terms: terms, u: u)
+            return
+        }
+        var us: [UnsafeMutablePointer<Float>] = []
+        var at = u
+        for t in terms { us.append(at); at += (t.r1 - t.r0) * t.rank }
+        let inF = inFeatures, out = outFeatures, f32 = Self.f32Format
+        runSpin(spin, terms.count) { j in
+            let t = terms[j], M = t.r1 - t.r0
+            lora_gemv_abt(fam, f32, M, 0, t.rank, inF, x + t.r0 * inF, inF, t.A, inF, nil, us[j], t.rank, 0)
+            if t.alpha != 1 { for i in 0..<(M * t.rank) { us[j][i] = t.alpha * us[j][i] } }
+        }
+        let units = (out + 15) / 16, tasks = min(units, 4 * Int(lora_pool_threads(spin))), per = (units + tasks - 1) / tasks
+        runSpin(spin, tasks) { i in
+            let n0 = min(out, i * per * 16), n1 = min(out, (i + 1) * per * 16)
+            if n0 >= n1 { return }
+            for (j, t) in terms.enumerated() {
+                lora_gemv_abt(fam, f32, t.r1 - t.r0, n0, n1, t.rank, us[j], t.rank, t.B, t.rank, nil, y + t.r0 * out, out, 1)
+            }
+        }
+    }
+
+    /// The decode items (Tq = 1) as one job on the spinning workers, a task per item and head
+    /// (`Attention.decodeHead`, as `attentionCached` runs them: the same bits); prefill items
+    /// one after another through `attentionCached`.
+    public func attentionCachedBatch(_ items: [CachedAttention], nH: Int, nKV: Int, hd: Int) {
+        let decode = items.filter { $0.Tq == 1 }
+        for it in items where it.Tq != 1 {
+            attentionCached(out: it.out, scores: it.scores, q: it.q, kCache: it.kCache, vCache: it.vCache, keyMask: nil,
+                            start: it.start, Tq: it.Tq, nH: nH, nKV: nKV, hd: hd)
+        }
+        guard let spin, decode.count > 1 else {
+            for it in decode {
+                attentionCached(out: it.out, scores: it.scores, q: it.q, kCache: it.kCache, vCache: it.vCache, keyMask: nil,
+                                start: it.start, Tq: 1, nH: nH, nKV: nKV, hd: hd)
+            }
+            return
+        }
+        let fam = family.vectorID
+        runSpin(spin, decode.count * nH) { t in
+            let it = decode[t / nH], h = t % nH, L = it.start + 1
+            Attention.decodeHead(h, vectorKernels: fam, out: it.out, scores: it.scores + h * L, q: it.q, kCache: it.kCache,
+                                 vCache: it.vCache, keyMask: nil, L: L, nH: nH, nKV: nKV, hd: hd)
+        }
+    }
+
+    /// body(0..<n) on the spinning workers, each index run once by whichever is free.
+    private func runSpin(_ spin: OpaquePointer, _ n: Int, _ body: (Int) -> Void) {
+        withoutActuallyEscaping(body) { body in
+            let box = TaskBox(body)
+            lora_pool_run(spin, n, { ctx, i in Unmanaged<TaskBox>.fromOpaque(ctx!).takeUnretainedValue().body(i) },
+                          Unmanaged.passUnretained(box).toOpaque())
         }
     }
 

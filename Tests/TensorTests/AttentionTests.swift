@@ -205,6 +205,48 @@ final class AttentionTests: XCTestCase {
         for fam in KernelFamily.available { cachedMatchesForward(fam.vectorID, "\(fam)") }
     }
 
+    /// A server step's attention (`attentionCachedBatch`: decode items as one job of item x
+    /// head tasks on the CPU's spinning workers, prefill items one by one) gives each item the
+    /// bits of its own `attentionCached` call; each item is also checked against the training
+    /// forward on its rows.
+    func testCachedBatchEqualsPerItem() {
+        var rng = RNG(seed: 77)
+        let nH = 6, nKV = 2, hd = 8, cap = 120, row = nH * hd
+        // (cached length before the step, new tokens): decode items of several lengths and a
+        // prefill chunk beside them.
+        let items = [(30, 1), (0, 12), (99, 1), (7, 1), (64, 1), (40, 5)]
+        let ks = items.map { _ in randn([cap, nKV, hd], &rng) }, vs = items.map { _ in randn([cap, nKV, hd], &rng) }
+        let rows = items.reduce(0) { $0 + $1.1 }
+        let q = randn([rows, nH, hd], &rng)
+        for fam in KernelFamily.available {
+            let be = CPUBackend(family: fam, pool: testPool)
+            let want = Tensor([rows, nH, hd]), got = Tensor([rows, nH, hd])
+            let scores = Tensor([nH * rows, cap]), scratch = Tensor([nH, cap * cap])
+            var batch: [CachedAttention] = []
+            var r0 = 0
+            for (i, (start, n)) in items.enumerated() {
+                be.attentionCached(out: want.data + r0 * row, scores: scratch.data, q: q.data + r0 * row, kCache: ks[i].data,
+                                   vCache: vs[i].data, keyMask: nil, start: start, Tq: n, nH: nH, nKV: nKV, hd: hd)
+                batch.append(CachedAttention(out: got.data + r0 * row, scores: scores.data + r0 * nH * cap, q: q.data + r0 * row,
+                                             kCache: ks[i].data, vCache: vs[i].data, start: start, Tq: n))
+                // The training forward over the item's first start + n keys (the new queries
+                // are its last n rows): the oracle for what the cached forms compute.
+                let T = start + n
+                let qf = Tensor([1, T, nH, hd]), of = Tensor([1, T, nH, hd]), probs = Tensor([1, nH, T, T])
+                (qf.data + start * row).update(from: q.data + r0 * row, count: n * row)
+                Attention.forward(pool: testPool, out: of.data, probs: probs.data, q: qf.data, k: ks[i].data, v: vs[i].data,
+                                  keyMask: nil, B: 1, T: T, nH: nH, nKV: nKV, hd: hd)
+                for j in 0..<(n * row) {
+                    XCTAssertEqual(want.data[r0 * row + j], of.data[start * row + j], accuracy: 1e-5, "\(fam) item \(i) vs forward")
+                }
+                r0 += n
+            }
+            be.attentionCachedBatch(batch, nH: nH, nKV: nKV, hd: hd)
+            let diff = (0..<got.count).filter { got.data[$0].bitPattern != want.data[$0].bitPattern }
+            XCTAssertTrue(diff.isEmpty, "\(fam): \(diff.count) outputs differ from per-item calls, first at \(diff.first ?? -1)")
+        }
+    }
+
     /// As above for one C family of the decode step's dot products (and a long context, where
     /// the heads run in parallel).
     func cachedMatchesForward(_ fam: Int32, _ what: String) {

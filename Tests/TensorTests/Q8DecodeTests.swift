@@ -175,6 +175,38 @@ final class Q8DecodeTests: XCTestCase {
         }
     }
 
+    /// A row's result does not depend on the rows computed with it: each row of an M-row call
+    /// has the bits of that row alone, on every family. (Rows past one pass, MB = 2 on AVX2 and 4
+    /// with VNNI, share blocks decoded once in chunks of 16; K = 1056 is two chunks and a part.)
+    /// Serve relies on it: a request gives the same tokens alone and batched.
+    func testRowsIndependentOfM() {
+        var rng = KernelFamilyTests.Rand()
+        for (format, name) in Self.formats {
+            for (M, N, K) in [(3, 16, 64), (5, 24, 1056), (8, 40, 1536), (9, 8, 544), (16, 16, 96)] {
+                let nb = K / 32
+                let W = Self.weights(format, N: N, K: K, &rng)
+                let A = Self.activations(M: M, K: K, &rng)
+                var q = [Int8](repeating: 0, count: M * K), d = [Float](repeating: 0, count: M * nb)
+                var s = [Int32](repeating: 0, count: M * nb)
+                lora_q8_quantize(M, K, A, K, &q, &d, &s)
+                for family in families {
+                    var all = [Float](repeating: .nan, count: M * N)
+                    W.withUnsafeBytes { w in lora_q8_gemv(family, format, M, 0, N, K, q, d, s, w.baseAddress, K, &all, N, 0) }
+                    for m in 0..<M {
+                        var one = [Float](repeating: .nan, count: N)
+                        W.withUnsafeBytes { w in
+                            lora_q8_gemv(family, format, 1, 0, N, K, Array(q[(m * K)..<((m + 1) * K)]), Array(d[(m * nb)..<((m + 1) * nb)]),
+                                         Array(s[(m * nb)..<((m + 1) * nb)]), w.baseAddress, K, &one, N, 0)
+                        }
+                        let diff = (0..<N).filter { one[$0].bitPattern != all[m * N + $0].bitPattern }
+                        XCTAssertTrue(diff.isEmpty, "\(KernelFamilyTests.familyNames[Int(family)]) \(name) M=\(M) N=\(N) K=\(K) row \(m): "
+                                      + "columns \(diff.prefix(4)) differ from the row alone, e.g. \(diff.first.map { "\(all[m * N + $0]) vs \(one[$0])" } ?? "")")
+                    }
+                }
+            }
+        }
+    }
+
     /// The CPU backend takes the integer path for Q4_0 / Q4_1 / Q8_0 products of up to 16 rows
     /// (one row too: a row's result must not depend on the rows beside it) unless told `.f32`
     /// (LORA_DECODE=f32), and then gives exactly what the C entry points give.

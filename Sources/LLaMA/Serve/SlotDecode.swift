@@ -45,6 +45,8 @@ public final class SlotCache: @unchecked Sendable {
     public func reset(slot: Int) { lengths[slot] = 0 }
 
     func ensureRank(_ r: Int) { if r > u.shape[1] { u = Tensor([maxRows, r]) } }
+    /// u as scratch of at least n floats (grouped LoRA products: one [rows, rank] per term).
+    func ensureScratch(_ n: Int) { if n > u.count { u = Tensor([(n + u.shape[1] - 1) / u.shape[1], u.shape[1]]) } }
     func advance(slot: Int, by n: Int) { lengths[slot] += n }
 }
 
@@ -103,6 +105,24 @@ extension LlamaModel {
         func project(_ lin: Linear, _ l: Int, _ p: Projection, y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>) {
             be.matmul(y: y, x: x, w: lin.weight, M: M, accumulate: false, scratch: cache.scratch)
             let out = lin.outFeatures, inF = lin.inFeatures
+            // Plain LoRA: every group's terms in one grouped product (the backend spreads them
+            // over its workers). DoRA rescales its group's rows and stays one call per group.
+            var terms: [LoRATerm] = []
+            var dora = false
+            for g in groups {
+                for (layer, weight) in g.set.layers(at: LoRASite(l, p)) {
+                    if layer.isDoRA { dora = true; break }
+                    terms.append(LoRATerm(r0: g.r0, r1: g.r1, rank: layer.r, alpha: weight * layer.scale,
+                                          A: layer.A.data, B: layer.B.data))
+                }
+            }
+            if !dora {
+                if !terms.isEmpty {
+                    cache.ensureScratch(LoRATerm.scratchCount(terms))
+                    be.loraGrouped(y: y, x: x, inFeatures: inF, outFeatures: out, terms: terms, u: cache.u.data)
+                }
+                return
+            }
             for g in groups {
                 for (layer, weight) in g.set.layers(at: LoRASite(l, p)) {
                     let yr = y + g.r0 * out, xr = x + g.r0 * inF, n = g.r1 - g.r0
@@ -127,18 +147,22 @@ extension LlamaModel {
         let kvDim = c.kvDim
         // Logits only for each item's last token.
         let lastRows = items.indices.map { offsets[$0] + items[$0].tokens.count - 1 }
+        let nH = c.numAttentionHeads
         decodeRows(ids, buffers: cache, lastRows: lastRows, ctx: ctx, project: project) { l in
+            var batch: [CachedAttention] = []
+            batch.reserveCapacity(items.count)
             for (i, it) in items.enumerated() {
                 let n = it.tokens.count, start = cache.lengths[it.slot], r0 = offsets[i]
                 let base = it.slot * cache.capacity * kvDim
                 (cache.k[l].data + base + start * kvDim).update(from: cache.kNew.data + r0 * kvDim, count: n * kvDim)
                 (cache.v[l].data + base + start * kvDim).update(from: cache.vNew.data + r0 * kvDim, count: n * kvDim)
-                be.attentionCached(out: cache.att.data + r0 * c.qDim, scores: cache.scores.data,
-                                   q: cache.q.data + r0 * c.qDim,
-                                   kCache: cache.k[l].data + base, vCache: cache.v[l].data + base,
-                                   keyMask: nil, start: start, Tq: n,
-                                   nH: c.numAttentionHeads, nKV: c.numKeyValueHeads, hd: c.headDim)
+                // Scratch: the item's own rows of scores ([nH, n, capacity] fits in rows
+                // r0 * nH ..< (r0 + n) * nH of [nH * maxRows, capacity]).
+                batch.append(CachedAttention(out: cache.att.data + r0 * c.qDim, scores: cache.scores.data + r0 * nH * cache.capacity,
+                                             q: cache.q.data + r0 * c.qDim,
+                                             kCache: cache.k[l].data + base, vCache: cache.v[l].data + base, start: start, Tq: n))
             }
+            be.attentionCachedBatch(batch, nH: nH, nKV: c.numKeyValueHeads, hd: c.headDim)
         }
         for it in items { cache.advance(slot: it.slot, by: it.tokens.count) }
     }

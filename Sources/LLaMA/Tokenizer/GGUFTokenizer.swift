@@ -18,10 +18,12 @@ public func loadTokenizer(gguf f: GGUFFile) throws -> Tokenizer {
     // Values are converted with `exactly`: a hostile 64-bit value is an error, not a trap.
     let types = try f.ints("tokenizer.ggml.token_type").map { list in
         try list.enumerated().map { i, t -> Int32 in
-            guard let x = Int32(exactly: t) else {
-                throw CheckpointError.badValue(file: f.path, key: "tokenizer.ggml.token_type[\(i)]", value: "\(t)", expected: "a token type (1 ... 6)")
+            // llama.cpp's types: 0 undefined (read as normal), 1 normal, 2 unknown, 3 control,
+            // 4 user-defined, 5 unused, 6 byte. Anything else is a damaged file.
+            guard let x = Int32(exactly: t), (0...6).contains(x) else {
+                throw CheckpointError.badValue(file: f.path, key: "tokenizer.ggml.token_type[\(i)]", value: "\(t)", expected: "a token type (0 ... 6)")
             }
-            return x
+            return x == 0 ? 1 : x
         }
     }
     func id(_ k: String) throws -> Int32? {

@@ -33,6 +33,7 @@ public final class SentencePieceTokenizer: Tokenizer, @unchecked Sendable {
             throw TokenizerError.invalidModel(file: path.path, reason: Self.take(error))
         }
         self.init(handle: handle, source: path.path)
+        try checkEncodes()
     }
 
     /// Loads a serialized SentencePiece `ModelProto` held in memory (as a GGUF file or a test
@@ -47,6 +48,7 @@ public final class SentencePieceTokenizer: Tokenizer, @unchecked Sendable {
             throw TokenizerError.invalidModel(file: name, reason: Self.take(error))
         }
         self.init(handle: handle, source: name)
+        try checkEncodes()
     }
 
     private init(handle: OpaquePointer, source: String) {
@@ -65,30 +67,61 @@ public final class SentencePieceTokenizer: Tokenizer, @unchecked Sendable {
     // MARK: Tokenizer
 
     public func encode(_ text: String, addBOS: Bool) -> [Int32] {
-        var text = text
         let prefix = addBOS ? bosID.map { [$0] } ?? [] : []
-        return text.withUTF8 { utf8 -> [Int32] in
+        switch encodeIDs(text) {
+        case .success(let ids): return prefix + ids
+        case .failure:
+            // Only a vocabulary that SentencePiece cannot segment some text with gets here
+            // (loading refuses one that fails on common text): each character alone, and one
+            // that still fails becomes <unk> (or nothing without one). Degraded, not a crash.
+            var ids: [Int32] = []
+            for ch in text {
+                switch encodeIDs(String(ch)) {
+                case .success(let part): ids += part
+                case .failure: if let unkID { ids.append(unkID) }
+                }
+            }
+            return prefix + ids
+        }
+    }
+
+    struct EncodeFailure: Error { let reason: String }
+
+    /// libsentencepiece's ids for `text`, or its error.
+    private func encodeIDs(_ text: String) -> Result<[Int32], EncodeFailure> {
+        var text = text
+        return text.withUTF8 { utf8 -> Result<[Int32], EncodeFailure> in
             // Most text encodes to fewer ids than bytes; NFKC expansion can exceed that, and then
             // the C side reports the size needed and we call again.
             var capacity = utf8.count + 2
             while true {
-                var ids = [Int32](repeating: 0, count: prefix.count + capacity)
+                var ids = [Int32](repeating: 0, count: capacity)
                 var error: UnsafeMutablePointer<CChar>?
                 let n = ids.withUnsafeMutableBufferPointer { out in
                     utf8.withMemoryRebound(to: CChar.self) { chars in
-                        lora_spm_encode(handle, chars.baseAddress, chars.count,
-                                        out.baseAddress! + prefix.count, capacity, &error)
+                        lora_spm_encode(handle, chars.baseAddress, chars.count, out.baseAddress!, capacity, &error)
                     }
                 }
-                // A loaded model encodes any UTF-8 text; failure here is a libsentencepiece fault.
-                precondition(n >= 0, "\(source): SentencePiece failed to encode: \(Self.take(error))")
+                if n < 0 { return .failure(EncodeFailure(reason: Self.take(error))) }
                 if n <= capacity {
                     ids.removeLast(capacity - Int(n))
-                    for (i, id) in prefix.enumerated() { ids[i] = id }
-                    return ids
+                    return .success(ids)
                 }
                 capacity = Int(n)
             }
+        }
+    }
+
+    /// Text every usable vocabulary encodes (with byte fallback or <unk> for what it lacks):
+    /// ASCII letters, digits, punctuation and whitespace, accented Latin, CJK and an emoji.
+    static let probeText = "Hello, World! 0123456789 \"'`~@#$%^&*()[]{}<>/\\|-_=+;:.,?\n\t wörld café 中文 🙂"
+
+    /// Refuses a vocabulary that libsentencepiece loads but cannot segment common text with
+    /// (it reports "all normalized characters are not consumed", e.g. for a GGUF whose token
+    /// types make single characters control tokens).
+    private func checkEncodes() throws {
+        if case .failure(let f) = encodeIDs(Self.probeText) {
+            throw TokenizerError.cannotEncode(file: source, reason: f.reason)
         }
     }
 
@@ -100,8 +133,10 @@ public final class SentencePieceTokenizer: Tokenizer, @unchecked Sendable {
             lora_spm_decode(handle, buf.baseAddress, buf.count, &length, &error)
         }
         guard let text else {
-            // Every id is in range, so this is a libsentencepiece fault.
-            preconditionFailure("\(source): SentencePiece failed to decode: \(Self.take(error))")
+            // Every id is in range, so only a vocabulary libsentencepiece mishandles gets here:
+            // the pieces themselves, '▁' as a space (degraded, not a crash).
+            _ = Self.take(error)
+            return valid.map { piece($0) }.joined().replacingOccurrences(of: "\u{2581}", with: " ")
         }
         defer { lora_spm_free_string(text) }
         return text.withMemoryRebound(to: UInt8.self, capacity: length) {

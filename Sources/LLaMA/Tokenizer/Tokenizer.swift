@@ -49,6 +49,8 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
     /// libsentencepiece rejected the model (`file` names the source: a path, or a description
     /// such as "serialized SentencePiece model (1234 bytes)").
     case invalidModel(file: String, reason: String)
+    /// libsentencepiece loaded the vocabulary but cannot segment ordinary text with it.
+    case cannotEncode(file: String, reason: String)
 
     public var description: String {
         switch self {
@@ -60,6 +62,8 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
             return "\(file): cannot read: \(reason)"
         case let .invalidModel(file, reason):
             return "\(file): not a valid SentencePiece model (expected a serialized ModelProto, as in LLaMA's tokenizer.model): \(reason)"
+        case let .cannotEncode(file, reason):
+            return "\(file): the tokenizer's vocabulary cannot encode ordinary text (are its token types right?): \(reason)"
         }
     }
 }

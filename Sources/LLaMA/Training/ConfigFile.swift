@@ -90,71 +90,119 @@ public enum ConfigFile {
     /// `*a`), complex-key indicators (`? `), and nesting deeper than
     /// `TrainConfig.Limits.configNesting` (block indentation levels, `- ` chains and flow
     /// brackets together). Every finetune key is a scalar or a flat list, so none of these is
-    /// ever needed; refusing them bounds the work Yams does.
+    /// ever needed; refusing them bounds the work Yams does (its composer recurses per level).
+    ///
+    /// The scan follows YAML's tokens as far as the depth needs: quotes, brackets and `- ` are
+    /// indicators only where a scalar may start (inside a plain scalar such as `a - 'b [c` they
+    /// are text), and the lines of a `|` / `>` block scalar are text. Where it cannot be sure
+    /// it errs towards counting: every line start is checked, even inside a quote that began on
+    /// an earlier line, and there brackets count as opened but never as closed.
     static func preScan(_ text: String, file: String) throws {
         let b = Array(text.utf8), n = b.count
         let maxDepth = TrainConfig.Limits.configNesting
         let space: UInt8 = 0x20, tab: UInt8 = 0x09, nl: UInt8 = 0x0A, cr: UInt8 = 0x0D
+        func blank(_ c: UInt8) -> Bool { c == space || c == tab || c == nl || c == cr }
         var line = 1, i = 0, flow = 0
         var indents: [Int] = []
         var quote: UInt8? = nil
+        var carried = false          // the open quote began on an earlier line
+        var plain = false            // inside a plain scalar
+        var blockParent: Int? = nil  // inside a block scalar: the indentation of its key's line
         var atLineStart = true
         func fail(_ what: String) -> ConfigError { .unreadable(file: file, reason: "line \(line): \(what)") }
         func tooDeep() -> ConfigError { fail("nested more than \(maxDepth) levels deep") }
+        func open() throws {
+            flow += 1
+            if flow + indents.count > maxDepth { throw tooDeep() }
+        }
         while i < n {
             if atLineStart {
                 atLineStart = false
-                if quote == nil && flow == 0 {
-                    var col = 0
-                    while i < n, b[i] == space { col += 1; i += 1 }
-                    if i < n, b[i] != nl, b[i] != cr, b[i] != UInt8(ascii: "#") {
-                        while let last = indents.last, last >= col { indents.removeLast() }
-                        indents.append(col)
-                        var dashes = 0, j = i
-                        while j + 1 < n, b[j] == UInt8(ascii: "-"), b[j + 1] == space || b[j + 1] == tab {
-                            dashes += 1; j += 2
-                            while j < n, b[j] == space { j += 1 }
-                        }
-                        if indents.count + dashes > maxDepth { throw tooDeep() }
+                plain = false
+                var col = 0
+                while i < n, b[i] == space { col += 1; i += 1 }
+                let empty = i >= n || b[i] == nl || b[i] == cr
+                if let parent = blockParent {
+                    // A block scalar's lines are its text while more indented than its key.
+                    if empty || col > parent {
+                        while i < n, b[i] != nl { i += 1 }
+                        continue
                     }
+                    blockParent = nil
+                }
+                if flow == 0 && !empty && b[i] != UInt8(ascii: "#") {
+                    while let last = indents.last, last >= col { indents.removeLast() }
+                    indents.append(col)
+                    var dashes = 0, j = i
+                    while j + 1 < n, b[j] == UInt8(ascii: "-"), b[j + 1] == space || b[j + 1] == tab {
+                        dashes += 1; j += 2
+                        while j < n, b[j] == space || b[j] == tab { j += 1 }
+                    }
+                    if indents.count + dashes > maxDepth { throw tooDeep() }
                 }
                 continue
             }
             let c = b[i]
+            let prev: UInt8 = i == 0 ? nl : b[i - 1]
+            let tokenStart = blank(prev) || prev == UInt8(ascii: "[") || prev == UInt8(ascii: "{") || prev == UInt8(ascii: ",")
+            let next: UInt8 = i + 1 < n ? b[i + 1] : nl
+            if c == nl {
+                line += 1; atLineStart = true; plain = false
+                if quote != nil { carried = true }
+                i += 1; continue
+            }
             if let q = quote {
                 if q == UInt8(ascii: "\"") && c == UInt8(ascii: "\\") { i += 2; continue }
                 if c == q {
-                    if q == UInt8(ascii: "'") && i + 1 < n && b[i + 1] == q { i += 2; continue }   // '' inside '...'
-                    quote = nil
-                } else if c == nl { line += 1 }
+                    if q == UInt8(ascii: "'") && next == q { i += 2; continue }   // '' inside '...'
+                    quote = nil; carried = false
+                } else if carried && tokenStart {
+                    // Perhaps not a quote after all: brackets count (and never uncount), and
+                    // what would be an anchor or alias outside a quote is refused.
+                    if c == UInt8(ascii: "[") || c == UInt8(ascii: "{") { try open() }
+                    if (c == UInt8(ascii: "&") || c == UInt8(ascii: "*")) && !blank(next) {
+                        throw fail("YAML anchors and aliases (&name, *name) are not supported in a finetune config")
+                    }
+                }
                 i += 1; continue
             }
-            let prev: UInt8 = i == 0 ? nl : b[i - 1]
-            let tokenStart = [space, tab, nl, cr, UInt8(ascii: "["), UInt8(ascii: "{"), UInt8(ascii: ",")].contains(prev)
-            let next: UInt8 = i + 1 < n ? b[i + 1] : nl
+            if plain {
+                // A plain scalar ends at ': ', ' #', the line's end, and in flow context at a
+                // flow indicator; quotes and brackets inside it are text.
+                let flowIndicator = [UInt8(ascii: ","), UInt8(ascii: "["), UInt8(ascii: "]"), UInt8(ascii: "{"), UInt8(ascii: "}")].contains(c)
+                if c == UInt8(ascii: ":") && blank(next) { plain = false; i += 1; continue }
+                if !(c == UInt8(ascii: "#") && blank(prev)) && !(flow > 0 && flowIndicator) { i += 1; continue }
+                plain = false
+            }
             switch c {
-            case nl:
-                line += 1; atLineStart = true
             case UInt8(ascii: "#") where tokenStart:
                 while i + 1 < n, b[i + 1] != nl { i += 1 }
             case UInt8(ascii: "\""), UInt8(ascii: "'"):
-                if tokenStart { quote = c }
+                if tokenStart { quote = c } else { plain = true }
             case UInt8(ascii: "["), UInt8(ascii: "{"):
-                if tokenStart || flow > 0 {
-                    flow += 1
-                    if flow + indents.count > maxDepth { throw tooDeep() }
-                }
+                if tokenStart || flow > 0 { try open() } else { plain = true }
             case UInt8(ascii: "]"), UInt8(ascii: "}"):
                 if flow > 0 { flow -= 1 }
+            case UInt8(ascii: ","):
+                if flow == 0 && tokenStart { plain = true }
             case UInt8(ascii: "&"), UInt8(ascii: "*"):
-                if tokenStart && ![space, tab, nl, cr].contains(next) {
+                if tokenStart && !blank(next) {
                     throw fail("YAML anchors and aliases (&name, *name) are not supported in a finetune config")
                 }
+                if !tokenStart { plain = true }
             case UInt8(ascii: "?"):
-                if tokenStart && [space, tab, nl, cr].contains(next) {
+                if tokenStart && blank(next) {
                     throw fail("complex mapping keys ('? ') are not supported in a finetune config")
                 }
-            default: break
+                plain = true
+            case UInt8(ascii: "|"), UInt8(ascii: ">"):
+                if tokenStart && flow == 0 { blockParent = indents.last ?? 0 } else { plain = true }
+            case UInt8(ascii: "-"), UInt8(ascii: ":"):
+                if !blank(next) && !(flow > 0 && [UInt8(ascii: ","), UInt8(ascii: "]"), UInt8(ascii: "}")].contains(next)) { plain = true }
+            case space, tab, cr:
+                break
+            default:
+                plain = true
             }
             i += 1
         }

@@ -1,0 +1,69 @@
+import XCTest
+@testable import Tensor
+
+/// `Backend.loraGrouped` (serve's per-adapter-group LoRA products) on the CPU's spinning workers
+/// against `loraGroupedSerial` (each term as two `gemm` calls, one after another): the same bits,
+/// since a request must give the same tokens through serve as through `lora generate`; and
+/// against a double-precision reference within a named tolerance.
+final class LoRAGroupedTests: XCTestCase {
+    static let rtol: Float = 1e-5
+
+    func check(family: KernelFamily, inF: Int, out: Int, rows: Int, spec: [(r0: Int, r1: Int, rank: Int, alpha: Float)],
+               seed: UInt64) {
+        var rng = RNG(seed: seed)
+        let x = (0..<(rows * inF)).map { _ in rng.normal() }
+        let y0 = (0..<(rows * out)).map { _ in rng.normal() }
+        // Factors as tensors: their storage stays put while the terms point into it.
+        let factors = spec.map { t -> (A: Tensor, B: Tensor) in
+            let a = Tensor([t.rank, inF]), b = Tensor([out, t.rank])
+            for i in 0..<a.count { a.data[i] = 0.1 * rng.normal() }
+            for i in 0..<b.count { b.data[i] = 0.1 * rng.normal() }
+            return (a, b)
+        }
+        let terms = zip(spec, factors).map { t, f in
+            LoRATerm(r0: t.r0, r1: t.r1, rank: t.rank, alpha: t.alpha, A: f.A.data, B: f.B.data)
+        }
+        let be = CPUBackend(family: family, pool: testPool)
+        var ySerial = y0, yGrouped = y0
+        var u = [Float](repeating: .nan, count: LoRATerm.scratchCount(terms))
+        be.loraGroupedSerial(y: &ySerial, x: x, inFeatures: inF, outFeatures: out, terms: terms, u: &u)
+        u = [Float](repeating: .nan, count: LoRATerm.scratchCount(terms))
+        be.loraGrouped(y: &yGrouped, x: x, inFeatures: inF, outFeatures: out, terms: terms, u: &u)
+        // Reference in Double: each term in order.
+        var ref = y0.map(Double.init), mag = y0.map { abs(Double($0)) }
+        for (t, f) in zip(spec, factors) {
+            for m in t.r0..<t.r1 {
+                let u = (0..<t.rank).map { k in (0..<inF).reduce(0.0) { $0 + Double(x[m * inF + $1]) * Double(f.A.data[k * inF + $1]) } }
+                for n in 0..<out {
+                    let v = (0..<t.rank).reduce(0.0) { $0 + u[$1] * Double(f.B.data[n * t.rank + $1]) } * Double(t.alpha)
+                    ref[m * out + n] += v
+                    mag[m * out + n] += abs(v)
+                }
+            }
+        }
+        let what = "\(family) in \(inF) out \(out) terms \(spec)"
+        var bad = 0
+        for i in 0..<(rows * out) where bad < 3 {
+            if yGrouped[i].bitPattern != ySerial[i].bitPattern {
+                XCTFail("\(what): y[\(i)] grouped \(yGrouped[i]) != serial \(ySerial[i])"); bad += 1
+            }
+            if !(abs(Double(yGrouped[i]) - ref[i]) <= Double(Self.rtol) * (mag[i] + 1e-6)) {
+                XCTFail("\(what): y[\(i)] = \(yGrouped[i]), reference \(ref[i])"); bad += 1
+            }
+        }
+    }
+
+    func testGroupedEqualsSerial() {
+        XCTAssertGreaterThan(testPool.threads, 1, "the grouped path needs the spinning workers")
+        for family in KernelFamily.allCases where family.isAvailable {
+            // Two adapters on one group (a weighted mix), groups of 1-3 rows, ranks 4-16, an
+            // output width that is not a multiple of 16.
+            check(family: family, inF: 96, out: 72, rows: 6,
+                  spec: [(0, 2, 8, 0.7 * 2), (0, 2, 16, 0.3 * 2), (2, 3, 4, 1), (3, 6, 8, 2)], seed: 1)
+            // One term, one row (a single client).
+            check(family: family, inF: 64, out: 200, rows: 1, spec: [(0, 1, 16, 2)], seed: 2)
+            // A prefill-sized group (17 rows): gemm's OpenBLAS path, so the serial fallback.
+            check(family: family, inF: 32, out: 48, rows: 18, spec: [(0, 17, 8, 0.5), (17, 18, 8, 1)], seed: 3)
+        }
+    }
+}
