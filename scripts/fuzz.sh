@@ -5,6 +5,7 @@
 #                                              inputs to Fuzz/corpus/TARGET
 #   scripts/fuzz.sh all SECONDS                each target in turn; non-zero if any failed
 #   scripts/fuzz.sh list                       the targets
+#   scripts/fuzz.sh summary                    totals per target over Fuzz/runs.tsv
 # Runs of 60 s or more append a line to Fuzz/runs.tsv (date, target, seconds, CPU seconds the
 # fuzzer got, executions, coverage, corpus, CPU): the total per target is the sum over that
 # file. FUZZ_NOBUILD=1 skips the build (runs side by side share one build).
@@ -29,6 +30,15 @@ max_len() {
 
 usage() { echo "usage: scripts/fuzz.sh TARGET|all SECONDS [--merge]; targets: ${TARGETS[*]}" >&2; exit 2; }
 [ "${1:-}" = list ] && { echo "${TARGETS[*]}"; exit 0; }
+# Totals per target over Fuzz/runs.tsv: wall and CPU seconds, executions, the last run's
+# coverage and corpus.
+if [ "${1:-}" = summary ]; then
+    awk -F'\t' 'NR > 1 { w[$2] += $3; c[$2] += $4; e[$2] += $5; n[$2]++; cov[$2] = $6; corp[$2] = $7 }
+        END { printf "%-18s %6s %6s %5s %11s %6s %s\n", "target", "wall_s", "cpu_s", "runs", "executions", "cov", "corpus (last run)"
+              for (t in w) printf "%-18s %6d %6d %5d %11d %6s %s\n", t, w[t], c[t], n[t], e[t], cov[t], corp[t] }' \
+        Fuzz/runs.tsv | { read -r h; echo "$h"; sort; }
+    exit 0
+fi
 [ $# -ge 2 ] || usage
 TARGET=$1 SECONDS_=$2 MERGE=${3:-}
 [[ $SECONDS_ =~ ^[0-9]+$ ]] || usage

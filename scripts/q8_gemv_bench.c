@@ -22,7 +22,7 @@ int main(int argc,char**argv){
  for(int f=0;f<3;f++){ size_t bytes=N*K/32*bb[f]; int copies=argc>3?1:(int)(512.0*1024*1024/bytes)+1; void**w=malloc(sizeof(void*)*copies);
   for(int c=0;c<copies;c++){unsigned char*b=malloc(bytes);for(size_t i=0;i<bytes;i++)b[i]=(unsigned char)((i*2654435761u)>>13);for(size_t o=0;o<bytes;o+=bb[f]){b[o]=(o*7)&255;b[o+1]=0x20;if(f==1){b[o+2]=(o*3)&255;b[o+3]=0xA0;}}w[c]=b;}
   float*A=malloc(sizeof(float)*8*K),*C=malloc(sizeof(float)*8*N),*C2=malloc(sizeof(float)*8*N),*C3=malloc(sizeof(float)*8*N); for(long i=0;i<8*K;i++)A[i]=sinf(i*0.37f)*(1+(i%7));
-  int8_t*q=malloc(8*K); float*d=malloc(sizeof(float)*8*K/32); int32_t*s=malloc(sizeof(int32_t)*8*K/32); lora_q8_quantize(8,K,A,K,q,d,s);
+  int8_t*q=malloc(8*K); float*d=malloc(sizeof(float)*8*K/32); int32_t*s=malloc(sizeof(int32_t)*8*K/32); lora_q8_quantize(fam,8,K,A,K,q,d,s);
   // accuracy vs f32 path and vs portable
   lora_gemv_abt(fam,fmts[f],8,0,N,K,A,K,w[0],K,NULL,C,N,0); lora_q8_gemv(fam,fmts[f],8,0,N,K,q,d,s,w[0],K,C2,N,0); lora_q8_gemv(0,fmts[f],8,0,N,K,q,d,s,w[0],K,C3,N,0);
   double e2=0,n2=0,e3=0,e4=0,e5=0; for(long i=0;i<8*N;i++){e2+=(C2[i]-C[i])*(double)(C2[i]-C[i]);n2+=C[i]*(double)C[i]; double r=fabs(C2[i]-C3[i])/(fabs(C3[i])+1e-3); if(r>e3)e3=r; e4+=(C3[i]-C[i])*(double)(C3[i]-C[i]); e5+=(C2[i]-C3[i])*(double)(C2[i]-C3[i]);}

@@ -18,9 +18,19 @@
 
 #define QK LORA_QK
 
-void lora_q8_quantize(long M, long K, const float *A, long lda, int8_t *q, float *d, int32_t *sum) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+static void avx2_q8_quantize(long M, long K, const float *A, long lda, int8_t *q, float *d, int32_t *sum);
+#endif
+
+void lora_q8_quantize(int family, long M, long K, const float *A, long lda, int8_t *q, float *d, int32_t *sum) {
     if (K % QK != 0) abort();
     const long nb = K / QK;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if ((family == LORA_FAMILY_AVX2 || family == LORA_FAMILY_AVX512) && lora_family_available(family)) {
+        avx2_q8_quantize(M, K, A, lda, q, d, sum);
+        return;
+    }
+#endif
     for (long m = 0; m < M; m++)
         for (long b = 0; b < nb; b++) {
             const float *x = A + m * lda + b * QK;
@@ -428,6 +438,49 @@ Q8_BUFFERED_FN(vnni_buffered, VNNI_TARGET, vnni_pass, 4)
 
 Q8_GEMV(avx2_q8_gemv, AVX2_TARGET, avx2_block, avx2_buffered, 2)
 Q8_GEMV(vnni_q8_gemv, VNNI_TARGET, vnni_block, vnni_buffered, 4)
+
+/// lora_q8_quantize's blocks, 8 lanes at a time with the same float operations: |x| maxed
+/// with NaN ignored as fmaxf does (vmaxps returns its second operand when one is NaN), d and
+/// 1/d in scalar as the reference, x * (1/d) rounded by adding and taking off 1.5 * 2^23,
+/// truncated (exact: already integral), clamped to -127..127 (NaN's INT_MIN becomes -127, as
+/// the reference's (long)NaN does), packed to bytes.
+AVX2_TARGET static void avx2_q8_quantize(long M, long K, const float *A, long lda, int8_t *q, float *d, int32_t *sum) {
+    const long nb = K / QK;
+    const __m256 signless = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 magic = _mm256_set1_ps(0x1.8p23f);
+    const __m256i hi = _mm256_set1_epi32(127), lo = _mm256_set1_epi32(-127);
+    for (long m = 0; m < M; m++)
+        for (long b = 0; b < nb; b++) {
+            const float *x = A + m * lda + b * QK;
+            __m256 v[4], mx = _mm256_setzero_ps();
+            for (int k = 0; k < 4; k++) {
+                v[k] = _mm256_loadu_ps(x + 8 * k);
+                mx = _mm256_max_ps(_mm256_and_ps(v[k], signless), mx);
+            }
+            __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+            h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_max_ss(h, _mm_movehdup_ps(h));
+            const float amax = _mm_cvtss_f32(h);
+            const float dd = amax / 127.0f, id = dd != 0 ? 1.0f / dd : 0.0f;
+            const __m256 vid = _mm256_set1_ps(id);
+            __m256i iv[4], s = _mm256_setzero_si256();
+            for (int k = 0; k < 4; k++) {
+                const __m256 r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v[k], vid), magic), magic);
+                iv[k] = _mm256_max_epi32(_mm256_min_epi32(_mm256_cvttps_epi32(r), hi), lo);
+                s = _mm256_add_epi32(s, iv[k]);
+            }
+            // int32 -> int8 in order: packs work per 128-bit lane, so fix the order after.
+            const __m256i p01 = _mm256_packs_epi32(iv[0], iv[1]), p23 = _mm256_packs_epi32(iv[2], iv[3]);
+            const __m256i p = _mm256_packs_epi16(p01, p23);
+            const __m256i ordered = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i *)(q + m * K + b * QK), ordered);
+            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+            d[m * nb + b] = dd;
+            sum[m * nb + b] = _mm_cvtsi128_si32(s4);
+        }
+}
 
 static int has_vnni(void) {
     __builtin_cpu_init();

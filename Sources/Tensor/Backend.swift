@@ -17,6 +17,11 @@ public protocol Backend: AnyObject, Sendable {
                 accumulate: Bool, scratch: MatmulScratch)
     func matmulBackwardInput(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, w: Weight, M: Int,
                              accumulate: Bool, scratch: MatmulScratch)
+    /// `matmul` (y = x W^T) for a decoding step's rows: prompt chunks and new tokens, of one
+    /// sequence or a server's many. Each row's result must not depend on the rows that share
+    /// the call, so a request gets the same bits alone or batched, and a prompt the same in
+    /// any chunking.
+    func matmulDecoding(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int, scratch: MatmulScratch)
     /// General f32 GEMM (the LoRA factors' small products): C = alpha op(A) op(B) + beta C.
     func gemm(transA: Bool, transB: Bool, M: Int, N: Int, K: Int, alpha: Float,
               A: UnsafePointer<Float>, lda: Int, B: UnsafePointer<Float>, ldb: Int,
@@ -84,6 +89,10 @@ public struct CachedAttention {
 }
 
 extension Backend {
+    public func matmulDecoding(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int, scratch: MatmulScratch) {
+        matmul(y: y, x: x, w: w, M: M, accumulate: false, scratch: scratch)
+    }
+
     public func attentionCachedBatch(_ items: [CachedAttention], nH: Int, nKV: Int, hd: Int) {
         for it in items {
             attentionCached(out: it.out, scores: it.scores, q: it.q, kCache: it.kCache, vCache: it.vCache, keyMask: nil,

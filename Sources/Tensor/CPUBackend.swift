@@ -88,7 +88,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             let q = raw.assumingMemoryBound(to: Int8.self)
             let d = (raw + M * K).assumingMemoryBound(to: Float.self)  // M * K is a multiple of 32
             let sums = (raw + M * K + 4 * M * nb).assumingMemoryBound(to: Int32.self)
-            if q8 { lora_q8_quantize(M, K, x, K, q, d, sums) }
+            if q8 { lora_q8_quantize(fam, M, K, x, K, q, d, sums) }
             let rows = { (n0: Int, n1: Int) in
                 if q8 { lora_q8_gemv(fam, fmt, M, n0, n1, K, q, d, sums, w.data, K, y, N, acc) }
                 else { lora_gemv_abt(fam, fmt, M, n0, n1, K, x, K, w.data, K, scales, y, N, acc) }
@@ -112,6 +112,22 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         }
         split(columns: N, flops: 2 * M * N * K, fam) { n0, n1 in
             lora_gemm_abt(fam, fmt, M, n0, n1, K, x, K, w.data, K, scales, y, N, acc)
+        }
+    }
+
+    /// Weights with an integer decoding path (Q4_0 / Q4_1 / Q8_0 and `.q8`) take it for any M,
+    /// in pieces of `smallM` rows: its rows are independent (a row alone gets the same bits),
+    /// and for a prompt's rows it is also faster than the f32 GEMM (Q4_1 1536 x 576, 48 rows, one
+    /// Zen 3 core: 48 vs 32 GMAC/s). Other formats keep `matmul`'s choice by M.
+    public func matmulDecoding(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int, scratch: MatmulScratch) {
+        guard M > Self.smallM, decoding == .q8, family.kernelID != nil, let fmt = w.format.kernelID,
+              lora_q8_gemv_format(fmt) != 0, w.cols % 32 == 0 else {
+            matmul(y: y, x: x, w: w, M: M, accumulate: false, scratch: scratch)
+            return
+        }
+        let K = w.cols, N = w.rows
+        for m0 in stride(from: 0, to: M, by: Self.smallM) {
+            matmul(y: y + m0 * N, x: x + m0 * K, w: w, M: min(Self.smallM, M - m0), accumulate: false, scratch: scratch)
         }
     }
 

@@ -69,14 +69,23 @@ final class Q8DecodeTests: XCTestCase {
         return a
     }
 
+    /// Every family's quantization (the portable scalar reference and the AVX2 version, which
+    /// the AVX-512 family uses too) against the definition, and each against the reference bit
+    /// for bit: ties, zeros, tiny and huge values, a NaN (ignored by the block's max, as fmaxf
+    /// does; its code clamps to -127), 32-wide blocks at odd offsets.
     func testQuantize() {
         var rng = KernelFamilyTests.Rand()
         let M = 3, K = 256, nb = K / 32
         var a = Self.activations(M: M, K: K, &rng)
         a[5] = 1000; a[40] = -3e-38; a[70] = .leastNonzeroMagnitude
-        var q = [Int8](repeating: 99, count: M * K), d = [Float](repeating: -1, count: M * nb)
-        var s = [Int32](repeating: -1, count: M * nb)
-        lora_q8_quantize(M, K, a, K, &q, &d, &s)
+        for j in 96..<128 { a[j] = Float(j - 112) * 0.5 }   // x / d lands on .5: ties to even
+        func quantize(_ family: Int32, _ a: [Float]) -> ([Int8], [Float], [Int32]) {
+            var q = [Int8](repeating: 99, count: M * K), d = [Float](repeating: -1, count: M * nb)
+            var s = [Int32](repeating: -1, count: M * nb)
+            lora_q8_quantize(family, M, K, a, K, &q, &d, &s)
+            return (q, d, s)
+        }
+        let (q, d, s) = quantize(Int32(LORA_FAMILY_PORTABLE), a)
         for b in 0..<(M * nb) {
             let x = a[(b * 32)..<(b * 32 + 32)]
             let amax = x.map(abs).max()!
@@ -91,6 +100,19 @@ final class Q8DecodeTests: XCTestCase {
             }
         }
         XCTAssertEqual(q[5], 127)
+        var withNaN = a
+        withNaN[200] = .nan
+        let ref = quantize(Int32(LORA_FAMILY_PORTABLE), withNaN)
+        XCTAssertEqual(ref.1[200 / 32], withNaN[192..<224].filter { !$0.isNaN }.map(abs).max()! / 127, "NaN ignored by the max")
+        for family in families where family != Int32(LORA_FAMILY_PORTABLE) {
+            for input in [a, withNaN] {
+                let want = quantize(Int32(LORA_FAMILY_PORTABLE), input), got = quantize(family, input)
+                let name = KernelFamilyTests.familyNames[Int(family)]
+                XCTAssertEqual(got.0, want.0, "\(name): codes")
+                XCTAssertEqual(got.1.map(\.bitPattern), want.1.map(\.bitPattern), "\(name): d")
+                XCTAssertEqual(got.2, want.2, "\(name): sums")
+            }
+        }
     }
 
     func testFamiliesAgainstReferences() {
@@ -107,7 +129,7 @@ final class Q8DecodeTests: XCTestCase {
                 let A = Self.activations(M: M, K: K, &rng)
                 var q = [Int8](repeating: 0, count: M * K), d = [Float](repeating: 0, count: M * nb)
                 var s = [Int32](repeating: 0, count: M * nb)
-                lora_q8_quantize(M, K, A, K, &q, &d, &s)
+                lora_q8_quantize(Int32(LORA_FAMILY_PORTABLE), M, K, A, K, &q, &d, &s)
                 // References: the integer scheme (ref, mag) and the f32 product (fref, bound).
                 var ref = [Double](repeating: 0, count: M * N), mag = ref, fref = ref, fbound = ref
                 for m in 0..<M {
@@ -188,7 +210,7 @@ final class Q8DecodeTests: XCTestCase {
                 let A = Self.activations(M: M, K: K, &rng)
                 var q = [Int8](repeating: 0, count: M * K), d = [Float](repeating: 0, count: M * nb)
                 var s = [Int32](repeating: 0, count: M * nb)
-                lora_q8_quantize(M, K, A, K, &q, &d, &s)
+                lora_q8_quantize(Int32(LORA_FAMILY_PORTABLE), M, K, A, K, &q, &d, &s)
                 for family in families {
                     var all = [Float](repeating: .nan, count: M * N)
                     W.withUnsafeBytes { w in lora_q8_gemv(family, format, M, 0, N, K, q, d, s, w.baseAddress, K, &all, N, 0) }
@@ -203,6 +225,38 @@ final class Q8DecodeTests: XCTestCase {
                                       + "columns \(diff.prefix(4)) differ from the row alone, e.g. \(diff.first.map { "\(all[m * N + $0]) vs \(one[$0])" } ?? "")")
                     }
                 }
+            }
+        }
+    }
+
+    /// `matmulDecoding` (prompt chunks and server steps) gives each of 40 rows the bits it gets
+    /// alone, for the integer formats (16-row pieces on the integer path) and for f32 weights
+    /// (whose choice by M is kept, so only the pieces of one call are compared there).
+    func testMatmulDecodingRowsIndependent() throws {
+        var rng = RNG(seed: 9)
+        let N = 40, K = 96, M = 40
+        let wf = Tensor([N, K])
+        for i in 0..<wf.count { wf.data[i] = 0.1 * rng.normal() }
+        let x = Tensor([M, K])
+        for i in 0..<x.count { x.data[i] = rng.normal() }
+        for family in KernelFamily.available {
+            let be = CPUBackend(family: family, pool: testPool)
+            for format in [WeightFormats.q4_0, WeightFormats.q4_1, WeightFormats.q8_0] {
+                let w = Weight.make(format, from: wf, pool: testPool)
+                let all = Tensor([M, N]), one = Tensor([1, N])
+                be.matmulDecoding(y: all.data, x: x.data, w: w, M: M, scratch: MatmulScratch())
+                for m in 0..<M {
+                    be.matmulDecoding(y: one.data, x: x.data + m * K, w: w, M: 1, scratch: MatmulScratch())
+                    let diff = (0..<N).filter { one.data[$0].bitPattern != all.data[m * N + $0].bitPattern }
+                    if family.kernelID != nil {
+                        XCTAssertTrue(diff.isEmpty, "\(family) \(format.name) row \(m): \(diff.count) outputs differ from the row alone")
+                    }
+                }
+                // And the product itself: close to the f32 one (activation rounding only).
+                let ref = Tensor([M, N])
+                CPUBackend(family: family, pool: testPool, decoding: .f32).matmul(y: ref.data, x: x.data, w: w, M: M, accumulate: false,
+                                                                                   scratch: MatmulScratch())
+                for i in 0..<(M * N) { XCTAssertEqual(all.data[i], ref.data[i], accuracy: 0.05 * (1 + abs(ref.data[i])), "\(family) \(format.name) [\(i)]") }
             }
         }
     }
@@ -237,7 +291,7 @@ final class Q8DecodeTests: XCTestCase {
                 var q = [Int8](repeating: 0, count: M * K), d = [Float](repeating: 0, count: M * K / 32)
                 var s = [Int32](repeating: 0, count: M * K / 32)
                 var cq = [Float](repeating: 0, count: M * N), cf = cq
-                lora_q8_quantize(M, K, x.data, K, &q, &d, &s)
+                lora_q8_quantize(KernelFamily.best.kernelID!, M, K, x.data, K, &q, &d, &s)
                 lora_q8_gemv(fam, fmt, M, 0, N, K, q, d, s, w.data, K, &cq, N, 0)
                 lora_gemv_abt(fam, fmt, M, 0, N, K, x.data, K, w.data, K, nil, &cf, N, 0)
                 if M <= 16 {

@@ -134,8 +134,9 @@ void lora_gemv_abt(int family, int format, long M, long n0, long n1, long K,
 // with an activation block is an exact int32 sum, scaled by d_w * d_a (Q4_1 adds m_w * d_a *
 // sum). Differs from the f32 product by the activation rounding; families agree to float
 // rounding (the portable one is the scalar reference).
-/// q [M][K] int8, d and sum [M][K/32]; K a multiple of 32 (else abort).
-void lora_q8_quantize(long M, long K, const float *A, long lda, int8_t *q, float *d, int32_t *sum);
+/// q [M][K] int8, d and sum [M][K/32]; K a multiple of 32 (else abort). Every family gives the
+/// portable one's bits (the AVX2 version does the same float operations, 8 lanes at a time).
+void lora_q8_quantize(int family, long M, long K, const float *A, long lda, int8_t *q, float *d, int32_t *sum);
 /// 1 for the weight formats lora_q8_gemv takes (Q4_0, Q4_1, Q8_0).
 int lora_q8_gemv_format(int format);
 /// 1 when the AVX-512 family's version can use VNNI (vpdpbusd); else it runs the AVX2 one.

@@ -40,7 +40,7 @@ extension LlamaModel {
         precondition(adapters.maxRank <= cache.u.shape[1], "KVCache sized for rank \(cache.u.shape[1]), adapters have \(adapters.maxRank)")
         let be = ctx.backend, prof = ctx.profile
         func project(_ lin: Linear, _ l: Int, _ p: Projection, y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>) {
-            prof.time(.projection) { be.matmul(y: y, x: x, w: lin.weight, M: M, accumulate: false, scratch: cache.scratch) }
+            prof.time(.projection) { be.matmulDecoding(y: y, x: x, w: lin.weight, M: M, scratch: cache.scratch) }
             if adapters.isEmpty { return }
             prof.time(.lora) {
                 for (layer, weight) in adapters.layers(at: LoRASite(l, p)) {
@@ -103,7 +103,7 @@ extension LlamaModel {
         }
         for (i, r) in lastRows.enumerated() { (b.lastHidden.data + i * C).update(from: b.x.data + r * C, count: C) }
         prof.time(.rmsnorm) { be.rmsnormForward(y: b.xn.data, rstd: b.tmp.data, x: b.lastHidden.data, weight: norm.data, N: S, C: C, eps: c.rmsNormEps) }
-        prof.time(.lmHead) { be.matmul(y: b.logits.data, x: b.xn.data, w: decodeHead, M: S, accumulate: false, scratch: b.scratch) }
+        prof.time(.lmHead) { be.matmulDecoding(y: b.logits.data, x: b.xn.data, w: decodeHead, M: S, scratch: b.scratch) }
     }
 
     /// Causal attention of the Tq new queries of each sequence against its cached keys.

@@ -103,7 +103,7 @@ extension LlamaModel {
         }
         let be = ctx.backend
         func project(_ lin: Linear, _ l: Int, _ p: Projection, y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>) {
-            be.matmul(y: y, x: x, w: lin.weight, M: M, accumulate: false, scratch: cache.scratch)
+            be.matmulDecoding(y: y, x: x, w: lin.weight, M: M, scratch: cache.scratch)
             let out = lin.outFeatures, inF = lin.inFeatures
             // Plain LoRA: every group's terms in one grouped product (the backend spreads them
             // over its workers). DoRA rescales its group's rows and stays one call per group.
