@@ -104,3 +104,26 @@ float lora_dot(int family, const float *a, const float *b, long n) {
 void lora_axpy(int family, float alpha, const float *x, float *y, long n) {
     DISPATCH(axpy, alpha, x, y, n)
 }
+
+void lora_attn_scores(int family, const float *q, const float *K, long ld, long L, long hd, float alpha, float *s) {
+    switch (usable(family)) {
+    case LORA_FAMILY_AVX2: for (long j = 0; j < L; j++) s[j] = alpha * lora_avx2_dot(q, K + j * ld, hd); break;
+    case LORA_FAMILY_AVX512: for (long j = 0; j < L; j++) s[j] = alpha * lora_avx512_dot(q, K + j * ld, hd); break;
+    default: for (long j = 0; j < L; j++) s[j] = alpha * lora_portable_dot(q, K + j * ld, hd); break;
+    }
+}
+
+void lora_attn_wsum(int family, const float *s, const float *V, long ld, long L, long hd, float *o) {
+    const int fam = usable(family);
+    if (fam == LORA_FAMILY_AVX2 && hd % 8 == 0 && hd <= 128) {
+        lora_avx2_attn_wsum(s, V, ld, L, hd, o);
+        return;
+    }
+    for (long i = 0; i < hd; i++) o[i] = 0;
+    for (long j = 0; j < L; j++) {
+        if (s[j] == 0) continue;
+        if (fam == LORA_FAMILY_AVX2) lora_avx2_axpy(s[j], V + j * ld, o, hd);
+        else if (fam == LORA_FAMILY_AVX512) lora_avx512_axpy(s[j], V + j * ld, o, hd);
+        else lora_portable_axpy(s[j], V + j * ld, o, hd);
+    }
+}

@@ -19,6 +19,9 @@
     float lora_##fam##_dot(const float *a, const float *b, long n);                             \
     void lora_##fam##_axpy(float alpha, const float *x, float *y, long n);
 
+/// o = sum over j of s[j] * V_j (s[j] != 0), in registers: lora_attn_wsum's AVX2 body.
+void lora_avx2_attn_wsum(const float *s, const float *V, long ld, long L, long hd, float *o);
+
 LORA_FAMILY_DECLS(portable)
 LORA_FAMILY_DECLS(avx2)
 LORA_FAMILY_DECLS(avx512)

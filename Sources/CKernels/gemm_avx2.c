@@ -562,6 +562,33 @@ TARGET void lora_avx2_axpy(float alpha, const float *x, float *y, long n) {
     for (; i < n; i++) y[i] += alpha * x[i];
 }
 
+/// hd / 8 accumulators in registers (a constant count per instance); each element gets the
+/// FMAs lora_avx2_axpy would apply to it, in the same order, so the bits are the same.
+#define WSUM(NV)                                                                                 \
+    do {                                                                                         \
+        __m256 acc[NV];                                                                          \
+        for (int v = 0; v < NV; v++) acc[v] = _mm256_setzero_ps();                               \
+        for (long j = 0; j < L; j++) {                                                           \
+            if (s[j] == 0) continue;                                                             \
+            const __m256 a = _mm256_set1_ps(s[j]);                                               \
+            const float *x = V + j * ld;                                                         \
+            for (int v = 0; v < NV; v++) acc[v] = _mm256_fmadd_ps(a, _mm256_loadu_ps(x + 8 * v), acc[v]); \
+        }                                                                                        \
+        for (int v = 0; v < NV; v++) _mm256_storeu_ps(o + 8 * v, acc[v]);                        \
+    } while (0)
+
+TARGET void lora_avx2_attn_wsum(const float *s, const float *V, long ld, long L, long hd, float *o) {
+    switch (hd / 8) {
+    case 4: WSUM(4); return;
+    case 8: WSUM(8); return;
+    case 16: WSUM(16); return;
+    default: break;
+    }
+    for (long i = 0; i < hd; i++) o[i] = 0;
+    for (long j = 0; j < L; j++)
+        if (s[j] != 0) lora_avx2_axpy(s[j], V + j * ld, o, hd);
+}
+
 #else  // not x86-64: lora_avx2_available() is 0 and nothing else is called.
 
 int lora_avx2_available(void) { return 0; }
@@ -577,5 +604,6 @@ void lora_avx2_gemv_abt(int format, long M, long n0, long n1, long K, const floa
                         int accumulate) { abort(); }
 float lora_avx2_dot(const float *a, const float *b, long n) { abort(); }
 void lora_avx2_axpy(float alpha, const float *x, float *y, long n) { abort(); }
+void lora_avx2_attn_wsum(const float *s, const float *V, long ld, long L, long hd, float *o) { abort(); }
 
 #endif

@@ -292,10 +292,11 @@ public enum Attention {
                                   L: Int, nH: Int, nKV: Int, hd: Int) {
         let g = h / (nH / nKV), ldk = nKV * hd, alpha = scale(hd: hd)
         let qh = q + h * hd, o = out + h * hd
-        for j in 0..<L { s[j] = alpha * lora_dot(fam, qh, kCache + j * ldk + g * hd, hd) }
+        // Scores, then the weighted sum of values, each one C call over the L keys (a call
+        // per key cost more than its 64 multiply-adds).
+        lora_attn_scores(fam, qh, kCache + g * hd, ldk, L, hd, alpha, s)
         maskedSoftmaxRow(s, allowed: L, width: L, keyMask: keyMask, emptyValue: 1 / Float(L))
-        o.update(repeating: 0, count: hd)
-        for j in 0..<L where s[j] != 0 { lora_axpy(fam, s[j], vCache + j * ldk + g * hd, o, hd) }
+        lora_attn_wsum(fam, s, vCache + g * hd, ldk, L, hd, o)
     }
 
     /// Softmax of row[0..<allowed] in place, skipping keys whose mask is 0, and zeros

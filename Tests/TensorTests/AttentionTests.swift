@@ -1,4 +1,5 @@
 import Foundation
+import CKernels
 import XCTest
 @testable import Tensor
 
@@ -203,6 +204,31 @@ final class AttentionTests: XCTestCase {
     /// without a key mask.
     func testCachedMatchesForward() {
         for fam in KernelFamily.available { cachedMatchesForward(fam.vectorID, "\(fam)") }
+    }
+
+    /// The fused decode-head kernels (`lora_attn_scores`, `lora_attn_wsum`: one C call over the
+    /// keys) against the per-key `lora_dot` / `lora_axpy` loops they replaced, bit for bit, on
+    /// every family: head sizes with a register body (32, 64, 128) and without (20, 96, 8),
+    /// some weights exactly zero (skipped, as before).
+    func testFusedDecodeHeadKernelsEqualPerKeyCalls() {
+        var rng = RNG(seed: 78)
+        for fam in KernelFamily.available {
+            let f = fam.vectorID
+            for hd in [8, 20, 32, 64, 96, 128] {
+                let L = 37, ld = 3 * hd
+                let q = randn([hd], &rng), K = randn([L, ld], &rng), V = randn([L, ld], &rng)
+                var want = [Float](repeating: 0, count: L), got = [Float](repeating: .nan, count: L)
+                for j in 0..<L { want[j] = 0.125 * lora_dot(f, q.data, K.data + j * ld + hd, hd) }
+                lora_attn_scores(f, q.data, K.data + hd, ld, L, hd, 0.125, &got)
+                XCTAssertEqual(got.map(\.bitPattern), want.map(\.bitPattern), "\(fam) hd \(hd): scores")
+                var w = got
+                for j in stride(from: 0, to: L, by: 5) { w[j] = 0 }
+                var oWant = [Float](repeating: 0, count: hd), oGot = [Float](repeating: .nan, count: hd)
+                for j in 0..<L where w[j] != 0 { lora_axpy(f, w[j], V.data + j * ld + hd, &oWant, hd) }
+                lora_attn_wsum(f, w, V.data + hd, ld, L, hd, &oGot)
+                XCTAssertEqual(oGot.map(\.bitPattern), oWant.map(\.bitPattern), "\(fam) hd \(hd): weighted sum")
+            }
+        }
     }
 
     /// A server step's attention (`attentionCachedBatch`: decode items as one job of item x

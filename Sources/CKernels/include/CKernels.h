@@ -153,6 +153,12 @@ void lora_q8_gemv(int family, int format, long M, long n0, long n1, long K, cons
 float lora_dot(int family, const float *a, const float *b, long n);
 /// y[i] += alpha * x[i]
 void lora_axpy(int family, float alpha, const float *x, float *y, long n);
+/// One decode-step attention head over L cached keys / values (row j at K + j * ld), as the
+/// loops of lora_dot and lora_axpy it replaces give them, bit for bit, without a call per key:
+/// s[j] = alpha * dot(q, K_j) for j < L; then o[0..hd) = sum of s[j] * V_j over the j with
+/// s[j] != 0, in order of j, starting from zero (AVX2 keeps o in registers for hd <= 128).
+void lora_attn_scores(int family, const float *q, const float *K, long ld, long L, long hd, float alpha, float *s);
+void lora_attn_wsum(int family, const float *s, const float *V, long ld, long L, long hd, float *o);
 
 // ---- A spinning worker pool for short jobs (spinpool.c) -------------------------------------
 typedef struct lora_pool lora_pool;
