@@ -313,6 +313,22 @@ static inline int load_h(const uint8_t *p) {
         }                                                                                        \
     }
 
+/// Rows of A in passes of up to mbmax, each pass with a constant row count (so each gets its
+/// own unrolled loop): CALL(rows, fn) runs with m, qm, dm and sm naming the pass's first row.
+#define FOR_PASSES(mbmax, CALL, fn)                                                              \
+    for (long m = 0; m < M; m += mbmax) {                                                        \
+        const long left = M - m;                                                                 \
+        const int8_t *qm = q + m * K;                                                            \
+        const float *dm = da + m * nb;                                                           \
+        const int32_t *sm = sa + m * nb;                                                         \
+        if (mbmax >= 4 && left >= 4) CALL(4, fn);                                                \
+        else if (mbmax >= 3 && left == 3) CALL(3, fn);                                           \
+        else if (left >= 2) CALL(2, fn);                                                         \
+        else CALL(1, fn);                                                                        \
+    }
+#define BUFFERED_PASS(rows, fn) fn(fmt, rows, K, b0, b1, qm, dm, sm, buf, accs + m, accms + m)
+#define BLOCK_PASS(rows, fn) fn(f, rows, K, qm, dm, sm, w, rowbytes, n, C + m * ldc, ldc, accumulate)
+
 /// One decoded block of 8 rows: the code vectors (lo[4] then hi[4], or Q8_0's v[8]) and the
 /// scales as floats.
 typedef struct { __m256i c[8]; __m256 dw, mw; } q8_decoded;
@@ -377,16 +393,7 @@ typedef struct { __m256i c[8]; __m256 dw, mw; } q8_decoded;
                 e->dw = dw;                                                                      \
                 e->mw = mw;                                                                      \
             }                                                                                    \
-            for (long m = 0; m < M; m += mbmax) {                                                \
-                const long left = M - m;                                                         \
-                const int8_t *qm = q + m * K;                                                    \
-                const float *dm = da + m * nb;                                                   \
-                const int32_t *sm = sa + m * nb;                                                 \
-                if (mbmax >= 4 && left >= 4) pass(fmt, 4, K, b0, b1, qm, dm, sm, buf, accs + m, accms + m); \
-                else if (mbmax >= 3 && left == 3) pass(fmt, 3, K, b0, b1, qm, dm, sm, buf, accs + m, accms + m); \
-                else if (left >= 2) pass(fmt, 2, K, b0, b1, qm, dm, sm, buf, accs + m, accms + m); \
-                else pass(fmt, 1, K, b0, b1, qm, dm, sm, buf, accs + m, accms + m);              \
-            }                                                                                    \
+            FOR_PASSES(mbmax, BUFFERED_PASS, pass)                                               \
         }                                                                                        \
         for (long m = 0; m < M; m++) {                                                           \
             __m256 v = fmt == LORA_FORMAT_Q4_1 ? _mm256_add_ps(accs[m], accms[m]) : accs[m];     \
@@ -418,20 +425,10 @@ Q8_BUFFERED_FN(vnni_buffered, VNNI_TARGET, vnni_pass, 4)
                     if (f == fmt) buffered(f, M, K, q, da, sa, w, rowbytes, n, C, ldc, accumulate); \
                 continue;                                                                        \
             }                                                                                    \
-            for (long m = 0; m < M; m += mbmax) {                                                \
-                const long left = M - m;                                                         \
-                const int8_t *qm = q + m * K;                                                    \
-                const float *dm = da + m * nb;                                                   \
-                const int32_t *sm = sa + m * nb;                                                 \
-                float *cm = C + m * ldc;                                                         \
-                /* constant format and row count: each pair gets its own unrolled loop */       \
-                for (int f = LORA_FORMAT_Q8_0; f <= LORA_FORMAT_Q4_1; f++) {                     \
-                    if (f != fmt) continue;                                                      \
-                    if (mbmax >= 4 && left >= 4) block(f, 4, K, qm, dm, sm, w, rowbytes, n, cm, ldc, accumulate); \
-                    else if (mbmax >= 3 && left == 3) block(f, 3, K, qm, dm, sm, w, rowbytes, n, cm, ldc, accumulate); \
-                    else if (left >= 2) block(f, 2, K, qm, dm, sm, w, rowbytes, n, cm, ldc, accumulate); \
-                    else block(f, 1, K, qm, dm, sm, w, rowbytes, n, cm, ldc, accumulate);        \
-                }                                                                                \
+            /* constant format and row count: each pair gets its own unrolled loop */           \
+            for (int f = LORA_FORMAT_Q8_0; f <= LORA_FORMAT_Q4_1; f++) {                         \
+                if (f != fmt) continue;                                                          \
+                FOR_PASSES(mbmax, BLOCK_PASS, block)                                             \
             }                                                                                    \
         }                                                                                        \
     }
