@@ -134,6 +134,31 @@ final class MergeTests: XCTestCase {
         }
     }
 
+    /// `lora generate --lora-weights` decodes with the adapters unmerged: greedy and beam search
+    /// (4 beams, generate's default; its KV cache once lacked room for rank-8 terms and trapped)
+    /// choose the same ids as on the merged model.
+    func testGenerationWithUnmergedAdaptersMatchesMergedModel() throws {
+        for model in Self.models {
+            let (ref, _) = try Self.reference(model)
+            let wa = Float(ref["combo_weights"]!["a"]!.double!), wb = Float(ref["combo_weights"]!["b"]!.double!)
+            let merged = try LlamaModel(checkpoint: MergedCheckpoint(try merger(model, [("a", wa), ("b", wb)])), quantization: .none, pool: testPool)
+            let unmerged = try LlamaModel(checkpoint: try SafeTensorsCheckpoint(folder: Fixtures.model(model)), quantization: .none, pool: testPool)
+            let set = AdapterSet([(try Adapter.load(Self.adapter(model, "a"), model: unmerged.config), wa),
+                                  (try Adapter.load(Self.adapter(model, "b"), model: unmerged.config), wb)])
+            XCTAssertEqual(set.maxRank, 8)
+            let prompt: [Int32] = [1, 40, 300, 12, 77, 5, 410]
+            for beams in [1, 4] {
+                var o = GenerationOptions(); o.numBeams = beams; o.maxNewTokens = 16
+                let want = try Generator(model: merged, ctx: testCtx, eosIDs: []).generate(prompt: prompt, options: o)
+                let got = try Generator(model: unmerged, adapters: set, ctx: testCtx, eosIDs: []).generate(prompt: prompt, options: o)
+                XCTAssertEqual(want.count, 16)
+                XCTAssertEqual(got, want, "\(model), \(beams) beams: unmerged adapters vs merged model")
+                let base = try Generator(model: unmerged, ctx: testCtx, eosIDs: []).generate(prompt: prompt, options: o)
+                XCTAssertNotEqual(base, want, "\(model), \(beams) beams: the adapters change the answer")
+            }
+        }
+    }
+
     /// The adapters of the training references (r=4 on all seven projections, one trained on an
     /// int8 base) stacked on the same projections as adapter a (q, v), with weights 0.7 and
     /// -0.5: merged and unmerged give the same logits.

@@ -81,7 +81,7 @@ public final class Generator {
                     onToken: ((Int32) -> Void)?, onPrefill: ProgressHandler? = nil) throws -> [Int32] {
         let nb = o.numBeams, V = model.config.vocabSize
         let cache = KVCache(model: model, sequences: nb, capacity: prompt.count + o.maxNewTokens,
-                            maxChunk: max(1, min(prompt.count, 512) / 1))
+                            maxChunk: min(prompt.count, 512), maxRank: adapters.maxRank)
         try prefill(prompt, cache: cache, progress: onPrefill)
         cache.broadcastFirst()
         // Copy the shared prompt logits to every beam row.
