@@ -521,6 +521,44 @@ void lora_avx2_gemm_ab(int format, long M, long k0, long k1, long N, const float
     gemm(M, k0, k1 - k0, N, A, lda, 0, format, W, scales, ldw, C, ldc, accumulate);
 }
 
+/// f32 weights with a short depth (K a multiple of 8, 8 ... SMALLK_MAX: LoRA's B product,
+/// K = rank): one hsum per output would cost more than its K / 8 FMAs, so 8 outputs are
+/// reduced together. Per A row, output r's 8 lanes sum its K / 8 products (mul, then FMAs in
+/// depth order); the 8 vectors are then summed across lanes by a hadd tree, one vector of 8
+/// sums, added to C. Each row of A gets the same operations whatever M is (rows independent).
+#define SMALLK_MAX 64
+TARGET static void gemv_smallk(long M, long n0, long n1, long K, const float *A, long lda,
+                               const float *w, long ldw, float *C, long ldc, int accumulate) {
+    for (long n = n0; n < n1; n += 8) {
+        const long rows = n1 - n < 8 ? n1 - n : 8;
+        const float *wr[8];
+        for (int r = 0; r < 8; r++) wr[r] = w + (n + (r < rows ? r : rows - 1)) * ldw;
+        for (long m = 0; m < M; m++) {
+            const float *a = A + m * lda;
+            __m256 acc[8];
+            const __m256 x0 = _mm256_loadu_ps(a);
+            for (int r = 0; r < 8; r++) acc[r] = _mm256_mul_ps(x0, _mm256_loadu_ps(wr[r]));
+            for (long k = 8; k < K; k += 8) {
+                const __m256 x = _mm256_loadu_ps(a + k);
+                for (int r = 0; r < 8; r++) acc[r] = _mm256_fmadd_ps(x, _mm256_loadu_ps(wr[r] + k), acc[r]);
+            }
+            // lanes [r0 r1 r2 r3 | r4 r5 r6 r7] of the 8 sums: pairs, quads, then the two halves
+            const __m256 h01 = _mm256_hadd_ps(acc[0], acc[1]), h23 = _mm256_hadd_ps(acc[2], acc[3]);
+            const __m256 h45 = _mm256_hadd_ps(acc[4], acc[5]), h67 = _mm256_hadd_ps(acc[6], acc[7]);
+            const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
+            const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20), _mm256_permute2f128_ps(q0, q1, 0x31));
+            float *c = C + m * ldc + n;
+            if (rows == 8) {
+                _mm256_storeu_ps(c, accumulate ? _mm256_add_ps(_mm256_loadu_ps(c), sum) : sum);
+            } else {
+                float t[8];
+                _mm256_storeu_ps(t, sum);
+                for (long r = 0; r < rows; r++) c[r] = accumulate ? c[r] + t[r] : t[r];
+            }
+        }
+    }
+}
+
 void lora_avx2_gemv_abt(int format, long M, long n0, long n1, long K, const float *A, long lda,
                         const void *W, long ldw, const float *scales, float *C, long ldc,
                         int accumulate) {
@@ -531,6 +569,10 @@ void lora_avx2_gemv_abt(int format, long M, long n0, long n1, long K, const floa
     case LORA_FORMAT_Q4_0: gemv_q(LORA_FORMAT_Q4_0, M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate); return;
     case LORA_FORMAT_Q4_1: gemv_q(LORA_FORMAT_Q4_1, M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate); return;
     default: break;
+    }
+    if (format == LORA_FORMAT_F32 && K >= 8 && K % 8 == 0 && K <= SMALLK_MAX) {
+        gemv_smallk(M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate);
+        return;
     }
     gemv(format, M, n0, n1, K, A, lda, W, ldw, scales, C, ldc, accumulate);
 }

@@ -413,23 +413,28 @@ Q8_PASS_FN(vnni_pass, VNNI_TARGET, DOTS_VNNI, DOTS80_VNNI)
 Q8_BUFFERED_FN(vnni_buffered, VNNI_TARGET, vnni_pass, 4)
 #undef MB
 
+/// Rows n0..n1 of W in groups of 8 for one constant format f.
+#define GEMV_GROUPS(F, mbmax, block, buffered)                                                   \
+    for (long n = n0; n + RB <= n1; n += RB) {                                                   \
+        const int f = F;                                                                         \
+        if (M > mbmax && M <= MAX_M) {                                                           \
+            buffered(f, M, K, q, da, sa, w, rowbytes, n, C, ldc, accumulate);                    \
+            continue;                                                                            \
+        }                                                                                        \
+        FOR_PASSES(mbmax, BLOCK_PASS, block)                                                     \
+    }
+
 /// Whole groups of 8 rows; the caller does the rest (fewer than 8) with the reference.
 #define Q8_GEMV(name, target, block, buffered, mbmax)                                            \
     target static void name(int fmt, long M, long n0, long n1, long K, const int8_t *q,          \
                             const float *da, const int32_t *sa, const uint8_t *w,                \
                             long rowbytes, float *C, long ldc, int accumulate) {                 \
         const long nb = K / QK;                                                                  \
-        for (long n = n0; n + RB <= n1; n += RB) {                                               \
-            if (M > mbmax && M <= MAX_M) {                                                       \
-                for (int f = LORA_FORMAT_Q8_0; f <= LORA_FORMAT_Q4_1; f++)                       \
-                    if (f == fmt) buffered(f, M, K, q, da, sa, w, rowbytes, n, C, ldc, accumulate); \
-                continue;                                                                        \
-            }                                                                                    \
-            /* constant format and row count: each pair gets its own unrolled loop */           \
-            for (int f = LORA_FORMAT_Q8_0; f <= LORA_FORMAT_Q4_1; f++) {                         \
-                if (f != fmt) continue;                                                          \
-                FOR_PASSES(mbmax, BLOCK_PASS, block)                                             \
-            }                                                                                    \
+        /* a constant format (and row count) in each call: each gets its own unrolled loops */ \
+        switch (fmt) {                                                                           \
+        case LORA_FORMAT_Q8_0: GEMV_GROUPS(LORA_FORMAT_Q8_0, mbmax, block, buffered) break;     \
+        case LORA_FORMAT_Q4_0: GEMV_GROUPS(LORA_FORMAT_Q4_0, mbmax, block, buffered) break;     \
+        default: GEMV_GROUPS(LORA_FORMAT_Q4_1, mbmax, block, buffered) break;                   \
         }                                                                                        \
     }
 

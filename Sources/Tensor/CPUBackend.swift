@@ -261,7 +261,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     }
 
     /// On the spinning workers when every term takes gemm's small-M path: first each term's
-    /// u = x A^T (one task per term), then y's columns in blocks of 16, each task adding every
+    /// u = x A^T (tasks of a term and a range of its rank), then y's columns in blocks of 16, each task adding every
     /// term to its columns in order. The kernel calls are the ones `gemm` makes (same M, alpha
     /// applied to u as gemm's scaled copy does), only split by columns, which changes no
     /// output's arithmetic: the same bits as `loraGroupedSerial`.
@@ -277,10 +277,19 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         var at = u
         for t in terms { us.append(at); at += (t.r1 - t.r0) * t.rank }
         let inF = inFeatures, out = outFeatures, f32 = Self.f32Format
-        runSpin(spin, terms.count) { j in
-            let t = terms[j], M = t.r1 - t.r0
-            lora_gemv_abt(fam, f32, M, 0, t.rank, inF, x + t.r0 * inF, inF, t.A, inF, nil, us[j], t.rank, 0)
-            if t.alpha != 1 { for i in 0..<(M * t.rank) { us[j][i] = t.alpha * us[j][i] } }
+        // Each term's rank split in pieces (of 4 outputs at least) so that a step with one or
+        // two adapters still gives every worker a share; a piece's outputs get the same bits.
+        let threads = Int(lora_pool_threads(spin))
+        let pieces = terms.map { max(1, min($0.rank / 4, (4 * threads + terms.count - 1) / terms.count)) }
+        var jobs: [(term: Int, n0: Int, n1: Int)] = []
+        for (j, t) in terms.enumerated() {
+            let per = (t.rank + pieces[j] - 1) / pieces[j]
+            for n0 in stride(from: 0, to: t.rank, by: per) { jobs.append((j, n0, min(t.rank, n0 + per))) }
+        }
+        runSpin(spin, jobs.count) { i in
+            let (j, n0, n1) = jobs[i], t = terms[j], M = t.r1 - t.r0
+            lora_gemv_abt(fam, f32, M, n0, n1, inF, x + t.r0 * inF, inF, t.A, inF, nil, us[j], t.rank, 0)
+            if t.alpha != 1 { for m in 0..<M { for n in n0..<n1 { us[j][m * t.rank + n] = t.alpha * us[j][m * t.rank + n] } } }
         }
         let units = (out + 15) / 16, tasks = min(units, 4 * Int(lora_pool_threads(spin))), per = (units + tasks - 1) / tasks
         runSpin(spin, tasks) { i in
