@@ -542,6 +542,10 @@ case("tokenize_model_is_a_file", ["tokenize", "--base-model", "$BAD/merge/a_file
 case("yaml_is_a_directory", ["finetune", "--config", "$BAD/yaml", "--output-dir", "$OUT"], ["yaml", "is a directory"])
 
 
+# ---- more threads than CPUs (1024 is past any CI machine's count; spinning workers would thrash) ----
+case("threads_past_cpus", generate("$FIX/tiny-mha") + ["--threads", "1024"], ["threads = 1024", "CPUs"])
+case("finetune_threads_past_cpus", finetune("--threads", "1024"), ["threads = 1024", "CPUs"])
+
 with open(os.path.join(BAD, "cases.json"), "w") as f:
     json.dump(CASES, f, indent=1)
     f.write("\n")

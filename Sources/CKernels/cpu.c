@@ -1,3 +1,8 @@
+#if defined(__linux__)
+#define _GNU_SOURCE
+#include <sched.h>
+#endif
+#include <unistd.h>
 #include "CKernels.h"
 // CPU feature detection; kernels pick their path from it at run time.
 int lora_cpu_has_avx512f(void) {
@@ -7,4 +12,20 @@ int lora_cpu_has_avx512f(void) {
 #else
     return 0;
 #endif
+}
+
+/// The CPUs this process may run on: its affinity mask on Linux (what `taskset`, `nproc` and
+/// container cpusets give), else the online CPUs. Spinning workers beyond this count wait on
+/// each other for whole scheduler slices.
+int lora_cpu_count(void) {
+#if defined(__linux__)
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+        const int n = CPU_COUNT(&set);
+        if (n > 0) return n;
+    }
+#endif
+    const long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
 }

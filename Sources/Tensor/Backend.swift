@@ -148,6 +148,10 @@ public final class ExecutionContext: @unchecked Sendable {
     /// A CPU context: `threads` workers (0 = all cores), the kernel family from `environment`
     /// (LORA_KERNELS) or the best the CPU has, the decoding arithmetic from LORA_DECODE (q8).
     public static func cpu(threads: Int = 0, environment: [String: String] = [:]) throws -> ExecutionContext {
+        // The decoding workers spin while they wait; more of them than CPUs take turns a
+        // scheduler slice at a time (4 threads on 2 CPUs decoded 44x slower).
+        let cpus = ProcessInfoCores.count
+        if threads > cpus { throw ExecutionContextError.tooManyThreads(requested: threads, cpus: cpus) }
         let pool = threads > 0 ? WorkerPool(threads: threads) : .allCores
         return ExecutionContext(backend: CPUBackend(family: try KernelFamily.select(environment: environment), pool: pool,
                                                     decoding: try KernelFamily.selectDecoding(environment: environment)))
@@ -155,4 +159,14 @@ public final class ExecutionContext: @unchecked Sendable {
 
     /// The CPU backend's worker pool (loading and quantizing use it too).
     public var pool: WorkerPool { (backend as? CPUBackend)?.pool ?? .allCores }
+}
+
+public enum ExecutionContextError: Error, CustomStringConvertible, Equatable {
+    case tooManyThreads(requested: Int, cpus: Int)
+    public var description: String {
+        switch self {
+        case let .tooManyThreads(requested, cpus):
+            return "threads = \(requested): expected 0 (all CPUs) to \(cpus), the CPUs this process may run on"
+        }
+    }
 }

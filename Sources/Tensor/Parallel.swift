@@ -1,4 +1,5 @@
 import Dispatch
+import CKernels
 
 /// The worker threads of one execution context. Ops take the pool they run on as an argument:
 /// there is no process-wide thread setting, so two contexts (a test at 1 thread beside one at
@@ -68,14 +69,9 @@ public struct WorkerPool: Sendable, Equatable {
 }
 
 public enum ProcessInfoCores {
-    public static var count: Int {
-        #if os(Linux)
-        let n = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
-        #else
-        let n = Int(sysconf(_SC_NPROCESSORS_ONLN))
-        #endif
-        return max(1, n)
-    }
+    /// The CPUs this process may run on (its affinity mask on Linux, as `nproc` counts), not
+    /// every CPU of the host: in a container or under `taskset` the host may have many more.
+    public static var count: Int { max(1, Int(lora_cpu_count())) }
 }
 
 #if canImport(Glibc)

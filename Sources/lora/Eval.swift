@@ -41,8 +41,10 @@ struct Eval: ParsableCommand {
     @OptionGroup var output: OutputOptions
 
     func validate() throws {
-        if cutoffLen < 2 { throw ValidationError("--cutoff-len must be at least 2") }
-        if microBatchSize < 1 { throw ValidationError("--micro-batch-size must be at least 1") }
+        // finetune's bounds (the model's context is checked once it is loaded)
+        let cut = TrainConfig.Limits.cutoffLen, mb = TrainConfig.Limits.microBatchSize
+        if !cut.contains(cutoffLen) { throw ValidationError("--cutoff-len \(cutoffLen): expected \(cut.lowerBound) ... \(cut.upperBound)") }
+        if !mb.contains(microBatchSize) { throw ValidationError("--micro-batch-size \(microBatchSize): expected \(mb.lowerBound) ... \(mb.upperBound)") }
         if maxNewTokens < 1 { throw ValidationError("--max-new-tokens must be at least 1") }
         if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
         if showFailures < 0 { throw ValidationError("--show-failures must be 0 or more") }
@@ -54,6 +56,10 @@ struct Eval: ParsableCommand {
             let progress = ProgressRenderer(quiet: output.quiet, json: json)
             let loaded = try model.load(default: TrainConfig.defaults.quantization, ctx: ctx, progress: progress)
             deviceLine.print(quiet: output.quiet, json: json)
+            let context = loaded.model.config.maxPositionEmbeddings
+            if metric == .loss && cutoffLen > context {
+                throw ValidationError("--cutoff-len \(cutoffLen): expected at most the model's context length (\(context), max_position_embeddings)")
+            }
             let set = try adapters.load(model: loaded.model.config)
             let data = try TrainingRecords.load(URL(fileURLWithPath: dataPath))
             let indices = EvalSample.indices(count: data.count, limit: limit, seed: seed)

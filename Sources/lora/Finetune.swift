@@ -127,7 +127,7 @@ struct Finetune: ParsableCommand {
     /// One rank's run (the only one without MPI): rank 0 claims the output folder, prints and
     /// writes; the others train silently.
     func train(_ c: TrainConfig, comm: Communicator) throws {
-        let cores = ProcessInfo.processInfo.activeProcessorCount
+        let cores = ProcessInfoCores.count
         let threads = comm.size > 1 ? Launcher.threadsPerRank(requested: c.threads, cores: cores,
                                                               environment: ProcessInfo.processInfo.environment) : c.threads
         let (ctx, deviceLine) = try makeContext(threads: threads, device: c.device)

@@ -33,4 +33,4 @@ func assertClose(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: In
 /// The worker pool and CPU context the model tests run on: two workers, so threaded splits are
 /// exercised; the kernel family is the CPU's best unless LORA_KERNELS names another.
 let testPool = WorkerPool(threads: 2)
-let testCtx: ExecutionContext = try! ExecutionContext.cpu(threads: 2, environment: ProcessInfo.processInfo.environment)
+let testCtx: ExecutionContext = try! ExecutionContext.cpu(threads: min(2, ProcessInfoCores.count), environment: ProcessInfo.processInfo.environment)

@@ -56,6 +56,29 @@ final class GenerationParityTests: XCTestCase {
         XCTAssertEqual(try gen.generate(prompt: [1, 295], options: o), try gen.generate(prompt: [1, 295], options: g))
     }
 
+    /// max_new_tokens far past the model's context (which sizes the KV cache) ends generation
+    /// when the context is full, greedy and with beams; a prompt that fills the context and a
+    /// beam count past the bound are refused by name.
+    func testContextBoundsGeneration() throws {
+        let model = try LlamaModel(checkpoint: try SafeTensorsCheckpoint(folder: Fixtures.model("tiny-gqa")), quantization: .none, pool: testPool)
+        let gen = Generator(model: model, ctx: testCtx, eosIDs: [])
+        let context = model.config.maxPositionEmbeddings, prompt: [Int32] = [1, 40, 300, 12]
+        XCTAssertLessThan(context, 4096, "a fixture with a short context")
+        for beams in [1, 4] {
+            var o = GenerationOptions(); o.numBeams = beams; o.maxNewTokens = 1_000_000_000
+            let got = try gen.generate(prompt: prompt, options: o)
+            XCTAssertEqual(got.count, context - prompt.count, "\(beams) beams: as many tokens as the context holds")
+        }
+        var o = GenerationOptions(); o.numBeams = 1
+        XCTAssertThrowsError(try gen.generate(prompt: [Int32](repeating: 5, count: context), options: o)) { e in
+            XCTAssertTrue("\(e)".contains("exceeds"), "\(e)")
+        }
+        o.numBeams = GenerationOptions.maxBeams + 1
+        XCTAssertThrowsError(try gen.generate(prompt: prompt, options: o)) { e in
+            XCTAssertEqual(e as? GenerationError, .badOption(name: "num_beams", value: "65", expected: "1 to 64"))
+        }
+    }
+
     func testLogitsProcessorsMatchHuggingFaceDefinitions() {
         var s: [Float] = [2, -2, 1, 0.5]
         LogitsProcessing.repetitionPenalty(&s, seen: [0, 1, 1], penalty: 2)

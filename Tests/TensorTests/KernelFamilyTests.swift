@@ -550,4 +550,19 @@ final class KernelFamilyTests: XCTestCase {
             }
         }
     }
+
+    /// More threads than the CPUs this process may use is refused by name (the spinning
+    /// decode workers would take turns a scheduler slice at a time); the count is the
+    /// affinity mask's, never above the host's online CPUs.
+    func testThreadsBeyondTheCPUsAreRefused() throws {
+        let cpus = ProcessInfoCores.count
+        XCTAssertGreaterThanOrEqual(cpus, 1)
+        XCTAssertLessThanOrEqual(cpus, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        XCTAssertNoThrow(try ExecutionContext.cpu(threads: cpus))
+        XCTAssertThrowsError(try ExecutionContext.cpu(threads: cpus + 1)) { e in
+            XCTAssertEqual(e as? ExecutionContextError, .tooManyThreads(requested: cpus + 1, cpus: cpus))
+            XCTAssertTrue("\(e)".contains("threads = \(cpus + 1)"), "\(e)")
+        }
+    }
+
 }

@@ -3,6 +3,8 @@
 #include <stdint.h>
 /// Returns 1 when the CPU supports AVX-512F (checked once at run time).
 int lora_cpu_has_avx512f(void);
+/// CPUs this process may run on (affinity mask on Linux).
+int lora_cpu_count(void);
 
 // ---- AVX-512 GEMM against a frozen weight W [N, K] (gemm_avx512.c) ----------------------
 // All matrices row-major f32 with explicit row strides (in elements). Int8 weights are rows

@@ -26,6 +26,15 @@ public final class Generator {
                          onToken: ((Int32) -> Void)? = nil, onPrefill: ProgressHandler? = nil) throws -> [Int32] {
         try o.validate()
         guard !prompt.isEmpty else { throw GenerationError.emptyPrompt }
+        // The KV cache holds prompt + new tokens, so the model's context bounds both (a huge
+        // max_new_tokens would otherwise size a cache of terabytes): generation stops when
+        // the context is full, as llama.cpp's does.
+        let context = model.rope.maxT
+        guard prompt.count < context else {
+            throw LlamaModel.DecodeError.tooLong(needed: prompt.count + 1, capacity: context)
+        }
+        var o = o
+        o.maxNewTokens = min(o.maxNewTokens, context - prompt.count)
         if o.numBeams > 1 { return try beamSearch(prompt: prompt, options: o, onToken: onToken, onPrefill: onPrefill) }
         let V = model.config.vocabSize
         let cache = KVCache(model: model, sequences: 1, capacity: prompt.count + o.maxNewTokens,

@@ -14,6 +14,8 @@ public struct GenerationOptions: Sendable, Equatable {
     public var repetitionPenalty: Float = 1.0
     public var lengthPenalty: Float = 1.0
     public var seed: UInt64 = 0
+    /// Beams keep a KV cache each (and a spare copy): a bound on memory, far above use.
+    public static let maxBeams = 64
     public init() {}
 
     public var isGreedy: Bool { !doSample && numBeams == 1 }
@@ -21,7 +23,7 @@ public struct GenerationOptions: Sendable, Equatable {
     public func validate() throws {
         func bad(_ k: String, _ v: String, _ e: String) -> GenerationError { .badOption(name: k, value: v, expected: e) }
         if maxNewTokens < 1 { throw bad("max_new_tokens", "\(maxNewTokens)", "at least 1") }
-        if numBeams < 1 { throw bad("num_beams", "\(numBeams)", "at least 1") }
+        if numBeams < 1 || numBeams > Self.maxBeams { throw bad("num_beams", "\(numBeams)", "1 to \(Self.maxBeams)") }
         if doSample && numBeams > 1 { throw bad("num_beams", "\(numBeams)", "1 with do_sample (beam sampling is not implemented)") }
         if !(temperature > 0) { throw bad("temperature", "\(temperature)", "a number > 0") }
         if !(topP > 0 && topP <= 1) { throw bad("top_p", "\(topP)", "a number in (0, 1]") }

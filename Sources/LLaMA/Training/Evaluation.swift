@@ -20,7 +20,9 @@ public enum Evaluation {
                             shard: (index: Int, count: Int) = (0, 1),
                             progress: ProgressHandler? = nil) -> Result {
         let longest = examples.map(\.count).max() ?? 1
-        let acts = acts ?? Activations(model: model, maxRank: adapters.maxRank, maxB: microBatchSize,
+        // No batch holds more records than there are (a micro-batch size far above the data
+        // would otherwise size activations for records that do not exist).
+        let acts = acts ?? Activations(model: model, maxRank: adapters.maxRank, maxB: max(1, min(microBatchSize, examples.count)),
                                        maxT: (longest + Collator.padToMultipleOf - 1) / Collator.padToMultipleOf * Collator.padToMultipleOf)
         var sum = 0.0, tokens = 0
         var i = shard.index * microBatchSize
