@@ -261,8 +261,8 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     }
 
     /// On the spinning workers when every term takes gemm's small-M path: first each term's
-    /// u = x A^T (tasks of a term and a range of its rank), then y's columns in blocks of 16, each task adding every
-    /// term to its columns in order. The kernel calls are the ones `gemm` makes (same M, alpha
+    /// u = x A^T (tasks of a term and a range of its rank), then y's columns in blocks of 16,
+    /// each task adding every term to its columns in order. The kernel calls are the ones `gemm` makes (same M, alpha
     /// applied to u as gemm's scaled copy does), only split by columns, which changes no
     /// output's arithmetic: the same bits as `loraGroupedSerial`.
     public func loraGrouped(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, inFeatures: Int, outFeatures: Int,
