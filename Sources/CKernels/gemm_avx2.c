@@ -348,11 +348,13 @@ INLINE float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/// Rows n..n+rows (rows <= 4) of W against A rows 0..mb (mb <= 2).
+/// Rows n..n+rows (rows <= 4) of W against A rows 0..mb (mb <= 2). One accumulator per row
+/// pair whatever mb is, so a row of A gets the same bits alone or paired (a server's request
+/// alone or batched: its LoRA x A^T runs here); the 4 chains still outrun memory at mb = 1.
 INLINE void gemv_block(const int fmt, const int mb, long K, const float *A, long lda,
                        const void *w, long ldw, const float *scales, long n, long rows,
                        float *C, long ldc, int accumulate) {
-    const int na = mb == 1 ? 2 : 1;
+    const int na = 1;
     const long step = 64 / (long)format_bytes(fmt);  // weights per cache line
     const char *wb = w;
     const size_t bytes = format_bytes(fmt);

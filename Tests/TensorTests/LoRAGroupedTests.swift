@@ -66,4 +66,34 @@ final class LoRAGroupedTests: XCTestCase {
             check(family: family, inF: 32, out: 48, rows: 18, spec: [(0, 17, 8, 0.5), (17, 18, 8, 1)], seed: 3)
         }
     }
+
+    /// A row gets the same bits whether its adapter group holds it alone or with others (a
+    /// server's request alone or batched with 7 more): both LoRA products treat each row the
+    /// same whatever M is. On the portable and AVX2 families; the AVX-512 GEMV still gives a
+    /// lone row two accumulators (not checked on this machine, see ARCHITECTURE.md).
+    func testEachRowGetsItsBitsAloneOrInAGroup() {
+        for family in [KernelFamily.portable, .avx2] where family.isAvailable {
+            let be = CPUBackend(family: family, pool: testPool)
+            var rng = RNG(seed: 9)
+            let inF = 576, out = 200, rank = 16, rows = 5
+            let x = (0..<(rows * inF)).map { _ in rng.normal() }
+            let A = Tensor([rank, inF]), B = Tensor([out, rank])
+            for i in 0..<A.count { A.data[i] = 0.1 * rng.normal() }
+            for i in 0..<B.count { B.data[i] = 0.1 * rng.normal() }
+            var y = [Float](repeating: 0.5, count: rows * out)
+            var u = [Float](repeating: .nan, count: rows * rank)
+            be.loraGrouped(y: &y, x: x, inFeatures: inF, outFeatures: out,
+                           terms: [LoRATerm(r0: 0, r1: rows, rank: rank, alpha: 2, A: A.data, B: B.data)], u: &u)
+            for m in 0..<rows {
+                var alone = [Float](repeating: 0.5, count: out)
+                var ua = [Float](repeating: .nan, count: rank)
+                let xm = Array(x[(m * inF)..<((m + 1) * inF)])
+                be.loraGrouped(y: &alone, x: xm, inFeatures: inF, outFeatures: out,
+                               terms: [LoRATerm(r0: 0, r1: 1, rank: rank, alpha: 2, A: A.data, B: B.data)], u: &ua)
+                XCTAssertEqual(alone.map(\.bitPattern), Array(y[(m * out)..<((m + 1) * out)]).map(\.bitPattern),
+                               "\(family): row \(m) of \(rows) differs from the row alone")
+            }
+        }
+    }
+
 }
