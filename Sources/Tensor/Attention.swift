@@ -238,7 +238,7 @@ public enum Attention {
     /// for positions 0..<start+Tq (the caller wrote the new ones first). Query i sees keys
     /// 0...start+i whose keyMask is not 0. Prefill is start = 0, Tq = prompt length; a decode
     /// step is Tq = 1. Equal to `forward` on the same rows up to float rounding (the decode step
-    /// sums in a different order).
+    /// sums in a different order); each row the same bits whatever Tq and start are.
     /// `vectorKernels` is the C family (LORA_FAMILY_*) of the decode step's dot products and
     /// axpys (FMA where the CPU has it).
     public static func forwardCached(pool: WorkerPool, vectorKernels fam: Int32, out: UnsafeMutablePointer<Float>,    // [Tq, nH, hd]
@@ -249,9 +249,7 @@ public enum Attention {
                                      keyMask: UnsafePointer<Float>?,      // [start + Tq]; nil = all tokens
                                      start: Int, Tq: Int, nH: Int, nKV: Int, hd: Int) {
         precondition(nKV > 0 && nH % nKV == 0, "nH (\(nH)) must be a multiple of nKV (\(nKV))")
-        let rep = nH / nKV, ldq = nH * hd, ldk = nKV * hd
-        let L = start + Tq
-        let alpha = scale(hd: hd)
+        let ldq = nH * hd, L = start + Tq
         if Tq == 1 {
             // One query per head: dot products and axpys. Parallel over heads only when the
             // context is long enough to pay for waking a worker (~10 us).
@@ -262,24 +260,25 @@ public enum Attention {
             if nH * L * hd >= 1 << 16 { pool.forEach(nH, head) } else { for h in 0..<nH { head(h) } }
             return
         }
-        for h in 0..<nH {
-            let g = h / rep
-            // S_h = alpha * Q_h [Tq, hd] @ K_g[0..<L]^T [hd, L]
-            sgemm(transB: true, M: Tq, N: L, K: hd, alpha: alpha, A: q + h * hd, lda: ldq,
-                  B: kCache + g * hd, ldb: ldk, C: scores + h * Tq * L, ldc: L)
-        }
-        pool.chunks(nH * Tq, grain: max(1, 4096 / max(L, 1))) { rows in
+        // Every query row as a decode step computes it: its own keys 0...start+i, dot products,
+        // softmax, axpys. A row's bits then do not depend on the rows that came with it (a
+        // prompt fed whole, in chunks, or after a start taken from the server's prompt cache,
+        // and a prompt row against a decoded one); two GEMMs per head would be faster on long
+        // prompts, but their bits change with the row count.
+        pool.chunks(nH * Tq, grain: max(1, 8192 / max(L * hd, 1))) { rows in
             for r in rows {
-                let i = r % Tq
-                maskedSoftmaxRow(scores + r * L, allowed: start + i + 1, width: L,
-                                 keyMask: keyMask, emptyValue: 1 / Float(L))
+                let h = r / Tq, i = r % Tq, Li = start + i + 1
+                if let keyMask, !(0..<Li).contains(where: { keyMask[$0] != 0 }) {
+                    // A padding query that sees no key: uniform over all L keys, as `forward`
+                    // (and transformers' additive mask) gives it. No real token reads it.
+                    let s = scores + r * L
+                    for j in 0..<L { s[j] = 1 / Float(L) }
+                    lora_attn_wsum(fam, s, vCache + (h / (nH / nKV)) * hd, nKV * hd, L, hd, out + i * ldq + h * hd)
+                    continue
+                }
+                decodeHead(h, vectorKernels: fam, out: out + i * ldq, scores: scores + r * L, q: q + i * ldq,
+                           kCache: kCache, vCache: vCache, keyMask: keyMask, L: Li, nH: nH, nKV: nKV, hd: hd)
             }
-        }
-        for h in 0..<nH {
-            let g = h / rep
-            // O_h = P [Tq, L] @ V_g[0..<L] [L, hd]
-            sgemm(M: Tq, N: hd, K: L, A: scores + h * Tq * L, lda: L,
-                  B: vCache + g * hd, ldb: ldk, C: out + h * hd, ldc: ldq)
         }
     }
 

@@ -57,8 +57,9 @@ public protocol Backend: AnyObject, Sendable {
     func attentionCachedBatch(_ items: [CachedAttention], nH: Int, nKV: Int, hd: Int)
     /// The LoRA terms of one projection over a batch whose row groups use different adapters
     /// (S-LoRA / Punica's grouped product): for each term, in order, y[r0..<r1] += alpha *
-    /// (x[r0..<r1] @ A^T) @ B^T. Each term's result is what `gemm` gives for it alone (two
-    /// calls, as `LoRALayer.forward` makes them); terms on the same rows add in the order given.
+    /// (x[r0..<r1] @ A^T) @ B^T. Each term's result is what `gemm` gives for each of its
+    /// pieces of `LoRATerm.pieceRows` rows alone (two calls per piece, as `LoRALayer.forward`
+    /// makes them); terms on the same rows add in the order given.
     /// `u` is scratch of `LoRATerm.scratchCount(terms)` floats.
     func loraGrouped(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, inFeatures: Int, outFeatures: Int,
                      terms: [LoRATerm], u: UnsafeMutablePointer<Float>)
@@ -74,6 +75,24 @@ public struct LoRATerm {
     }
     /// The floats of u that `loraGrouped` needs: each term's [r1 - r0, rank] intermediate.
     public static func scratchCount(_ terms: [LoRATerm]) -> Int { terms.reduce(0) { $0 + ($1.r1 - $1.r0) * $1.rank } }
+
+    /// Rows per piece: `loraGrouped` computes a term's rows in pieces of at most this many, each
+    /// as `gemm` computes it alone. `gemm` takes another kernel past 16 rows, so without pieces
+    /// a row's bits would depend on how many rows share its term: a server's request batched
+    /// with others of the same adapter, or a prompt fed whole against one started from cache.
+    public static let pieceRows = 16
+
+    /// `terms` with each split into consecutive pieces of at most `pieceRows` rows, in order.
+    public static func pieces(_ terms: [LoRATerm]) -> [LoRATerm] {
+        guard terms.contains(where: { $0.r1 - $0.r0 > pieceRows }) else { return terms }
+        var out: [LoRATerm] = []
+        for t in terms {
+            for r0 in stride(from: t.r0, to: t.r1, by: pieceRows) {
+                out.append(LoRATerm(r0: r0, r1: min(t.r1, r0 + pieceRows), rank: t.rank, alpha: t.alpha, A: t.A, B: t.B))
+            }
+        }
+        return out
+    }
 }
 
 /// One sequence of `Backend.attentionCachedBatch`: `attentionCached`'s per-sequence arguments.
@@ -105,11 +124,11 @@ extension Backend {
         loraGroupedSerial(y: y, x: x, inFeatures: inFeatures, outFeatures: outFeatures, terms: terms, u: u)
     }
 
-    /// The reference: each term as two `gemm` calls, one after another.
+    /// The reference: each term's pieces as two `gemm` calls each, one after another.
     public func loraGroupedSerial(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, inFeatures: Int, outFeatures: Int,
                                   terms: [LoRATerm], u: UnsafeMutablePointer<Float>) {
         var ut = u
-        for t in terms {
+        for t in LoRATerm.pieces(terms) {
             let M = t.r1 - t.r0
             gemm(transA: false, transB: true, M: M, N: t.rank, K: inFeatures, alpha: 1, A: x + t.r0 * inFeatures, lda: inFeatures,
                  B: t.A, ldb: inFeatures, beta: 0, C: ut, ldc: t.rank)

@@ -266,7 +266,8 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     /// applied to u as gemm's scaled copy does), only split by columns, which changes no
     /// output's arithmetic: the same bits as `loraGroupedSerial`.
     public func loraGrouped(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, inFeatures: Int, outFeatures: Int,
-                            terms: [LoRATerm], u: UnsafeMutablePointer<Float>) {
+                            terms all: [LoRATerm], u: UnsafeMutablePointer<Float>) {
+        let terms = LoRATerm.pieces(all)
         guard let spin, let fam = family.kernelID, !terms.isEmpty,
               terms.allSatisfy({ $0.r1 - $0.r0 <= Self.smallM && ($0.alpha == 1 || ($0.r1 - $0.r0) * $0.rank <= Self.smallScaled) })
         else {

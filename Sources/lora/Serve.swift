@@ -40,6 +40,9 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("max-queue"), help: "Requests that may wait for a slot before new ones get 429.")
     var maxQueue = 64
 
+    @Option(name: .customLong("prompt-cache-mb"), help: "MiB of prompt KV rows kept for reuse: a prompt that starts like an earlier one with the same model skips computing that start (0 = off).")
+    var promptCacheMB = 256
+
     @Option(name: .customLong("max-body-bytes"), help: "Largest request body (413 past it).")
     var maxBodyBytes = 1 << 20
 
@@ -61,6 +64,7 @@ struct Serve: ParsableCommand {
         if maxBatch < 1 || maxBatch > 256 { throw ValidationError("--max-batch \(maxBatch): expected 1 to 256") }
         if let m = maxContext, m < 2 { throw ValidationError("--max-context \(m): expected at least 2") }
         if maxQueue < 0 { throw ValidationError("--max-queue \(maxQueue): expected 0 or more") }
+        if promptCacheMB < 0 || promptCacheMB > 1 << 20 { throw ValidationError("--prompt-cache-mb \(promptCacheMB): expected 0 (off) to \(1 << 20)") }
         if maxBodyBytes < 1024 { throw ValidationError("--max-body-bytes \(maxBodyBytes): expected at least 1024") }
         if port < 0 || port > 65535 { throw ValidationError("--port \(port): expected 0 to 65535") }
         if !(drainTimeout >= 0) { throw ValidationError("--drain-timeout \(drainTimeout): expected seconds >= 0") }
@@ -91,7 +95,7 @@ struct Serve: ParsableCommand {
             let template = Result { try loaded.chatTemplate(override: chatTemplate) }
             if chatTemplate != nil, case let .failure(e) = template { throw e }
             let engine = ServeEngine(model: loaded.model, ctx: ctx, eosIDs: loaded.eosIDs, maxBatch: maxBatch,
-                                     maxContext: context, maxQueue: maxQueue)
+                                     maxContext: context, maxQueue: maxQueue, promptCacheBytes: promptCacheMB << 20)
             engine.stepDelay = Double(testStepDelayMs) / 1000
             engine.start()
             let routes = ServeRoutes(engine: engine, registry: registry, tokenizer: loaded.tokenizer, apiKey: apiKey,

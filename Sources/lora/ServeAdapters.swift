@@ -6,8 +6,8 @@ import LLaMA
 /// snapshot when they start, so unloading never touches a request in flight.
 final class AdapterRegistry: @unchecked Sendable {
     enum Entry {
-        case adapter(LoRAAdapter, path: String)
-        case mix([(name: String, adapter: LoRAAdapter, weight: Float)])
+        case adapter(LoRAAdapter, path: String, serial: Int)
+        case mix([(name: String, adapter: LoRAAdapter, weight: Float, serial: Int)])
     }
 
     let baseName: String
@@ -16,6 +16,9 @@ final class AdapterRegistry: @unchecked Sendable {
     private let lock = NSLock()
     private var entries: [String: (entry: Entry, created: Int)] = [:]
     private var order: [String] = []
+    /// Numbers each loaded adapter for request keys: an adapter loaded again under the same
+    /// name (or at a reused address) gets a new key, so the prompt cache never mixes them.
+    private var loads = 0
 
     init(baseName: String, adaptersDir: String?, model: LlamaConfig) {
         self.baseName = baseName
@@ -62,7 +65,8 @@ final class AdapterRegistry: @unchecked Sendable {
         let a = try Adapter.load(dir, model: model)
         lock.lock(); defer { lock.unlock() }
         if entries[name] != nil { throw ServeError.conflict("a model named '\(name)' is already loaded; DELETE it first") }
-        entries[name] = (.adapter(a, path: dir.path), Int(Date().timeIntervalSince1970))
+        loads += 1
+        entries[name] = (.adapter(a, path: dir.path, serial: loads), Int(Date().timeIntervalSince1970))
         order.append(name)
     }
 
@@ -72,18 +76,18 @@ final class AdapterRegistry: @unchecked Sendable {
         if weights.isEmpty { throw ServeError.badRequest("a mix needs at least one adapter", param: "adapters") }
         lock.lock(); defer { lock.unlock() }
         if entries[name] != nil { throw ServeError.conflict("a model named '\(name)' is already loaded; DELETE it first") }
-        var parts: [(String, LoRAAdapter, Float)] = []
+        var parts: [(String, LoRAAdapter, Float, Int)] = []
         for (n, w) in weights.sorted(by: { $0.key < $1.key }) {
             guard w.isFinite else { throw ServeError.badRequest("mix weight of '\(n)' is not a finite number", param: "adapters") }
-            guard case let .adapter(a, _)? = entries[n]?.entry else {
+            guard case let .adapter(a, _, serial)? = entries[n]?.entry else {
                 throw ServeError.notFound("mix part '\(n)' is not a loaded adapter", param: "adapters", code: "model_not_found")
             }
-            parts.append((n, a, w))
+            parts.append((n, a, w, serial))
         }
         do { try AdapterSet(parts.map { ($0.1, $0.2) }).validate() } catch {
             throw ServeError.badRequest("mix '\(name)': \(error)", param: "adapters")
         }
-        entries[name] = (.mix(parts.map { (name: $0.0, adapter: $0.1, weight: $0.2) }), Int(Date().timeIntervalSince1970))
+        entries[name] = (.mix(parts.map { (name: $0.0, adapter: $0.1, weight: $0.2, serial: $0.3) }), Int(Date().timeIntervalSince1970))
         order.append(name)
     }
 
@@ -100,11 +104,11 @@ final class AdapterRegistry: @unchecked Sendable {
         if name == baseName || name.isEmpty { return (.none, "") }
         lock.lock(); defer { lock.unlock() }
         switch entries[name]?.entry {
-        case let .adapter(a, _)?:
-            return (AdapterSet(a), "a:\(ObjectIdentifier(a).hashValue)")
+        case let .adapter(a, _, serial)?:
+            return (AdapterSet(a), "a:\(serial)")
         case let .mix(parts)?:
             return (AdapterSet(parts.map { ($0.adapter, $0.weight) }),
-                    "m:" + parts.map { "\(ObjectIdentifier($0.adapter).hashValue)*\($0.weight)" }.joined(separator: ","))
+                    "m:" + parts.map { "\($0.serial)*\($0.weight)" }.joined(separator: ","))
         case nil:
             throw ServeError.notFound("the model '\(name)' does not exist; GET /v1/models lists them", param: "model", code: "model_not_found")
         }
@@ -116,7 +120,7 @@ final class AdapterRegistry: @unchecked Sendable {
         return order.compactMap { n in
             guard let e = entries[n] else { return nil }
             switch e.entry {
-            case let .adapter(_, path): return (n, path, nil, e.created)
+            case let .adapter(_, path, _): return (n, path, nil, e.created)
             case let .mix(parts): return (n, nil, Dictionary(uniqueKeysWithValues: parts.map { ($0.name, $0.weight) }), e.created)
             }
         }

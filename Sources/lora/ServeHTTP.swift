@@ -212,7 +212,8 @@ final class ServeRoutes: @unchecked Sendable {
                 }
             } onCancel: { req.cancel() }
             answer.finish()
-            let usage = ["prompt_tokens": ids.count, "completion_tokens": answer.tokens, "total_tokens": ids.count + answer.tokens]
+            let usage: [String: Any] = ["prompt_tokens": ids.count, "completion_tokens": answer.tokens, "total_tokens": ids.count + answer.tokens,
+                                        "prompt_tokens_details": ["cached_tokens": req.cachedTokens]]
             let choice: [String: Any] = chat
                 ? ["index": 0, "message": ["role": "assistant", "content": answer.text], "finish_reason": reason.rawValue, "logprobs": NSNull()]
                 : ["index": 0, "text": answer.text, "finish_reason": reason.rawValue, "logprobs": NSNull()]
@@ -258,7 +259,8 @@ final class ServeRoutes: @unchecked Sendable {
                 try await writer.write(ByteBuffer(bytes: chunk(chat ? nil : "", finish: reason)))
                 if includeUsage {
                     try await writer.write(ByteBuffer(bytes: sse(["id": id, "object": object, "created": created, "model": model, "choices": [Any](),
-                        "usage": ["prompt_tokens": promptCount, "completion_tokens": answer.tokens, "total_tokens": promptCount + answer.tokens]])))
+                        "usage": ["prompt_tokens": promptCount, "completion_tokens": answer.tokens, "total_tokens": promptCount + answer.tokens,
+                                  "prompt_tokens_details": ["cached_tokens": req.cachedTokens]] as [String: Any]])))
                 }
                 try await writer.write(ByteBuffer(bytes: Array("data: [DONE]\n\n".utf8)))
                 try await writer.finish(nil)
@@ -289,6 +291,10 @@ final class ServeRoutes: @unchecked Sendable {
         metric("lora_requests_total", "counter", "Generation requests accepted.", [("", s.requests)])
         metric("lora_prompt_tokens_total", "counter", "Prompt tokens of accepted requests.", [("", s.promptTokens)])
         metric("lora_generated_tokens_total", "counter", "Tokens generated.", [("", s.generatedTokens)])
+        metric("lora_prompt_cache_hits_total", "counter", "Requests that started from cached prompt rows.", [("", s.promptCacheHits)])
+        metric("lora_prompt_cached_tokens_total", "counter", "Prompt tokens taken from the prompt cache instead of computed.", [("", s.cachedPromptTokens)])
+        metric("lora_prompt_cache_bytes", "gauge", "Bytes of prompt KV rows kept for reuse.", [("", s.promptCacheBytes)])
+        metric("lora_prompt_cache_entries", "gauge", "Prompts kept for reuse.", [("", s.promptCacheEntries)])
         metric("lora_engine_steps_total", "counter", "Batched decoding steps.", [("", s.steps)])
         metric("lora_engine_rows_total", "counter", "Token rows over all steps (prefill and decode).", [("", s.rowsStepped)])
         metric("lora_batch_size", "gauge", "Requests in the last step.", [("", s.lastBatch)])

@@ -47,10 +47,10 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual(plain.status, 200, plain.text)
         XCTAssertEqual(ServeProcess.answer(plain, stream: false), expected)
         XCTAssertEqual(plain.json["object"] as? String, "text_completion")
-        let usage = plain.json["usage"] as? [String: Int] ?? [:]
-        XCTAssertEqual(usage["completion_tokens"], 24, plain.text)
-        XCTAssertGreaterThan(usage["prompt_tokens"] ?? 0, 5)
-        XCTAssertEqual(usage["total_tokens"], (usage["prompt_tokens"] ?? 0) + 24)
+        let usage = plain.json["usage"] as? [String: Any] ?? [:]
+        XCTAssertEqual(usage["completion_tokens"] as? Int, 24, plain.text)
+        XCTAssertGreaterThan(usage["prompt_tokens"] as? Int ?? 0, 5)
+        XCTAssertEqual(usage["total_tokens"] as? Int, (usage["prompt_tokens"] as? Int ?? 0) + 24)
         XCTAssertEqual((plain.json["choices"] as? [[String: Any]])?.first?["finish_reason"] as? String, "length")
 
         let streamed = completion(s, model: "a", prompt: Self.prompt, tokens: 24, stream: true, extra: ["stream_options": ["include_usage": true]])
@@ -101,7 +101,9 @@ final class ServeTests: XCTestCase {
     /// Two adapters at once, and one request among 7 others: every greedy answer equals
     /// `lora generate --lora-weights` alone.
     func testConcurrentAdaptersAndBatchedEqualsAlone() throws {
-        let s = try server(["--max-batch", "8"])
+        // Steps of 5 ms at least: the tiny model's 32 steps would otherwise end before the next
+        // client's request arrives on a busy machine, and nothing would be batched.
+        let s = try server(["--max-batch", "8", "--test-step-delay-ms", "5"])
         defer { XCTAssertEqual(s.stop(), 0, s.stderr) }
         let models = ["a", "b", "tiny-mha", "a", "b", "a", "tiny-mha", "b"]
         var expected: [String] = []
@@ -124,6 +126,53 @@ final class ServeTests: XCTestCase {
         let steps = Int(m.split(separator: "\n").first { $0.hasPrefix("lora_engine_steps_total ") }?.split(separator: " ").last ?? "0") ?? 0
         // 9 requests x 32 tokens alone would take 9 x 32 steps; batched they share them.
         XCTAssertLessThan(steps, 9 * 32, "requests were decoded together\n\(m)")
+    }
+
+    /// A prompt that starts like an earlier one with the same model takes those rows from the
+    /// prompt cache (usage says how many) and answers as from scratch; another adapter, an
+    /// adapter loaded again, or `--prompt-cache-mb 0` takes none.
+    func testPromptCacheReusesRowsAndKeepsAnswers() throws {
+        let dir = try tempDir()
+        try FileManager.default.copyItem(atPath: Self.adapter("a"), toPath: dir.appendingPathComponent("ada").path)
+        func cached(_ r: ServeProcess.Reply) -> Int? {
+            ((r.json["usage"] as? [String: Any])?["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int
+        }
+        func prompts(_ r: ServeProcess.Reply) -> Int { (r.json["usage"] as? [String: Any])?["prompt_tokens"] as? Int ?? 0 }
+        let longer = Self.prompt + " stretches over the hills"
+        let expected = try generate(longer, adapters: [Self.adapter("a")], tokens: 16)
+        let s = try server(["--adapters-dir", dir.path])
+        defer { XCTAssertEqual(s.stop(), 0, s.stderr) }
+        let first = completion(s, model: "a", prompt: Self.prompt, tokens: 16)
+        XCTAssertEqual(cached(first), 0, first.text)
+        // Starts with the first prompt: all of its tokens but the BOS-to-last match.
+        let second = completion(s, model: "a", prompt: longer, tokens: 16)
+        XCTAssertEqual(ServeProcess.answer(second, stream: false), expected)
+        let shared = cached(second) ?? 0
+        XCTAssertGreaterThan(shared, 3, second.text)
+        XCTAssertLessThan(shared, prompts(first) + 1)
+        // The same prompt again: all but its last token.
+        let again = completion(s, model: "a", prompt: longer, tokens: 16)
+        XCTAssertEqual(cached(again), prompts(again) - 1, again.text)
+        XCTAssertEqual(ServeProcess.answer(again, stream: false), expected)
+        // Another model's rows are not these.
+        XCTAssertEqual(cached(completion(s, model: "b", prompt: longer, tokens: 4)), 0)
+        // An adapter loaded again under an old name is another adapter.
+        XCTAssertEqual(s.post("/v1/adapters", ["name": "hot", "path": "ada"]).status, 200)
+        XCTAssertEqual(cached(completion(s, model: "hot", prompt: longer, tokens: 4)), 0)
+        XCTAssertEqual(cached(completion(s, model: "hot", prompt: longer, tokens: 4)), prompts(again) - 1)
+        XCTAssertEqual(s.request("DELETE", "/v1/adapters/hot").status, 200)
+        XCTAssertEqual(s.post("/v1/adapters", ["name": "hot", "path": "ada"]).status, 200)
+        XCTAssertEqual(cached(completion(s, model: "hot", prompt: longer, tokens: 4)), 0, "a reloaded adapter starts cold")
+        let m = s.request("GET", "/metrics").text
+        XCTAssert(m.contains("lora_prompt_cache_hits_total 3"), m)
+        XCTAssert(m.contains("lora_prompt_cached_tokens_total \(shared + 2 * (prompts(again) - 1))"), m)
+
+        let off = try server(["--prompt-cache-mb", "0"])
+        defer { XCTAssertEqual(off.stop(), 0, off.stderr) }
+        _ = completion(off, model: "a", prompt: longer, tokens: 4)
+        let cold = completion(off, model: "a", prompt: longer, tokens: 16)
+        XCTAssertEqual(cached(cold), 0)
+        XCTAssertEqual(ServeProcess.answer(cold, stream: false), expected)
     }
 
     func testHotLoadAndUnload() throws {

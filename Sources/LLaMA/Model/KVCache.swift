@@ -14,7 +14,7 @@ public final class KVCache: @unchecked Sendable {
     // Step buffers for up to maxRows = S * maxChunk rows.
     let maxRows: Int
     let x, xn, q, kNew, vNew, att, gate, up, h, tmp: Tensor
-    let u: Tensor                // [maxRows, maxRank] LoRA intermediate
+    private(set) var u: Tensor   // [maxRows, maxRank] LoRA intermediate, grown for several adapters
     let lastHidden: Tensor       // [S, C]
     public let logits: Tensor    // [S, V]
     let positions: UnsafeMutablePointer<Int32>
@@ -45,6 +45,9 @@ public final class KVCache: @unchecked Sendable {
     deinit { positions.deallocate() }
 
     public func reset() { length = 0 }
+
+    /// u as scratch of at least n floats (grouped LoRA products: one [rows, rank] per adapter).
+    func ensureScratch(_ n: Int) { if n > u.count { u = Tensor([(n + u.shape[1] - 1) / u.shape[1], u.shape[1]]) } }
 
     func advance(_ n: Int) { length += n }
 

@@ -43,7 +43,18 @@ extension LlamaModel {
             prof.time(.projection) { be.matmulDecoding(y: y, x: x, w: lin.weight, M: M, scratch: cache.scratch) }
             if adapters.isEmpty { return }
             prof.time(.lora) {
-                for (layer, weight) in adapters.layers(at: LoRASite(l, p)) {
+                // Plain LoRA through the server's grouped product (rows in pieces of 16), so a
+                // prompt's rows get the bits `lora serve` gives them, alone, batched or cached.
+                let site = adapters.layers(at: LoRASite(l, p))
+                if !site.contains(where: { $0.0.isDoRA }) {
+                    let terms = site.map { layer, weight in
+                        LoRATerm(r0: 0, r1: M, rank: layer.r, alpha: weight * layer.scale, A: layer.A.data, B: layer.B.data)
+                    }
+                    cache.ensureScratch(LoRATerm.scratchCount(terms))
+                    be.loraGrouped(y: y, x: x, inFeatures: lin.inFeatures, outFeatures: lin.outFeatures, terms: terms, u: cache.u.data)
+                    return
+                }
+                for (layer, weight) in site {
                     if layer.isDoRA {
                         // n is computed once (the adapter does not change while decoding).
                         layer.refreshNorm(lin.weight)

@@ -40,6 +40,7 @@ public final class ServeRequest: @unchecked Sendable {
     let onEvent: @Sendable (ServeEvent) -> Void
     private let lock = NSLock()
     private var _cancelled = false
+    private var _cachedTokens = 0
 
     public init(prompt: [Int32], adapters: AdapterSet, adapterKey: String, sampling: ServeSampling,
                 onEvent: @escaping @Sendable (ServeEvent) -> Void) {
@@ -50,6 +51,11 @@ public final class ServeRequest: @unchecked Sendable {
     /// The client went away or a stop string matched: the engine frees the slot before its next step.
     public func cancel() { lock.lock(); _cancelled = true; lock.unlock() }
     public var isCancelled: Bool { lock.lock(); defer { lock.unlock() }; return _cancelled }
+    /// Prompt tokens whose KV rows came from the prompt cache (set before the first event).
+    public internal(set) var cachedTokens: Int {
+        get { lock.lock(); defer { lock.unlock() }; return _cachedTokens }
+        set { lock.lock(); _cachedTokens = newValue; lock.unlock() }
+    }
 }
 
 public enum ServeEngineError: Error, CustomStringConvertible, Equatable {
@@ -69,6 +75,9 @@ public enum ServeEngineError: Error, CustomStringConvertible, Equatable {
 public struct ServeStats: Sendable {
     public var requests = 0, promptTokens = 0, generatedTokens = 0, steps = 0, rowsStepped = 0
     public var active = 0, queued = 0, lastBatch = 0
+    /// Requests that started from cached prompt rows, and the prompt tokens those rows spared.
+    public var promptCacheHits = 0, cachedPromptTokens = 0
+    public var promptCacheBytes = 0, promptCacheEntries = 0
 }
 
 /// Continuous batching over one model: up to `maxBatch` requests hold a slot each and advance
@@ -84,6 +93,8 @@ public final class ServeEngine: @unchecked Sendable {
     public let maxQueue: Int
     /// Prompt tokens fed per step over all prefilling requests (bounds one step's latency).
     public let prefillChunk: Int
+    /// Bytes of prompt KV rows kept for reuse (`PromptCache`); 0 turns the cache off.
+    public let promptCacheBytes: Int
     /// Sleep after each step (tests: makes a tiny model slow enough to interrupt). 0 in use.
     public var stepDelay: TimeInterval = 0
 
@@ -102,13 +113,15 @@ public final class ServeEngine: @unchecked Sendable {
         var generated = 0
         var last: Int32 = 0
         var rng: RNG
+        var fresh = true            // admitted, not yet looked up in the prompt cache
     }
 
     public init(model: LlamaModel, ctx: ExecutionContext, eosIDs: Set<Int32>, maxBatch: Int = 8,
-                maxContext: Int, maxQueue: Int = 64, prefillChunk: Int = 256) {
+                maxContext: Int, maxQueue: Int = 64, prefillChunk: Int = 256, promptCacheBytes: Int = 0) {
         self.model = model; self.ctx = ctx; self.eosIDs = eosIDs
         self.maxBatch = maxBatch; self.maxContext = maxContext; self.maxQueue = maxQueue
         self.prefillChunk = max(1, prefillChunk)
+        self.promptCacheBytes = max(0, promptCacheBytes)
         _ = model.decodeHead   // quantize the head now, not in the first request's time
     }
 
@@ -155,6 +168,8 @@ public final class ServeEngine: @unchecked Sendable {
 
     private func loop() {
         let cache = SlotCache(model: model, slots: maxBatch, capacity: maxContext, maxRows: maxBatch + prefillChunk)
+        let prompts = promptCacheBytes > 0
+            ? PromptCache(budgetBytes: promptCacheBytes, layers: model.config.numHiddenLayers, kvDim: model.config.kvDim) : nil
         var running: [Running] = []
         var freeSlots = Array((0..<maxBatch).reversed())
         while true {
@@ -186,6 +201,22 @@ public final class ServeEngine: @unchecked Sendable {
                 return false
             }
             if running.isEmpty { publish(running); continue }
+
+            // New requests start from the longest cached start of their prompt (all but the
+            // last token at most: its logits are the first answer). Every row's bits are those
+            // it gets computed from scratch (PromptCacheTests).
+            if let prompts {
+                var hits = 0, spared = 0
+                for i in running.indices where running[i].fresh {
+                    running[i].fresh = false
+                    let r = running[i].req
+                    let n = prompts.restore(key: r.adapterKey, prompt: r.prompt, limit: r.prompt.count - 1, into: cache, slot: running[i].slot)
+                    if n > 0 { running[i].fed = n; r.cachedTokens = n; hits += 1; spared += n }
+                }
+                if hits > 0 {
+                    cond.lock(); stats.promptCacheHits += hits; stats.cachedPromptTokens += spared; cond.unlock()
+                }
+            }
 
             // Decoding requests take one row each; prefilling ones share the rest in order.
             var budget = cache.maxRows - running.filter { $0.fed == $0.req.prompt.count }.count
@@ -221,6 +252,8 @@ public final class ServeEngine: @unchecked Sendable {
                 if wasPrefill {
                     r.fed += entry.item.tokens.count
                     if r.fed < r.req.prompt.count { running[entry.run] = r; continue }
+                    // The whole prompt is in the slot now (the sampled token is not yet).
+                    prompts?.store(key: r.req.adapterKey, tokens: r.req.prompt, from: cache, slot: r.slot)
                 }
                 let scores = cache.logits.data + row * V
                 let id = Int32(pick(scores, V: V, r.req.sampling, rng: &r.rng))
@@ -243,6 +276,8 @@ public final class ServeEngine: @unchecked Sendable {
             stats.rowsStepped += rows
             stats.lastBatch = items.count
             stats.generatedTokens += newTokens
+            stats.promptCacheBytes = prompts?.bytes ?? 0
+            stats.promptCacheEntries = prompts?.entryCount ?? 0
             cond.unlock()
             publish(running)
             if stepDelay > 0 { Thread.sleep(forTimeInterval: stepDelay) }

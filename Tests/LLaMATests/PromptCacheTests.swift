@@ -1,0 +1,118 @@
+import Foundation
+import XCTest
+@testable import LLaMA
+import Tensor
+
+/// The server's prompt cache: a prompt that starts from cached rows gets the same bits (KV rows
+/// and logits) as the same prompt computed from scratch, on the integer decoding path that the
+/// server's guarantee "alone equals batched" rests on; keys, budget and replacement behave.
+final class PromptCacheTests: XCTestCase {
+    static let adapterDir = Fixtures.root.appendingPathComponent("merge/tiny-gqa-a.adapter")
+
+    func model(_ q: Quantization) throws -> LlamaModel {
+        try LlamaModel(checkpoint: try SafeTensorsCheckpoint(folder: Fixtures.model("tiny-gqa")), quantization: q, pool: testPool)
+    }
+
+    /// The K and V rows 0..<n of `slot`, every layer, as one array.
+    func rows(_ c: SlotCache, slot: Int, n: Int) -> [Float] {
+        var out: [Float] = []
+        for l in 0..<c.k.count {
+            let base = slot * c.capacity * c.kvDim
+            out += Array(UnsafeBufferPointer(start: c.k[l].data + base, count: n * c.kvDim))
+            out += Array(UnsafeBufferPointer(start: c.v[l].data + base, count: n * c.kvDim))
+        }
+        return out
+    }
+
+    /// Bit-for-bit equality, reported as a count and the largest difference.
+    func assertSameBits(_ a: [Float], _ b: [Float], _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(a.count, b.count, what, file: file, line: line)
+        let differ = zip(a, b).filter { $0.bitPattern != $1.bitPattern }
+        if !differ.isEmpty {
+            let worst = differ.map { abs($0 - $1) }.max() ?? 0
+            XCTFail("\(what): \(differ.count) of \(a.count) values differ (largest by \(worst))", file: file, line: line)
+        }
+    }
+
+    func logitsRow(_ c: SlotCache, _ i: Int, V: Int) -> [Float] {
+        Array(UnsafeBufferPointer(start: c.logits.data + i * V, count: V))
+    }
+
+    func testCachedStartGivesTheBitsOfAFreshPrompt() throws {
+        for q in [Quantization.q8_0, .q4_1] {
+            let m = try model(q)
+            let V = m.config.vocabSize
+            let adapters = AdapterSet(try Adapter.load(Self.adapterDir, model: m.config))
+            // 17 shared tokens, then each prompt its own: 24 rows take two integer-GEMV chunks.
+            let shared: [Int32] = (0..<17).map { Int32(3 + ($0 * 37) % 500) }
+            let first = shared + (0..<9).map { Int32(11 + $0 * 13) }
+            let second = shared + (0..<7).map { Int32(400 - $0 * 17) }
+
+            // From scratch: `second` alone in slot 0.
+            let fresh = SlotCache(model: m, slots: 2, capacity: 64, maxRows: 64)
+            try m.step(items: [SlotItem(slot: 0, tokens: second, adapters: adapters, adapterKey: "a")], cache: fresh, ctx: testCtx)
+            let freshLogits = logitsRow(fresh, 0, V: V), freshRows = rows(fresh, slot: 0, n: second.count)
+
+            // `first` computed and kept, then `second` starts from its 17 shared rows.
+            let c = SlotCache(model: m, slots: 2, capacity: 64, maxRows: 64)
+            let cache = PromptCache(budgetBytes: 1 << 20, layers: m.config.numHiddenLayers, kvDim: m.config.kvDim)
+            try m.step(items: [SlotItem(slot: 0, tokens: first, adapters: adapters, adapterKey: "a")], cache: c, ctx: testCtx)
+            cache.store(key: "a", tokens: first, from: c, slot: 0)
+            XCTAssertEqual(cache.match(key: "b", prompt: second, limit: 100), 0, "another adapter key finds nothing")
+            XCTAssertEqual(cache.match(key: "a", prompt: second, limit: 10), 10, "the limit bounds the match")
+            let n = cache.restore(key: "a", prompt: second, limit: second.count - 2, into: c, slot: 1)
+            XCTAssertEqual(n, shared.count)
+            XCTAssertEqual(c.lengths[1], shared.count)
+            try m.step(items: [SlotItem(slot: 1, tokens: Array(second[n...]), adapters: adapters, adapterKey: "a")], cache: c, ctx: testCtx)
+            assertSameBits(rows(c, slot: 1, n: second.count), freshRows, "\(q): KV rows of a cached start + the rest vs from scratch")
+            assertSameBits(logitsRow(c, 0, V: V), freshLogits, "\(q): last-token logits, cached start vs from scratch")
+
+            // The whole prompt but its last token from cache: that token alone is a one-row
+            // step, which computes it as decoding does, with the same bits as a prompt row.
+            let c1 = SlotCache(model: m, slots: 1, capacity: 64, maxRows: 64)
+            XCTAssertEqual(cache.restore(key: "a", prompt: first, limit: first.count - 1, into: c1, slot: 0), first.count - 1)
+            try m.step(items: [SlotItem(slot: 0, tokens: [first.last!], adapters: adapters, adapterKey: "a")], cache: c1, ctx: testCtx)
+            let c2 = SlotCache(model: m, slots: 1, capacity: 64, maxRows: 64)
+            try m.step(items: [SlotItem(slot: 0, tokens: first, adapters: adapters, adapterKey: "a")], cache: c2, ctx: testCtx)
+            assertSameBits(logitsRow(c1, 0, V: V), logitsRow(c2, 0, V: V), "\(q): last prompt token as a one-row step")
+
+            // Decoding on from both gives the same greedy tokens, bit-identical logits.
+            var a = LogitsProcessing.argmax(fresh.logits.data, V: V), b = LogitsProcessing.argmax(c.logits.data, V: V)
+            for _ in 0..<6 {
+                XCTAssertEqual(a, b)
+                try m.step(items: [SlotItem(slot: 0, tokens: [Int32(a)], adapters: adapters, adapterKey: "a")], cache: fresh, ctx: testCtx)
+                try m.step(items: [SlotItem(slot: 1, tokens: [Int32(b)], adapters: adapters, adapterKey: "a")], cache: c, ctx: testCtx)
+                assertSameBits(logitsRow(c, 0, V: V), logitsRow(fresh, 0, V: V), "\(q): decoding after a cached start")
+                a = LogitsProcessing.argmax(fresh.logits.data, V: V); b = LogitsProcessing.argmax(c.logits.data, V: V)
+            }
+        }
+    }
+
+    func testBudgetReplacementAndRecency() throws {
+        let m = try model(.q8_0)
+        let rowBytes = 2 * m.config.numHiddenLayers * m.config.kvDim * 4
+        let c = SlotCache(model: m, slots: 1, capacity: 64, maxRows: 64)
+        let p: [Int32] = (0..<20).map { Int32(5 + $0) }
+        try m.step(items: [SlotItem(slot: 0, tokens: p, adapters: .none, adapterKey: "")], cache: c, ctx: testCtx)
+        // Room for 30 rows: a 10-token start, then the whole 20 (which covers it: one entry).
+        let cache = PromptCache(budgetBytes: 30 * rowBytes, layers: m.config.numHiddenLayers, kvDim: m.config.kvDim)
+        cache.store(key: "", tokens: Array(p[0..<10]), from: c, slot: 0)
+        XCTAssertEqual(cache.bytes, 10 * rowBytes)
+        cache.store(key: "", tokens: p, from: c, slot: 0)
+        XCTAssertEqual(cache.entryCount, 1, "the longer prompt replaces its own start")
+        XCTAssertEqual(cache.bytes, 20 * rowBytes)
+        cache.store(key: "", tokens: Array(p[0..<15]), from: c, slot: 0)
+        XCTAssertEqual(cache.entryCount, 1, "a start of a kept prompt adds nothing")
+        // Another key's 15 rows do not fit beside 20: the least recently used leaves.
+        cache.store(key: "x", tokens: Array(p[0..<15]), from: c, slot: 0)
+        XCTAssertEqual(cache.entryCount, 1)
+        XCTAssertEqual(cache.bytes, 15 * rowBytes)
+        XCTAssertEqual(cache.match(key: "", prompt: p, limit: 100), 0)
+        XCTAssertEqual(cache.match(key: "x", prompt: p, limit: 100), 15)
+        // Larger than the whole budget: not kept.
+        let big = PromptCache(budgetBytes: 5 * rowBytes, layers: m.config.numHiddenLayers, kvDim: m.config.kvDim)
+        big.store(key: "", tokens: p, from: c, slot: 0)
+        XCTAssertEqual(big.entryCount, 0)
+        XCTAssertEqual(big.bytes, 0)
+    }
+}
