@@ -107,7 +107,7 @@ void lora_axpy(int family, float alpha, const float *x, float *y, long n) {
 
 void lora_attn_scores(int family, const float *q, const float *K, long ld, long L, long hd, float alpha, float *s) {
     switch (usable(family)) {
-    case LORA_FAMILY_AVX2: for (long j = 0; j < L; j++) s[j] = alpha * lora_avx2_dot(q, K + j * ld, hd); break;
+    case LORA_FAMILY_AVX2: lora_avx2_attn_scores(q, K, ld, L, hd, alpha, s); break;
     case LORA_FAMILY_AVX512: for (long j = 0; j < L; j++) s[j] = alpha * lora_avx512_dot(q, K + j * ld, hd); break;
     default: for (long j = 0; j < L; j++) s[j] = alpha * lora_portable_dot(q, K + j * ld, hd); break;
     }

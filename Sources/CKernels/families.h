@@ -21,6 +21,8 @@
 
 /// o = sum over j of s[j] * V_j (s[j] != 0), in registers: lora_attn_wsum's AVX2 body.
 void lora_avx2_attn_wsum(const float *s, const float *V, long ld, long L, long hd, float *o);
+/// s[j] = alpha * lora_avx2_dot(q, K_j) for j < L, bit for bit, in one loop.
+void lora_avx2_attn_scores(const float *q, const float *K, long ld, long L, long hd, float alpha, float *s);
 
 LORA_FAMILY_DECLS(portable)
 LORA_FAMILY_DECLS(avx2)

@@ -579,7 +579,7 @@ void lora_avx2_gemv_abt(int format, long M, long n0, long n1, long K, const floa
     gemv(format, M, n0, n1, K, A, lda, W, ldw, scales, C, ldc, accumulate);
 }
 
-TARGET float lora_avx2_dot(const float *a, const float *b, long n) {
+INLINE float dot_body(const float *a, const float *b, long n) {
     __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
     long i = 0;
     for (; i + 32 <= n; i += 32) {
@@ -592,6 +592,32 @@ TARGET float lora_avx2_dot(const float *a, const float *b, long n) {
     float s = hsum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
     for (; i < n; i++) s += a[i] * b[i];
     return s;
+}
+
+TARGET float lora_avx2_dot(const float *a, const float *b, long n) { return dot_body(a, b, n); }
+
+/// s[j] = alpha * dot(q, K_j): lora_avx2_dot's operations for each key (the same bits), inlined
+/// in one loop instead of a call per key; for hd = 64, q stays in registers.
+TARGET void lora_avx2_attn_scores(const float *q, const float *K, long ld, long L, long hd, float alpha, float *s) {
+    if (hd != 64) {
+        for (long j = 0; j < L; j++) s[j] = alpha * dot_body(q, K + j * ld, hd);
+        return;
+    }
+    __m256 qv[8];
+    for (int v = 0; v < 8; v++) qv[v] = _mm256_loadu_ps(q + 8 * v);
+    for (long j = 0; j < L; j++) {
+        const float *k = K + j * ld;
+        // dot_body's chains for n = 64: s_c gets chunks c and c + 4, in that order.
+        __m256 s0 = _mm256_fmadd_ps(qv[0], _mm256_loadu_ps(k), _mm256_setzero_ps());
+        __m256 s1 = _mm256_fmadd_ps(qv[1], _mm256_loadu_ps(k + 8), _mm256_setzero_ps());
+        __m256 s2 = _mm256_fmadd_ps(qv[2], _mm256_loadu_ps(k + 16), _mm256_setzero_ps());
+        __m256 s3 = _mm256_fmadd_ps(qv[3], _mm256_loadu_ps(k + 24), _mm256_setzero_ps());
+        s0 = _mm256_fmadd_ps(qv[4], _mm256_loadu_ps(k + 32), s0);
+        s1 = _mm256_fmadd_ps(qv[5], _mm256_loadu_ps(k + 40), s1);
+        s2 = _mm256_fmadd_ps(qv[6], _mm256_loadu_ps(k + 48), s2);
+        s3 = _mm256_fmadd_ps(qv[7], _mm256_loadu_ps(k + 56), s3);
+        s[j] = alpha * hsum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    }
 }
 
 TARGET void lora_avx2_axpy(float alpha, const float *x, float *y, long n) {
@@ -647,6 +673,7 @@ void lora_avx2_gemv_abt(int format, long M, long n0, long n1, long K, const floa
                         const void *W, long ldw, const float *scales, float *C, long ldc,
                         int accumulate) { abort(); }
 float lora_avx2_dot(const float *a, const float *b, long n) { abort(); }
+void lora_avx2_attn_scores(const float *q, const float *K, long ld, long L, long hd, float alpha, float *s) { abort(); }
 void lora_avx2_axpy(float alpha, const float *x, float *y, long n) { abort(); }
 void lora_avx2_attn_wsum(const float *s, const float *V, long ld, long L, long hd, float *o) { abort(); }
 
