@@ -70,9 +70,15 @@ public protocol Backend: AnyObject, Sendable {
 public struct LoRATerm {
     public let r0: Int, r1: Int, rank: Int, alpha: Float
     public let A: UnsafePointer<Float>, B: UnsafePointer<Float>
-    public init(r0: Int, r1: Int, rank: Int, alpha: Float, A: UnsafePointer<Float>, B: UnsafePointer<Float>) {
-        self.r0 = r0; self.r1 = r1; self.rank = rank; self.alpha = alpha; self.A = A; self.B = B
+    /// Per-row alphas (alphas[i] for row r0 + i) when rows of several groups share the factors
+    /// with different weights (a mix and one of its adapters): `alpha` is then unused.
+    public let alphas: UnsafePointer<Float>?
+    public init(r0: Int, r1: Int, rank: Int, alpha: Float, A: UnsafePointer<Float>, B: UnsafePointer<Float>,
+                alphas: UnsafePointer<Float>? = nil) {
+        self.r0 = r0; self.r1 = r1; self.rank = rank; self.alpha = alpha; self.A = A; self.B = B; self.alphas = alphas
     }
+    /// Row r's alpha (r0 <= r < r1).
+    @inline(__always) public func alpha(row r: Int) -> Float { alphas.map { $0[r - r0] } ?? alpha }
     /// The floats of u that `loraGrouped` needs: each term's [r1 - r0, rank] intermediate.
     public static func scratchCount(_ terms: [LoRATerm]) -> Int { terms.reduce(0) { $0 + ($1.r1 - $1.r0) * $1.rank } }
 
@@ -88,7 +94,8 @@ public struct LoRATerm {
         var out: [LoRATerm] = []
         for t in terms {
             for r0 in stride(from: t.r0, to: t.r1, by: pieceRows) {
-                out.append(LoRATerm(r0: r0, r1: min(t.r1, r0 + pieceRows), rank: t.rank, alpha: t.alpha, A: t.A, B: t.B))
+                out.append(LoRATerm(r0: r0, r1: min(t.r1, r0 + pieceRows), rank: t.rank, alpha: t.alpha, A: t.A, B: t.B,
+                                    alphas: t.alphas.map { $0 + (r0 - t.r0) }))
             }
         }
         return out
@@ -128,7 +135,19 @@ extension Backend {
     public func loraGroupedSerial(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, inFeatures: Int, outFeatures: Int,
                                   terms: [LoRATerm], u: UnsafeMutablePointer<Float>) {
         var ut = u
+        // Per-row alphas: runs of one alpha, each a term of its own (the same bits per row).
+        var runs: [LoRATerm] = []
         for t in LoRATerm.pieces(terms) {
+            guard t.alphas != nil else { runs.append(t); continue }
+            var a = t.r0
+            while a < t.r1 {
+                var b = a + 1
+                while b < t.r1 && t.alpha(row: b) == t.alpha(row: a) { b += 1 }
+                runs.append(LoRATerm(r0: a, r1: b, rank: t.rank, alpha: t.alpha(row: a), A: t.A, B: t.B))
+                a = b
+            }
+        }
+        for t in runs {
             let M = t.r1 - t.r0
             gemm(transA: false, transB: true, M: M, N: t.rank, K: inFeatures, alpha: 1, A: x + t.r0 * inFeatures, lda: inFeatures,
                  B: t.A, ldb: inFeatures, beta: 0, C: ut, ldc: t.rank)

@@ -269,7 +269,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                             terms all: [LoRATerm], u: UnsafeMutablePointer<Float>) {
         let terms = LoRATerm.pieces(all)
         guard let spin, let fam = family.kernelID, !terms.isEmpty,
-              terms.allSatisfy({ $0.r1 - $0.r0 <= Self.smallM && ($0.alpha == 1 || ($0.r1 - $0.r0) * $0.rank <= Self.smallScaled) })
+              terms.allSatisfy({ $0.r1 - $0.r0 <= Self.smallM && (($0.alpha == 1 && $0.alphas == nil) || ($0.r1 - $0.r0) * $0.rank <= Self.smallScaled) })
         else {
             loraGroupedSerial(y: y, x: x, inFeatures: inFeatures, outFeatures: outFeatures, terms: terms, u: u)
             return
@@ -290,7 +290,10 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         runSpin(spin, jobs.count) { i in
             let (j, n0, n1) = jobs[i], t = terms[j], M = t.r1 - t.r0
             lora_gemv_abt(fam, f32, M, n0, n1, inF, x + t.r0 * inF, inF, t.A, inF, nil, us[j], t.rank, 0)
-            if t.alpha != 1 { for m in 0..<M { for n in n0..<n1 { us[j][m * t.rank + n] = t.alpha * us[j][m * t.rank + n] } } }
+            for m in 0..<M {
+                let a = t.alpha(row: t.r0 + m)
+                if a != 1 { for n in n0..<n1 { us[j][m * t.rank + n] = a * us[j][m * t.rank + n] } }
+            }
         }
         let units = (out + 15) / 16, tasks = min(units, 4 * Int(lora_pool_threads(spin))), per = (units + tasks - 1) / tasks
         runSpin(spin, tasks) { i in

@@ -88,6 +88,32 @@ final class PromptCacheTests: XCTestCase {
         }
     }
 
+    /// A step holding two adapters' rows and a weighted mix of both (the mix between them, so
+    /// each adapter's product covers its rows and the mix's) gives each item the bits it gets
+    /// alone; and rows are placed that way.
+    func testMixBesideItsAdaptersGivesEachItemItsBitsAlone() throws {
+        let m = try model(.q8_0)
+        let V = m.config.vocabSize
+        let a = try Adapter.load(Self.adapterDir, model: m.config)
+        let b = try Adapter.load(Fixtures.root.appendingPathComponent("merge/tiny-gqa-b.adapter"), model: m.config)
+        let sets: [(AdapterSet, String)] = [(AdapterSet(b), "b"), (AdapterSet([(a, 0.7), (b, -1.3)]), "m"),
+                                           (AdapterSet(a), "a"), (.none, ""), (AdapterSet(a), "a")]
+        let items = sets.enumerated().map { i, s in
+            SlotItem(slot: i, tokens: (0..<(2 + i)).map { Int32(7 + 31 * i + 5 * $0) }, adapters: s.0, adapterKey: s.1)
+        }
+        let order = LlamaModel.rowOrder(items)
+        XCTAssertEqual(order.map { items[$0].adapterKey }, ["a", "a", "m", "b", ""], "the mix sits between its adapters")
+        let together = SlotCache(model: m, slots: 5, capacity: 32, maxRows: 64)
+        try m.step(items: items, cache: together, ctx: testCtx)
+        for (i, it) in items.enumerated() {
+            let alone = SlotCache(model: m, slots: 5, capacity: 32, maxRows: 64)
+            try m.step(items: [it], cache: alone, ctx: testCtx)
+            assertSameBits(logitsRow(together, i, V: V), logitsRow(alone, 0, V: V), "item \(i) (\(it.adapterKey)) batched vs alone")
+            assertSameBits(rows(together, slot: it.slot, n: it.tokens.count), rows(alone, slot: it.slot, n: it.tokens.count),
+                           "item \(i) KV rows")
+        }
+    }
+
     func testBudgetReplacementAndRecency() throws {
         let m = try model(.q8_0)
         let rowBytes = 2 * m.config.numHiddenLayers * m.config.kvDim * 4

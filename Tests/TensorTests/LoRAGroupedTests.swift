@@ -62,8 +62,49 @@ final class LoRAGroupedTests: XCTestCase {
                   spec: [(0, 2, 8, 0.7 * 2), (0, 2, 16, 0.3 * 2), (2, 3, 4, 1), (3, 6, 8, 2)], seed: 1)
             // One term, one row (a single client).
             check(family: family, inF: 64, out: 200, rows: 1, spec: [(0, 1, 16, 2)], seed: 2)
-            // A prefill-sized group (17 rows): gemm's OpenBLAS path, so the serial fallback.
+            // A prefill-sized group (17 rows): two pieces (16 + 1 rows).
             check(family: family, inF: 32, out: 48, rows: 18, spec: [(0, 17, 8, 0.5), (17, 18, 8, 1)], seed: 3)
+        }
+    }
+
+    /// Per-row alphas (an adapter's rows next to a mix's that weighs it otherwise): the same
+    /// bits as one term per run of rows with one alpha, on the grouped and the serial path;
+    /// and more than 16 rows give each row the bits of its 16-row piece alone.
+    func testPerRowAlphasAndPieces() {
+        for family in KernelFamily.allCases where family.isAvailable {
+            let be = CPUBackend(family: family, pool: testPool)
+            var rng = RNG(seed: 11)
+            let inF = 64, out = 40, rank = 8, rows = 21
+            let x = (0..<(rows * inF)).map { _ in rng.normal() }
+            let A = Tensor([rank, inF]), B = Tensor([out, rank])
+            for i in 0..<A.count { A.data[i] = 0.1 * rng.normal() }
+            for i in 0..<B.count { B.data[i] = 0.1 * rng.normal() }
+            let alphas: [Float] = (0..<rows).map { $0 < 3 ? 1.4 : $0 < 12 ? 2 : 0.6 }
+            let y0 = (0..<(rows * out)).map { _ in rng.normal() }
+            var runs = y0
+            for (r0, r1) in [(0, 3), (3, 12), (12, 21)] {
+                for p0 in stride(from: r0, to: r1, by: 16) {
+                    var u = [Float](repeating: .nan, count: rows * rank)
+                    be.loraGrouped(y: &runs, x: x, inFeatures: inF, outFeatures: out,
+                                   terms: [LoRATerm(r0: p0, r1: min(r1, p0 + 16), rank: rank, alpha: alphas[r0], A: A.data, B: B.data)], u: &u)
+                }
+            }
+            for serial in [false, true] {
+                var y = y0
+                var u = [Float](repeating: .nan, count: rows * rank)
+                alphas.withUnsafeBufferPointer { ap in
+                    let t = LoRATerm(r0: 0, r1: rows, rank: rank, alpha: 1, A: A.data, B: B.data, alphas: ap.baseAddress)
+                    if serial { be.loraGroupedSerial(y: &y, x: x, inFeatures: inF, outFeatures: out, terms: [t], u: &u) }
+                    else { be.loraGrouped(y: &y, x: x, inFeatures: inF, outFeatures: out, terms: [t], u: &u) }
+                }
+                XCTAssertEqual(y.map(\.bitPattern), runs.map(\.bitPattern), "\(family) serial \(serial): per-row alphas vs runs")
+            }
+            // Row 20 alone: the bits it got in the 21-row term (pieces of 16 rows).
+            var alone = Array(y0[(20 * out)...])
+            var u = [Float](repeating: .nan, count: rank)
+            be.loraGrouped(y: &alone, x: Array(x[(20 * inF)...]), inFeatures: inF, outFeatures: out,
+                           terms: [LoRATerm(r0: 0, r1: 1, rank: rank, alpha: 0.6, A: A.data, B: B.data)], u: &u)
+            XCTAssertEqual(alone.map(\.bitPattern), Array(runs[(20 * out)...]).map(\.bitPattern), "\(family): row 20 alone")
         }
     }
 

@@ -71,13 +71,11 @@ extension LlamaModel {
     /// logits of item i's last token in cache.logits row i. One base GEMM per projection over
     /// all rows of all items (M = total new tokens); then the LoRA products per group of items
     /// sharing adapters (S-LoRA / Punica's idea: the base weights are read once per step).
-    /// Items must name distinct slots and be ordered so that equal adapter keys are adjacent
-    /// (`ServeEngine` sorts them); the total of tokens must fit cache.maxRows.
+    /// Items must name distinct slots; the total of tokens must fit cache.maxRows. Each row
+    /// gets the bits it gets alone, whatever else shares the step.
     public func step(items: [SlotItem], cache: SlotCache, ctx: ExecutionContext) throws {
         let c = config
         precondition(!items.isEmpty && items.count <= cache.slots)
-        var offsets: [Int] = []          // first row of each item
-        var M = 0
         for it in items {
             precondition(!it.tokens.isEmpty)
             let start = cache.lengths[it.slot]
@@ -87,39 +85,53 @@ extension LlamaModel {
             guard start + it.tokens.count <= rope.maxT else {
                 throw DecodeError.tooLong(needed: start + it.tokens.count, capacity: rope.maxT)
             }
-            offsets.append(M); M += it.tokens.count
         }
+        let place = Self.rowOrder(items)
+        var offsets = [Int](repeating: 0, count: items.count)   // first row of each item
+        var M = 0
+        for i in place { offsets[i] = M; M += items[i].tokens.count }
         precondition(M <= cache.maxRows, "\(M) rows exceed the step's \(cache.maxRows)")
-        // Adapter groups: runs of adjacent items with one key -> (row range, adapters).
+        // Adapter groups: runs of adjacent rows with one key -> (row range, adapters).
         var groups: [(r0: Int, r1: Int, set: AdapterSet)] = []
-        for (i, it) in items.enumerated() where !it.adapters.isEmpty {
-            let r1 = offsets[i] + it.tokens.count
-            if let last = groups.last, i > 0, items[i - 1].adapterKey == it.adapterKey, last.r1 == offsets[i] {
+        for (k, i) in place.enumerated() where !items[i].adapters.isEmpty {
+            let it = items[i], r1 = offsets[i] + it.tokens.count
+            if let last = groups.last, k > 0, items[place[k - 1]].adapterKey == it.adapterKey, last.r1 == offsets[i] {
                 groups[groups.count - 1].r1 = r1
             } else {
                 groups.append((offsets[i], r1, it.adapters))
             }
             cache.ensureRank(it.adapters.maxRank)
         }
+        let plan = Self.termPlan(groups)
+        var alphaScratch = [Float](repeating: 0, count: (plan ?? []).reduce(0) { $0 + ($1.weights.count > 1 ? $1.weights.count : 0) })
         let be = ctx.backend
         func project(_ lin: Linear, _ l: Int, _ p: Projection, y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>) {
             be.matmulDecoding(y: y, x: x, w: lin.weight, M: M, scratch: cache.scratch)
             let out = lin.outFeatures, inF = lin.inFeatures
             // Plain LoRA: every group's terms in one grouped product (the backend spreads them
             // over its workers). DoRA rescales its group's rows and stays one call per group.
-            var terms: [LoRATerm] = []
-            var dora = false
-            for g in groups {
-                for (layer, weight) in g.set.layers(at: LoRASite(l, p)) {
-                    if layer.isDoRA { dora = true; break }
-                    terms.append(LoRATerm(r0: g.r0, r1: g.r1, rank: layer.r, alpha: weight * layer.scale,
-                                          A: layer.A.data, B: layer.B.data))
-                }
-            }
-            if !dora {
-                if !terms.isEmpty {
-                    cache.ensureScratch(LoRATerm.scratchCount(terms))
-                    be.loraGrouped(y: y, x: x, inFeatures: inF, outFeatures: out, terms: terms, u: cache.u.data)
+            let site = LoRASite(l, p)
+            if let plan {
+                alphaScratch.withUnsafeMutableBufferPointer { ab in
+                    var terms: [LoRATerm] = []
+                    var at = 0
+                    for t in plan {
+                        guard let layer = t.adapter.layers[site] else { continue }
+                        if t.weights.count == 1 {
+                            terms.append(LoRATerm(r0: t.r0, r1: t.r1, rank: layer.r, alpha: t.weights[0] * layer.scale,
+                                                  A: layer.A.data, B: layer.B.data))
+                        } else {
+                            // The same product as alone: weight * scale, per row.
+                            for (i, w) in t.weights.enumerated() { ab[at + i] = w * layer.scale }
+                            terms.append(LoRATerm(r0: t.r0, r1: t.r1, rank: layer.r, alpha: 1, A: layer.A.data, B: layer.B.data,
+                                                  alphas: UnsafePointer(ab.baseAddress! + at)))
+                            at += t.weights.count
+                        }
+                    }
+                    if !terms.isEmpty {
+                        cache.ensureScratch(LoRATerm.scratchCount(terms))
+                        be.loraGrouped(y: y, x: x, inFeatures: inF, outFeatures: out, terms: terms, u: cache.u.data)
+                    }
                 }
                 return
             }
@@ -139,8 +151,8 @@ extension LlamaModel {
         }
         var ids: [Int32] = []
         ids.reserveCapacity(M)
-        for (i, it) in items.enumerated() {
-            let start = cache.lengths[it.slot]
+        for i in place {
+            let it = items[i], start = cache.lengths[it.slot]
             for t in 0..<it.tokens.count { cache.positions[offsets[i] + t] = Int32(start + t) }
             ids += it.tokens
         }
@@ -165,5 +177,70 @@ extension LlamaModel {
             be.attentionCachedBatch(batch, nH: nH, nKV: c.numKeyValueHeads, hd: c.headDim)
         }
         for it in items { cache.advance(slot: it.slot, by: it.tokens.count) }
+    }
+
+    /// The order of the items' rows: items with one adapter key together, in the order given,
+    /// and each weighted mix between the groups of its first and last adapters, so that an
+    /// adapter's rows and a mix's are adjacent and one product covers both (its factors are
+    /// then read once per step).
+    static func rowOrder(_ items: [SlotItem]) -> [Int] {
+        var keys: [String] = []
+        var byKey: [String: [Int]] = [:]
+        for (i, it) in items.enumerated() {
+            if byKey[it.adapterKey] == nil { keys.append(it.adapterKey) }
+            byKey[it.adapterKey, default: []].append(i)
+        }
+        if keys.count < 3 { return keys.flatMap { byKey[$0]! } }
+        var single: [ObjectIdentifier: String] = [:]
+        for k in keys {
+            let e = items[byKey[k]![0]].adapters.entries
+            if e.count == 1 { single[ObjectIdentifier(e[0].adapter)] = k }
+        }
+        var order: [String] = []
+        var placed = Set<String>()
+        func put(_ k: String?) { if let k, placed.insert(k).inserted { order.append(k) } }
+        for k in keys where !placed.contains(k) {
+            let e = items[byKey[k]![0]].adapters.entries
+            guard e.count > 1 else { continue }
+            put(single[ObjectIdentifier(e[0].adapter)])
+            put(k)
+            put(single[ObjectIdentifier(e[e.count - 1].adapter)])
+        }
+        for k in keys { put(k) }
+        return order.flatMap { byKey[$0]! }
+    }
+
+    /// The LoRA terms of a step, by adapter: an adapter's term extends over the next group when
+    /// that group's rows follow on and the extension keeps, for every row, its adapters in the
+    /// order of its own set (terms on a row add in list order). `weights` holds one weight
+    /// (all rows) or one per row. nil when a group holds a DoRA adapter (one call per group).
+    static func termPlan(_ groups: [(r0: Int, r1: Int, set: AdapterSet)]) -> [(adapter: LoRAAdapter, r0: Int, r1: Int, weights: [Float])]? {
+        var plan: [(adapter: LoRAAdapter, r0: Int, r1: Int, weights: [Float])] = []
+        var latest: [ObjectIdentifier: Int] = [:]
+        for g in groups {
+            var last = -1
+            let n = g.r1 - g.r0
+            for (adapter, weight) in g.set.entries {
+                if adapter.isDoRA { return nil }
+                let id = ObjectIdentifier(adapter)
+                if let j = latest[id], j > last, plan[j].r1 == g.r0 {
+                    var w = plan[j].weights
+                    if w.count == 1 && w[0].bitPattern == weight.bitPattern {
+                        // still one weight for every row
+                    } else {
+                        if w.count == 1 { w = [Float](repeating: w[0], count: plan[j].r1 - plan[j].r0) }
+                        w += [Float](repeating: weight, count: n)
+                    }
+                    plan[j].weights = w
+                    plan[j].r1 = g.r1
+                    last = j
+                } else {
+                    plan.append((adapter, g.r0, g.r1, [weight]))
+                    latest[id] = plan.count - 1
+                    last = plan.count - 1
+                }
+            }
+        }
+        return plan
     }
 }
