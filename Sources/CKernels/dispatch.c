@@ -113,6 +113,15 @@ void lora_attn_scores(int family, const float *q, const float *K, long ld, long 
     }
 }
 
+void lora_attn_scores_rows(int family, const float *q, long ldq, long R, const float *K, long ld, long L, long hd,
+                           float alpha, float *s, long lds) {
+    if (usable(family) == LORA_FAMILY_AVX2) {
+        lora_avx2_attn_scores_rows(q, ldq, R, K, ld, L, hd, alpha, s, lds);
+        return;
+    }
+    for (long r = 0; r < R; r++) lora_attn_scores(family, q + r * ldq, K, ld, L + r, hd, alpha, s + r * lds);
+}
+
 void lora_attn_wsum(int family, const float *s, const float *V, long ld, long L, long hd, float *o) {
     const int fam = usable(family);
     if (fam == LORA_FAMILY_AVX2 && hd % 8 == 0 && hd <= 128) {

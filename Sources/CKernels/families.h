@@ -23,6 +23,8 @@
 void lora_avx2_attn_wsum(const float *s, const float *V, long ld, long L, long hd, float *o);
 /// s[j] = alpha * lora_avx2_dot(q, K_j) for j < L, bit for bit, in one loop.
 void lora_avx2_attn_scores(const float *q, const float *K, long ld, long L, long hd, float alpha, float *s);
+void lora_avx2_attn_scores_rows(const float *q, long ldq, long R, const float *K, long ld, long L, long hd, float alpha,
+                                float *s, long lds);
 
 LORA_FAMILY_DECLS(portable)
 LORA_FAMILY_DECLS(avx2)

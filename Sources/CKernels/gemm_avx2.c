@@ -634,6 +634,43 @@ TARGET void lora_avx2_axpy(float alpha, const float *x, float *y, long n) {
 
 /// hd / 8 accumulators in registers (a constant count per instance); each element gets the
 /// FMAs lora_avx2_axpy would apply to it, in the same order, so the bits are the same.
+/// Row r < R of q (at q + r * ldq) against keys 0 ..< L + r: lora_avx2_attn_scores for each row
+/// (the same operations per row and key), with each key's 64 floats loaded once for 4 rows.
+TARGET void lora_avx2_attn_scores_rows(const float *q, long ldq, long R, const float *K, long ld, long L, long hd,
+                                       float alpha, float *s, long lds) {
+    long r0 = 0;
+    if (hd == 64)
+        for (; r0 + 4 <= R; r0 += 4) {
+            const float *q0 = q + r0 * ldq, *q1 = q0 + ldq, *q2 = q1 + ldq, *q3 = q2 + ldq;
+            float *s0p = s + r0 * lds, *s1p = s0p + lds, *s2p = s1p + lds, *s3p = s2p + lds;
+            for (long j = 0; j < L + r0; j++) {  // keys every row of the four sees
+                const float *k = K + j * ld;
+                __m256 kv[8];
+                for (int v = 0; v < 8; v++) kv[v] = _mm256_loadu_ps(k + 8 * v);
+#define ROW(qr, out)                                                                             \
+    do {                                                                                         \
+        __m256 a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qr), kv[0], _mm256_setzero_ps());            \
+        __m256 a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + 8), kv[1], _mm256_setzero_ps());        \
+        __m256 a2 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + 16), kv[2], _mm256_setzero_ps());       \
+        __m256 a3 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + 24), kv[3], _mm256_setzero_ps());       \
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + 32), kv[4], a0);                               \
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + 40), kv[5], a1);                               \
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + 48), kv[6], a2);                               \
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + 56), kv[7], a3);                               \
+        (out)[j] = alpha * hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));   \
+    } while (0)
+                ROW(q0, s0p); ROW(q1, s1p); ROW(q2, s2p); ROW(q3, s3p);
+#undef ROW
+            }
+            // The keys only the later rows see.
+            for (long r = 1; r < 4; r++) {
+                const long from = L + r0, to = L + r0 + r;
+                lora_avx2_attn_scores(q + (r0 + r) * ldq, K + from * ld, ld, to - from, hd, alpha, s + (r0 + r) * lds + from);
+            }
+        }
+    for (; r0 < R; r0++) lora_avx2_attn_scores(q + r0 * ldq, K, ld, L + r0, hd, alpha, s + r0 * lds);
+}
+
 #define WSUM(NV)                                                                                 \
     do {                                                                                         \
         __m256 acc[NV];                                                                          \
@@ -674,6 +711,8 @@ void lora_avx2_gemv_abt(int format, long M, long n0, long n1, long K, const floa
                         int accumulate) { abort(); }
 float lora_avx2_dot(const float *a, const float *b, long n) { abort(); }
 void lora_avx2_attn_scores(const float *q, const float *K, long ld, long L, long hd, float alpha, float *s) { abort(); }
+void lora_avx2_attn_scores_rows(const float *q, long ldq, long R, const float *K, long ld, long L, long hd, float alpha,
+                                float *s, long lds) { abort(); }
 void lora_avx2_axpy(float alpha, const float *x, float *y, long n) { abort(); }
 void lora_avx2_attn_wsum(const float *s, const float *V, long ld, long L, long hd, float *o) { abort(); }
 

@@ -265,19 +265,26 @@ public enum Attention {
         // prompt fed whole, in chunks, or after a start taken from the server's prompt cache,
         // and a prompt row against a decoded one); two GEMMs per head would be faster on long
         // prompts, but their bits change with the row count.
-        pool.chunks(nH * Tq, grain: max(1, 8192 / max(L * hd, 1))) { rows in
-            for r in rows {
-                let h = r / Tq, i = r % Tq, Li = start + i + 1
-                if let keyMask, !(0..<Li).contains(where: { keyMask[$0] != 0 }) {
-                    // A padding query that sees no key: uniform over all L keys, as `forward`
-                    // (and transformers' additive mask) gives it. No real token reads it.
-                    let s = scores + r * L
-                    for j in 0..<L { s[j] = 1 / Float(L) }
-                    lora_attn_wsum(fam, s, vCache + (h / (nH / nKV)) * hd, nKV * hd, L, hd, out + i * ldq + h * hd)
-                    continue
+        // Rows in blocks of 4 per head: each key is loaded once for the block's scores (the
+        // kernel gives every row lora_attn_scores' bits), then each row as decodeHead goes on.
+        let rep = nH / nKV, ldk = nKV * hd, alpha = scale(hd: hd), blocks = (Tq + 3) / 4
+        pool.chunks(nH * blocks, grain: max(1, 2048 / max(L * hd, 1))) { tasks in
+            for t in tasks {
+                let h = t / blocks, i0 = (t % blocks) * 4, i1 = min(Tq, i0 + 4), g = h / rep
+                lora_attn_scores_rows(fam, q + i0 * ldq + h * hd, ldq, i1 - i0, kCache + g * hd, ldk, start + i0 + 1, hd, alpha,
+                                      scores + (h * Tq + i0) * L, L)
+                for i in i0..<i1 {
+                    let Li = start + i + 1, s = scores + (h * Tq + i) * L, o = out + i * ldq + h * hd
+                    if let keyMask, !(0..<Li).contains(where: { keyMask[$0] != 0 }) {
+                        // A padding query that sees no key: uniform over all L keys, as
+                        // `forward` (and transformers' additive mask) gives it. No real token reads it.
+                        for j in 0..<L { s[j] = 1 / Float(L) }
+                        lora_attn_wsum(fam, s, vCache + g * hd, ldk, L, hd, o)
+                        continue
+                    }
+                    maskedSoftmaxRow(s, allowed: Li, width: Li, keyMask: keyMask, emptyValue: 1 / Float(Li))
+                    lora_attn_wsum(fam, s, vCache + g * hd, ldk, Li, hd, o)
                 }
-                decodeHead(h, vectorKernels: fam, out: out + i * ldq, scores: scores + r * L, q: q + i * ldq,
-                           kCache: kCache, vCache: vCache, keyMask: keyMask, L: Li, nH: nH, nKV: nKV, hd: hd)
             }
         }
     }

@@ -231,6 +231,31 @@ final class AttentionTests: XCTestCase {
         }
     }
 
+    /// The scores of a causal block of query rows (a prompt chunk): each row the bits of
+    /// lora_attn_scores alone over its own keys, for blocks of 4 rows and their ragged ends.
+    func testScoresOfARowBlockEqualEachRowAlone() {
+        var rng = RNG(seed: 79)
+        for fam in KernelFamily.available {
+            let f = fam.vectorID
+            for (hd, R, L0) in [(64, 9, 5), (64, 4, 1), (64, 3, 30), (32, 6, 2), (128, 5, 7)] {
+                let ld = 2 * hd, ldq = 3 * hd, keys = L0 + R
+                let q = randn([R, ldq], &rng), K = randn([keys, ld], &rng)
+                var got = [Float](repeating: .nan, count: R * keys), want = got
+                lora_attn_scores_rows(f, q.data, ldq, R, K.data, ld, L0, hd, 0.125, &got, keys)
+                for r in 0..<R {
+                    want.withUnsafeMutableBufferPointer { w in
+                        lora_attn_scores(f, q.data + r * ldq, K.data, ld, L0 + r, hd, 0.125, w.baseAddress! + r * keys)
+                    }
+                }
+                for r in 0..<R {
+                    let n = L0 + r
+                    XCTAssertEqual(got[(r * keys)..<(r * keys + n)].map(\.bitPattern), want[(r * keys)..<(r * keys + n)].map(\.bitPattern),
+                                   "\(fam) hd \(hd) R \(R) L0 \(L0): row \(r)")
+                }
+            }
+        }
+    }
+
     /// A server step's attention (`attentionCachedBatch`: decode items as one job of item x
     /// head tasks on the CPU's spinning workers, prefill items one by one) gives each item the
     /// bits of its own `attentionCached` call; each item is also checked against the training
