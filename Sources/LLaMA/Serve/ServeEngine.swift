@@ -232,7 +232,7 @@ public final class ServeEngine: @unchecked Sendable {
                     items.append((i, SlotItem(slot: r.slot, tokens: [r.last], adapters: r.req.adapters, adapterKey: r.req.adapterKey)))
                 }
             }
-            // Same adapters side by side: one LoRA GEMM pair per group.
+            // A fixed order for the step (which places rows by adapter itself).
             items.sort { $0.item.adapterKey < $1.item.adapterKey || ($0.item.adapterKey == $1.item.adapterKey && $0.run < $1.run) }
             do {
                 try model.step(items: items.map(\.item), cache: cache, ctx: ctx)
