@@ -53,6 +53,15 @@ final class LoRAGroupedTests: XCTestCase {
         }
     }
 
+    /// Random x [rows, inF] and factors A [rank, inF], B [out, rank], drawn in that order.
+    func inputs(_ rng: inout RNG, rows: Int, inF: Int, out: Int, rank: Int) -> (x: [Float], A: Tensor, B: Tensor) {
+        let x = (0..<(rows * inF)).map { _ in rng.normal() }
+        let A = Tensor([rank, inF]), B = Tensor([out, rank])
+        for i in 0..<A.count { A.data[i] = 0.1 * rng.normal() }
+        for i in 0..<B.count { B.data[i] = 0.1 * rng.normal() }
+        return (x, A, B)
+    }
+
     func testGroupedEqualsSerial() {
         XCTAssertGreaterThan(testPool.threads, 1, "the grouped path needs the spinning workers")
         for family in KernelFamily.allCases where family.isAvailable {
@@ -75,10 +84,7 @@ final class LoRAGroupedTests: XCTestCase {
             let be = CPUBackend(family: family, pool: testPool)
             var rng = RNG(seed: 11)
             let inF = 64, out = 40, rank = 8, rows = 21
-            let x = (0..<(rows * inF)).map { _ in rng.normal() }
-            let A = Tensor([rank, inF]), B = Tensor([out, rank])
-            for i in 0..<A.count { A.data[i] = 0.1 * rng.normal() }
-            for i in 0..<B.count { B.data[i] = 0.1 * rng.normal() }
+            let (x, A, B) = inputs(&rng, rows: rows, inF: inF, out: out, rank: rank)
             let alphas: [Float] = (0..<rows).map { $0 < 3 ? 1.4 : $0 < 12 ? 2 : 0.6 }
             let y0 = (0..<(rows * out)).map { _ in rng.normal() }
             var runs = y0
@@ -117,10 +123,7 @@ final class LoRAGroupedTests: XCTestCase {
             let be = CPUBackend(family: family, pool: testPool)
             var rng = RNG(seed: 9)
             let inF = 576, out = 200, rank = 16, rows = 5
-            let x = (0..<(rows * inF)).map { _ in rng.normal() }
-            let A = Tensor([rank, inF]), B = Tensor([out, rank])
-            for i in 0..<A.count { A.data[i] = 0.1 * rng.normal() }
-            for i in 0..<B.count { B.data[i] = 0.1 * rng.normal() }
+            let (x, A, B) = inputs(&rng, rows: rows, inF: inF, out: out, rank: rank)
             var y = [Float](repeating: 0.5, count: rows * out)
             var u = [Float](repeating: .nan, count: rows * rank)
             be.loraGrouped(y: &y, x: x, inFeatures: inF, outFeatures: out,
