@@ -114,6 +114,41 @@ final class PromptCacheTests: XCTestCase {
         }
     }
 
+    /// The engine keeps a finished request's prompt and answer: the next turn, whose prompt
+    /// holds both, starts from them, and its greedy answer equals a cold engine's.
+    func testEngineReusesAFinishedAnswerForTheNextTurn() throws {
+        let m = try model(.q8_0)
+        let adapters = AdapterSet(try Adapter.load(Self.adapterDir, model: m.config))
+        func run(_ e: ServeEngine, _ prompt: [Int32], tokens: Int) throws -> (ids: [Int32], cached: Int) {
+            var s = ServeSampling()
+            s.maxTokens = tokens
+            s.temperature = 0
+            let lock = NSLock()
+            nonisolated(unsafe) var ids: [Int32] = []
+            let r = ServeRequest(prompt: prompt, adapters: adapters, adapterKey: "a:1", sampling: s) { ev in
+                if case let .token(t) = ev { lock.lock(); ids.append(t); lock.unlock() }
+            }
+            try e.submit(r)
+            XCTAssertTrue(e.waitIdle(timeout: 60))
+            return (lock.withLock { ids }, r.cachedTokens)
+        }
+        let warm = ServeEngine(model: m, ctx: testCtx, eosIDs: [], maxBatch: 2, maxContext: 128, promptCacheBytes: 1 << 20)
+        let cold = ServeEngine(model: m, ctx: testCtx, eosIDs: [], maxBatch: 2, maxContext: 128)
+        warm.start(); cold.start()
+        defer { warm.beginShutdown(); cold.beginShutdown() }
+        let prompt: [Int32] = (0..<11).map { Int32(9 + 23 * $0) }
+        let first = try run(warm, prompt, tokens: 8)
+        XCTAssertEqual(first.ids.count, 8)
+        XCTAssertEqual(first.cached, 0)
+        // The next turn: the prompt, the answer, then new tokens. The slot held all but the
+        // last answer token.
+        let next = prompt + first.ids + [44, 55, 66]
+        let second = try run(warm, next, tokens: 8)
+        XCTAssertEqual(second.cached, prompt.count + first.ids.count - 1)
+        XCTAssertEqual(second.ids, try run(cold, next, tokens: 8).ids, "answer from a reused turn vs from scratch")
+        XCTAssertEqual(warm.snapshot.promptCacheHits, 1)
+    }
+
     func testBudgetReplacementAndRecency() throws {
         let m = try model(.q8_0)
         let rowBytes = 2 * m.config.numHiddenLayers * m.config.kvDim * 4

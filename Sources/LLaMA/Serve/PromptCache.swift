@@ -6,9 +6,10 @@ import Foundation
 /// A shared instruction or system preamble is then computed once per adapter set.
 ///
 /// Entries are keyed by the request's adapter key (the KV of every layer after the first
-/// depends on the adapters) and hold prompt rows only: a row the server computed while
-/// decoding goes through other attention code and could differ in the last bit. Bounded by
-/// bytes; the least recently used entry leaves first. Used by the engine's thread only.
+/// depends on the adapters): a prompt once prefilled, and prompt plus answer once the request
+/// ends, so a chat's next turn starts from the last one. Every row has the bits a fresh
+/// prefill would give it (decoding and prompt rows are computed alike). Bounded by bytes;
+/// the least recently used entry leaves first. Used by the engine's thread only.
 public final class PromptCache {
     public let budgetBytes: Int
     public private(set) var bytes = 0

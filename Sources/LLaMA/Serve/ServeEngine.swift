@@ -114,6 +114,9 @@ public final class ServeEngine: @unchecked Sendable {
         var last: Int32 = 0
         var rng: RNG
         var fresh = true            // admitted, not yet looked up in the prompt cache
+        var answer: [Int32] = []    // sampled tokens (all but the last are in the slot)
+        /// The tokens whose rows the slot holds: the prompt, then the answer fed back.
+        func held(_ n: Int) -> [Int32] { Array((req.prompt + answer).prefix(n)) }
     }
 
     public init(model: LlamaModel, ctx: ExecutionContext, eosIDs: Set<Int32>, maxBatch: Int = 8,
@@ -195,9 +198,13 @@ public final class ServeEngine: @unchecked Sendable {
                 running.removeAll()
             }
 
-            // Cancelled requests leave before the step.
+            // Cancelled requests leave before the step (what their slot holds is kept).
             running.removeAll { r in
-                if r.req.isCancelled { freeSlots.append(r.slot); return true }
+                if r.req.isCancelled {
+                    prompts?.store(key: r.req.adapterKey, tokens: r.held(cache.lengths[r.slot]), from: cache, slot: r.slot)
+                    freeSlots.append(r.slot)
+                    return true
+                }
                 return false
             }
             if running.isEmpty { publish(running); continue }
@@ -262,6 +269,7 @@ public final class ServeEngine: @unchecked Sendable {
                 } else {
                     r.generated += 1; newTokens += 1
                     r.last = id
+                    if prompts != nil { r.answer.append(id) }
                     r.req.onEvent(.token(id))
                     if r.generated >= r.req.sampling.maxTokens || cache.lengths[r.slot] + 1 > cache.capacity {
                         r.req.onEvent(.finished(.length)); done.insert(entry.run)
@@ -269,7 +277,13 @@ public final class ServeEngine: @unchecked Sendable {
                 }
                 running[entry.run] = r
             }
-            for i in done { freeSlots.append(running[i].slot) }
+            for i in done {
+                // A finished request's prompt and answer stay reusable: the next turn of a chat
+                // starts with them (decoded rows have the bits a prompt chunk gives them).
+                let r = running[i]
+                prompts?.store(key: r.req.adapterKey, tokens: r.held(cache.lengths[r.slot]), from: cache, slot: r.slot)
+                freeSlots.append(r.slot)
+            }
             running = running.enumerated().filter { !done.contains($0.offset) }.map(\.element)
             cond.lock()
             stats.steps += 1
