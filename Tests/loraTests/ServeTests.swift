@@ -173,6 +173,10 @@ final class ServeTests: XCTestCase {
         let cold = completion(off, model: "a", prompt: longer, tokens: 16)
         XCTAssertEqual(cached(cold), 0)
         XCTAssertEqual(ServeProcess.answer(cold, stream: false), expected)
+
+        let bad = try LoraProcess.run(["serve", "--base-model", Self.model, "--prompt-cache-mb=-1"])
+        XCTAssertEqual(bad.status, 64, bad.stderr)
+        XCTAssert(bad.stderr.contains("--prompt-cache-mb -1: expected 0 (off)"), bad.stderr)
     }
 
     func testHotLoadAndUnload() throws {
