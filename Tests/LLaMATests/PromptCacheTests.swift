@@ -133,7 +133,7 @@ final class PromptCacheTests: XCTestCase {
             return (lock.withLock { ids }, r.cachedTokens)
         }
         let warm = ServeEngine(model: m, ctx: testCtx, eosIDs: [], maxBatch: 2, maxContext: 128, promptCacheBytes: 1 << 20)
-        let cold = ServeEngine(model: m, ctx: testCtx, eosIDs: [], maxBatch: 2, maxContext: 128)
+        let cold = ServeEngine(model: m, ctx: testCtx, eosIDs: [], maxBatch: 2, maxContext: 128, promptCacheBytes: 0)
         warm.start(); cold.start()
         defer { warm.beginShutdown(); cold.beginShutdown() }
         let prompt: [Int32] = (0..<11).map { Int32(9 + 23 * $0) }

@@ -120,7 +120,7 @@ public final class ServeEngine: @unchecked Sendable {
     }
 
     public init(model: LlamaModel, ctx: ExecutionContext, eosIDs: Set<Int32>, maxBatch: Int = 8,
-                maxContext: Int, maxQueue: Int = 64, prefillChunk: Int = 256, promptCacheBytes: Int = 0) {
+                maxContext: Int, maxQueue: Int = 64, prefillChunk: Int = 256, promptCacheBytes: Int = 256 << 20) {
         self.model = model; self.ctx = ctx; self.eosIDs = eosIDs
         self.maxBatch = maxBatch; self.maxContext = maxContext; self.maxQueue = maxQueue
         self.prefillChunk = max(1, prefillChunk)
