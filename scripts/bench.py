@@ -122,10 +122,12 @@ def main():
     peers = [("lora f32", lambda: lora_train(data, a.steps, False)),
              ("pytorch f32", lambda: peft_train(py, data, a.steps, "f32")),
              ("lora int8", lambda: lora_train(data, a.steps, True)),
+             ("lora llm_int8", lambda: lora_train(data, a.steps, True, quantization="llm_int8")),
              ("pytorch bf16", lambda: peft_train(py, data, a.steps, "bf16")),
              ("lora int8 T=512", lambda: lora_train(data, a.steps, True, cutoff=512)),
              ("lora generate f32", lambda: lora_generate("none")),
              ("lora generate int8", lambda: lora_generate("int8")),
+             ("lora generate llm_int8", lambda: lora_generate("llm_int8")),
              ("lora generate stored", lambda: lora_generate("stored")),
              ("llama.cpp generate", lambda: llama_generate(py))]
     if not bf16_native:
@@ -158,18 +160,19 @@ def main():
     rss = {k: statistics.median(d["rss"]) for k, d in res.items()}
     print("\nratios (target in brackets):")
     print(f"  train tokens/s, lora int8 / pytorch f32: {med['lora int8'] / med['pytorch f32']:.2f}x  [>= 2.0 on AVX-512]")
+    print(f"  train tokens/s, lora llm_int8 / pytorch f32: {med['lora llm_int8'] / med['pytorch f32']:.2f}x")
     print(f"  train tokens/s, lora f32 / pytorch f32:  {med['lora f32'] / med['pytorch f32']:.2f}x")
     print(f"  train peak RSS, lora int8 / pytorch f32: {rss['lora int8'] / rss['pytorch f32']:.2f}x  [<= 0.4]")
     fpt = train_flops_per_token()
     if peak:
-        for k in ["lora f32", "lora int8"]:
+        for k in ["lora f32", "lora int8", "lora llm_int8"]:
             print(f"  train, {k}: {med[k] * fpt * 1e-9:.1f} GFLOP/s = {100 * med[k] * fpt * 1e-9 / peak:.0f}% of the FMA peak  "
                   f"[>= 85% on AVX2-only CPUs]  ({fpt / 1e6:.0f} MFLOP per token)")
     if "pytorch bf16" in med:
         print(f"  train tokens/s, lora int8 / pytorch bf16: {med['lora int8'] / med['pytorch bf16']:.2f}x  [>= 1.0]")
     print(f"  int8 / f32, train tokens/s:  {med['lora int8'] / med['lora f32']:.2f}x  [>= 1.0]")
     print(f"  int8 / f32, decode tokens/s: {med['lora generate int8'] / med['lora generate f32']:.2f}x  [>= 1.0]")
-    for k in ["lora generate f32", "lora generate int8", "lora generate stored"]:
+    for k in ["lora generate f32", "lora generate int8", "lora generate llm_int8", "lora generate stored"]:
         print(f"  generate tokens/s, {k} / llama.cpp: {med[k] / med['llama.cpp generate']:.2f}x  [>= 1.5]")
     print(f"  cost of a 512-token sequence / a 256-token one (lora int8): "
           f"{2 * med['lora int8'] / med['lora int8 T=512']:.2f}x  [<= 2.3]")

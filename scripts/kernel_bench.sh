@@ -5,5 +5,5 @@ set -e
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${TMPDIR:-/tmp}/lora_kernel_bench
 gcc -O2 -fno-math-errno "$@" -I"$root/Sources/CKernels/include" -I"$root/Sources/CKernels" \
-    "$root"/Sources/CKernels/*.c "$root/scripts/kernel_bench.c" -o "$out" -lpthread
+    "$root"/Sources/CKernels/*.c "$root/scripts/kernel_bench.c" -o "$out" -lpthread -lm
 exec "$out"

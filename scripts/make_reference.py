@@ -1518,6 +1518,106 @@ def print_gguf_summary(res: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# LLM.int8() (quantization: llm_int8): bitsandbytes' Linear8bitLt forward (--only llm_int8)
+# --------------------------------------------------------------------------------------------------
+
+LLM_INT8_DIR = REF / "llm_int8"
+# name: (M, N, K, threshold, outliers: [(row, col, value)])
+LLM_INT8_CASES = {
+    "a": (5, 33, 70, 6.0, [(0, 3, 7.25), (2, 41, -9.5), (4, 3, -6.0)]),  # a row of zeros below
+    "b": (1, 40, 64, 6.0, [(0, 17, 12.0)]),                               # one row (decoding)
+    "c": (37, 50, 96, 6.0, []),                                           # no outlier
+    "d": (16, 17, 33, 6.0, [(3, 5, 5.9985), (9, 30, 5.998), (12, 0, 6.0)]),  # half rounding at 6
+    "e": (64, 48, 160, 4.5, []),                                          # several outlier columns
+}
+
+
+def bnb_linear8bit(q: torch.Tensor, scale: torch.Tensor, threshold: float):
+    """A Linear8bitLt (eval) holding our int8 rows: CB = q, SCB = scale * 127 (f32), as
+    transformers' load_in_8bit would hold bitsandbytes' own (CPU eval runs MatMul8bitLt)."""
+    import bitsandbytes as bnb
+    N, K = q.shape
+    lin = bnb.nn.Linear8bitLt(K, N, bias=False, has_fp16_weights=False, threshold=threshold)
+    cb = q.to(torch.int8)
+    lin.weight = bnb.nn.Int8Params(cb, requires_grad=False, has_fp16_weights=False)
+    lin.weight.CB = cb
+    lin.weight.SCB = (scale * 127).to(torch.float32)
+    return lin.eval()
+
+
+def llm_int8_input(M: int, K: int, outliers, gen: torch.Generator) -> torch.Tensor:
+    x = torch.randn(M, K, generator=gen) * 1.3
+    x = x.clamp(-5.5, 5.5)
+    for r, c, v in outliers:
+        x[r, c] = v
+    return x
+
+
+def llm_int8_reference(tok: Tok) -> None:
+    import bitsandbytes as bnb
+    gen = torch.Generator().manual_seed(8)
+    tensors: dict[str, torch.Tensor] = {}
+    cases = {}
+    for name, (M, N, K, thr, outliers) in LLM_INT8_CASES.items():
+        x = llm_int8_input(M, K, outliers, gen)
+        if name == "a":
+            x[1].zero_()
+        w = torch.randn(N, K, generator=gen) * 0.05
+        q, s = quantize_int8(w)
+        with torch.no_grad():
+            y = bnb_linear8bit(q, s, thr)(x).float()
+        deq = (x @ dequant_int8(q, s).t()).float()
+        cols = torch.argwhere((x.half().abs() >= thr).any(dim=0)).view(-1).tolist()
+        tensors[f"{name}.x"], tensors[f"{name}.q"], tensors[f"{name}.scale"], tensors[f"{name}.y"] = x, q, s, y
+        cases[name] = {"M": M, "N": N, "K": K, "threshold": thr, "outlier_columns": cols,
+                       "max_abs_diff_vs_dequantized_f32": float((y - deq).abs().max()),
+                       "y_abs_max": float(y.abs().max())}
+    save_tensors(LLM_INT8_DIR / "ops.safetensors", tensors)
+
+    # tiny-gqa with every projection a Linear8bitLt over our int8 rows: logits of forward.json's
+    # prompts, at the default threshold and at 0.5 (where the tiny model has outlier columns).
+    fwd = json.loads((REF / "tiny-gqa.forward.json").read_text())
+    model_tensors: dict[str, torch.Tensor] = {}
+    prompts = []
+    seen: dict[float, set] = {}
+    for thr in (6.0, 0.5):
+        model = load_model("tiny-gqa")
+        seen[thr] = set()
+        with torch.no_grad():
+            for li, layer in enumerate(model.model.layers):
+                for parent, attr in ((layer.self_attn, "q_proj"), (layer.self_attn, "k_proj"), (layer.self_attn, "v_proj"),
+                                     (layer.self_attn, "o_proj"), (layer.mlp, "gate_proj"), (layer.mlp, "up_proj"),
+                                     (layer.mlp, "down_proj")):
+                    q, s = quantize_int8(getattr(parent, attr).weight)
+                    lin = bnb_linear8bit(q, s, thr)
+                    def hook(mod, inp, _out, key=f"{li}.{attr}", t=thr):
+                        if (inp[0].half().abs() >= t).any():
+                            seen[t].add(key)
+                    lin.register_forward_hook(hook)
+                    setattr(parent, attr, lin)
+            for p in fwd["prompts"]:
+                ids = torch.tensor([p["input_ids"]])
+                model_tensors[f"logits.t{thr}.{p['index']}"] = model(input_ids=ids).logits[0].float()
+    for p in fwd["prompts"]:
+        prompts.append({"index": p["index"], "input_ids": p["input_ids"],
+                        "logits_keys": {str(t): f"logits.t{t}.{p['index']}" for t in (6.0, 0.5)}})
+    save_tensors(LLM_INT8_DIR / "tiny-gqa.safetensors", model_tensors)
+    write_json(LLM_INT8_DIR / "llm_int8.json", {
+        "generator": "scripts/make_reference.py --only llm_int8",
+        "versions": {"torch": torch.__version__, "bitsandbytes": bnb.__version__},
+        "semantics": "bitsandbytes.nn.Linear8bitLt(has_fp16_weights=False, threshold=t) in eval mode on the CPU "
+                     "(MatMul8bitLt: int8_vectorwise_quant of x.half(), int8_mixed_scaled_mm with the outlier "
+                     "columns in f32), weights CB = our int8 rows q, SCB = scale * 127",
+        "int8": INT8_NOTES,
+        "ops": {"cases": cases, "tensors": "ops.safetensors: <case>.x [M, K], .q [N, K] (ints as f32), .scale [N], .y [M, N]"},
+        "tiny-gqa": {"prompts": prompts, "projections_with_outliers": {str(t): sorted(v) for t, v in seen.items()},
+                     "tensors": "tiny-gqa.safetensors: logits.t<threshold>.<prompt index> [T, V]"},
+    })
+    print("llm_int8:", {k: (v["outlier_columns"], round(v["max_abs_diff_vs_dequantized_f32"], 6)) for k, v in cases.items()})
+    print("tiny-gqa projections with outliers:", {t: len(v) for t, v in seen.items()})
+
+
+# --------------------------------------------------------------------------------------------------
 # NF4 (QLoRA base): bitsandbytes 4-bit quantization and a LoRA step on a 4-bit base (--only nf4)
 # --------------------------------------------------------------------------------------------------
 
@@ -1940,7 +2040,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--skip-trainer-check", action="store_true",
                     help="do not cross-check the manual training loop against transformers.Trainer")
-    ap.add_argument("--only", choices=["gguf", "dora", "nf4"],
+    ap.add_argument("--only", choices=["gguf", "dora", "nf4", "llm_int8"],
                     help="run only one section from the committed fixtures (gguf: Tests/Fixtures/gguf/; "
                          "dora: Tests/Fixtures/reference/dora/; nf4: Tests/Fixtures/reference/nf4/, needs bitsandbytes)")
     args = ap.parse_args()
@@ -1955,6 +2055,9 @@ def main() -> None:
         return
     if args.only == "nf4":
         nf4_reference(Tok(FIX / "tiny-mha"))
+        return
+    if args.only == "llm_int8":
+        llm_int8_reference(Tok(FIX / "tiny-mha"))
         return
 
     # 1. corpus + tokenizer

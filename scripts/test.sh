@@ -16,7 +16,7 @@ swift build -c release --traits MPI --scratch-path .build-mpi --product lora
 export LORA_MPI_BINARY="$PWD/.build-mpi/release/lora"
 swift test -c release --skip-build -Xswiftc -enable-testing "$@"
 if [ $# -eq 0 ]; then
-  parity='TrainingParityTests|ForwardParityTests|GenerationParityTests|MergeTests|ResumeTests|DoRATests|NF4Tests|GGUFKQuantTests'
+  parity='TrainingParityTests|ForwardParityTests|GenerationParityTests|MergeTests|ResumeTests|DoRATests|NF4Tests|GGUFKQuantTests|LLMInt8ParityTests'
   for k in $(.build/release/lora info --families); do
     echo "== parity suites with LORA_KERNELS=$k" >&2
     LORA_KERNELS=$k swift test -c release --skip-build -Xswiftc -enable-testing --filter "$parity" 2>&1 \

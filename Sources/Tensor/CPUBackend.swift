@@ -10,7 +10,23 @@ public final class MatmulScratch: @unchecked Sendable {
         self.capacity = capacity
         data = .allocate(capacity: capacity)
     }
-    deinit { data.deallocate() }
+    deinit {
+        data.deallocate()
+        llmInt8?.deallocate()
+    }
+
+    /// LLM.int8()'s quantized activations (CPUBackend.llmInt8Forward), grown on demand: a
+    /// training step's are megabytes, which `capacity` is not sized for.
+    private var llmInt8: UnsafeMutableRawPointer?
+    private var llmInt8Bytes = 0
+    func llmInt8Space(_ bytes: Int) -> UnsafeMutableRawPointer {
+        if llmInt8Bytes < bytes {
+            llmInt8?.deallocate()
+            llmInt8 = .allocate(byteCount: bytes, alignment: 64)
+            llmInt8Bytes = bytes
+        }
+        return llmInt8!
+    }
 }
 
 /// A Swift closure handed through the C pool's context pointer.
@@ -68,6 +84,10 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                        accumulate: Bool, scratch: MatmulScratch) {
         let N = w.rows, K = w.cols
         if M == 0 || N == 0 { return }
+        if let f = w.format as? Int8RowsFormat, let threshold = f.outlierThreshold {
+            llmInt8Forward(y: y, x: x, w: w, M: M, threshold: threshold, accumulate: accumulate, scratch: scratch)
+            return
+        }
         guard let fam = family.kernelID, let fmt = w.format.kernelID else {
             blasForward(y: y, x: x, w: w, M: M, accumulate: accumulate, scratch: scratch)
             return
@@ -112,6 +132,57 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         }
         split(columns: N, flops: 2 * M * N * K, fam) { n0, n1 in
             lora_gemm_abt(fam, fmt, M, n0, n1, K, x, K, w.data, K, scales, y, N, acc)
+        }
+    }
+
+    /// LLM.int8()'s forward (Int8RowsFormat with a threshold): x quantized once (rows of int16
+    /// in `scratch`), then the int8 product and the outlier columns' f32 product over disjoint
+    /// column ranges per worker. The blas family runs the portable kernel (the C reference).
+    private func llmInt8Forward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int,
+                                threshold: Float, accumulate: Bool, scratch: MatmulScratch) {
+        let N = w.rows, K = w.cols, ldq = K + (K & 1)
+        let fam = family.kernelID ?? KernelFamily.portable.kernelID!
+        let round64 = { (n: Int) in (n + 63) / 64 * 64 }
+        let qBytes = round64(M * ldq * 2), statBytes = round64(M * 4), maskBytes = round64(K)
+        let raw = scratch.llmInt8Space(qBytes + statBytes + maskBytes + K * MemoryLayout<Int>.stride)
+        let q = raw.assumingMemoryBound(to: Int16.self)
+        let stats = (raw + qBytes).assumingMemoryBound(to: Float.self)
+        let mask = (raw + qBytes + statBytes).assumingMemoryBound(to: UInt8.self)
+        let cols = (raw + qBytes + statBytes + maskBytes).assumingMemoryBound(to: Int.self)
+        // Rows split over the workers: each scans its rows into its own mask (OR'd after),
+        // then each packs its rows with the whole mask.
+        let parts = min(pool.threads, max(1, M / 16))
+        let masks = UnsafeMutablePointer<UInt8>.allocate(capacity: parts * K)
+        defer { masks.deallocate() }
+        masks.initialize(repeating: 0, count: parts * K)
+        let per = (M + parts - 1) / parts
+        pool.chunks(parts) { r in
+            for i in r where i * per < M {
+                let m0 = i * per, m1 = min(M, m0 + per)
+                lora_llm_int8_scan(fam, m1 - m0, K, x + m0 * K, K, threshold, masks + i * K, stats + m0)
+            }
+        }
+        var c = 0
+        for k in 0..<K {
+            var any: UInt8 = 0
+            for i in 0..<parts { any |= masks[i * K + k] }
+            mask[k] = any
+            if any != 0 { cols[c] = k; c += 1 }
+        }
+        pool.chunks(parts) { r in
+            for i in r where i * per < M {
+                let m0 = i * per, m1 = min(M, m0 + per)
+                lora_llm_int8_pack(fam, m1 - m0, K, x + m0 * K, K, mask, stats + m0, q + m0 * ldq, ldq)
+            }
+        }
+        let wq = w.data.assumingMemoryBound(to: Int8.self), scales = w.scales!
+        split(columns: N, flops: 2 * M * N * K, fam) { n0, n1 in
+            lora_llm_int8_gemm(fam, M, n0, n1, K, q, ldq, stats, wq, K, scales, y, N, accumulate ? 1 : 0)
+            if c > 0 {
+                let sub = UnsafeMutablePointer<Float>.allocate(capacity: c * (n1 - n0))
+                defer { sub.deallocate() }
+                lora_llm_int8_outliers(fam, M, n0, n1, x, K, cols, c, wq, K, scales, y, N, sub)
+            }
         }
     }
 

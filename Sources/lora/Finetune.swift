@@ -41,7 +41,7 @@ struct Finetune: ParsableCommand {
     @Option(name: .customLong("weight-decay"), help: Self.help(.weightDecay, "AdamW decoupled weight decay")) var weightDecay: Double?
     @Option(help: Self.help(.seed, "Seed of data order, split, LoRA init and dropout")) var seed: UInt64?
     @Option(name: .customLong("max-steps"), help: Self.help(.maxSteps, "Stop after N optimizer steps (-1 = from num_epochs)")) var maxSteps: Int?
-    @Option(help: Self.help(.quantization, "Frozen weights: none (f32), bf16, int8, q8_0, q4_0, q4_1, nf4 (QLoRA's 4-bit NF4), or stored (a GGUF's own formats)")) var quantization: Quantization?
+    @Option(help: Self.help(.quantization, "Frozen weights: none (f32), bf16, int8, llm_int8 (int8 with LLM.int8() forward products), q8_0, q4_0, q4_1, nf4 (QLoRA's 4-bit NF4), or stored (a GGUF's own formats)")) var quantization: Quantization?
     @OptionGroup var output: OutputOptions
     @Option(name: .customLong("load-8bit"), help: "alpaca-lora's flag: true = --quantization int8, false = none") var load8bit: Bool?
     @Option(help: Self.help(.threads, "Threads (0 = all cores)")) var threads: Int?
@@ -98,7 +98,7 @@ struct Finetune: ParsableCommand {
         if let v = seed { c.seed = v }
         if let v = maxSteps { c.maxSteps = v }
         if let v = load8bit {
-            if let q = quantization, q != Quantization(load8bit: v) {
+            if let q = quantization, !q.agrees(load8bit: v) {
                 throw ValidationError("--load-8bit \(v) disagrees with --quantization \(q.rawValue); give one of them")
             }
             c.quantization = Quantization(load8bit: v)

@@ -16,7 +16,7 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .customLong("base-model"), help: "Model: a Hugging Face folder (config.json, model.safetensors, tokenizer) or a .gguf file.")
     var baseModel: String
 
-    @Option(help: "Frozen projection weights: none (f32), bf16, int8 (bitsandbytes row-wise), q8_0, q4_0, q4_1 (ggml blocks), nf4 (bitsandbytes 4-bit NF4 with double quantization, QLoRA), or stored (a GGUF file's own Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K/BF16 tensors, memory-mapped). Default: none for generate, int8 for eval (as finetune).")
+    @Option(help: "Frozen projection weights: none (f32), bf16, int8 (bitsandbytes row-wise, multiplied in f32), llm_int8 (the same bytes, LLM.int8() products with int8 activations as bitsandbytes on a GPU), q8_0, q4_0, q4_1 (ggml blocks), nf4 (bitsandbytes 4-bit NF4 with double quantization, QLoRA), or stored (a GGUF file's own Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K/BF16 tensors, memory-mapped). Default: none for generate, int8 for eval (as finetune).")
     var quantization: Quantization?
 
     @Option(name: .customLong("load-8bit"), help: "alpaca-lora's flag: true = --quantization int8, false = none.")
@@ -25,7 +25,7 @@ struct ModelOptions: ParsableArguments {
     mutating func validate() throws {
         if let s = load8bit {
             guard let b = Bool.parse(s) else { throw ValidationError("--load-8bit takes true or false, not '\(s)'") }
-            if let q = quantization, q != Quantization(load8bit: b) {
+            if let q = quantization, !q.agrees(load8bit: b) {
                 throw ValidationError("--load-8bit \(s) disagrees with --quantization \(q.rawValue); give one of them")
             }
         }
@@ -33,7 +33,7 @@ struct ModelOptions: ParsableArguments {
 
     /// The quantization asked for, else `fallback` (the command's default).
     func quantization(default fallback: Quantization) -> Quantization {
-        if let q = quantization { return q }
+        if let q = quantization { return q }  // agrees with --load-8bit (validate)
         if let s = load8bit, let b = Bool.parse(s) { return Quantization(load8bit: b) }
         return fallback
     }

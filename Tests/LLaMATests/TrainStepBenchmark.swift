@@ -6,7 +6,7 @@ import Tensor
 /// Timing of one training micro-batch at SmolLM2-135M's shape with random weights.
 /// Runs only with LORA_BENCH=1 (a benchmark, not a timed test); prints a per-op profile.
 final class TrainStepBenchmark: XCTestCase {
-    static func smolShapedModel(load8bit: Bool, layers: Int = 30) -> LlamaModel {
+    static func smolShapedModel(quantization: Quantization, layers: Int = 30) -> LlamaModel {
         let c = LlamaConfig(hiddenSize: 576, intermediateSize: 1536, numAttentionHeads: 9, numKeyValueHeads: 3,
                             numHiddenLayers: layers, rmsNormEps: 1e-5, ropeTheta: 100000, headDim: 64, vocabSize: 49152,
                             tieWordEmbeddings: true, bosTokenID: 1, eosTokenIDs: [2], maxPositionEmbeddings: 2048)
@@ -16,7 +16,7 @@ final class TrainStepBenchmark: XCTestCase {
         }
         func lin(_ o: Int, _ i: Int) -> Linear {
             let w = rand([o, i], 0.02)
-            return Linear(Weight.make(Quantization(load8bit: load8bit).format, from: w, pool: .allCores))
+            return Linear(Weight.make(quantization.format, from: w, pool: .allCores))
         }
         let ones = { () -> Tensor in let t = Tensor([576]); for i in 0..<576 { t[i] = 1 }; return t }
         let blocks = (0..<layers).map { _ in
@@ -24,15 +24,15 @@ final class TrainStepBenchmark: XCTestCase {
                   gate: lin(1536, 576), up: lin(1536, 576), down: lin(576, 1536))
         }
         let embed = rand([49152, 576], 0.02)
-        return LlamaModel(config: c, embed: embed, blocks: blocks, norm: ones(), lmHead: embed, quantization: Quantization(load8bit: load8bit))
+        return LlamaModel(config: c, embed: embed, blocks: blocks, norm: ones(), lmHead: embed, quantization: quantization)
     }
 
     func testTrainStepThroughput() throws {
         guard ProcessInfo.processInfo.environment["LORA_BENCH"] == "1" else { throw XCTSkip("set LORA_BENCH=1") }
         let ctx = try ExecutionContext.cpu(threads: 0, environment: ProcessInfo.processInfo.environment)
         print("\(KernelFamily.cpuDescription), \(ctx.backend.name)")
-        for load8bit in [false, true] {
-            let model = Self.smolShapedModel(load8bit: load8bit)
+        for quantization in [Quantization.none, .int8, .llm_int8] {
+            let model = Self.smolShapedModel(quantization: quantization)
             var rng = RNG(seed: 2)
             let cfg = AdapterConfig(r: 8, loraAlpha: 16, loraDropout: 0.05, targetModules: [.q, .v], useRslora: false, baseModelNameOrPath: nil)
             let adapter = LoRAAdapter(new: cfg, model: model.config, rng: &rng)
@@ -54,7 +54,7 @@ final class TrainStepBenchmark: XCTestCase {
             print(ctx.profile!.report)
             ctx.profile = nil
             let best = times.min()!
-            print(String(format: "SmolLM2-shaped train step (%@, B=%d T=%d): %.3f s, %.0f tokens/s", load8bit ? "int8" : "f32", B, T, best, Double(B * T) / best))
+            print(String(format: "SmolLM2-shaped train step (%@, B=%d T=%d): %.3f s, %.0f tokens/s", quantization.rawValue, B, T, best, Double(B * T) / best))
         }
     }
 }

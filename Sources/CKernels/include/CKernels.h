@@ -149,6 +149,41 @@ void lora_q8_gemv(int family, int format, long M, long n0, long n1, long K, cons
                   const float *d, const int32_t *sum, const void *W, long ldw, float *C, long ldc,
                   int accumulate);
 
+// ---- LLM.int8() forward for int8-rows weights (llmint8.c) ------------------------------------------
+// bitsandbytes' MatMul8bitLt with int8 weights and a threshold (transformers' load_in_8bit), in
+// f32 where bitsandbytes is in f16 only at its input rounding:
+//   h = half(x) (x rounded to IEEE half, ties to even; `A.to(torch.float16)`)
+//   outlier column k: some row has |h[m,k]| >= half(threshold)   (threshold <= 0: none)
+//   rowStats[m] = max |h[m,k]| over the elements under the threshold
+//   q[m,k] = rint(h[m,k] * ((1 / rowStats[m]) * 127)) for k not an outlier column, else 0 (0
+//            when rowStats[m] = 0); 127 / rowStats as PyTorch's `127.0 / t` computes it
+//   C[m,n] = (float)sum_k q[m,k] * W[n,k] * (rowStats[m] * (scales[n] * 127)) * 6.200124e-05
+//            + sum over outlier columns j of x[m,j] * (W[n,j] * (scales[n] * 127) * (1 / 127))
+// The int32 sums are exact, and the outlier sums are a product then a sum per term in column
+// order, so every family gives the portable loops' bits. AVX-512 runs the AVX2 code.
+/// x rounded to half precision and back (the scalar reference of the F16C rounding).
+float lora_half_round(float x);
+/// q [M][ldq] int16 (ldq >= K, even, the columns K..<ldq zeroed), rowStats [M], outlierMask [K]
+/// (1 = outlier column); returns the number of outlier columns. The same as scan then pack.
+long lora_llm_int8_quantize(int family, long M, long K, const float *A, long lda, float threshold,
+                            uint8_t *outlierMask, int16_t *q, long ldq, float *rowStats);
+/// Rows' stats, and 1 set in outlierMask [K] (never cleared: callers OR row ranges) for each
+/// column holding an outlier.
+void lora_llm_int8_scan(int family, long M, long K, const float *A, long lda, float threshold, uint8_t *outlierMask,
+                        float *rowStats);
+/// q of the rows from the whole mask and the rows' stats.
+void lora_llm_int8_pack(int family, long M, long K, const float *A, long lda, const uint8_t *outlierMask,
+                        const float *rowStats, int16_t *q, long ldq);
+/// C[M, n0:n1] (+)= the int8 part, from lora_llm_int8_quantize's q and rowStats; W int8 rows
+/// [N][ldw] with `scales` as LORA_FORMAT_I8_ROWS.
+void lora_llm_int8_gemm(int family, long M, long n0, long n1, long K, const int16_t *q, long ldq,
+                        const float *rowStats, const int8_t *W, long ldw, const float *scales,
+                        float *C, long ldc, int accumulate);
+/// C[M, n0:n1] += the outlier columns' part (cols: their indices), each term a product then a
+/// sum in column order (the same bits in every family); scratch: ncols * (n1 - n0) floats.
+void lora_llm_int8_outliers(int family, long M, long n0, long n1, const float *A, long lda, const long *cols, long ncols,
+                            const int8_t *W, long ldw, const float *scales, float *C, long ldc, float *scratch);
+
 // Element-wise helpers with FMA where the family has it (the Swift ops call these on the
 // hot loops so they are not limited to baseline x86-64 code generation).
 /// sum_i a[i] * b[i]

@@ -40,8 +40,13 @@ public enum Quantization: String, CaseIterable, Sendable, Codable {
     case none
     /// bfloat16 (exact for bf16 checkpoints, half the memory of f32).
     case bf16
-    /// int8 rows, bitsandbytes' row-wise absmax scheme (alpaca-lora's `load_in_8bit`).
+    /// int8 rows, bitsandbytes' row-wise absmax scheme (alpaca-lora's `load_in_8bit`),
+    /// multiplied dequantized in f32 (bitsandbytes' arithmetic when it trains on a CPU).
     case int8
+    /// The same int8 rows with LLM.int8()'s forward (bitsandbytes on a GPU, and in eval):
+    /// activations quantized to int8 per row, outlier columns (a value >= 6.0) in f32. About
+    /// 1.4x the f32 product's speed on AVX2 (Int8RowsFormat, llmint8.c).
+    case llm_int8
     /// ggml's block formats: a GGUF file's tensors already stored so are used as they are
     /// (memory-mapped); others are quantized with ggml's reference quantizer.
     case q8_0, q4_0, q4_1
@@ -58,6 +63,7 @@ public enum Quantization: String, CaseIterable, Sendable, Codable {
         case .none: return WeightFormats.f32
         case .bf16: return WeightFormats.bf16
         case .int8: return WeightFormats.int8
+        case .llm_int8: return WeightFormats.llmInt8
         case .q8_0: return WeightFormats.q8_0
         case .q4_0: return WeightFormats.q4_0
         case .q4_1: return WeightFormats.q4_1
@@ -72,7 +78,7 @@ public enum Quantization: String, CaseIterable, Sendable, Codable {
     /// closest format of ours that needs no whole blocks of 32).
     var decodeHeadFormat: any WeightFormat {
         switch self {
-        case .nf4: return WeightFormats.int8
+        case .nf4, .llm_int8: return WeightFormats.int8
         case .q4_0, .q4_1, .stored: return WeightFormats.q8_0
         default: return format
         }
@@ -80,6 +86,9 @@ public enum Quantization: String, CaseIterable, Sendable, Codable {
 
     /// `load_8bit: true|false`, as alpaca-lora users write it.
     public init(load8bit: Bool) { self = load8bit ? .int8 : .none }
+
+    /// Whether `load_8bit: flag` says the same: int8 and llm_int8 are both 8-bit loads.
+    public func agrees(load8bit flag: Bool) -> Bool { flag ? (self == .int8 || self == .llm_int8) : self == .none }
 }
 
 /// A LLaMA-family causal LM: embedding, blocks, final norm, lm_head (tied or not). Immutable

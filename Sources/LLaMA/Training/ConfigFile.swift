@@ -39,6 +39,8 @@ public enum ConfigFile {
         } catch let DecodingError.typeMismatch(type, ctx), let DecodingError.valueNotFound(type, ctx) {
             throw ConfigError.wrongType(file: path, key: keyPath(ctx), expected: describe(type))
         } catch let DecodingError.dataCorrupted(ctx) {
+            // TrainConfig's own checks (load_8bit against quantization) arrive wrapped by Yams.
+            if let e = ctx.underlyingError as? ConfigError { throw ConfigError.unreadable(file: path, reason: e.description) }
             throw ConfigError.wrongType(file: path, key: keyPath(ctx), expected: expectation(for: ctx))
         } catch let e as ConfigError {
             throw e

@@ -116,12 +116,14 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         quantization = try get(.quantization, d.quantization)
         let aliases = try decoder.container(keyedBy: AliasKeys.self)
         if let l8 = try aliases.decodeIfPresent(Bool.self, forKey: .load8bit) {
-            let q = Quantization(load8bit: l8)
-            if c.contains(.quantization), q != quantization {
-                throw ConfigError.badValue(key: AliasKeys.load8bit.rawValue, value: "\(l8)",
-                                           expected: "to agree with quantization: \(quantization.rawValue) (give one of the two)")
+            if c.contains(.quantization) {
+                if !quantization.agrees(load8bit: l8) {
+                    throw ConfigError.badValue(key: AliasKeys.load8bit.rawValue, value: "\(l8)",
+                                               expected: "to agree with quantization: \(quantization.rawValue) (give one of the two)")
+                }
+            } else {
+                quantization = Quantization(load8bit: l8)
             }
-            quantization = q
         }
         threads = try get(.threads, d.threads)
         gradientCheckpointing = try get(.gradientCheckpointing, d.gradientCheckpointing)

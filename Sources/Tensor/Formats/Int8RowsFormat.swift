@@ -2,8 +2,20 @@
 /// `load_in_8bit` stores: per output row `scale = absmax / 127`, `q = round_half_even(w /
 /// scale)` clamped to [-127, 127], and `w ≈ q * scale`. Bytes: q [rows, cols] int8, then one
 /// f32 scale per row.
+///
+/// The same bytes serve two arithmetics. `int8` multiplies them dequantized in f32 (what
+/// bitsandbytes computes when it trains on a CPU, MatMul8bitFp). `llm_int8` (an
+/// `outlierThreshold`) runs the forward product as LLM.int8() does (MatMul8bitLt, transformers'
+/// load_in_8bit on a GPU and in eval): activations rounded to half and quantized per row to
+/// int8, exact int32 sums, the columns holding a value at or over the threshold in f32
+/// (CKernels.h, llmint8.c). Its input gradient stays `dy @ dequantized W` in f32, as
+/// bitsandbytes' backward computes it.
 public struct Int8RowsFormat: WeightFormat {
-    public let name = "int8"
+    /// LLM.int8()'s outlier threshold (bitsandbytes' and transformers' default 6.0); nil for
+    /// the f32 arithmetic.
+    public let outlierThreshold: Float?
+    public init(outlierThreshold: Float? = nil) { self.outlierThreshold = outlierThreshold }
+    public var name: String { outlierThreshold == nil ? "int8" : "llm_int8" }
     public var kernelID: Int32? { 1 }   // LORA_FORMAT_I8_ROWS
     public func byteCount(rows: Int, cols: Int) -> Int { rows * cols + rows * 4 }
 

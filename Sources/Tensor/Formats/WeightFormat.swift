@@ -26,6 +26,8 @@ public enum WeightFormats {
     public static let f32: any WeightFormat = F32Format()
     public static let bf16: any WeightFormat = BF16Format()
     public static let int8: any WeightFormat = Int8RowsFormat()
+    /// int8's bytes with LLM.int8()'s forward arithmetic (threshold 6.0, bitsandbytes' default).
+    public static let llmInt8: any WeightFormat = Int8RowsFormat(outlierThreshold: 6)
     public static let q8_0: any WeightFormat = GGUFBlockFormat(kind: .q8_0)
     public static let q4_0: any WeightFormat = GGUFBlockFormat(kind: .q4_0)
     public static let q4_1: any WeightFormat = GGUFBlockFormat(kind: .q4_1)
@@ -38,7 +40,7 @@ public enum WeightFormats {
     public static let q6_K: any WeightFormat = GGUFBlockFormat(kind: .q6_K)
 
     /// Every format that can be made from f32 rows (`make`).
-    public static let all: [any WeightFormat] = [f32, bf16, int8, q8_0, q4_0, q4_1, nf4, q5_0, q5_1]
+    public static let all: [any WeightFormat] = [f32, bf16, int8, llmInt8, q8_0, q4_0, q4_1, nf4, q5_0, q5_1]
     /// Formats that only come from a file as they are stored there.
     public static let storedOnly: [any WeightFormat] = [q4_K, q5_K, q6_K]
 
