@@ -1,3 +1,4 @@
+import CKernels
 // Small vector helpers over raw pointers, used by the other ops and by the optimizer.
 //
 // Element-wise loops are plain Swift (LLVM vectorizes them). Reductions keep 16 Float lanes,
@@ -86,11 +87,24 @@ public enum VectorOps {
 
     /// y[i] = exp(x[i] - shift); returns sum(y) (blocks of Float lanes added in Double).
     /// `y` may alias `x`. Arguments below -87.3 give 0 (no denormals); -inf gives 0.
+    /// Runs `lora_exp_shifted` (C, 8 lanes with AVX2; softmax rows of attention spend their time
+    /// here), which gives `expShiftedReference`'s bits on every family.
     @inline(__always)
     @discardableResult
     public static func expShifted(y: UnsafeMutablePointer<Float>, // [count]
                                   x: UnsafePointer<Float>,        // [count]
                                   shift: Float, count: Int) -> Double {
+        lora_exp_shifted(bestFamily, y, x, shift, count)
+    }
+
+    /// The CPU's best C family for the element-wise kernels whose families all give the same bits.
+    static let bestFamily: Int32 = lora_family_best()
+
+    /// `expShifted` in Swift SIMD: the reference `lora_exp_shifted` is held to.
+    @discardableResult
+    public static func expShiftedReference(y: UnsafeMutablePointer<Float>, // [count]
+                                           x: UnsafePointer<Float>,        // [count]
+                                           shift: Float, count: Int) -> Double {
         var total = 0.0
         var i = 0
         while i < count {

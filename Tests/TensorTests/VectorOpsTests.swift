@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import Tensor
+import CKernels
 
 final class VectorOpsTests: XCTestCase {
     /// add, scale, axpy against scalar loops, on a length that is not a multiple of 8.
@@ -73,5 +74,30 @@ final class VectorOpsTests: XCTestCase {
         XCTAssertEqual(VectorOps.expShiftedSum(x.data, shift: 1.5, count: n), s, accuracy: 1e-9 * s)
         VectorOps.expShifted(y: x.data, x: x.data, shift: 1.5, count: n)
         assertClose(x, y, atol: 0, "in place")
+    }
+}
+
+/// lora_exp_shifted (C, each family) against VectorOps' Swift SIMD expShiftedReference: the same bits.
+final class ExpShiftedKernelTests: XCTestCase {
+    func testEveryFamilyGivesTheSwiftBits() {
+        var rng = RNG(seed: 21)
+        for n in [0, 1, 7, 8, 9, 1023, 1024, 1025, 3000] {
+            // Moderate values, so that every term counts in the sums (their order shows).
+            var x = (0..<n).map { _ in rng.normal() * 3 }
+            if n > 3 { x[0] = -.infinity; x[1] = -100; x[2] = 120; x[3] = -87.4 }
+            let shift: Float = n > 5 ? x[5] : 0.5
+            var want = [Float](repeating: 0, count: n)
+            let wantSum = x.withUnsafeBufferPointer { xp in
+                want.withUnsafeMutableBufferPointer { VectorOps.expShiftedReference(y: $0.baseAddress!, x: xp.baseAddress!, shift: shift, count: n) }
+            }
+            for fam in KernelFamily.available.compactMap(\.kernelID) {
+                var got = [Float](repeating: .nan, count: n)
+                let sum = lora_exp_shifted(fam, &got, x, shift, n)
+                XCTAssertEqual(got.map(\.bitPattern), want.map(\.bitPattern), "family \(fam) n=\(n)")
+                XCTAssertEqual(sum.bitPattern, wantSum.bitPattern, "family \(fam) n=\(n) sum")
+                let only = x.withUnsafeBufferPointer { VectorOps.expShiftedSum($0.baseAddress!, shift: shift, count: n) }
+                XCTAssertEqual(sum.bitPattern, only.bitPattern, "family \(fam) n=\(n): expShiftedSum's sum")
+            }
+        }
     }
 }

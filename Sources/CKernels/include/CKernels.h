@@ -201,6 +201,11 @@ void lora_attn_wsum(int family, const float *s, const float *V, long ld, long L,
 void lora_attn_scores_rows(int family, const float *q, long ldq, long R, const float *K, long ld, long L, long hd,
                            float alpha, float *s, long lds);
 
+/// y[i] = exp(x[i] - shift) and their sum (vexp.c): VectorOps.expShifted's Cephes polynomial,
+/// 1024-element blocks of 8 lane sums added in Double; every family gives the same bits. y may
+/// alias x.
+double lora_exp_shifted(int family, float *y, const float *x, float shift, long n);
+
 // ---- A spinning worker pool for short jobs (spinpool.c) -------------------------------------
 typedef struct lora_pool lora_pool;
 typedef void (*lora_task_fn)(void *ctx, long i);

@@ -92,7 +92,7 @@ extension LlamaModel {
                 }
                 var xin = x, dropped = false
                 if training, layer.dropout > 0, let keep = acts.layers[site.layer].loraKeep[site.projection] {
-                    layer.drop(x: x, M: M, keep: keep, z: acts.z.data, rng: &rng)
+                    layer.drop(x: x, M: M, keep: keep, z: acts.z.data, rng: &rng, pool: ctx.pool)
                     xin = UnsafePointer(acts.z.data)
                     dropped = true
                 }
@@ -179,7 +179,7 @@ extension LlamaModel {
             var xin = x
             var keep: UnsafePointer<UInt8>? = nil
             if let k = acts.layers[site.layer].loraKeep[site.projection], layer.dropout > 0 {
-                layer.redrop(x: x, M: M, keep: k, z: acts.z.data)
+                layer.redrop(x: x, M: M, keep: k, z: acts.z.data, pool: ctx.pool)
                 xin = UnsafePointer(acts.z.data)
                 keep = UnsafePointer(k)
             }

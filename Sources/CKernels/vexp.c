@@ -1,0 +1,130 @@
+// exp(x - shift) over a row with its sum: VectorOps.expShifted's arithmetic (Cephes expf, as
+// VectorOps.exp) in C, so the AVX2 family runs it 8 lanes wide instead of the Swift SIMD code's
+// baseline-x86-64 halves. Every family does the same float operations in the same order (a
+// product then a sum, never fused) and sums the same way, so all give the same bits.
+#include "CKernels.h"
+#include "families.h"
+#include <stdint.h>
+#include <string.h>
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define VEXP_X86 1
+#endif
+
+#pragma clang fp contract(off)
+
+#define EXP_LOW -87.33654f
+#define EXP_HIGH 88.3f
+#define EXP_MAGIC 0x1.8p23f
+
+static float exp_one(float x0) {
+    float x = x0 < EXP_LOW ? EXP_LOW : x0;
+    x = EXP_HIGH < x ? EXP_HIGH : x;
+    const float t = x * 1.44269504f + EXP_MAGIC;
+    const float n = t - EXP_MAGIC;
+    x = x - n * 0.693359375f;
+    x = x - n * -2.1219444e-4f;
+    const float z = x * x;
+    float p = 1.98756915e-4f;
+    p = p * x + 1.3981999507e-3f;
+    p = p * x + 8.3334519073e-3f;
+    p = p * x + 4.1665795894e-2f;
+    p = p * x + 1.6666665459e-1f;
+    p = p * x + 5.0000001201e-1f;
+    const float y = p * z + x + 1.0f;
+    int32_t bits;
+    memcpy(&bits, &t, 4);
+    bits = (int32_t)((uint32_t)(bits - (0x4B400000 - 127)) << 23);
+    float pow2n;
+    memcpy(&pow2n, &bits, 4);
+    return x0 < EXP_LOW ? 0.0f : y * pow2n;
+}
+
+/// The 8 lanes' sum in VectorOps' order: Swift's SIMD8.sum() adds the lanes in order.
+static float lanes_sum(const float a[8]) {
+    float s = 0;
+    for (int l = 0; l < 8; l++) s += a[l];
+    return s;
+}
+
+static double portable_exp_shifted(float *y, const float *x, float shift, long n) {
+    double total = 0;
+    long i = 0;
+    while (i < n) {
+        const long end = n < i + 1024 ? n : i + 1024;
+        float acc[8] = {0};
+        for (; i + 8 <= end; i += 8)
+            for (int l = 0; l < 8; l++) {
+                const float e = exp_one(x[i + l] - shift);
+                y[i + l] = e;
+                acc[l] += e;
+            }
+        float s = lanes_sum(acc);
+        for (; i < end; i++) {
+            const float e = exp_one(x[i] - shift);
+            y[i] = e;
+            s += e;
+        }
+        total += (double)s;
+    }
+    return total;
+}
+
+#ifdef VEXP_X86
+#define VEXP_T __attribute__((target("avx2,fma")))
+VEXP_T static inline __m256 exp8(__m256 x0) {
+    const __m256 low = _mm256_set1_ps(EXP_LOW), magic = _mm256_set1_ps(EXP_MAGIC);
+    // vmax(a, b) = a < b ? b : a and vmin(a, b) = b < a ? b : a, as VectorOps'.
+    __m256 x = _mm256_blendv_ps(x0, low, _mm256_cmp_ps(x0, low, _CMP_LT_OQ));
+    const __m256 high = _mm256_set1_ps(EXP_HIGH);
+    x = _mm256_blendv_ps(x, high, _mm256_cmp_ps(high, x, _CMP_LT_OQ));
+    const __m256 t = _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), magic);
+    const __m256 n = _mm256_sub_ps(t, magic);
+    x = _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f)));
+    x = _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(-2.1219444e-4f)));
+    const __m256 z = _mm256_mul_ps(x, x);
+    __m256 p = _mm256_set1_ps(1.98756915e-4f);
+    p = _mm256_add_ps(_mm256_mul_ps(p, x), _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, x), _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, x), _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, x), _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, x), _mm256_set1_ps(5.0000001201e-1f));
+    const __m256 y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, z), x), _mm256_set1_ps(1.0f));
+    const __m256i bits = _mm256_slli_epi32(_mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4B400000 - 127)), 23);
+    const __m256 r = _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
+    return _mm256_andnot_ps(_mm256_cmp_ps(x0, low, _CMP_LT_OQ), r);
+}
+
+VEXP_T static double avx2_exp_shifted(float *y, const float *x, float shift, long n) {
+    const __m256 vs = _mm256_set1_ps(shift);
+    double total = 0;
+    long i = 0;
+    while (i < n) {
+        const long end = n < i + 1024 ? n : i + 1024;
+        __m256 acc = _mm256_setzero_ps();
+        for (; i + 8 <= end; i += 8) {
+            const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), vs));
+            _mm256_storeu_ps(y + i, e);
+            acc = _mm256_add_ps(acc, e);
+        }
+        float a[8];
+        _mm256_storeu_ps(a, acc);
+        float s = lanes_sum(a);
+        for (; i < end; i++) {
+            const float e = exp_one(x[i] - shift);
+            y[i] = e;
+            s += e;
+        }
+        total += (double)s;
+    }
+    return total;
+}
+#endif
+
+double lora_exp_shifted(int family, float *y, const float *x, float shift, long n) {
+#ifdef VEXP_X86
+    if ((family == LORA_FAMILY_AVX2 || family == LORA_FAMILY_AVX512) && lora_family_available(LORA_FAMILY_AVX2))
+        return avx2_exp_shifted(y, x, shift, n);
+#endif
+    return portable_exp_shifted(y, x, shift, n);
+}
