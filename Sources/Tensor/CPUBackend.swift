@@ -176,7 +176,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             }
         }
         let wq = w.data.assumingMemoryBound(to: Int8.self), scales = w.scales!
-        split(columns: N, flops: 2 * M * N * K, fam) { n0, n1 in
+        let rows = { (n0: Int, n1: Int) in
             lora_llm_int8_gemm(fam, M, n0, n1, K, q, ldq, stats, wq, K, scales, y, N, accumulate ? 1 : 0)
             if c > 0 {
                 let sub = UnsafeMutablePointer<Float>.allocate(capacity: c * (n1 - n0))
@@ -184,6 +184,16 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                 lora_llm_int8_outliers(fam, M, n0, n1, x, K, cols, c, wq, K, scales, y, N, sub)
             }
         }
+        if M <= Self.smallM, let spin, w.byteCount >= Self.spinBytes {
+            // Decoding: the spinning workers, in 16-row units, as the other small-M products.
+            let units = (N + 15) / 16, t = min(units, 8 * Int(lora_pool_threads(spin))), per = (units + t - 1) / t
+            runSpin(spin, t) { i in
+                let n0 = min(N, i * per * 16), n1 = min(N, (i + 1) * per * 16)
+                if n0 < n1 { rows(n0, n1) }
+            }
+            return
+        }
+        split(columns: N, flops: 2 * M * N * K, fam, rows)
     }
 
     /// Weights with an integer decoding path (Q4_0 / Q4_1 / Q8_0 and `.q8`) take it for any M,
