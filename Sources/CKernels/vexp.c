@@ -47,6 +47,16 @@ static float lanes_sum(const float a[8]) {
     return s;
 }
 
+/// A block's last elements (fewer than 8) one at a time, added to the block's lane sum s.
+static float block_tail(float *y, const float *x, float shift, long i, long end, float s) {
+    for (; i < end; i++) {
+        const float e = exp_one(x[i] - shift);
+        y[i] = e;
+        s += e;
+    }
+    return s;
+}
+
 static double portable_exp_shifted(float *y, const float *x, float shift, long n) {
     double total = 0;
     long i = 0;
@@ -59,13 +69,8 @@ static double portable_exp_shifted(float *y, const float *x, float shift, long n
                 y[i + l] = e;
                 acc[l] += e;
             }
-        float s = lanes_sum(acc);
-        for (; i < end; i++) {
-            const float e = exp_one(x[i] - shift);
-            y[i] = e;
-            s += e;
-        }
-        total += (double)s;
+        total += (double)block_tail(y, x, shift, i, end, lanes_sum(acc));
+        i = end;
     }
     return total;
 }
@@ -109,13 +114,8 @@ VEXP_T static double avx2_exp_shifted(float *y, const float *x, float shift, lon
         }
         float a[8];
         _mm256_storeu_ps(a, acc);
-        float s = lanes_sum(a);
-        for (; i < end; i++) {
-            const float e = exp_one(x[i] - shift);
-            y[i] = e;
-            s += e;
-        }
-        total += (double)s;
+        total += (double)block_tail(y, x, shift, i, end, lanes_sum(a));
+        i = end;
     }
     return total;
 }
