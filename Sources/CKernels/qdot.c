@@ -54,20 +54,64 @@ void lora_q8_quantize(int family, long M, long K, const float *A, long lda, int8
 }
 
 int lora_q8_gemv_format(int format) {
-    return format == LORA_FORMAT_Q4_0 || format == LORA_FORMAT_Q4_1 || format == LORA_FORMAT_Q8_0;
+    const int f = lora_q8x8_base(format);
+    return f == LORA_FORMAT_Q4_0 || f == LORA_FORMAT_Q4_1 || f == LORA_FORMAT_Q8_0;
+}
+
+int lora_q8x8_base(int format) {
+    switch (format) {
+    case LORA_FORMAT_Q8_0_X8: return LORA_FORMAT_Q8_0;
+    case LORA_FORMAT_Q4_0_X8: return LORA_FORMAT_Q4_0;
+    case LORA_FORMAT_Q4_1_X8: return LORA_FORMAT_Q4_1;
+    default: return format;
+    }
+}
+
+/// Code bytes per block (after d, and Q4_1's m).
+static long code_bytes(int format) { return format == LORA_FORMAT_Q8_0 ? 32 : 16; }
+
+void lora_q8x8_pack(int format, long N, long K, const void *W, void *out) {
+    if (lora_q8x8_base(format) != format || !lora_q8_gemv_format(format) || N % 8 != 0 || K % QK != 0) abort();
+    const long bb = lora_block_bytes(format), nb = K / QK, cb = code_bytes(format), head = bb - cb;
+    const uint8_t *w = W;
+    uint8_t *o = out;
+    for (long g = 0; g < N / 8; g++)
+        for (long b = 0; b < nb; b++, o += 8 * bb)
+            for (int r = 0; r < 8; r++) {
+                const uint8_t *blk = w + ((8 * g + r) * nb + b) * bb;
+                memcpy(o + 2 * r, blk, 2);                                   // d
+                if (format == LORA_FORMAT_Q4_1) memcpy(o + 16 + 2 * r, blk + 2, 2);  // m
+                for (long j = 0; j < cb / 4; j++) memcpy(o + 8 * head + (8 * j + r) * 4, blk + head + 4 * j, 4);
+            }
+}
+
+void lora_q8x8_block(int format, const void *W, long K, long n, long b, uint8_t *out) {
+    const int f = lora_q8x8_base(format);
+    if (!lora_q8_gemv_format(f) || K % QK != 0) abort();
+    const long bb = lora_block_bytes(f), nb = K / QK, cb = code_bytes(f), head = bb - cb, r = n % 8;
+    const uint8_t *g = (const uint8_t *)W + ((n / 8) * nb + b) * 8 * bb;
+    memcpy(out, g + 2 * r, 2);
+    if (f == LORA_FORMAT_Q4_1) memcpy(out + 2, g + 16 + 2 * r, 2);
+    for (long j = 0; j < cb / 4; j++) memcpy(out + head + 4 * j, g + 8 * head + (8 * j + r) * 4, 4);
 }
 
 /// The scalar reference: per block, the exact integer dot of the codes with the int8
 /// activations (Q4_0's -8 folded in as -8 * sum), times d_w * d_a; Q4_1 adds m_w * (d_a * sum).
-static void portable_q8_gemv(int fmt, long M, long n0, long n1, long K, const int8_t *q,
+static void portable_q8_gemv(int fmt, int il, long M, long n0, long n1, long K, const int8_t *q,
                              const float *da, const int32_t *sa, const uint8_t *w, long rowbytes,
                              float *C, long ldc, int accumulate) {
     const long nb = K / QK, bb = lora_block_bytes(fmt);
+    uint8_t plain[34];
     for (long m = 0; m < M; m++)
         for (long n = n0; n < n1; n++) {
             float acc = 0;
             for (long b = 0; b < nb; b++) {
-                const uint8_t *blk = w + n * rowbytes + b * bb, *qs = blk + bb - 16;
+                const uint8_t *blk = w + n * rowbytes + b * bb;
+                if (il) {
+                    lora_q8x8_block(fmt, w, K, n, b, plain);
+                    blk = plain;
+                }
+                const uint8_t *qs = blk + bb - 16;
                 const int8_t *x = q + m * K + b * QK;
                 int32_t s = 0;
                 const float dw = lora_half_to_float(lora_load_u16(blk)), a = da[m * nb + b];
@@ -107,6 +151,7 @@ static inline int load_h(const uint8_t *p) {
 }
 
 #define RB 8  // weight rows per group: one 32-bit lane of a ymm vector each
+#define X8_AHEAD 4096  // bytes the _X8 layout's single stream is prefetched ahead
 
 /// Rows n..n+8 of W against rows of A. Per block of 32 depths: the 16 code bytes of each of
 /// the 8 rows, transposed in registers so that 32-bit lane i holds 4 bytes of row i (v[k] =
@@ -118,6 +163,17 @@ static inline int load_h(const uint8_t *p) {
 /// DECODE4 leaves block b (bytes o..) of the 8 rows in lo[4], hi[4] (the nibbles) and dw, mw
 /// (d and Q4_1's m as floats); ACC4 adds its products with rows 0..mb of A to acc / accm.
 #define DECODE4                                                                                  \
+    __m256i v[4];                                                                                \
+    if (il) {                                                                                    \
+        /* the _X8 layout: the registers' contents, stored in order */                           \
+        const uint8_t *g = wr[0] + 8 * o;                                                        \
+        /* one stream: fetch ahead past page ends, which the hardware prefetcher does not */    \
+        for (int l = 0; l < 8 * bb; l += 64) _mm_prefetch((const char *)(g + X8_AHEAD + l), _MM_HINT_T0); \
+        dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g));                               \
+        mw = fmt == LORA_FORMAT_Q4_1 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g + 16))) \
+                                     : _mm256_setzero_ps();                                      \
+        for (int k = 0; k < 4; k++) v[k] = _mm256_loadu_si256((const __m256i *)(g + 8 * (bb - 16) + 32 * k)); \
+    } else {                                                                                     \
     __m128i h = _mm_setzero_si128(), hm = _mm_setzero_si128();                                   \
     INSERT8(h, o);                                                                               \
     dw = _mm256_cvtph_ps(h);                                                                     \
@@ -137,8 +193,9 @@ static inline int load_h(const uint8_t *p) {
     /* a[r] = [row r | row r+4]; 4 x 4 dword transposes in each 128-bit half */                 \
     const __m256i t0 = _mm256_unpacklo_epi32(a[0], a[1]), t1 = _mm256_unpackhi_epi32(a[0], a[1]); \
     const __m256i t2 = _mm256_unpacklo_epi32(a[2], a[3]), t3 = _mm256_unpackhi_epi32(a[2], a[3]); \
-    const __m256i v[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2),          \
-                          _mm256_unpacklo_epi64(t1, t3), _mm256_unpackhi_epi64(t1, t3)};         \
+    v[0] = _mm256_unpacklo_epi64(t0, t2); v[1] = _mm256_unpackhi_epi64(t0, t2);                  \
+    v[2] = _mm256_unpacklo_epi64(t1, t3); v[3] = _mm256_unpackhi_epi64(t1, t3);                  \
+    }                                                                                            \
     for (int k = 0; k < 4; k++) {                                                                \
         lo[k] = _mm256_and_si256(v[k], low4);                                                    \
         hi[k] = _mm256_and_si256(_mm256_srli_epi16(v[k], 4), low4);                              \
@@ -223,6 +280,12 @@ static inline int load_h(const uint8_t *p) {
 /// of every row), then the same lane-per-row products as the 4-bit body. DECODE80 leaves block
 /// b in v[8] and dw; ACC80 adds its products with rows 0..mb of A to acc.
 #define DECODE80                                                                                 \
+    if (il) {                                                                                    \
+        const uint8_t *g = wr[0] + 8 * o;                                                        \
+        for (int l = 0; l < 8 * 34; l += 64) _mm_prefetch((const char *)(g + X8_AHEAD + l), _MM_HINT_T0); \
+        dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g));                               \
+        for (int j = 0; j < 8; j++) v[j] = _mm256_loadu_si256((const __m256i *)(g + 16 + 32 * j)); \
+    } else {                                                                                     \
     __m128i h = _mm_setzero_si128();                                                             \
     INSERT8(h, o);                                                                               \
     dw = _mm256_cvtph_ps(h);                                                                     \
@@ -246,6 +309,7 @@ static inline int load_h(const uint8_t *p) {
     for (int j = 0; j < 4; j++) {                                                                \
         v[j] = _mm256_permute2x128_si256(u[j], u[j + 4], 0x20);                                  \
         v[j + 4] = _mm256_permute2x128_si256(u[j], u[j + 4], 0x31);                              \
+    }                                                                                            \
     }
 
 #define ACC80(DOTS)                                                                              \
@@ -303,7 +367,7 @@ static inline int load_h(const uint8_t *p) {
 /// One family's block function: Q8_0 or the 4-bit formats, with MB rows of A at most.
 #define Q8_BLOCK_FN(name, target, dots4, dots8)                                                  \
     static inline __attribute__((always_inline)) target void                                     \
-    name(const int fmt, const int mb, long K, const int8_t *q, const float *da,                  \
+    name(const int fmt, const int il, const int mb, long K, const int8_t *q, const float *da,    \
          const int32_t *sa, const uint8_t *w, long rowbytes, long n, float *C, long ldc,         \
          int accumulate) {                                                                       \
         if (fmt == LORA_FORMAT_Q8_0) {                                                           \
@@ -327,7 +391,7 @@ static inline int load_h(const uint8_t *p) {
         else CALL(1, fn);                                                                        \
     }
 #define BUFFERED_PASS(rows, fn) fn(fmt, rows, K, b0, b1, qm, dm, sm, buf, accs + m, accms + m)
-#define BLOCK_PASS(rows, fn) fn(f, rows, K, qm, dm, sm, w, rowbytes, n, C + m * ldc, ldc, accumulate)
+#define BLOCK_PASS(rows, fn) fn(f, il, rows, K, qm, dm, sm, w, rowbytes, n, C + m * ldc, ldc, accumulate)
 
 /// One decoded block of 8 rows: the code vectors (lo[4] then hi[4], or Q8_0's v[8]) and the
 /// scales as floats.
@@ -367,8 +431,9 @@ typedef struct { __m256i c[8]; __m256 dw, mw; } q8_decoded;
 /// shuffles, which at M = 8 on AVX2 cost about as much as the products.
 #define Q8_BUFFERED_FN(name, target, pass, mbmax)                                                \
     static inline __attribute__((always_inline)) target void                                     \
-    name(const int fmt, long M, long K, const int8_t *q, const float *da, const int32_t *sa,     \
-         const uint8_t *w, long rowbytes, long n, float *C, long ldc, int accumulate) {          \
+    name(const int fmt, const int il, long M, long K, const int8_t *q, const float *da,          \
+         const int32_t *sa, const uint8_t *w, long rowbytes, long n, float *C, long ldc,         \
+         int accumulate) {                                                                       \
         const long bb = lora_block_bytes(fmt), nb = K / QK;                                      \
         const __m256i low4 = _mm256_set1_epi8(15);                                               \
         q8_decoded buf[DCHUNK];                                                                  \
@@ -414,11 +479,11 @@ Q8_BUFFERED_FN(vnni_buffered, VNNI_TARGET, vnni_pass, 4)
 #undef MB
 
 /// Rows n0..n1 of W in groups of 8 for one constant format f.
-#define GEMV_GROUPS(F, mbmax, block, buffered)                                                   \
+#define GEMV_GROUPS(F, IL, mbmax, block, buffered)                                               \
     for (long n = n0; n + RB <= n1; n += RB) {                                                   \
-        const int f = F;                                                                         \
+        const int f = F, il = IL;                                                                \
         if (M > mbmax && M <= MAX_M) {                                                           \
-            buffered(f, M, K, q, da, sa, w, rowbytes, n, C, ldc, accumulate);                    \
+            buffered(f, il, M, K, q, da, sa, w, rowbytes, n, C, ldc, accumulate);                \
             continue;                                                                            \
         }                                                                                        \
         FOR_PASSES(mbmax, BLOCK_PASS, block)                                                     \
@@ -426,15 +491,19 @@ Q8_BUFFERED_FN(vnni_buffered, VNNI_TARGET, vnni_pass, 4)
 
 /// Whole groups of 8 rows; the caller does the rest (fewer than 8) with the reference.
 #define Q8_GEMV(name, target, block, buffered, mbmax)                                            \
-    target static void name(int fmt, long M, long n0, long n1, long K, const int8_t *q,          \
+    target static void name(int fmt, int il, long M, long n0, long n1, long K, const int8_t *q,  \
                             const float *da, const int32_t *sa, const uint8_t *w,                \
                             long rowbytes, float *C, long ldc, int accumulate) {                 \
         const long nb = K / QK;                                                                  \
-        /* a constant format (and row count) in each call: each gets its own unrolled loops */ \
-        switch (fmt) {                                                                           \
-        case LORA_FORMAT_Q8_0: GEMV_GROUPS(LORA_FORMAT_Q8_0, mbmax, block, buffered) break;     \
-        case LORA_FORMAT_Q4_0: GEMV_GROUPS(LORA_FORMAT_Q4_0, mbmax, block, buffered) break;     \
-        default: GEMV_GROUPS(LORA_FORMAT_Q4_1, mbmax, block, buffered) break;                   \
+        /* a constant format, layout (and row count) in each call: each gets its own loops */   \
+        if (il) switch (fmt) {                                                                   \
+        case LORA_FORMAT_Q8_0: GEMV_GROUPS(LORA_FORMAT_Q8_0, 1, mbmax, block, buffered) break;  \
+        case LORA_FORMAT_Q4_0: GEMV_GROUPS(LORA_FORMAT_Q4_0, 1, mbmax, block, buffered) break;  \
+        default: GEMV_GROUPS(LORA_FORMAT_Q4_1, 1, mbmax, block, buffered) break;                \
+        } else switch (fmt) {                                                                    \
+        case LORA_FORMAT_Q8_0: GEMV_GROUPS(LORA_FORMAT_Q8_0, 0, mbmax, block, buffered) break;  \
+        case LORA_FORMAT_Q4_0: GEMV_GROUPS(LORA_FORMAT_Q4_0, 0, mbmax, block, buffered) break;  \
+        default: GEMV_GROUPS(LORA_FORMAT_Q4_1, 0, mbmax, block, buffered) break;                \
         }                                                                                        \
     }
 
@@ -505,18 +574,21 @@ int lora_q8_vnni_available(void) {
 void lora_q8_gemv(int family, int format, long M, long n0, long n1, long K, const int8_t *q,
                   const float *d, const int32_t *sum, const void *W, long ldw, float *C, long ldc,
                   int accumulate) {
+    const int base = lora_q8x8_base(format), il = base != format;
     if (!lora_q8_gemv_format(format) || K % QK != 0 || ldw % QK != 0) abort();
+    if (il && (n0 % 8 != 0 || n1 % 8 != 0 || ldw != K)) abort();
     if (M <= 0 || n1 <= n0) return;
+    format = base;
     const long rowbytes = ldw / QK * lora_block_bytes(format);
     if (!lora_family_available(family)) family = LORA_FAMILY_PORTABLE;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     if (family == LORA_FAMILY_AVX512 || family == LORA_FAMILY_AVX2) {
         if (family == LORA_FAMILY_AVX512 && lora_q8_vnni_available())
-            vnni_q8_gemv(format, M, n0, n1, K, q, d, sum, W, rowbytes, C, ldc, accumulate);
+            vnni_q8_gemv(format, il, M, n0, n1, K, q, d, sum, W, rowbytes, C, ldc, accumulate);
         else
-            avx2_q8_gemv(format, M, n0, n1, K, q, d, sum, W, rowbytes, C, ldc, accumulate);
+            avx2_q8_gemv(format, il, M, n0, n1, K, q, d, sum, W, rowbytes, C, ldc, accumulate);
         n0 += (n1 - n0) / RB * RB;  // the rest below
     }
 #endif
-    portable_q8_gemv(format, M, n0, n1, K, q, d, sum, W, rowbytes, C, ldc, accumulate);
+    portable_q8_gemv(format, il, M, n0, n1, K, q, d, sum, W, rowbytes, C, ldc, accumulate);
 }

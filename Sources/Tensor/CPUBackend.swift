@@ -108,6 +108,11 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             let q = raw.assumingMemoryBound(to: Int8.self)
             let d = (raw + M * K).assumingMemoryBound(to: Float.self)  // M * K is a multiple of 32
             let sums = (raw + M * K + 4 * M * nb).assumingMemoryBound(to: Int32.self)
+            if !q8 && w.format is GroupedBlockFormat {
+                // Only the integer GEMV reads the grouped layout (LORA_DECODE=f32 lands here).
+                blasForward(y: y, x: x, w: w, M: M, accumulate: accumulate, scratch: scratch)
+                return
+            }
             if q8 { lora_q8_quantize(fam, M, K, x, K, q, d, sums) }
             let rows = { (n0: Int, n1: Int) in
                 if q8 { lora_q8_gemv(fam, fmt, M, n0, n1, K, q, d, sums, w.data, K, y, N, acc) }
@@ -128,6 +133,10 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             pool.chunks(units, grain: split ? 1 : units) { r in
                 rows(r.lowerBound * 16, min(N, r.upperBound * 16))
             }
+            return
+        }
+        if w.format is GroupedBlockFormat {
+            blasForward(y: y, x: x, w: w, M: M, accumulate: accumulate, scratch: scratch)
             return
         }
         split(columns: N, flops: 2 * M * N * K, fam) { n0, n1 in
@@ -217,7 +226,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                                     accumulate: Bool, scratch: MatmulScratch) {
         let N = w.rows, K = w.cols
         if M == 0 || K == 0 { return }
-        guard let fam = family.kernelID, let fmt = w.format.kernelID else {
+        guard let fam = family.kernelID, let fmt = w.format.kernelID, !(w.format is GroupedBlockFormat) else {
             blasBackwardInput(dx: dx, dy: dy, w: w, M: M, accumulate: accumulate, scratch: scratch)
             return
         }
@@ -402,11 +411,16 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             }
             return
         }
-        let fam = family.vectorID
-        runSpin(spin, decode.count * nH) { t in
-            let it = decode[t / nH], h = t % nH, L = it.start + 1
-            Attention.decodeHead(h, vectorKernels: fam, out: it.out, scores: it.scores + h * L, q: it.q, kCache: it.kCache,
-                                 vCache: it.vCache, keyMask: nil, L: L, nH: nH, nKV: nKV, hd: hd)
+        let fam = family.vectorID, group = nH / nKV
+        // A task per item and key-value head: its query heads (GQA's group) one after another,
+        // so the group's keys and values come from memory once and then from this core's cache
+        // (with a task per query head, the two cores each fetched them).
+        runSpin(spin, decode.count * nKV) { t in
+            let it = decode[t / nKV], L = it.start + 1
+            for h in (t % nKV) * group..<(t % nKV + 1) * group {
+                Attention.decodeHead(h, vectorKernels: fam, out: it.out, scores: it.scores + h * L, q: it.q, kCache: it.kCache,
+                                     vCache: it.vCache, keyMask: nil, L: L, nH: nH, nKV: nKV, hd: hd)
+            }
         }
     }
 

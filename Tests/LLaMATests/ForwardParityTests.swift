@@ -92,6 +92,38 @@ final class ForwardParityTests: XCTestCase {
         }
     }
 
+    /// A model loaded for decoding keeps Q8_0 / Q4_0 / Q4_1 weights in the integer GEMV's
+    /// grouped layout (`GroupedBlockFormat`): the same bytes regrouped, and the same logits bit
+    /// for bit as the plain layout, for a prompt (past 16 rows: matmulDecoding's pieces) and
+    /// for the decoded tokens after it.
+    func testDecodingOnlyLoadGroupsBlockWeightsWithTheSameLogits() throws {
+        for q in [Quantization.q4_0, .q4_1, .q8_0] {
+            let ck = try SafeTensorsCheckpoint(folder: Fixtures.model("tiny-gqa"))
+            let train = try LlamaModel(checkpoint: ck, quantization: q, pool: testPool)
+            let dec = try LlamaModel(checkpoint: ck, quantization: q, pool: testPool, purpose: .decoding)
+            let c = train.config
+            for p in Projection.allCases {
+                XCTAssertEqual(dec.blocks[0].linear(p).weight.format.name, q.rawValue + "x8", "\(q) \(p)")
+                XCTAssertEqual(train.blocks[0].linear(p).weight.format.name, q.rawValue, "\(q) \(p)")
+            }
+            XCTAssertEqual(dec.decodeHead.format.name, train.decodeHead.format.name + "x8", "\(q) head")
+            XCTAssertEqual(dec.weightBytes, train.weightBytes - c.vocabSize * c.hiddenSize * 4 * (c.tieWordEmbeddings ? 0 : 1)
+                           + (c.tieWordEmbeddings ? 0 : dec.decodeHead.byteCount), "\(q): the same bytes")
+            let ids: [Int32] = (0..<21).map { Int32(3 + ($0 * 37) % 200) }
+            func run(_ m: LlamaModel) throws -> [Float] {
+                let cache = KVCache(model: m, sequences: 1, capacity: ids.count + 3, maxChunk: ids.count)
+                try m.step(tokens: ids, sequences: 1, cache: cache, adapters: .none, ctx: testCtx)
+                var out = Array(UnsafeBufferPointer(start: cache.logits.data, count: c.vocabSize))
+                for t: Int32 in [5, 77, 123] {
+                    try m.step(tokens: [t], sequences: 1, cache: cache, adapters: .none, ctx: testCtx)
+                    out += Array(UnsafeBufferPointer(start: cache.logits.data, count: c.vocabSize))
+                }
+                return out
+            }
+            XCTAssertEqual(try run(dec).map(\.bitPattern), try run(train).map(\.bitPattern), "\(q): grouped vs plain logits")
+        }
+    }
+
     /// With load_8bit, generation uses an int8 copy of the lm_head (speed); its logits stay
     /// within a stated bound of the f32 head's, which training and `logits` use.
     static let int8HeadTolerance: Float = 0.05

@@ -304,4 +304,102 @@ final class Q8DecodeTests: XCTestCase {
             }
         }
     }
+
+    /// The grouped layout (`GroupedBlockFormat`, CKernels.h's _X8): rows taken back out equal
+    /// the plain rows byte for byte; every family's GEMV over it gives the plain layout's bits
+    /// (all M up to 16, sub-ranges of whole groups, accumulating, K of one block to past a
+    /// decode chunk); the format's row reference equals the plain one's values.
+    func testGroupedLayoutGivesThePlainBits() {
+        var rng = KernelFamilyTests.Rand()
+        for (format, name) in Self.formats {
+            let grouped = format + 9  // LORA_FORMAT_Q8_0_X8 = Q8_0 + 9, and so on
+            XCTAssertEqual(lora_q8x8_base(grouped), format, name)
+            XCTAssertNotEqual(lora_q8_gemv_format(grouped), 0, name)
+            for (N, K) in [(8, 32), (24, 96), (40, 1056)] {
+                let nb = K / 32, bb = Self.blockBytes(format)
+                let W = Self.weights(format, N: N, K: K, &rng)
+                var G = [UInt8](repeating: 0, count: W.count)
+                W.withUnsafeBytes { w in G.withUnsafeMutableBytes { g in lora_q8x8_pack(format, N, K, w.baseAddress, g.baseAddress) } }
+                XCTAssertNotEqual(G, W, "\(name) \(N)x\(K): the grouped bytes are another order")
+                var block = [UInt8](repeating: 0, count: 34), bad = 0
+                for n in 0..<N {
+                    for b in 0..<nb {
+                        G.withUnsafeBytes { g in lora_q8x8_block(grouped, g.baseAddress, K, n, b, &block) }
+                        if Array(block[0..<bb]) != Array(W[((n * nb + b) * bb)..<((n * nb + b + 1) * bb)]) { bad += 1 }
+                    }
+                }
+                XCTAssertEqual(bad, 0, "\(name) \(N)x\(K): blocks taken back out of their groups differ")
+                for M in [1, 2, 3, 5, 8, 16] {
+                    let A = Self.activations(M: M, K: K, &rng)
+                    var q = [Int8](repeating: 0, count: M * K), d = [Float](repeating: 0, count: M * nb)
+                    var s = [Int32](repeating: 0, count: M * nb)
+                    lora_q8_quantize(Int32(LORA_FAMILY_PORTABLE), M, K, A, K, &q, &d, &s)
+                    for family in families {
+                        for (n0, n1, acc) in [(0, N, Int32(0)), (8, N, Int32(1))] where n0 < n1 {
+                            let start = (0..<(M * N)).map { Float($0 % 5) - 2 }
+                            var plain = start, regrouped = start
+                            W.withUnsafeBytes { w in lora_q8_gemv(family, format, M, n0, n1, K, q, d, s, w.baseAddress, K, &plain, N, acc) }
+                            G.withUnsafeBytes { g in lora_q8_gemv(family, grouped, M, n0, n1, K, q, d, s, g.baseAddress, K, &regrouped, N, acc) }
+                            let diff = (0..<(M * N)).filter { plain[$0].bitPattern != regrouped[$0].bitPattern }
+                            XCTAssertTrue(diff.isEmpty, "\(KernelFamilyTests.familyNames[Int(family)]) \(name) M=\(M) \(N)x\(K) rows \(n0)..<\(n1): "
+                                          + "\(diff.count) outputs differ from the plain layout's")
+                        }
+                    }
+                }
+            }
+        }
+        // The format: same values through its row reference; rows that are not whole groups stay plain.
+        var r = RNG(seed: 11)
+        let wf = Tensor([24, 64])
+        for i in 0..<wf.count { wf.data[i] = 0.1 * r.normal() }
+        for format in [WeightFormats.q4_0, WeightFormats.q4_1, WeightFormats.q8_0] {
+            let w = Weight.make(format, from: wf, pool: testPool), g = GroupedBlockFormat.grouped(w)
+            XCTAssertEqual(g.format.name, format.name + "x8")
+            XCTAssertEqual(g.byteCount, w.byteCount)
+            XCTAssertEqual(g.dense().array, w.dense().array, "\(g.format.name) rows")
+            let rows5 = Weight.make(format, from: Tensor([5, 64]), pool: testPool)
+            XCTAssertEqual(GroupedBlockFormat.grouped(rows5).format.name, format.name, "5 rows stay \(format.name)")
+        }
+        XCTAssertEqual(GroupedBlockFormat.grouped(Weight.make(WeightFormats.int8, from: wf, pool: testPool)).format.name, "int8")
+    }
+
+    /// A grouped weight in every product the backend has: the integer path (M <= 16, and
+    /// matmulDecoding's pieces past it) gives the plain weight's bits; f32 decoding, longer
+    /// products and the input gradient, which only the OpenBLAS path takes for this layout,
+    /// agree with the plain weight's to float rounding.
+    func testGroupedWeightInEveryBackendProduct() {
+        var rng = RNG(seed: 12)
+        let N = 40, K = 96
+        let wf = Tensor([N, K])
+        for i in 0..<wf.count { wf.data[i] = 0.1 * rng.normal() }
+        for format in [WeightFormats.q4_0, WeightFormats.q4_1, WeightFormats.q8_0] {
+            let w = Weight.make(format, from: wf, pool: testPool), g = GroupedBlockFormat.grouped(w)
+            for family in KernelFamily.available {
+                for dec in DecodeArithmetic.allCases {
+                    let be = CPUBackend(family: family, pool: testPool, decoding: dec)
+                    for M in [1, 7, 16, 33] {
+                        let x = Tensor([M, K])
+                        for i in 0..<x.count { x.data[i] = rng.normal() }
+                        let a = Tensor([M, N]), b = Tensor([M, N])
+                        be.matmulDecoding(y: a.data, x: x.data, w: w, M: M, scratch: MatmulScratch())
+                        be.matmulDecoding(y: b.data, x: x.data, w: g, M: M, scratch: MatmulScratch())
+                        let what = "\(family) \(dec) \(format.name) M=\(M)"
+                        if dec == .q8 && family.kernelID != nil {
+                            XCTAssertEqual(a.array.map(\.bitPattern), b.array.map(\.bitPattern), "\(what): decoding bits")
+                        } else {
+                            for i in 0..<(M * N) { XCTAssertEqual(a.data[i], b.data[i], accuracy: 1e-4 * (1 + abs(a.data[i])), "\(what) [\(i)]") }
+                        }
+                        be.matmul(y: a.data, x: x.data, w: w, M: M, accumulate: false, scratch: MatmulScratch())
+                        be.matmul(y: b.data, x: x.data, w: g, M: M, accumulate: false, scratch: MatmulScratch())
+                        for i in 0..<(M * N) { XCTAssertEqual(a.data[i], b.data[i], accuracy: 1e-4 * (1 + abs(a.data[i])), "\(what) matmul [\(i)]") }
+                        let dy = Tensor([M, N]), da = Tensor([M, K]), db = Tensor([M, K])
+                        for i in 0..<dy.count { dy.data[i] = rng.normal() }
+                        be.matmulBackwardInput(dx: da.data, dy: dy.data, w: w, M: M, accumulate: false, scratch: MatmulScratch())
+                        be.matmulBackwardInput(dx: db.data, dy: dy.data, w: g, M: M, accumulate: false, scratch: MatmulScratch())
+                        for i in 0..<(M * K) { XCTAssertEqual(da.data[i], db.data[i], accuracy: 1e-4 * (1 + abs(da.data[i])), "\(what) dx [\(i)]") }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -91,7 +91,8 @@ enum { LORA_FAMILY_PORTABLE = 0, LORA_FAMILY_AVX2 = 1, LORA_FAMILY_AVX512 = 2 };
 enum { LORA_FORMAT_F32 = 0, LORA_FORMAT_I8_ROWS = 1, LORA_FORMAT_BF16 = 2,
        LORA_FORMAT_Q8_0 = 3, LORA_FORMAT_Q4_0 = 4, LORA_FORMAT_Q4_1 = 5, LORA_FORMAT_NF4 = 6,
        LORA_FORMAT_Q5_0 = 7, LORA_FORMAT_Q5_1 = 8, LORA_FORMAT_Q4_K = 9, LORA_FORMAT_Q5_K = 10,
-       LORA_FORMAT_Q6_K = 11 };
+       LORA_FORMAT_Q6_K = 11,
+       LORA_FORMAT_Q8_0_X8 = 12, LORA_FORMAT_Q4_0_X8 = 13, LORA_FORMAT_Q4_1_X8 = 14 };
 
 /// An NF4 weight (LORA_FORMAT_NF4): the arrays of bitsandbytes' QuantState with
 /// compress_statistics (blocksize 64, nested blocksize 256).
@@ -139,12 +140,28 @@ void lora_gemv_abt(int family, int format, long M, long n0, long n1, long K,
 /// q [M][K] int8, d and sum [M][K/32]; K a multiple of 32 (else abort). Every family gives the
 /// portable one's bits (the AVX2 version does the same float operations, 8 lanes at a time).
 void lora_q8_quantize(int family, long M, long K, const float *A, long lda, int8_t *q, float *d, int32_t *sum);
-/// 1 for the weight formats lora_q8_gemv takes (Q4_0, Q4_1, Q8_0).
+/// 1 for the weight formats lora_q8_gemv takes (Q4_0, Q4_1, Q8_0 and their _X8 layouts).
 int lora_q8_gemv_format(int format);
+// The _X8 layouts: the same bytes as Q8_0 / Q4_0 / Q4_1, regrouped for lora_q8_gemv only (no
+// other product takes them). Rows go in groups of 8 (N a multiple of 8); a group holds its 8
+// rows' block b together, blocks in order: the 8 d halves (16 bytes), Q4_1's 8 m halves (16
+// bytes), then the code bytes as 4-byte words, word j of row 0, row 1, ..., row 7, then word
+// j + 1 (Q4: 4 words of 16 code bytes per row; Q8_0: 8 words of 32). A group-block is then
+// what the decoding GEMV's registers hold (one 32-bit lane per row) without a transpose: 8 x
+// the block size, so row group g starts at byte 8 g * rowbytes as in the plain layout.
+/// The plain format of an _X8 one (itself for a plain one).
+int lora_q8x8_base(int format);
+/// W [N][K] of plain `format` (Q8_0, Q4_0 or Q4_1) regrouped into out (same byte count).
+/// N a multiple of 8, K of 32 (else abort).
+void lora_q8x8_pack(int format, long N, long K, const void *W, void *out);
+/// Row n's block b of an _X8 weight with rows of K, in the plain block layout (out: up to 34
+/// bytes): for references and the portable family.
+void lora_q8x8_block(int format, const void *W, long K, long n, long b, uint8_t *out);
 /// 1 when the AVX-512 family's version can use VNNI (vpdpbusd); else it runs the AVX2 one.
 int lora_q8_vnni_available(void);
 /// C[M, n0:n1] (+)= A @ W[n0:n1]^T with A given as lora_q8_quantize's output for M rows of K;
-/// W, ldw as in lora_gemv_abt (ldw and K multiples of 32).
+/// W, ldw as in lora_gemv_abt (ldw and K multiples of 32); an _X8 layout needs n0 and n1 to
+/// be multiples of 8 and ldw == K (else abort), and gives the plain layout's bits.
 void lora_q8_gemv(int family, int format, long M, long n0, long n1, long K, const int8_t *q,
                   const float *d, const int32_t *sum, const void *W, long ldw, float *C, long ldc,
                   int accumulate);

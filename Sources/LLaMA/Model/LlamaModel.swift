@@ -116,16 +116,20 @@ public final class LlamaModel: @unchecked Sendable {
     public var decodeHead: Weight {
         headLock.lock(); defer { headLock.unlock() }
         if let h = _decodeHead { return h }
-        let h = Self.makeDecodeHead(from: lmHead, quantization: quantization, hiddenSize: config.hiddenSize)
+        let h = Self.makeDecodeHead(from: lmHead, quantization: quantization, hiddenSize: config.hiddenSize, grouped: groupsDecodeWeights)
         _decodeHead = h
         return h
     }
 
-    static func makeDecodeHead(from head: Tensor, quantization: Quantization, hiddenSize: Int) -> Weight {
+    static func makeDecodeHead(from head: Tensor, quantization: Quantization, hiddenSize: Int, grouped: Bool) -> Weight {
         var f = quantization.decodeHeadFormat
         if f is GGUFBlockFormat, hiddenSize % GGUFBlockFormat.blockSize != 0 { f = WeightFormats.int8 }
-        return Weight.make(f, from: head, pool: .allCores)
+        let w = Weight.make(f, from: head, pool: .allCores)
+        return grouped ? GroupedBlockFormat.grouped(w) : w
     }
+    /// A model loaded for decoding only keeps its Q8_0 / Q4_0 / Q4_1 weights (and decoding
+    /// head) in `GroupedBlockFormat`, the integer decoding GEMV's own layout.
+    public let groupsDecodeWeights: Bool
     private var _decodeHead: Weight?
     private let headLock = NSLock()
 
@@ -134,8 +138,10 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     /// `lmHead` nil needs `decodeHead` (a model for decoding only).
-    init(config: LlamaConfig, embed: Tensor, blocks: [Block], norm: Tensor, lmHead: Tensor?, decodeHead: Weight?, quantization: Quantization) {
+    init(config: LlamaConfig, embed: Tensor, blocks: [Block], norm: Tensor, lmHead: Tensor?, decodeHead: Weight?, quantization: Quantization,
+         groupsDecodeWeights: Bool = false) {
         precondition(lmHead != nil || decodeHead != nil, "a model needs an lm_head")
+        self.groupsDecodeWeights = groupsDecodeWeights
         self.config = config
         self.embed = embed
         self.blocks = blocks
@@ -165,18 +171,21 @@ public final class LlamaModel: @unchecked Sendable {
         loaded(V * C)
         var decodeHead: Weight? = nil
         if purpose == .decoding, !c.tieWordEmbeddings, ck.has("lm_head.weight") {
-            decodeHead = Self.makeDecodeHead(from: try ck.tensor("lm_head.weight", shape: [V, C]), quantization: quantization, hiddenSize: C)
+            decodeHead = Self.makeDecodeHead(from: try ck.tensor("lm_head.weight", shape: [V, C]), quantization: quantization, hiddenSize: C,
+                                             grouped: true)
             loaded(V * C)
         }
         func linear(_ name: String, _ out: Int, _ inF: Int) throws -> Linear {
             defer { loaded(out * inF) }
+            // Decoding only: the integer GEMV's grouped layout, made as each weight loads.
+            let layout = { (w: Weight) in purpose == .decoding ? GroupedBlockFormat.grouped(w) : w }
             if let w = try ck.storedWeight(name, shape: [out, inF], format: quantization == .stored ? nil : quantization.format) {
-                return Linear(w)
+                return Linear(layout(w))
             }
             if quantization.format is GGUFBlockFormat, inF % GGUFBlockFormat.blockSize != 0 {
                 throw CheckpointError.unsupported(file: ck.source, what: "quantization \(quantization.rawValue) for \(name): rows of \(inF) values are not whole blocks of 32")
             }
-            return Linear(Weight.make(quantization.format, from: try ck.tensor(name, shape: [out, inF]), pool: pool))
+            return Linear(layout(Weight.make(quantization.format, from: try ck.tensor(name, shape: [out, inF]), pool: pool)))
         }
         var blocks: [Block] = []
         for i in 0..<c.numHiddenLayers {
@@ -205,7 +214,8 @@ public final class LlamaModel: @unchecked Sendable {
         } else {
             head = embed
         }
-        self.init(config: c, embed: embed, blocks: blocks, norm: norm, lmHead: head, decodeHead: decodeHead, quantization: quantization)
+        self.init(config: c, embed: embed, blocks: blocks, norm: norm, lmHead: head, decodeHead: decodeHead, quantization: quantization,
+                  groupsDecodeWeights: purpose == .decoding)
     }
 
     /// Bytes held by weights (for memory reports).

@@ -106,7 +106,7 @@ extension LlamaModel {
         var alphaScratch = [Float](repeating: 0, count: (plan ?? []).reduce(0) { $0 + ($1.weights.count > 1 ? $1.weights.count : 0) })
         let be = ctx.backend
         func project(_ lin: Linear, _ l: Int, _ p: Projection, y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>) {
-            be.matmulDecoding(y: y, x: x, w: lin.weight, M: M, scratch: cache.scratch)
+            ctx.profile.time(.projection) { be.matmulDecoding(y: y, x: x, w: lin.weight, M: M, scratch: cache.scratch) }
             let out = lin.outFeatures, inF = lin.inFeatures
             // Plain LoRA: every group's terms in one grouped product (the backend spreads them
             // over its workers). DoRA rescales its group's rows and stays one call per group.
@@ -130,7 +130,9 @@ extension LlamaModel {
                     }
                     if !terms.isEmpty {
                         cache.ensureScratch(LoRATerm.scratchCount(terms))
-                        be.loraGrouped(y: y, x: x, inFeatures: inF, outFeatures: out, terms: terms, u: cache.u.data)
+                        ctx.profile.time(.lora) {
+                            be.loraGrouped(y: y, x: x, inFeatures: inF, outFeatures: out, terms: terms, u: cache.u.data)
+                        }
                     }
                 }
                 return
@@ -174,7 +176,7 @@ extension LlamaModel {
                                              q: cache.q.data + r0 * c.qDim,
                                              kCache: cache.k[l].data + base, vCache: cache.v[l].data + base, start: start, Tq: n))
             }
-            be.attentionCachedBatch(batch, nH: nH, nKV: c.numKeyValueHeads, hd: c.headDim)
+            ctx.profile.time(.attention) { be.attentionCachedBatch(batch, nH: nH, nKV: c.numKeyValueHeads, hd: c.headDim) }
         }
         for it in items { cache.advance(slot: it.slot, by: it.tokens.count) }
     }
