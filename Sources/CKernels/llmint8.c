@@ -224,10 +224,17 @@ avx2_tile(const int mr, long P, const int16_t *q, long ldq, const float *rs, con
     const __m256 k = _mm256_set1_ps(6.200124e-05f);
     for (int i = 0; i < mr; i++) {
         const __m256 r = _mm256_set1_ps(rs[i]);
-        float out[16];
-        _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[i][0]), _mm256_mul_ps(r, s0)), k));
-        _mm256_storeu_ps(out + 8, _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[i][1]), _mm256_mul_ps(r, s1)), k));
+        const __m256 o0 = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[i][0]), _mm256_mul_ps(r, s0)), k);
+        const __m256 o1 = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[i][1]), _mm256_mul_ps(r, s1)), k);
         float *c = C + i * ldc;
+        if (nc == LNR) {  // a whole panel: vector stores (the scalar loop was a sixth of the time)
+            _mm256_storeu_ps(c, accumulate ? _mm256_add_ps(_mm256_loadu_ps(c), o0) : o0);
+            _mm256_storeu_ps(c + 8, accumulate ? _mm256_add_ps(_mm256_loadu_ps(c + 8), o1) : o1);
+            continue;
+        }
+        float out[16];
+        _mm256_storeu_ps(out, o0);
+        _mm256_storeu_ps(out + 8, o1);
         for (long j = 0; j < nc; j++) c[j] = accumulate ? c[j] + out[j] : out[j];
     }
 }
