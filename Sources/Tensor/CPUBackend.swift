@@ -92,6 +92,14 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             blasForward(y: y, x: x, w: w, M: M, accumulate: accumulate, scratch: scratch)
             return
         }
+        if M > Self.smallM, decoding == .q8, w.format is GroupedBlockFormat {
+            // A decoding-only weight (DoRA's prompt rows land here): the integer GEMV in pieces,
+            // as matmulDecoding; the grouped layout has no packed-GEMM kernel.
+            for m0 in stride(from: 0, to: M, by: Self.smallM) {
+                matmul(y: y + m0 * N, x: x + m0 * K, w: w, M: min(Self.smallM, M - m0), accumulate: accumulate, scratch: scratch)
+            }
+            return
+        }
         let acc: Int32 = accumulate ? 1 : 0
         let scales = w.scales
         if M <= Self.smallM {
