@@ -114,3 +114,8 @@ void lora_pool_run(lora_pool *p, long n, lora_task_fn fn, void *ctx) {
     while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) PAUSE();
     pthread_mutex_unlock(&p->busy);
 }
+
+void lora_count_add(long *counter) { __atomic_add_fetch(counter, 1, __ATOMIC_RELEASE); }
+void lora_count_wait(const long *counter, long target) {
+    while (__atomic_load_n(counter, __ATOMIC_ACQUIRE) < target) PAUSE();
+}

@@ -22,6 +22,10 @@ public protocol Backend: AnyObject, Sendable {
     /// the call, so a request gets the same bits alone or batched, and a prompt the same in
     /// any chunking.
     func matmulDecoding(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int, scratch: MatmulScratch)
+    /// `matmulDecoding`, then (terms not empty) `loraGrouped` with the same x: one projection of
+    /// a decoding step with its plain LoRA terms, the bits of those two calls.
+    func decodeProjection(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int, scratch: MatmulScratch,
+                          terms: [LoRATerm], u: UnsafeMutablePointer<Float>)
     /// General f32 GEMM (the LoRA factors' small products): C = alpha op(A) op(B) + beta C.
     func gemm(transA: Bool, transB: Bool, M: Int, N: Int, K: Int, alpha: Float,
               A: UnsafePointer<Float>, lda: Int, B: UnsafePointer<Float>, ldb: Int,
@@ -117,6 +121,12 @@ public struct CachedAttention {
 extension Backend {
     public func matmulDecoding(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int, scratch: MatmulScratch) {
         matmul(y: y, x: x, w: w, M: M, accumulate: false, scratch: scratch)
+    }
+
+    public func decodeProjection(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int, scratch: MatmulScratch,
+                                 terms: [LoRATerm], u: UnsafeMutablePointer<Float>) {
+        matmulDecoding(y: y, x: x, w: w, M: M, scratch: scratch)
+        if !terms.isEmpty { loraGrouped(y: y, x: x, inFeatures: w.inFeatures, outFeatures: w.outFeatures, terms: terms, u: u) }
     }
 
     public func attentionCachedBatch(_ items: [CachedAttention], nH: Int, nKV: Int, hd: Int) {

@@ -366,18 +366,35 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     public func loraGrouped(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, inFeatures: Int, outFeatures: Int,
                             terms all: [LoRATerm], u: UnsafeMutablePointer<Float>) {
         let terms = LoRATerm.pieces(all)
-        guard let spin, let fam = family.kernelID, !terms.isEmpty,
-              terms.allSatisfy({ $0.r1 - $0.r0 <= Self.smallM && (($0.alpha == 1 && $0.alphas == nil) || ($0.r1 - $0.r0) * $0.rank <= Self.smallScaled) })
-        else {
+        guard let spin, let plan = loraPlan(terms, u: u) else {
             loraGroupedSerial(y: y, x: x, inFeatures: inFeatures, outFeatures: outFeatures, terms: terms, u: u)
             return
         }
+        runSpin(spin, plan.jobs.count) { i in loraFirst(plan, i, terms, x: x, inFeatures: inFeatures) }
+        let out = outFeatures
+        let units = (out + 15) / 16, tasks = min(units, 4 * Int(lora_pool_threads(spin))), per = (units + tasks - 1) / tasks
+        runSpin(spin, tasks) { i in
+            let n0 = min(out, i * per * 16), n1 = min(out, (i + 1) * per * 16)
+            if n0 < n1 { loraSecond(plan, terms, y: y, outFeatures: out, n0, n1) }
+        }
+    }
+
+    /// `loraGrouped`'s work on the spinning workers: each term's slice of u, and the first
+    /// product's tasks (a term and a range of its rank, in pieces of 4 outputs at least, so that
+    /// a step with one or two adapters still gives every worker a share; a piece's outputs get
+    /// the same bits). nil when a term does not take gemm's small-M path.
+    private struct LoRAPlan {
+        let fam: Int32
+        let us: [UnsafeMutablePointer<Float>]
+        let jobs: [(term: Int, n0: Int, n1: Int)]
+    }
+    private func loraPlan(_ terms: [LoRATerm], u: UnsafeMutablePointer<Float>) -> LoRAPlan? {
+        guard let spin, let fam = family.kernelID, !terms.isEmpty,
+              terms.allSatisfy({ $0.r1 - $0.r0 <= Self.smallM && (($0.alpha == 1 && $0.alphas == nil) || ($0.r1 - $0.r0) * $0.rank <= Self.smallScaled) })
+        else { return nil }
         var us: [UnsafeMutablePointer<Float>] = []
         var at = u
         for t in terms { us.append(at); at += (t.r1 - t.r0) * t.rank }
-        let inF = inFeatures, out = outFeatures, f32 = Self.f32Format
-        // Each term's rank split in pieces (of 4 outputs at least) so that a step with one or
-        // two adapters still gives every worker a share; a piece's outputs get the same bits.
         let threads = Int(lora_pool_threads(spin))
         let pieces = terms.map { max(1, min($0.rank / 4, (4 * threads + terms.count - 1) / terms.count)) }
         var jobs: [(term: Int, n0: Int, n1: Int)] = []
@@ -385,21 +402,67 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             let per = (t.rank + pieces[j] - 1) / pieces[j]
             for n0 in stride(from: 0, to: t.rank, by: per) { jobs.append((j, n0, min(t.rank, n0 + per))) }
         }
-        runSpin(spin, jobs.count) { i in
-            let (j, n0, n1) = jobs[i], t = terms[j], M = t.r1 - t.r0
-            lora_gemv_abt(fam, f32, M, n0, n1, inF, x + t.r0 * inF, inF, t.A, inF, nil, us[j], t.rank, 0)
-            for m in 0..<M {
-                let a = t.alpha(row: t.r0 + m)
-                if a != 1 { for n in n0..<n1 { us[j][m * t.rank + n] = a * us[j][m * t.rank + n] } }
-            }
+        return LoRAPlan(fam: fam, us: us, jobs: jobs)
+    }
+    /// Task i of the first product: u[:, n0..<n1] = x A^T for one term, times its alpha(s).
+    @inline(__always)
+    private func loraFirst(_ plan: LoRAPlan, _ i: Int, _ terms: [LoRATerm], x: UnsafePointer<Float>, inFeatures inF: Int) {
+        let (j, n0, n1) = plan.jobs[i], t = terms[j], M = t.r1 - t.r0, uj = plan.us[j]
+        lora_gemv_abt(plan.fam, Self.f32Format, M, n0, n1, inF, x + t.r0 * inF, inF, t.A, inF, nil, uj, t.rank, 0)
+        for m in 0..<M {
+            let a = t.alpha(row: t.r0 + m)
+            if a != 1 { for n in n0..<n1 { uj[m * t.rank + n] = a * uj[m * t.rank + n] } }
         }
-        let units = (out + 15) / 16, tasks = min(units, 4 * Int(lora_pool_threads(spin))), per = (units + tasks - 1) / tasks
-        runSpin(spin, tasks) { i in
-            let n0 = min(out, i * per * 16), n1 = min(out, (i + 1) * per * 16)
-            if n0 >= n1 { return }
-            for (j, t) in terms.enumerated() {
-                lora_gemv_abt(fam, f32, t.r1 - t.r0, n0, n1, t.rank, us[j], t.rank, t.B, t.rank, nil, y + t.r0 * out, out, 1)
+    }
+    /// y[:, n0..<n1] += u B^T, every term in order (n0 a multiple of 16: the kernel's blocks
+    /// of outputs then fall where they fall in any other 16-aligned split, so the same bits).
+    @inline(__always)
+    private func loraSecond(_ plan: LoRAPlan, _ terms: [LoRATerm], y: UnsafeMutablePointer<Float>, outFeatures out: Int, _ n0: Int, _ n1: Int) {
+        for (j, t) in terms.enumerated() {
+            lora_gemv_abt(plan.fam, Self.f32Format, t.r1 - t.r0, n0, n1, t.rank, plan.us[j], t.rank, t.B, t.rank, nil, y + t.r0 * out, out, 1)
+        }
+    }
+
+    /// A decoding step's projection and its LoRA terms as one job on the spinning workers:
+    /// first the terms' x A^T tasks, then per range of 16-row units the integer GEMV of W's
+    /// rows and, once every x A^T task is done (they were handed out first), the terms' u B^T
+    /// on the same columns. Two hand-offs fewer per projection than `matmulDecoding` then
+    /// `loraGrouped`, and one core streams LoRA factors while the other multiplies; the kernel
+    /// calls and their column splits are theirs (16-aligned), so the same bits.
+    public func decodeProjection(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int, scratch: MatmulScratch,
+                                 terms all: [LoRATerm], u: UnsafeMutablePointer<Float>) {
+        let N = w.rows, K = w.cols, nb = K / 32, bytes = M * K + 8 * M * nb
+        let terms = LoRATerm.pieces(all)
+        guard !terms.isEmpty, M >= 1, M <= Self.smallM, decoding == .q8, let spin, let fmt = w.format.kernelID,
+              lora_q8_gemv_format(fmt) != 0, K % 32 == 0, w.byteCount >= Self.spinBytes,
+              bytes <= scratch.capacity * MemoryLayout<Float>.stride, let plan = loraPlan(terms, u: u)
+        else {
+            matmulDecoding(y: y, x: x, w: w, M: M, scratch: scratch)
+            if !all.isEmpty { loraGrouped(y: y, x: x, inFeatures: K, outFeatures: N, terms: all, u: u) }
+            return
+        }
+        let fam = plan.fam
+        let raw = UnsafeMutableRawPointer(scratch.data)
+        let q = raw.assumingMemoryBound(to: Int8.self)
+        let d = (raw + M * K).assumingMemoryBound(to: Float.self)
+        let sums = (raw + M * K + 4 * M * nb).assumingMemoryBound(to: Int32.self)
+        lora_q8_quantize(fam, M, K, x, K, q, d, sums)
+        // The same ranges as matmul's spinning path.
+        let units = (N + 15) / 16, t = min(units, 8 * Int(lora_pool_threads(spin))), per = (units + t - 1) / t
+        let first = plan.jobs.count
+        let done = UnsafeMutablePointer<Int>.allocate(capacity: 1)
+        done.initialize(to: 0)
+        defer { done.deallocate() }
+        runSpin(spin, first + t) { i in
+            if i < first {
+                loraFirst(plan, i, terms, x: x, inFeatures: K)
+                lora_count_add(done)
+                return
             }
+            let n0 = min(N, (i - first) * per * 16), n1 = min(N, (i - first + 1) * per * 16)
+            if n0 < n1 { lora_q8_gemv(fam, fmt, M, n0, n1, K, q, d, sums, w.data, K, y, N, 0) }
+            lora_count_wait(done, first)
+            if n0 < n1 { loraSecond(plan, terms, y: y, outFeatures: N, n0, n1) }
         }
     }
 

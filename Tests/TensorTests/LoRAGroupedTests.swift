@@ -1,3 +1,4 @@
+import Foundation
 import XCTest
 @testable import Tensor
 
@@ -140,4 +141,90 @@ final class LoRAGroupedTests: XCTestCase {
         }
     }
 
+
+    /// `decodeProjection` (serve's and generate's projection with its LoRA terms, one job on the
+    /// spinning workers) gives the bits of `matmulDecoding` then `loraGrouped`, for integer
+    /// formats in both layouts, several term layouts (per-row alphas too) and M from 1 to 16;
+    /// weights too small for the workers and M past 16 take the two calls themselves.
+    func testDecodeProjectionEqualsTheTwoCalls() {
+        var rng = RNG(seed: 21)
+        for (N, K) in [(400, 384), (48, 64)] {   // 163 KB of Q8_0, 96 KB of Q4_1 (the workers' path); 3 KB (not)
+            let wf = Tensor([N, K])
+            for i in 0..<wf.count { wf.data[i] = 0.05 * rng.normal() }
+            let factors = (0..<3).map { _ -> (A: Tensor, B: Tensor) in
+                let a = Tensor([16, K]), b = Tensor([N, 16])
+                for i in 0..<a.count { a.data[i] = 0.1 * rng.normal() }
+                for i in 0..<b.count { b.data[i] = 0.1 * rng.normal() }
+                return (a, b)
+            }
+            var alphas: [Float] = (0..<20).map { Float($0 % 3) * 0.5 - 0.4 }
+            for family in KernelFamily.available {
+                let be = CPUBackend(family: family, pool: testPool)
+                for format in [WeightFormats.q8_0, WeightFormats.q4_1] {
+                    for w in [Weight.make(format, from: wf, pool: testPool), GroupedBlockFormat.grouped(Weight.make(format, from: wf, pool: testPool))] {
+                        for M in [1, 2, 7, 8, 16, 19] {
+                            let x = (0..<(M * K)).map { _ in rng.normal() }
+                            alphas.withUnsafeMutableBufferPointer { ab in
+                                var terms = [LoRATerm(r0: 0, r1: M, rank: 16, alpha: 2, A: factors[0].A.data, B: factors[0].B.data)]
+                                if M >= 2 {
+                                    terms.append(LoRATerm(r0: M / 2, r1: M, rank: 16, alpha: 1, A: factors[1].A.data, B: factors[1].B.data,
+                                                          alphas: UnsafePointer(ab.baseAddress!)))
+                                    terms.append(LoRATerm(r0: 0, r1: 1, rank: 16, alpha: -0.7, A: factors[2].A.data, B: factors[2].B.data))
+                                }
+                                var y1 = [Float](repeating: .nan, count: M * N), y2 = y1
+                                var u = [Float](repeating: .nan, count: LoRATerm.scratchCount(terms))
+                                be.matmulDecoding(y: &y1, x: x, w: w, M: M, scratch: MatmulScratch())
+                                be.loraGrouped(y: &y1, x: x, inFeatures: K, outFeatures: N, terms: terms, u: &u)
+                                u = [Float](repeating: .nan, count: LoRATerm.scratchCount(terms))
+                                be.decodeProjection(y: &y2, x: x, w: w, M: M, scratch: MatmulScratch(), terms: terms, u: &u)
+                                let diff = (0..<(M * N)).filter { y1[$0].bitPattern != y2[$0].bitPattern }
+                                XCTAssertTrue(diff.isEmpty, "\(family) \(w.format.name) \(N)x\(K) M=\(M): \(diff.count) outputs differ, e.g. "
+                                              + "\(diff.first.map { "\(y1[$0]) vs \(y2[$0])" } ?? "")")
+                                XCTAssertFalse(y2.contains { $0.isNaN }, "\(family) M=\(M): NaN left")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Timing (LORA_BENCH=1 only): one SmolLM2 gate projection (1536 x 576 Q4_1, grouped) with
+    /// r = 16 terms, `decodeProjection` against `matmulDecoding` then `loraGrouped`, alternating.
+    func testDecodeProjectionTiming() throws {
+        guard ProcessInfo.processInfo.environment["LORA_BENCH"] == "1" else { throw XCTSkip("set LORA_BENCH=1") }
+        var rng = RNG(seed: 3)
+        let N = 1536, K = 576
+        let wf = Tensor([N, K])
+        for i in 0..<wf.count { wf.data[i] = 0.05 * rng.normal() }
+        let w = GroupedBlockFormat.grouped(Weight.make(WeightFormats.q4_1, from: wf, pool: testPool))
+        let factors = (0..<3).map { _ -> (A: Tensor, B: Tensor) in
+            let a = Tensor([16, K]), b = Tensor([N, 16])
+            for i in 0..<a.count { a.data[i] = 0.1 * rng.normal() }
+            for i in 0..<b.count { b.data[i] = 0.1 * rng.normal() }
+            return (a, b)
+        }
+        let be = CPUBackend(family: .best, pool: .allCores)
+        for M in [1, 8] {
+            let terms = M == 1 ? [LoRATerm(r0: 0, r1: 1, rank: 16, alpha: 2, A: factors[0].A.data, B: factors[0].B.data)]
+                : (0..<3).map { LoRATerm(r0: 2 * $0, r1: 2 * $0 + 2 + ($0 == 2 ? 2 : 0), rank: 16, alpha: 2, A: factors[$0].A.data, B: factors[$0].B.data) }
+            let x = (0..<(M * K)).map { _ in rng.normal() }
+            var y = [Float](repeating: 0, count: M * N), u = [Float](repeating: 0, count: LoRATerm.scratchCount(terms))
+            let scratch = MatmulScratch()
+            var fused: [Double] = [], apart: [Double] = []
+            for _ in 0..<20 {
+                var t0 = DispatchTime.now().uptimeNanoseconds
+                for _ in 0..<200 { be.decodeProjection(y: &y, x: x, w: w, M: M, scratch: scratch, terms: terms, u: &u) }
+                fused.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 200e3)
+                t0 = DispatchTime.now().uptimeNanoseconds
+                for _ in 0..<200 {
+                    be.matmulDecoding(y: &y, x: x, w: w, M: M, scratch: scratch)
+                    be.loraGrouped(y: &y, x: x, inFeatures: K, outFeatures: N, terms: terms, u: &u)
+                }
+                apart.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 200e3)
+            }
+            fused.sort(); apart.sort()
+            print(String(format: "M=%d: decodeProjection median %.1f us (best %.1f), two calls median %.1f us (best %.1f)", M, fused[10], fused[0], apart[10], apart[0]))
+        }
+    }
 }

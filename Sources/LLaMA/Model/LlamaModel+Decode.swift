@@ -40,12 +40,22 @@ extension LlamaModel {
         precondition(adapters.maxRank <= cache.u.shape[1], "KVCache sized for rank \(cache.u.shape[1]), adapters have \(adapters.maxRank)")
         let be = ctx.backend, prof = ctx.profile
         func project(_ lin: Linear, _ l: Int, _ p: Projection, y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>) {
+            let site = adapters.layers(at: LoRASite(l, p))
+            if prof == nil, !site.isEmpty, !site.contains(where: { $0.0.isDoRA }) {
+                // The base product and the plain LoRA terms as one backend call (one job on the
+                // CPU), with the bits of the two calls below.
+                let terms = site.map { layer, weight in
+                    LoRATerm(r0: 0, r1: M, rank: layer.r, alpha: weight * layer.scale, A: layer.A.data, B: layer.B.data)
+                }
+                cache.ensureScratch(LoRATerm.scratchCount(terms))
+                be.decodeProjection(y: y, x: x, w: lin.weight, M: M, scratch: cache.scratch, terms: terms, u: cache.u.data)
+                return
+            }
             prof.time(.projection) { be.matmulDecoding(y: y, x: x, w: lin.weight, M: M, scratch: cache.scratch) }
             if adapters.isEmpty { return }
             prof.time(.lora) {
                 // Plain LoRA through the server's grouped product (rows in pieces of 16), so a
                 // prompt's rows get the bits `lora serve` gives them, alone, batched or cached.
-                let site = adapters.layers(at: LoRASite(l, p))
                 if !site.contains(where: { $0.0.isDoRA }) {
                     let terms = site.map { layer, weight in
                         LoRATerm(r0: 0, r1: M, rank: layer.r, alpha: weight * layer.scale, A: layer.A.data, B: layer.B.data)

@@ -106,7 +106,6 @@ extension LlamaModel {
         var alphaScratch = [Float](repeating: 0, count: (plan ?? []).reduce(0) { $0 + ($1.weights.count > 1 ? $1.weights.count : 0) })
         let be = ctx.backend
         func project(_ lin: Linear, _ l: Int, _ p: Projection, y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>) {
-            ctx.profile.time(.projection) { be.matmulDecoding(y: y, x: x, w: lin.weight, M: M, scratch: cache.scratch) }
             let out = lin.outFeatures, inF = lin.inFeatures
             // Plain LoRA: every group's terms in one grouped product (the backend spreads them
             // over its workers). DoRA rescales its group's rows and stays one call per group.
@@ -128,8 +127,14 @@ extension LlamaModel {
                             at += t.weights.count
                         }
                     }
+                    cache.ensureScratch(LoRATerm.scratchCount(terms))
+                    if ctx.profile == nil {
+                        // The base product and the terms as one backend call (one job on the CPU).
+                        be.decodeProjection(y: y, x: x, w: lin.weight, M: M, scratch: cache.scratch, terms: terms, u: cache.u.data)
+                        return
+                    }
+                    ctx.profile.time(.projection) { be.matmulDecoding(y: y, x: x, w: lin.weight, M: M, scratch: cache.scratch) }
                     if !terms.isEmpty {
-                        cache.ensureScratch(LoRATerm.scratchCount(terms))
                         ctx.profile.time(.lora) {
                             be.loraGrouped(y: y, x: x, inFeatures: inF, outFeatures: out, terms: terms, u: cache.u.data)
                         }
@@ -137,6 +142,7 @@ extension LlamaModel {
                 }
                 return
             }
+            ctx.profile.time(.projection) { be.matmulDecoding(y: y, x: x, w: lin.weight, M: M, scratch: cache.scratch) }
             for g in groups {
                 for (layer, weight) in g.set.layers(at: LoRASite(l, p)) {
                     let yr = y + g.r0 * out, xr = x + g.r0 * inF, n = g.r1 - g.r0
