@@ -75,6 +75,23 @@ static double portable_exp_shifted(float *y, const float *x, float shift, long n
     return total;
 }
 
+static void portable_swiglu_forward(float *h, const float *gate, const float *up, long i, long n) {
+    for (; i < n; i++) {
+        const float g = gate[i];
+        h[i] = g / (1.0f + exp_one(-g)) * up[i];
+    }
+}
+
+static void portable_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up,
+                                     long i, long n) {
+    for (; i < n; i++) {
+        const float g = gate[i], u = up[i], d = dh[i];
+        const float den = 1.0f + exp_one(-g), s = 1.0f / den;
+        dgate[i] = d * u * s * (1.0f + g * (1.0f - s));
+        dup[i] = d * (g / den);
+    }
+}
+
 #ifdef VEXP_X86
 #define VEXP_T __attribute__((target("avx2,fma")))
 VEXP_T static inline __m256 exp8(__m256 x0) {
@@ -120,6 +137,56 @@ VEXP_T static double avx2_exp_shifted(float *y, const float *x, float shift, lon
     return total;
 }
 #endif
+
+#ifdef VEXP_X86
+/// -g as Swift's prefix minus: the sign bit flipped.
+VEXP_T static inline __m256 neg8(__m256 g) { return _mm256_xor_ps(g, _mm256_set1_ps(-0.0f)); }
+
+VEXP_T static void avx2_swiglu_forward(float *h, const float *gate, const float *up, long n) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    long i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i), u = _mm256_loadu_ps(up + i);
+        const __m256 silu = _mm256_div_ps(g, _mm256_add_ps(one, exp8(neg8(g))));
+        _mm256_storeu_ps(h + i, _mm256_mul_ps(silu, u));
+    }
+    portable_swiglu_forward(h, gate, up, i, n);
+}
+
+VEXP_T static void avx2_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, long n) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    long i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i), u = _mm256_loadu_ps(up + i), d = _mm256_loadu_ps(dh + i);
+        const __m256 den = _mm256_add_ps(one, exp8(neg8(g)));
+        const __m256 s = _mm256_div_ps(one, den);
+        const __m256 a = _mm256_mul_ps(_mm256_mul_ps(d, u), s);
+        _mm256_storeu_ps(dgate + i, _mm256_mul_ps(a, _mm256_add_ps(one, _mm256_mul_ps(g, _mm256_sub_ps(one, s)))));
+        _mm256_storeu_ps(dup + i, _mm256_mul_ps(d, _mm256_div_ps(g, den)));
+    }
+    portable_swiglu_backward(dgate, dup, dh, gate, up, i, n);
+}
+#endif
+
+void lora_swiglu_forward(int family, float *h, const float *gate, const float *up, long n) {
+#ifdef VEXP_X86
+    if ((family == LORA_FAMILY_AVX2 || family == LORA_FAMILY_AVX512) && lora_family_available(LORA_FAMILY_AVX2)) {
+        avx2_swiglu_forward(h, gate, up, n);
+        return;
+    }
+#endif
+    portable_swiglu_forward(h, gate, up, 0, n);
+}
+
+void lora_swiglu_backward(int family, float *dgate, float *dup, const float *dh, const float *gate, const float *up, long n) {
+#ifdef VEXP_X86
+    if ((family == LORA_FAMILY_AVX2 || family == LORA_FAMILY_AVX512) && lora_family_available(LORA_FAMILY_AVX2)) {
+        avx2_swiglu_backward(dgate, dup, dh, gate, up, n);
+        return;
+    }
+#endif
+    portable_swiglu_backward(dgate, dup, dh, gate, up, 0, n);
+}
 
 double lora_exp_shifted(int family, float *y, const float *x, float shift, long n) {
 #ifdef VEXP_X86

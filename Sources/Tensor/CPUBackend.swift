@@ -540,11 +540,11 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                                 start: start, Tq: Tq, nH: nH, nKV: nKV, hd: hd)
     }
     public func swigluForward(h: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count: Int) {
-        SwiGLU.forward(pool: pool, h: h, gate: gate, up: up, count: count)
+        SwiGLU.forward(pool: pool, vectorKernels: family.vectorID, h: h, gate: gate, up: up, count: count)
     }
     public func swigluBackward(dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>, dh: UnsafePointer<Float>,
                                gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count: Int) {
-        SwiGLU.backward(pool: pool, dgate: dgate, dup: dup, dh: dh, gate: gate, up: up, count: count)
+        SwiGLU.backward(pool: pool, vectorKernels: family.vectorID, dgate: dgate, dup: dup, dh: dh, gate: gate, up: up, count: count)
     }
     public func add(out: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>, count: Int) {
         VectorOps.add(pool: pool, out: out, a: a, b: b, count: count)

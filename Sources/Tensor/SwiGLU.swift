@@ -5,7 +5,30 @@
 //   dgate = dh * up * s * (1 + g * (1 - s)),   dup = dh * silu(g)
 // Every output element depends only on the same element of the inputs, so any output may
 // alias any input (each element is read before it is written).
+//
+// The CPU backend runs the C versions (vexp.c's lora_swiglu_*, 8 lanes with AVX2; the Swift
+// SIMD code is compiled for baseline x86-64), which give these functions' bits on every
+// family; these stay as their reference (SwiGLUTests).
+import CKernels
+
 public enum SwiGLU {
+    /// The C kernels over the pool's workers, in the same chunks as the Swift code.
+    public static func forward(pool: WorkerPool, vectorKernels fam: Int32, h: UnsafeMutablePointer<Float>,
+                               gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count: Int) {
+        pool.chunks(count, grain: 1 << 14) { r in
+            lora_swiglu_forward(fam, h + r.lowerBound, gate + r.lowerBound, up + r.lowerBound, r.count)
+        }
+    }
+
+    public static func backward(pool: WorkerPool, vectorKernels fam: Int32, dgate: UnsafeMutablePointer<Float>,
+                                dup: UnsafeMutablePointer<Float>, dh: UnsafePointer<Float>, gate: UnsafePointer<Float>,
+                                up: UnsafePointer<Float>, count: Int) {
+        pool.chunks(count, grain: 1 << 14) { r in
+            let o = r.lowerBound
+            lora_swiglu_backward(fam, dgate + o, dup + o, dh + o, gate + o, up + o, r.count)
+        }
+    }
+
     public static func forward(pool: WorkerPool, h: UnsafeMutablePointer<Float>, // [N, I]
                                gate: UnsafePointer<Float>,     // [N, I]
                                up: UnsafePointer<Float>,       // [N, I]

@@ -52,4 +52,36 @@ final class SwiGLUTests: XCTestCase {
         checkGradient("swiglu dgate", x: gate, analytic: dg, atol: 1e-3, loss: loss)
         checkGradient("swiglu dup", x: up, analytic: du, atol: 1e-3, loss: loss)
     }
+
+    /// The C kernels (what the CPU backend runs) give the Swift SIMD code's bits on every
+    /// family: lengths with tails, gates from -200 to 200 (exp's clamps), zeros of both signs,
+    /// infinities, and outputs aliasing inputs.
+    func testKernelsGiveTheSwiftBits() {
+        var rng = RNG(seed: 42)
+        let n = 4099
+        let gate = randn([n], &rng, scale: 6), up = randn([n], &rng), dh = randn([n], &rng)
+        for (i, v) in [Float(0), -0, 200, -200, 88.5, -88.5, 87.4, -87.4, .infinity, -.infinity].enumerated() { gate[i * 3] = v }
+        let h = Tensor([n]), dg = Tensor([n]), du = Tensor([n])
+        SwiGLU.forward(pool: testPool, h: h.data, gate: gate.data, up: up.data, count: n)
+        SwiGLU.backward(pool: testPool, dgate: dg.data, dup: du.data, dh: dh.data, gate: gate.data, up: up.data, count: n)
+        for family in KernelFamily.available {
+            let fam = family.vectorID
+            for count in [n, 7, 8, 17] {
+                let h2 = Tensor([n]), dg2 = Tensor([n]), du2 = Tensor([n])
+                SwiGLU.forward(pool: testPool, vectorKernels: fam, h: h2.data, gate: gate.data, up: up.data, count: count)
+                SwiGLU.backward(pool: testPool, vectorKernels: fam, dgate: dg2.data, dup: du2.data, dh: dh.data, gate: gate.data,
+                                up: up.data, count: count)
+                for (name, a, b) in [("h", h, h2), ("dgate", dg, dg2), ("dup", du, du2)] {
+                    let diff = (0..<count).filter { a[$0].bitPattern != b[$0].bitPattern }
+                    XCTAssertTrue(diff.isEmpty, "\(family) \(name) count \(count): \(diff.count) differ, e.g. [\(diff.first ?? -1)] "
+                                  + "\(diff.first.map { "\(a[$0]) vs \(b[$0]) (gate \(gate[$0]))" } ?? "")")
+                }
+            }
+            // In place, as the backend may call it.
+            let g2 = gate.clone(), u2 = up.clone()
+            SwiGLU.backward(pool: testPool, vectorKernels: fam, dgate: g2.data, dup: u2.data, dh: dh.data, gate: g2.data, up: u2.data, count: n)
+            XCTAssertEqual(g2.array.map(\.bitPattern), dg.array.map(\.bitPattern), "\(family) dgate in place")
+            XCTAssertEqual(u2.array.map(\.bitPattern), du.array.map(\.bitPattern), "\(family) dup in place")
+        }
+    }
 }

@@ -222,6 +222,12 @@ void lora_attn_scores_rows(int family, const float *q, long ldq, long R, const f
 /// 1024-element blocks of 8 lane sums added in Double; every family gives the same bits. y may
 /// alias x.
 double lora_exp_shifted(int family, float *y, const float *x, float shift, long n);
+/// SwiGLU (Tensor's SwiGLU.swift) over elements 0..<n with VectorOps.exp's arithmetic, every
+/// family the bits of the Swift SIMD code: h = g / (1 + exp(-g)) * u; backward with
+/// den = 1 + exp(-g), s = 1 / den: dgate = d * u * s * (1 + g * (1 - s)), dup = d * (g / den),
+/// each left to right, no fused operations. Outputs may alias inputs element for element.
+void lora_swiglu_forward(int family, float *h, const float *gate, const float *up, long n);
+void lora_swiglu_backward(int family, float *dgate, float *dup, const float *dh, const float *gate, const float *up, long n);
 
 // ---- A spinning worker pool for short jobs (spinpool.c) -------------------------------------
 typedef struct lora_pool lora_pool;
