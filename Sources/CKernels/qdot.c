@@ -471,16 +471,16 @@ typedef struct { __m256i c[8]; __m256 dw, mw; } q8_decoded;
 /// The _X8 layout's 4-bit formats at 3 <= M <= MAX_M on AVX2: two groups of 8 rows at a time,
 /// so that each broadcast activation word feeds two products (the broadcasts compete with the
 /// products for the vector pipes). The two groups' blocks are decoded once per chunk (nibbles
-/// split, scales converted) into L1 and read there by one pass per row of A; Q4_1's m term is
-/// summed in a pass of its own. Passes of one row keep every sum in a register (two rows
-/// spilled and measured slower). The operations per (row of A, row of W) and their order are
-/// those of the block bodies above, so the bits are theirs.
+/// split, scales converted) into L1 and read there by one pass per row of A. Passes of one row
+/// keep every sum (and Q4_1's m term) in a register; two rows spilled and measured slower.
+/// The operations per (row of A, row of W) and their order are those of the block bodies
+/// above, so the bits are theirs.
 #define PCHUNK 24  // blocks decoded at a time: 15 KB for the two groups
 static inline __attribute__((always_inline)) AVX2_TARGET void
 avx2_x8_pass(const int fmt, long K, const int8_t *x, const float *da, const int32_t *sa, long b0, long b1,
-             __m256i codes[][2][8], __m256 dws[][2], __m256 acc[2]) {
+             __m256i codes[][2][8], __m256 dws[][2], __m256 mws[][2], __m256 acc[2], __m256 accm[2]) {
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256 a0 = acc[0], a1 = acc[1];
+    __m256 a0 = acc[0], a1 = acc[1], m0 = accm[0], m1 = accm[1];
     for (long b = b0; b < b1; b++) {
         __m256i (*c)[8] = codes[b - b0];
         __m256i p0 = _mm256_setzero_si256(), p1 = p0;
@@ -495,8 +495,13 @@ avx2_x8_pass(const int fmt, long K, const int8_t *x, const float *da, const int3
                              _mm256_mul_ps(dws[b - b0][0], vad), a0);
         a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(init, _mm256_madd_epi16(p1, ones))),
                              _mm256_mul_ps(dws[b - b0][1], vad), a1);
+        if (fmt == LORA_FORMAT_Q4_1) {
+            const __m256 f = _mm256_set1_ps(da[b] * (float)sa[b]);
+            m0 = _mm256_fmadd_ps(mws[b - b0][0], f, m0);
+            m1 = _mm256_fmadd_ps(mws[b - b0][1], f, m1);
+        }
     }
-    acc[0] = a0; acc[1] = a1;
+    acc[0] = a0; acc[1] = a1; accm[0] = m0; accm[1] = m1;
 }
 
 /// Rows n..n+16 of W (two _X8 groups) against rows 0..M of A.
@@ -524,17 +529,8 @@ avx2_x8_pair(const int fmt, long M, long K, const int8_t *q, const float *da, co
                     codes[b - b0][g][4 + k] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
                 }
             }
-        for (long m = 0; m < M; m++) avx2_x8_pass(fmt, K, q + m * K, da + m * nb, sa + m * nb, b0, b1, codes, dws, acc[m]);
-        if (fmt == LORA_FORMAT_Q4_1)
-            for (long m = 0; m < M; m++) {
-                __m256 s0 = accm[m][0], s1 = accm[m][1];
-                for (long b = b0; b < b1; b++) {
-                    const __m256 f = _mm256_set1_ps(da[m * nb + b] * (float)sa[m * nb + b]);
-                    s0 = _mm256_fmadd_ps(mws[b - b0][0], f, s0);
-                    s1 = _mm256_fmadd_ps(mws[b - b0][1], f, s1);
-                }
-                accm[m][0] = s0; accm[m][1] = s1;
-            }
+        for (long m = 0; m < M; m++)
+            avx2_x8_pass(fmt, K, q + m * K, da + m * nb, sa + m * nb, b0, b1, codes, dws, mws, acc[m], accm[m]);
     }
     for (long m = 0; m < M; m++)
         for (int g = 0; g < 2; g++) {
