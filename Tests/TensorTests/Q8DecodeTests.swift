@@ -1,5 +1,5 @@
 import CKernels
-import Tensor
+@testable import Tensor
 import XCTest
 
 /// The integer decoding GEMV (qdot.c: lora_q8_quantize, lora_q8_gemv) for Q4_0, Q4_1 and Q8_0.
@@ -408,5 +408,33 @@ final class Q8DecodeTests: XCTestCase {
                 }
             }
         }
+    }
+
+    /// Grouped weights carved from a `WeightArena` (several to a chunk, one larger than a chunk):
+    /// the same bytes as a weight's own storage, 64-byte aligned, and the chunks live exactly as
+    /// long as the weights carved from them.
+    func testArenaWeightsAreTheGroupedBytes() {
+        var rng = RNG(seed: 13)
+        weak var firstChunk: AnyObject?
+        do {
+            let arena = WeightArena(chunkBytes: 1)   // 2 MB chunks
+            var carved: [(Weight, Weight)] = []
+            for (N, K) in [(64, 96), (40, 1056), (2048, 1024), (16, 32)] {   // the third is over 2 MB in Q8_0
+                let wf = Tensor([N, K])
+                for i in 0..<wf.count { wf.data[i] = 0.1 * rng.normal() }
+                let w = Weight.make(WeightFormats.q8_0, from: wf, pool: testPool)
+                carved.append((GroupedBlockFormat.grouped(w), GroupedBlockFormat.grouped(w, arena: arena)))
+            }
+            for (own, inArena) in carved {
+                XCTAssertEqual(inArena.format.name, "q8_0x8")
+                XCTAssertEqual(Int(bitPattern: inArena.data) % 64, 0, "64-byte aligned")
+                XCTAssertEqual(memcmp(own.data, inArena.data, own.byteCount), 0, "\(own.rows)x\(own.cols): the same bytes")
+            }
+            XCTAssertTrue(carved[0].1.owner === carved[1].1.owner, "small weights share a chunk")
+            XCTAssertFalse(carved[0].1.owner === carved[2].1.owner, "a weight over a chunk gets its own")
+            firstChunk = carved[0].1.owner
+            XCTAssertNotNil(firstChunk)
+        }
+        XCTAssertNil(firstChunk, "the chunk is freed with its weights and the arena")
     }
 }

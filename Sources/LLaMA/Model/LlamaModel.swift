@@ -116,16 +116,19 @@ public final class LlamaModel: @unchecked Sendable {
     public var decodeHead: Weight {
         headLock.lock(); defer { headLock.unlock() }
         if let h = _decodeHead { return h }
-        let h = Self.makeDecodeHead(from: lmHead, quantization: quantization, hiddenSize: config.hiddenSize, grouped: groupsDecodeWeights)
+        let h = Self.makeDecodeHead(from: lmHead, quantization: quantization, hiddenSize: config.hiddenSize,
+                                    arena: groupsDecodeWeights ? WeightArena() : nil)
         _decodeHead = h
         return h
     }
 
-    static func makeDecodeHead(from head: Tensor, quantization: Quantization, hiddenSize: Int, grouped: Bool) -> Weight {
+    /// `arena`: given when decoding weights are grouped (`groupsDecodeWeights`); the head is
+    /// regrouped into it.
+    static func makeDecodeHead(from head: Tensor, quantization: Quantization, hiddenSize: Int, arena: WeightArena?) -> Weight {
         var f = quantization.decodeHeadFormat
         if f is GGUFBlockFormat, hiddenSize % GGUFBlockFormat.blockSize != 0 { f = WeightFormats.int8 }
         let w = Weight.make(f, from: head, pool: .allCores)
-        return grouped ? GroupedBlockFormat.grouped(w) : w
+        return arena.map { GroupedBlockFormat.grouped(w, arena: $0) } ?? w
     }
     /// A model loaded for decoding only keeps its Q8_0 / Q4_0 / Q4_1 weights (and decoding
     /// head) in `GroupedBlockFormat`, the integer decoding GEMV's own layout.
@@ -169,16 +172,18 @@ public final class LlamaModel: @unchecked Sendable {
         }
         let embed = try ck.tensor("model.embed_tokens.weight", shape: [V, C])
         loaded(V * C)
+        // Decoding only: the grouped weights side by side on huge pages (`WeightArena`).
+        let arena = purpose == .decoding ? WeightArena() : nil
         var decodeHead: Weight? = nil
-        if purpose == .decoding, !c.tieWordEmbeddings, ck.has("lm_head.weight") {
+        if let arena, !c.tieWordEmbeddings, ck.has("lm_head.weight") {
             decodeHead = Self.makeDecodeHead(from: try ck.tensor("lm_head.weight", shape: [V, C]), quantization: quantization, hiddenSize: C,
-                                             grouped: true)
+                                             arena: arena)
             loaded(V * C)
         }
         func linear(_ name: String, _ out: Int, _ inF: Int) throws -> Linear {
             defer { loaded(out * inF) }
             // Decoding only: the integer GEMV's grouped layout, made as each weight loads.
-            let layout = { (w: Weight) in purpose == .decoding ? GroupedBlockFormat.grouped(w) : w }
+            let layout = { (w: Weight) in arena.map { GroupedBlockFormat.grouped(w, arena: $0) } ?? w }
             if let w = try ck.storedWeight(name, shape: [out, inF], format: quantization == .stored ? nil : quantization.format) {
                 return Linear(layout(w))
             }

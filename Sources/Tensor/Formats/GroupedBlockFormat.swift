@@ -30,7 +30,7 @@ public struct GroupedBlockFormat: WeightFormat {
 
     public func make(from w: UnsafePointer<Float>, rows: Int, cols: Int, pool: WorkerPool) -> Weight {
         precondition(rows % Self.groupRows == 0, "\(name) needs whole groups of \(Self.groupRows) rows, not \(rows)")
-        return Self.regroup(base.make(from: w, rows: rows, cols: cols, pool: pool), into: self)
+        return Self.regroup(base.make(from: w, rows: rows, cols: cols, pool: pool), into: self, arena: nil)
     }
 
     /// Each row's blocks taken back out of its group (lora_q8x8_block), then the base format's
@@ -50,15 +50,23 @@ public struct GroupedBlockFormat: WeightFormat {
 
     /// `w` regrouped when it is Q8_0, Q4_0 or Q4_1 with whole groups of rows (and whole
     /// blocks), else `w` itself.
-    public static func grouped(_ w: Weight) -> Weight {
+    /// `arena`: where the regrouped bytes go (a model's weights together, on huge pages), else
+    /// a storage of their own.
+    public static func grouped(_ w: Weight, arena: WeightArena? = nil) -> Weight {
         guard let b = w.format as? GGUFBlockFormat, let f = GroupedBlockFormat(base: b),
               w.rows % groupRows == 0, w.cols % GGUFBlockFormat.blockSize == 0 else { return w }
-        return regroup(w, into: f)
+        return regroup(w, into: f, arena: arena)
     }
 
-    private static func regroup(_ w: Weight, into f: GroupedBlockFormat) -> Weight {
-        let s = WeightStorage(byteCount: w.byteCount, scaleCount: 0)
-        lora_q8x8_pack(f.base.kernelID!, w.rows, w.cols, w.data, s.bytes)
-        return Weight(format: f, rows: w.rows, cols: w.cols, data: UnsafeRawPointer(s.bytes), scales: nil, owner: s)
+    private static func regroup(_ w: Weight, into f: GroupedBlockFormat, arena: WeightArena?) -> Weight {
+        let bytes: UnsafeMutableRawPointer, owner: AnyObject
+        if let arena {
+            (bytes, owner) = arena.carve(w.byteCount)
+        } else {
+            let s = WeightStorage(byteCount: w.byteCount, scaleCount: 0)
+            (bytes, owner) = (s.bytes, s)
+        }
+        lora_q8x8_pack(f.base.kernelID!, w.rows, w.cols, w.data, bytes)
+        return Weight(format: f, rows: w.rows, cols: w.cols, data: UnsafeRawPointer(bytes), scales: nil, owner: owner)
     }
 }
