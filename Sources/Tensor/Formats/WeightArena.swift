@@ -29,12 +29,15 @@ public final class WeightArena: @unchecked Sendable {
     }
 
     static let pageBytes = 2 << 20
-    /// Bytes per chunk (a larger request gets a chunk of its own size, rounded to 2 MB).
+    /// Bytes per chunk (a larger request gets a chunk of its own size, rounded to 2 MB). Large,
+    /// because the 2 MB page holding a chunk's last bytes is resident whole: one partly used page
+    /// per chunk, not per weight (a 7B model's 28 MB projections, one to a 32 MB chunk, would
+    /// waste ~1.8 MB each). Untouched pages of a chunk cost address space only.
     public let chunkBytes: Int
     private var current: Chunk?
     private let lock = NSLock()
 
-    public init(chunkBytes: Int = 32 << 20) {
+    public init(chunkBytes: Int = 256 << 20) {
         self.chunkBytes = max(Self.pageBytes, (chunkBytes + Self.pageBytes - 1) / Self.pageBytes * Self.pageBytes)
     }
 
