@@ -46,12 +46,19 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     /// Spinning workers for the decoding step's GEMVs (see spinpool.c); nil with one thread.
     private let spin: OpaquePointer?
 
-    public init(family: KernelFamily = .best, pool: WorkerPool, decoding: DecodeArithmetic = .q8) {
+    /// Training attention's products: the family's C tiles (attn_train.c), or with
+    /// `blasAttention` (and always for the `blas` family) OpenBLAS sgemm, whose bits are
+    /// `Attention`'s. The tiles round differently in the last bit; LLM.int8()'s activation
+    /// rounding can turn that into a whole int8 step, so its bit-level parity suite pins sgemm.
+    public let attentionKernels: Int32?
+
+    public init(family: KernelFamily = .best, pool: WorkerPool, decoding: DecodeArithmetic = .q8, blasAttention: Bool = false) {
         precondition(family.isAvailable, "kernel family \(family) is not available on this CPU")
         _ = BLASThreads.single
         self.family = family
         self.pool = pool
         self.decoding = decoding
+        attentionKernels = blasAttention ? nil : family.kernelID
         spin = pool.threads > 1 ? lora_pool_create(Int32(pool.threads)) : nil
     }
 
@@ -524,14 +531,14 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     public func attentionForward(out: UnsafeMutablePointer<Float>, stats: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
                                  k: UnsafePointer<Float>, v: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,
                                  B: Int, T: Int, nH: Int, nKV: Int, hd: Int) {
-        FlashAttention.forward(pool: pool, out: out, stats: stats, q: q, k: k, v: v, keyMask: keyMask, B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+        FlashAttention.forward(pool: pool, out: out, stats: stats, q: q, k: k, v: v, keyMask: keyMask, B: B, T: T, nH: nH, nKV: nKV, hd: hd, kernels: attentionKernels)
     }
     public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
                                   dout: UnsafePointer<Float>, stats: UnsafePointer<Float>, q: UnsafePointer<Float>,
                                   k: UnsafePointer<Float>, v: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,
                                   B: Int, T: Int, nH: Int, nKV: Int, hd: Int) {
         FlashAttention.backward(pool: pool, dq: dq, dk: dk, dv: dv, dout: dout, stats: stats, q: q, k: k, v: v, keyMask: keyMask,
-                                B: B, T: T, nH: nH, nKV: nKV, hd: hd)
+                                B: B, T: T, nH: nH, nKV: nKV, hd: hd, kernels: attentionKernels)
     }
     public func attentionCached(out: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
                                 kCache: UnsafePointer<Float>, vCache: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,

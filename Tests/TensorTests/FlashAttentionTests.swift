@@ -3,7 +3,8 @@ import XCTest
 @testable import Tensor
 
 /// The flash-style attention (no [T, T] kept) against the kept-probabilities `Attention` (the
-/// same bits, by construction: see FlashAttention.swift) and the scalar reference.
+/// same bits on the OpenBLAS products, by construction: see FlashAttention.swift) and the scalar
+/// reference; with each C family's products (attn_train.c), against the reference.
 final class FlashAttentionTests: XCTestCase {
     struct Shape { let B, T, nH, nKV, hd: Int }
 
@@ -43,6 +44,22 @@ final class FlashAttentionTests: XCTestCase {
         assertClose(dq, dqR, atol: 1e-5, rtol: 1e-5, "flash dq", file: file, line: line)
         assertClose(dk, dkR, atol: 1e-5, rtol: 1e-5, "flash dk", file: file, line: line)
         assertClose(dv, dvR, atol: 1e-5, rtol: 1e-5, "flash dv", file: file, line: line)
+        // Each C family's products (training's path): the reference's tolerances. Gradient
+        // buffers start as garbage again; the outputs must not depend on it.
+        for fam in KernelFamily.available {
+            guard let id = fam.kernelID else { continue }
+            let outC = randn(q.shape, &rng), statsC = Tensor([FlashAttention.statsCount(B: s.B, T: s.T, nH: s.nH)])
+            FlashAttention.forward(pool: pool, out: outC.data, stats: statsC.data, q: q.data, k: k.data, v: v.data,
+                                   keyMask: m?.data, B: s.B, T: s.T, nH: s.nH, nKV: s.nKV, hd: s.hd, kernels: id)
+            let dqC = randn(q.shape, &rng), dkC = randn(k.shape, &rng), dvC = randn(v.shape, &rng)
+            FlashAttention.backward(pool: pool, dq: dqC.data, dk: dkC.data, dv: dvC.data, dout: dout.data, stats: statsC.data,
+                                    q: q.data, k: k.data, v: v.data, keyMask: m?.data, B: s.B, T: s.T, nH: s.nH, nKV: s.nKV,
+                                    hd: s.hd, kernels: id)
+            assertClose(outC, outR, atol: 1e-5, rtol: 1e-5, "flash out, \(fam)", file: file, line: line)
+            assertClose(dqC, dqR, atol: 1e-5, rtol: 1e-5, "flash dq, \(fam)", file: file, line: line)
+            assertClose(dkC, dkR, atol: 1e-5, rtol: 1e-5, "flash dk, \(fam)", file: file, line: line)
+            assertClose(dvC, dvR, atol: 1e-5, rtol: 1e-5, "flash dv, \(fam)", file: file, line: line)
+        }
     }
 
     /// GQA with left padding; several causal blocks with a partial last one and long padding;
@@ -60,6 +77,17 @@ final class FlashAttentionTests: XCTestCase {
         // A padded key in the middle of a sequence (not only leading padding).
         compare(Shape(B: 2, T: 66, nH: 2, nKV: 1, hd: 4), mask: [1, 1, 0] + [Float](repeating: 1, count: 63)
                 + [0, 0, 0, 1, 0] + [Float](repeating: 1, count: 61), seed: 175)
+    }
+
+    /// Head sizes the AVX2 tiles take (multiples of 16), with ragged edges everywhere: blocks of
+    /// 64 rows that are not multiples of 6, key counts that are not multiples of 16 (masked
+    /// tiles), a last block of 1 row, T under one tile.
+    func testCTilesAtHeadSizesWithRaggedEdges() {
+        compare(Shape(B: 1, T: 129, nH: 2, nKV: 1, hd: 64), mask: nil, seed: 178)
+        compare(Shape(B: 2, T: 77, nH: 6, nKV: 2, hd: 32), mask: [Float](repeating: 1, count: 77)
+                + [0, 0, 0, 0, 0] + [Float](repeating: 1, count: 72), seed: 179)
+        compare(Shape(B: 1, T: 5, nH: 2, nKV: 2, hd: 128), mask: nil, seed: 180)
+        compare(Shape(B: 2, T: 200, nH: 3, nKV: 1, hd: 48), mask: nil, seed: 181, threads: 1)
     }
 
     /// Finite differences of sum(dout * out) through the flash forward, across two causal blocks
@@ -104,6 +132,7 @@ final class FlashAttentionTests: XCTestCase {
             let v = randn([B, T, nKV, hd], &rng), dout = randn([B, T, nH, hd], &rng)
             let out = Tensor(q.shape), probs = Tensor([B, nH, T, T]), stats = Tensor([FlashAttention.statsCount(B: B, T: T, nH: nH)])
             let dq = Tensor(q.shape), dk = Tensor(k.shape), dv = Tensor(v.shape)
+            _ = BLASThreads.single   // as any context does before computing
             func time(_ body: () -> Void) -> Double {
                 body()
                 var best = Double.infinity
@@ -122,8 +151,13 @@ final class FlashAttentionTests: XCTestCase {
                                               keyMask: nil, B: B, T: T, nH: nH, nKV: nKV, hd: hd) }
             let kb = time { Attention.backward(pool: testPool, dq: dq.data, dk: dk.data, dv: dv.data, dout: dout.data, probs: probs.data,
                                                q: q.data, k: k.data, v: v.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd) }
-            print(String(format: "attention B=%d T=%d nH=%d nKV=%d hd=%d, %d threads: kept probs fwd %.2f bwd %.2f ms; flash fwd %.2f bwd %.2f ms; flash/kept %.2f (best of 10)",
-                         B, T, nH, nKV, hd, testPool.threads, kf, kb, ff, fb, (ff + fb) / (kf + kb)))
+            let fam = KernelFamily.best.kernelID!
+            let cf = time { FlashAttention.forward(pool: testPool, out: out.data, stats: stats.data, q: q.data, k: k.data, v: v.data,
+                                                   keyMask: nil, B: B, T: T, nH: nH, nKV: nKV, hd: hd, kernels: fam) }
+            let cb = time { FlashAttention.backward(pool: testPool, dq: dq.data, dk: dk.data, dv: dv.data, dout: dout.data, stats: stats.data,
+                                                    q: q.data, k: k.data, v: v.data, B: B, T: T, nH: nH, nKV: nKV, hd: hd, kernels: fam) }
+            print(String(format: "attention B=%d T=%d nH=%d nKV=%d hd=%d, %d threads: kept probs fwd %.2f bwd %.2f ms; flash (OpenBLAS) fwd %.2f bwd %.2f ms; flash (%@ tiles) fwd %.2f bwd %.2f ms; flash/kept %.2f, tiles/kept %.2f (best of 10)",
+                         B, T, nH, nKV, hd, testPool.threads, kf, kb, ff, fb, KernelFamily.best.rawValue, cf, cb, (ff + fb) / (kf + kb), (cf + cb) / (kf + kb)))
         }
     }
 }

@@ -218,6 +218,24 @@ void lora_attn_wsum(int family, const float *s, const float *V, long ld, long L,
 void lora_attn_scores_rows(int family, const float *q, long ldq, long R, const float *K, long ld, long L, long hd,
                            float alpha, float *s, long lds);
 
+/// Training attention's products for one causal block of R query rows, row r being query
+/// i0 + r, so row r pairs with keys 0 ... i0 + r (attn_train.c; FlashAttention.swift). Row-major
+/// f32 with leading dimensions; the AVX2 family (and AVX-512, which has AVX2) in 6 x 16 register
+/// tiles that stop at the diagonal, the portable family in plain loops.
+/// scores:  C[r, j] = alpha * sum_k A[r, k] Bt[k, j] (k < hd) for j <= i0 + r; Bt is the keys
+///          transposed ([hd, >= i0 + R]). Columns past i0 + r, up to i0 + R, may be written too.
+/// apply:   C[r, n] = alpha * sum_{j <= i0 + r} P[r, j] V[j, n] for n < hd (C overwritten).
+/// apply_t: C[j, n] (+)= alpha * sum_{r : i0 + r >= j} P[r, j] X[r, n] for j < i0 + R, n < hd.
+/// apply and apply_t read P[r, j] for i0 + r < j < i0 + R too: those entries must be 0.
+void lora_attn_block_scores(int family, long R, long i0, long hd, float alpha, const float *A, long lda,
+                            const float *Bt, long ldb, float *C, long ldc);
+void lora_attn_block_apply(int family, long R, long i0, long hd, float alpha, const float *P, long ldp,
+                           const float *V, long ldv, float *C, long ldc);
+void lora_attn_block_apply_t(int family, long R, long i0, long hd, float alpha, const float *P, long ldp,
+                             const float *X, long ldx, float *C, long ldc, int accumulate);
+/// At[c, r] = A[r, c] for r < rows, c < cols.
+void lora_transpose(const float *A, long lda, long rows, long cols, float *At, long ldt);
+
 /// y[i] = exp(x[i] - shift) and their sum (vexp.c): VectorOps.expShifted's Cephes polynomial,
 /// 1024-element blocks of 8 lane sums added in Double; every family gives the same bits. y may
 /// alias x.

@@ -55,9 +55,12 @@ public struct MemoryPlan: Sendable, Equatable {
                                                         doraOut: doraOut)
         checkpointedActivationBytes = Activations.plannedBytes(config: config, sites: sites, maxB: microBatch, maxT: tokens,
                                                                checkpointing: true, doraOut: doraOut)
-        // Attention: two [64, T] blocks per worker; products: a packed panel of the widest
+        // Attention: two [64, T] blocks and a group's transposed keys and values per worker, and
+        // every group's transposed keys in forward; products: a packed panel of the widest
         // weight per worker (at most 4 MB each in the C kernels' blocking).
-        scratchBytes = FlashAttention.scratchCount(threads: threads, T: tokens) * 4 + threads * (4 << 20)
+        let hd = config.headDim, nKV = config.numKeyValueHeads
+        scratchBytes = (FlashAttention.scratchCount(threads: threads, T: tokens, hd: hd)
+                        + FlashAttention.keysScratchCount(B: microBatch, T: tokens, nKV: nKV, hd: hd)) * 4 + threads * (4 << 20)
         overheadBytes = Self.overheadAllowance
     }
 
