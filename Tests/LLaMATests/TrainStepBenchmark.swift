@@ -29,9 +29,16 @@ final class TrainStepBenchmark: XCTestCase {
 
     func testTrainStepThroughput() throws {
         guard ProcessInfo.processInfo.environment["LORA_BENCH"] == "1" else { throw XCTSkip("set LORA_BENCH=1") }
-        let ctx = try ExecutionContext.cpu(threads: 0, environment: ProcessInfo.processInfo.environment)
-        print("\(KernelFamily.cpuDescription), \(ctx.backend.name)")
-        for quantization in [Quantization.none, .int8, .llm_int8] {
+        let env = ProcessInfo.processInfo.environment
+        var ctx = try ExecutionContext.cpu(threads: 0, environment: env)
+        // LORA_BENCH_BLAS_ATTENTION=1: attention's products on OpenBLAS (the A/B of attn_train.c).
+        if env["LORA_BENCH_BLAS_ATTENTION"] == "1", let cpu = ctx.backend as? CPUBackend {
+            ctx = ExecutionContext(backend: CPUBackend(family: cpu.family, pool: cpu.pool, decoding: cpu.decoding, blasAttention: true))
+        }
+        print("\(KernelFamily.cpuDescription), \(ctx.backend.name)\(env["LORA_BENCH_BLAS_ATTENTION"] == "1" ? ", attention on OpenBLAS" : "")")
+        // LORA_BENCH_QUANT=none,int8,llm_int8 (the default: all three).
+        let quants = (env["LORA_BENCH_QUANT"] ?? "none,int8,llm_int8").split(separator: ",").compactMap { Quantization(rawValue: String($0)) }
+        for quantization in quants {
             let model = Self.smolShapedModel(quantization: quantization)
             var rng = RNG(seed: 2)
             let cfg = AdapterConfig(r: 8, loraAlpha: 16, loraDropout: 0.05, targetModules: [.q, .v], useRslora: false, baseModelNameOrPath: nil)
