@@ -53,6 +53,12 @@ public protocol Backend: AnyObject, Sendable {
     func swigluBackward(dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>, dh: UnsafePointer<Float>,
                         gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count: Int)
     func add(out: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>, count: Int)
+    /// Dropout's mask and output over `count` elements: `lora_dropout_mask`'s hash of (seed, i / 2),
+    /// keep[i] = 0 when its 32 bits fall under `threshold`, else 1; z[i] = keep ? x[i] * scale : 0.
+    func dropout(seed: UInt64, threshold: UInt64, x: UnsafePointer<Float>, scale: Float,
+                 keep: UnsafeMutablePointer<UInt8>, z: UnsafeMutablePointer<Float>, count: Int)
+    /// dx[i] += dz[i] * scale where keep[i] != 0, dx[i] untouched elsewhere (dropout's backward).
+    func maskedAdd(dx: UnsafeMutablePointer<Float>, dz: UnsafePointer<Float>, keep: UnsafePointer<UInt8>, scale: Float, count: Int)
     func crossEntropy(dlogits: UnsafeMutablePointer<Float>?, logits: UnsafePointer<Float>, targets: UnsafePointer<Int32>,
                       N: Int, V: Int, gradScale: Float) -> (lossSum: Double, count: Int)
     /// `attentionCached` for several sequences of a batch, each with its own cache and length

@@ -546,6 +546,19 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         Attention.forwardCached(pool: pool, vectorKernels: family.vectorID, out: out, scores: scores, q: q, kCache: kCache, vCache: vCache, keyMask: keyMask,
                                 start: start, Tq: Tq, nH: nH, nKV: nKV, hd: hd)
     }
+    public func dropout(seed: UInt64, threshold: UInt64, x: UnsafePointer<Float>, scale: Float,
+                        keep: UnsafeMutablePointer<UInt8>, z: UnsafeMutablePointer<Float>, count: Int) {
+        // The mask depends on (seed, i) only, so any split over the workers gives the same bits.
+        pool.blocks((count + 1) / 2, block: 8192) { r in
+            lora_dropout_mask(family.vectorID, seed, threshold, x, scale, keep, z, r.lowerBound, r.upperBound, count)
+        }
+    }
+    public func maskedAdd(dx: UnsafeMutablePointer<Float>, dz: UnsafePointer<Float>, keep: UnsafePointer<UInt8>, scale: Float, count: Int) {
+        // Element-wise, so the blocks (and the thread count) do not change a bit.
+        pool.blocks(count, block: 16384) { r in
+            for i in r where keep[i] != 0 { dx[i] += dz[i] * scale }
+        }
+    }
     public func swigluForward(h: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count: Int) {
         SwiGLU.forward(pool: pool, vectorKernels: family.vectorID, h: h, gate: gate, up: up, count: count)
     }

@@ -3,15 +3,47 @@ import XCTest
 import Tensor
 
 /// LoRA's dropout mask (`LoRALayer.drop`): the drop rate is p, the mask depends on the seed and
-/// not on the thread count, and z = x * keep / (1 - p).
+/// not on the thread count or the kernel family, and z = x * keep / (1 - p).
 final class DropoutTests: XCTestCase {
-    func mask(p: Float, n: Int, seed: UInt64, threads: Int) -> ([UInt8], [Float], RNG) {
+    func mask(p: Float, n: Int, seed: UInt64, threads: Int, family: KernelFamily = .best) -> ([UInt8], [Float], RNG) {
         let layer = LoRALayer(r: 4, inFeatures: n / 8, outFeatures: 16, scale: 1, dropout: p)
         let x = (0..<n).map { Float($0 % 97) - 48 }
         var keep = [UInt8](repeating: 9, count: n), z = [Float](repeating: .nan, count: n)
         var rng = RNG(seed: seed)
-        layer.drop(x: x, M: 8, keep: &keep, z: &z, rng: &rng, pool: WorkerPool(threads: threads))
+        layer.drop(x: x, M: 8, keep: &keep, z: &z, rng: &rng, backend: CPUBackend(family: family, pool: WorkerPool(threads: threads)))
         return (keep, z, rng)
+    }
+
+    /// Every family's mask is the documented hash (SplitMix64's mixer of seed + (i / 2) * golden,
+    /// the low 32 bits for even i, the high for odd), computed here in plain Swift, with lengths
+    /// that leave partial vectors and an unpaired last element.
+    func testFamiliesGiveTheDocumentedHash() {
+        for n in [1_000_001, 103, 24, 7] {
+            let p: Float = 0.3
+            var rng = RNG(seed: 11)
+            let seed = rng.next()
+            let threshold = UInt64(Double(p) * 4_294_967_296), s = 1 / (1 - p)
+            var want = [UInt8](repeating: 0, count: n)
+            for i in 0..<n {
+                var h = seed &+ UInt64(i / 2) &* 0x9E37_79B9_7F4A_7C15
+                h = (h ^ (h >> 30)) &* 0xBF58_476D_1CE4_E5B9
+                h = (h ^ (h >> 27)) &* 0x94D0_49BB_1331_11EB
+                h ^= h >> 31
+                want[i] = (i % 2 == 0 ? h & 0xFFFF_FFFF : h >> 32) < threshold ? 0 : 1
+            }
+            for fam in KernelFamily.available {
+                let x = (0..<n).map { Float($0 % 97) - 48 }
+                var k = [UInt8](repeating: 9, count: n), z = [Float](repeating: .nan, count: n)
+                CPUBackend(family: fam, pool: WorkerPool(threads: 2))
+                    .dropout(seed: seed, threshold: threshold, x: x, scale: s, keep: &k, z: &z, count: n)
+                XCTAssertEqual(k, want, "\(fam), n = \(n)")
+                for i in 0..<n {
+                    let x = Float(i % 97) - 48
+                    XCTAssertEqual(z[i].bitPattern, (want[i] != 0 ? x * s : 0).bitPattern, "\(fam), z[\(i)]")
+                    if z[i].bitPattern != (want[i] != 0 ? x * s : 0).bitPattern { break }
+                }
+            }
+        }
     }
 
     func testRateSeedsAndThreads() {

@@ -236,6 +236,12 @@ void lora_attn_block_apply_t(int family, long R, long i0, long hd, float alpha, 
 /// At[c, r] = A[r, c] for r < rows, c < cols.
 void lora_transpose(const float *A, long lda, long rows, long cols, float *At, long ldt);
 
+/// LoRA's dropout over the element pairs j0 ..< j1 of n elements (dropout.c): pair j's 64 bits
+/// h = SplitMix64's mixer of seed + j * 0x9E3779B97F4A7C15; element 2j is dropped when
+/// (h & 0xFFFFFFFF) < threshold, element 2j + 1 when (h >> 32) < threshold (threshold <= 2^32);
+/// keep[e] = 0 or 1, z[e] = keep ? x[e] * s : 0. Every family gives the same bits.
+void lora_dropout_mask(int family, uint64_t seed, uint64_t threshold, const float *x, float s, uint8_t *keep, float *z,
+                       long j0, long j1, long n);
 /// y[i] = exp(x[i] - shift) and their sum (vexp.c): VectorOps.expShifted's Cephes polynomial,
 /// 1024-element blocks of 8 lane sums added in Double; every family gives the same bits. y may
 /// alias x.

@@ -92,7 +92,7 @@ extension LlamaModel {
                 }
                 var xin = x, dropped = false
                 if training, layer.dropout > 0, let keep = acts.layers[site.layer].loraKeep[site.projection] {
-                    layer.drop(x: x, M: M, keep: keep, z: acts.z.data, rng: &rng, pool: ctx.pool)
+                    layer.drop(x: x, M: M, keep: keep, z: acts.z.data, rng: &rng, backend: ctx.backend)
                     xin = UnsafePointer(acts.z.data)
                     dropped = true
                 }

@@ -154,32 +154,15 @@ public final class LoRALayer: @unchecked Sendable {
 
     /// Draws the keep-mask [M, in] and writes the dropped-out input z = x * keep / (1 - p).
     /// One draw from `rng` seeds the call; element i is dropped when 32 bits of a hash of
-    /// (seed, i / 2) fall under p * 2^32 (SplitMix64's mixer, two elements per hash). The mask
-    /// depends on the seed and i only, so the pool's workers fill blocks of it in any order and
-    /// the result is the same at every thread count (until session 10 one xoshiro draw per element
-    /// on one thread: 35 M draws, ~0.1 s, per SmolLM2 step with q,v adapters).
+    /// (seed, i / 2) fall under p * 2^32 (SplitMix64's mixer, two elements per hash:
+    /// `Backend.dropout`). The mask depends on the seed and i only, so the result is the same at
+    /// every thread count and in every kernel family (until session 10 one xoshiro draw per
+    /// element on one thread; until session 13 the hash in a Swift loop, ~1.8 ns per element).
     public func drop(x: UnsafePointer<Float>, M: Int, keep: UnsafeMutablePointer<UInt8>, z: UnsafeMutablePointer<Float>,
-                     rng: inout RNG, pool: WorkerPool) {
-        let n = M * inFeatures, s = 1 / (1 - dropout)
-        let seed = rng.next()
+                     rng: inout RNG, backend: any Backend) {
         let threshold = UInt64(min(Double(dropout), 1) * 4_294_967_296)  // P(u < threshold) = p for u uniform in 0..<2^32
-        pool.blocks((n + 1) / 2, block: 8192) { r in
-            for j in r {
-                var h = seed &+ UInt64(j) &* 0x9E37_79B9_7F4A_7C15
-                h = (h ^ (h >> 30)) &* 0xBF58_476D_1CE4_E5B9
-                h = (h ^ (h >> 27)) &* 0x94D0_49BB_1331_11EB
-                h ^= h >> 31
-                let e = 2 * j
-                let k0: UInt8 = h & 0xFFFF_FFFF < threshold ? 0 : 1
-                keep[e] = k0
-                z[e] = k0 != 0 ? x[e] * s : 0
-                if e + 1 < n {
-                    let k1: UInt8 = h >> 32 < threshold ? 0 : 1
-                    keep[e + 1] = k1
-                    z[e + 1] = k1 != 0 ? x[e + 1] * s : 0
-                }
-            }
-        }
+        backend.dropout(seed: rng.next(), threshold: threshold, x: x, scale: 1 / (1 - dropout), keep: keep, z: z,
+                        count: M * inFeatures)
     }
 
     /// Recomputes z from a saved mask (backward does not keep z).
@@ -217,8 +200,7 @@ public final class LoRALayer: @unchecked Sendable {
             // dz = du @ A, then dx += dz * keep / (1 - p): dropout's backward.
             be.gemm(transA: false, transB: false, M: M, N: inF, K: r, alpha: 1, A: du, lda: r, B: A.data, ldb: inF,
                     beta: 0, C: dz, ldc: inF)
-            let n = M * inF, s = 1 / (1 - dropout)
-            for i in 0..<n where keep[i] != 0 { dx[i] += dz[i] * s }
+            be.maskedAdd(dx: dx, dz: dz, keep: keep, scale: 1 / (1 - dropout), count: M * inF)
         } else {
             // dx[M, in] += du[M, r] @ A[r, in]
             be.gemm(transA: false, transB: false, M: M, N: inF, K: r, alpha: 1, A: du, lda: r, B: A.data, ldb: inF,
@@ -308,8 +290,7 @@ public final class LoRALayer: @unchecked Sendable {
             be.matmulBackwardInput(dx: dz, dy: pre, w: w, M: M, accumulate: false, scratch: scratch)
             be.gemm(transA: false, transB: false, M: M, N: inF, K: r, alpha: 1, A: du, lda: r, B: A.data, ldb: inF,
                     beta: 1, C: dz, ldc: inF)
-            let cnt = M * inF, s = 1 / (1 - dropout)
-            for i in 0..<cnt where keep[i] != 0 { dx[i] += dz[i] * s }
+            be.maskedAdd(dx: dx, dz: dz, keep: keep, scale: 1 / (1 - dropout), count: M * inF)
         } else {
             // dx[M, in] (+)= dyc W + du A
             be.matmulBackwardInput(dx: dx, dy: dyc, w: w, M: M, accumulate: accumulate, scratch: scratch)
