@@ -125,6 +125,19 @@ def one(port, model, prompt, max_tokens, timeout, extra=None):
     return (arrivals[0] if arrivals else None), arrivals, n, time.time() - t0
 
 
+def engine_counters(port):
+    """lora serve's step counters from /metrics (None elsewhere): steps, rows, seconds, and the
+    decode-only steps with their seconds."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    except Exception:
+        return None
+    names = ["lora_engine_steps_total", "lora_engine_rows_total", "lora_engine_step_seconds_total",
+             "lora_engine_decode_steps_total", "lora_engine_decode_step_seconds_total"]
+    got = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(lora_engine_\w+) ([\d.e+-]+)$", text, re.M)}
+    return [got[n] for n in names] if all(n in got for n in names) else None
+
+
 def phase(port, models, clients, requests, max_tokens, deadline_s, extra=None):
     jobs = [(models[i % len(models)], PROMPTS[i % len(PROMPTS)]) for i in range(requests)]
     lock = threading.Lock()
@@ -144,6 +157,7 @@ def phase(port, models, clients, requests, max_tokens, deadline_s, extra=None):
             except Exception as e:  # counted, not fatal: the report says how many failed
                 with lock:
                     errors.append(repr(e))
+    before = engine_counters(port)
     t0 = time.time()
     ts = [threading.Thread(target=worker) for _ in range(clients)]
     for t in ts:
@@ -151,6 +165,7 @@ def phase(port, models, clients, requests, max_tokens, deadline_s, extra=None):
     for t in ts:
         t.join(max(0, end - time.time()) + 5)
     wall = time.time() - t0
+    after = engine_counters(port) if before else None
     tokens = sum(r[2] for r in results)
     ttft = sorted(r[0] for r in results if r[0] is not None)
     tpot = sorted((r[1][-1] - r[1][0]) / (len(r[1]) - 1) for r in results if len(r[1]) > 1)
@@ -166,6 +181,13 @@ def phase(port, models, clients, requests, max_tokens, deadline_s, extra=None):
     if full and len(full) < len(results):
         busy = sum(r[3] for r in full)
         out["full_length_tokens_per_s"] = round(sum(r[2] for r in full) / busy * min(clients, len(results)), 1)
+    if before and after:
+        # The engine's own time: inside its model steps (the rest of the wall time is HTTP,
+        # sampling, the clients and waiting), and the steps where every request decoded.
+        steps, rows, secs, dsteps, dsecs = (a - b for a, b in zip(after, before))
+        out["engine"] = {"steps": int(steps), "rows_per_step": round(rows / max(steps, 1), 2),
+                         "busy_fraction": round(secs / wall, 3), "ms_per_step": round(1000 * secs / max(steps, 1), 2),
+                         "decode_steps": int(dsteps), "ms_per_decode_step": round(1000 * dsecs / max(dsteps, 1), 2)}
     return out
 
 

@@ -186,9 +186,19 @@ INLINE void transpose8(__m256 r[8]) {
 // A packed block holds columns col0..col0+nc of the product's B (as [depth, cols]) for depth
 // d0..d0+kc: panel p is bp[p * kc * NR ...], [kc][NR], zero beyond nc.
 
+// Packing reads the weights from memory once per block, in short runs of several rows at a
+// time, and the hardware prefetcher left those reads mostly waiting on memory (perf: packing
+// took about a twentieth of an f32 training step). So the element formats (f32, bf16, int8
+// rows) prefetch ahead: forward PACK_PF_BYTES further along each of the 8 rows it reads,
+// backward the row PACK_PF_ROWS ahead of the one it copies.
+#define PACK_PF_BYTES 512
+#define PACK_PF_ROWS 4
+
 /// Forward: B is W^T; 8 weight rows x 8 depths at a time, transposed in registers.
 INLINE void pack_bt(float *bp, const int fmt, const void *w, const float *scales, long ldw,
                     long col0, long nc, long d0, long kc) {
+    const int pf = fmt == LORA_FORMAT_F32 || fmt == LORA_FORMAT_BF16 || fmt == LORA_FORMAT_I8_ROWS;
+    const long eb = (long)format_bytes(fmt);
     for (long p = 0; p * NR < nc; p++) {
         float *dst = bp + p * kc * NR;
         for (int v = 0; v < 2; v++) {
@@ -198,6 +208,9 @@ INLINE void pack_bt(float *bp, const int fmt, const void *w, const float *scales
                 s[t] = _mm256_set1_ps(fmt == LORA_FORMAT_I8_ROWS && t < rows ? scales[col0 + j0 + t] : 1);
             for (long k = 0; k < kc; k += 8) {
                 long kk = kc - k < 8 ? kc - k : 8;
+                if (pf && ((k * eb) & 63) == 0 && k * eb + PACK_PF_BYTES < kc * eb)
+                    for (int t = 0; t < 8 && t < rows; t++)
+                        _mm_prefetch((const char *)w + ((col0 + j0 + t) * ldw + d0 + k) * eb + PACK_PF_BYTES, _MM_HINT_T0);
                 __m256 r[8];
                 for (int t = 0; t < 8; t++) {
                     if (t >= rows) { r[t] = _mm256_setzero_ps(); continue; }
@@ -215,8 +228,14 @@ INLINE void pack_bt(float *bp, const int fmt, const void *w, const float *scales
 INLINE void pack_b(float *bp, const int fmt, const void *w, const float *scales, long ldw,
                    long col0, long nc, long d0, long kc) {
     long np = (nc + NR - 1) / NR;
+    const int pf = fmt == LORA_FORMAT_F32 || fmt == LORA_FORMAT_BF16 || fmt == LORA_FORMAT_I8_ROWS;
+    const long eb = (long)format_bytes(fmt);
     for (long k = 0; k < kc; k++) {
         long d = d0 + k;
+        if (pf && k + PACK_PF_ROWS < kc) {
+            const char *row = (const char *)w + ((d + PACK_PF_ROWS) * ldw + col0) * eb;
+            for (long b = 0; b < nc * eb; b += 64) _mm_prefetch(row + b, _MM_HINT_T0);
+        }
         __m256 s = _mm256_set1_ps(fmt == LORA_FORMAT_I8_ROWS ? scales[d] : 1);
         for (long p = 0; p < np; p++) {
             float *dst = bp + p * kc * NR + k * NR;

@@ -297,6 +297,12 @@ final class ServeRoutes: @unchecked Sendable {
         metric("lora_prompt_cache_entries", "gauge", "Prompts kept for reuse.", [("", s.promptCacheEntries)])
         metric("lora_engine_steps_total", "counter", "Batched decoding steps.", [("", s.steps)])
         metric("lora_engine_rows_total", "counter", "Token rows over all steps (prefill and decode).", [("", s.rowsStepped)])
+        func fmetric(_ name: String, _ help: String, _ v: Double) {
+            t += "# HELP \(name) \(help)\n# TYPE \(name) counter\n\(name) \(v)\n"
+        }
+        fmetric("lora_engine_step_seconds_total", "Seconds spent in batched steps.", s.stepSeconds)
+        metric("lora_engine_decode_steps_total", "counter", "Steps in which every request decoded one token (no prompt rows).", [("", s.decodeSteps)])
+        fmetric("lora_engine_decode_step_seconds_total", "Seconds spent in those steps.", s.decodeStepSeconds)
         metric("lora_batch_size", "gauge", "Requests in the last step.", [("", s.lastBatch)])
         metric("lora_active_requests", "gauge", "Requests holding a slot.", [("", s.active)])
         metric("lora_queue_length", "gauge", "Requests waiting for a slot.", [("", s.queued)])

@@ -28,8 +28,11 @@ final class ServeStepBenchmark: XCTestCase {
         // load_test.py's four models: three adapters (the first loaded twice when two are given)
         // and a 0.5/0.5 mix of the first two.
         let third = adapters.count > 2 ? adapters[2] : try Adapter.load(URL(fileURLWithPath: String(dirs.split(separator: ",")[0])), model: m.config)
-        let models: [(String, AdapterSet)] = [("a", AdapterSet(adapters[0])), ("b", AdapterSet(adapters[1])), ("c", AdapterSet(third)),
+        var models: [(String, AdapterSet)] = [("a", AdapterSet(adapters[0])), ("b", AdapterSet(adapters[1])), ("c", AdapterSet(third)),
                                               ("mix", AdapterSet([(adapters[0], 0.5), (adapters[1], 0.5)]))]
+        // LORA_BENCH_BASE=1: every row on the base model alone (what the adapters add, by difference).
+        if env["LORA_BENCH_BASE"] == "1" { models = models.map { ($0.0, AdapterSet()) } }
+        if env["LORA_BENCH_ONE"] == "1" { models = models.map { _ in models[0] } }
         let prompt = loaded.tokenizer.encode("Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\nName three primary colours.\n\n### Response:\n", addBOS: true)
         let steps = Int(env["LORA_BENCH_STEPS"] ?? "") ?? 48
         for rows in rowCounts {

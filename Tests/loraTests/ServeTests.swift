@@ -126,6 +126,18 @@ final class ServeTests: XCTestCase {
         let steps = Int(m.split(separator: "\n").first { $0.hasPrefix("lora_engine_steps_total ") }?.split(separator: " ").last ?? "0") ?? 0
         // 9 requests x 32 tokens alone would take 9 x 32 steps; batched they share them.
         XCTAssertLessThan(steps, 9 * 32, "requests were decoded together\n\(m)")
+        // The engine's own time: every step timed, the decode-only ones apart (the prompts'
+        // steps are not among them).
+        func value(_ name: String) -> Double {
+            m.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") } ?? -1
+        }
+        let seconds = value("lora_engine_step_seconds_total"), decodeSteps = value("lora_engine_decode_steps_total")
+        let decodeSeconds = value("lora_engine_decode_step_seconds_total")
+        XCTAssertGreaterThan(seconds, 0, m)
+        XCTAssertGreaterThan(decodeSteps, 0, m)
+        XCTAssertLessThan(decodeSteps, Double(steps), m)
+        XCTAssertGreaterThan(decodeSeconds, 0, m)
+        XCTAssertLessThan(decodeSeconds, seconds, m)
     }
 
     /// A prompt that starts like an earlier one with the same model takes those rows from the

@@ -74,6 +74,9 @@ public enum ServeEngineError: Error, CustomStringConvertible, Equatable {
 /// Counters for /metrics, read under the engine's lock.
 public struct ServeStats: Sendable {
     public var requests = 0, promptTokens = 0, generatedTokens = 0, steps = 0, rowsStepped = 0
+    /// Wall time inside `step(items:)`, and the steps that only decoded (one row per request)
+    /// with their time: the engine's own cost per step, apart from HTTP and sampling.
+    public var stepSeconds = 0.0, decodeSteps = 0, decodeStepSeconds = 0.0
     public var active = 0, queued = 0, lastBatch = 0
     /// Requests that started from cached prompt rows, and the prompt tokens those rows spared.
     public var promptCacheHits = 0, cachedPromptTokens = 0
@@ -241,6 +244,7 @@ public final class ServeEngine: @unchecked Sendable {
             }
             // A fixed order for the step (which places rows by adapter itself).
             items.sort { $0.item.adapterKey < $1.item.adapterKey || ($0.item.adapterKey == $1.item.adapterKey && $0.run < $1.run) }
+            let t0 = DispatchTime.now().uptimeNanoseconds
             do {
                 try model.step(items: items.map(\.item), cache: cache, ctx: ctx)
             } catch {
@@ -249,6 +253,7 @@ public final class ServeEngine: @unchecked Sendable {
                 publish(running)
                 continue
             }
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             var done = Set<Int>()
             var newTokens = 0, rows = 0
             let V = model.config.vocabSize
@@ -288,6 +293,8 @@ public final class ServeEngine: @unchecked Sendable {
             cond.lock()
             stats.steps += 1
             stats.rowsStepped += rows
+            stats.stepSeconds += seconds
+            if rows == items.count { stats.decodeSteps += 1; stats.decodeStepSeconds += seconds }
             stats.lastBatch = items.count
             stats.generatedTokens += newTokens
             stats.promptCacheBytes = prompts?.bytes ?? 0
