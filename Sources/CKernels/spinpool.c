@@ -119,6 +119,11 @@ void lora_pool_run(lora_pool *p, long n, lora_task_fn fn, void *ctx) {
 
 void lora_pool_rest(lora_pool *p) { atomic_store_explicit(&p->rest, 1, memory_order_relaxed); }
 
+void lora_prefetch(const void *p, long n) {
+    const char *c = p;
+    for (long i = 0; i < n; i += 64) __builtin_prefetch(c + i, 0, 3);
+}
+
 void lora_count_add(long *counter) { __atomic_add_fetch(counter, 1, __ATOMIC_RELEASE); }
 void lora_count_wait(const long *counter, long target) {
     while (__atomic_load_n(counter, __ATOMIC_ACQUIRE) < target) PAUSE();

@@ -467,6 +467,9 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                 return
             }
             let n0 = min(N, (i - first) * per * 16), n1 = min(N, (i - first + 1) * per * 16)
+            // This task's rows of every B, asked for before its GEMV so that they arrive
+            // meanwhile: the u B^T products' time went mostly to waiting on those loads.
+            if n0 < n1 { for t in terms { lora_prefetch(t.B + n0 * t.rank, (n1 - n0) * t.rank * 4) } }
             if n0 < n1 { lora_q8_gemv(fam, fmt, M, n0, n1, K, q, d, sums, w.data, K, y, N, 0) }
             lora_count_wait(done, first)
             if n0 < n1 { loraSecond(plan, terms, y: y, outFeatures: N, n0, n1) }
