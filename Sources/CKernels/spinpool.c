@@ -22,7 +22,6 @@ struct lora_pool {
     _Atomic long generation;     // bumped per job
     _Atomic int pending;         // workers still running the current job
     _Atomic int stop;
-    _Atomic int rest;            // set by lora_pool_rest: sleep now instead of spinning
     lora_task_fn fn;
     void *ctx;
     long n;
@@ -52,7 +51,7 @@ static void *worker(void *arg) {
         int spins = 0;
         while ((g = atomic_load_explicit(&p->generation, memory_order_acquire)) == seen) {
             if (atomic_load_explicit(&p->stop, memory_order_relaxed)) return NULL;
-            if (++spins < SPIN_ROUNDS && !atomic_load_explicit(&p->rest, memory_order_relaxed)) { PAUSE(); continue; }
+            if (++spins < SPIN_ROUNDS) { PAUSE(); continue; }
             pthread_mutex_lock(&p->mu);
             p->sleepers++;
             while (atomic_load(&p->generation) == seen && !atomic_load(&p->stop)) pthread_cond_wait(&p->cv, &p->mu);
@@ -105,7 +104,6 @@ void lora_pool_run(lora_pool *p, long n, lora_task_fn fn, void *ctx) {
         return;
     }
     p->fn = fn; p->ctx = ctx; p->n = n;
-    atomic_store_explicit(&p->rest, 0, memory_order_relaxed);
     atomic_store_explicit(&p->next, 0, memory_order_relaxed);
     atomic_store_explicit(&p->pending, p->threads - 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
@@ -115,13 +113,6 @@ void lora_pool_run(lora_pool *p, long n, lora_task_fn fn, void *ctx) {
     run_share(p);
     while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) PAUSE();
     pthread_mutex_unlock(&p->busy);
-}
-
-void lora_pool_rest(lora_pool *p) { atomic_store_explicit(&p->rest, 1, memory_order_relaxed); }
-
-void lora_prefetch(const void *p, long n) {
-    const char *c = p;
-    for (long i = 0; i < n; i += 64) __builtin_prefetch(c + i, 0, 3);
 }
 
 void lora_count_add(long *counter) { __atomic_add_fetch(counter, 1, __ATOMIC_RELEASE); }

@@ -65,10 +65,6 @@ public protocol Backend: AnyObject, Sendable {
     /// (a server's slots): the same results as one call per item, in any order. Each item's
     /// `scores` is its own scratch of [nH, Tq, start + Tq] floats.
     func attentionCachedBatch(_ items: [CachedAttention], nH: Int, nKV: Int, hd: Int)
-    /// The caller has serial work ahead (a server samples and streams between steps): a
-    /// backend whose idle workers spin for the next call lets them sleep now. No effect on
-    /// results.
-    func rest()
     /// The LoRA terms of one projection over a batch whose row groups use different adapters
     /// (S-LoRA / Punica's grouped product): for each term, in order, y[r0..<r1] += alpha *
     /// (x[r0..<r1] @ A^T) @ B^T. Each term's result is what `gemm` gives for each of its
@@ -138,8 +134,6 @@ extension Backend {
         matmulDecoding(y: y, x: x, w: w, M: M, scratch: scratch)
         if !terms.isEmpty { loraGrouped(y: y, x: x, inFeatures: w.inFeatures, outFeatures: w.outFeatures, terms: terms, u: u) }
     }
-
-    public func rest() {}
 
     public func attentionCachedBatch(_ items: [CachedAttention], nH: Int, nKV: Int, hd: Int) {
         for it in items {

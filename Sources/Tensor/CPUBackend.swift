@@ -467,9 +467,6 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                 return
             }
             let n0 = min(N, (i - first) * per * 16), n1 = min(N, (i - first + 1) * per * 16)
-            // This task's rows of every B, asked for before its GEMV so that they arrive
-            // meanwhile: the u B^T products' time went mostly to waiting on those loads.
-            if n0 < n1 { for t in terms { lora_prefetch(t.B + n0 * t.rank, (n1 - n0) * t.rank * 4) } }
             if n0 < n1 { lora_q8_gemv(fam, fmt, M, n0, n1, K, q, d, sums, w.data, K, y, N, 0) }
             lora_count_wait(done, first)
             if n0 < n1 { loraSecond(plan, terms, y: y, outFeatures: N, n0, n1) }
@@ -504,11 +501,6 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             }
         }
     }
-
-    /// The spinning workers sleep at once rather than after their millisecond of spinning:
-    /// between a server's steps the sampling and streaming, and the HTTP and client threads
-    /// they wake, had one core (with 8 requests, a step's 8 stream events took 1.1 ms).
-    public func rest() { if let spin { lora_pool_rest(spin) } }
 
     /// body(0..<n) on the spinning workers, each index run once by whichever is free.
     private func runSpin(_ spin: OpaquePointer, _ n: Int, _ body: (Int) -> Void) {

@@ -264,13 +264,6 @@ int lora_pool_threads(const lora_pool *p);
 /// free (tasks must not depend on which thread runs them), and returns when all are done.
 /// One caller at a time.
 void lora_pool_run(lora_pool *p, long n, lora_task_fn fn, void *ctx);
-/// The caller has serial work ahead (a server's sampling and streaming between steps): idle
-/// workers sleep at once instead of spinning, leaving the cores to that work and to the
-/// threads it wakes. The next lora_pool_run wakes them again.
-void lora_pool_rest(lora_pool *p);
-/// Asks for the bytes p..p+n in this core's caches, a prefetch per 64-byte line; changes no
-/// result. For data a task needs after other work, fetched while that work runs.
-void lora_prefetch(const void *p, long n);
 /// A counter that tasks of one job share: lora_count_add adds 1 (release), lora_count_wait
 /// spins (pause) until it reaches target (acquire). For a job whose later tasks need all of its
 /// first tasks done: tasks are handed out in order, so those are running or done by then.

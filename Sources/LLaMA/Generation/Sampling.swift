@@ -86,37 +86,9 @@ public enum LogitsProcessing {
         }
     }
 
-    /// The first index of the largest score; `argmaxReference`'s answer, 8 lanes at a time. A
-    /// server samples one row per request per step, and the one-by-one loop over SmolLM2's
-    /// 49152 scores took about a tenth of a millisecond each. Two passes: the largest value
-    /// (a NaN never replaces a lane, as `>` never holds for it), then its first index.
     public static func argmax(_ scores: UnsafePointer<Float>, V: Int) -> Int {
-        guard V >= 8, !scores[0].isNaN else { return argmaxReference(scores, V: V) }
-        let raw = UnsafeRawPointer(scores)
-        var lanes = SIMD8<Float>(repeating: scores[0])
-        var i = 0
-        while i + 8 <= V {
-            let v = raw.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
-            lanes.replace(with: v, where: v .> lanes)
-            i += 8
-        }
-        var best = lanes.max()
-        for j in i..<V where scores[j] > best { best = scores[j] }
-        let target = SIMD8<Float>(repeating: best)
-        i = 0
-        while i + 8 <= V {
-            if any(raw.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self) .== target) { break }
-            i += 8
-        }
-        for j in i..<V where scores[j] == best { return j }
-        return 0   // not reached: best is one of the scores
-    }
-
-    /// The plain loop `argmax` is held to: the first strict improvement wins, so ties go to the
-    /// lowest index and NaNs never win (a NaN at index 0 stays the answer).
-    public static func argmaxReference(_ scores: UnsafePointer<Float>, V: Int) -> Int {
         var best = 0
-        for i in stride(from: 1, to: V, by: 1) where scores[i] > scores[best] { best = i }
+        for i in 1..<V where scores[i] > scores[best] { best = i }
         return best
     }
 

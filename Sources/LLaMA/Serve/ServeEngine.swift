@@ -254,7 +254,6 @@ public final class ServeEngine: @unchecked Sendable {
                 continue
             }
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
-            ctx.backend.rest()   // sampling and streaming next: serial, and they wake other threads
             var done = Set<Int>()
             var newTokens = 0, rows = 0
             let V = model.config.vocabSize
