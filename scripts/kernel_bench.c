@@ -3,6 +3,7 @@
 //   GEMV abt, M = 1: GB/s of weight bytes streamed; the weights are cycled through copies
 //   totalling >= 256 MiB so they come from memory, not the last-level cache, as in decoding;
 //   also with 2 threads on the two halves of the rows (split at the panel width).
+//   LLM.int8() int8 product: GOP/s (2 M N K per call); KB_LLM_INT8_ONLY=1 stops after it.
 // Build and run: scripts/kernel_bench.sh. Each figure is the best of repeated calls over
 // ~0.3 s, which is the right statistic on a machine shared with other work.
 #include "CKernels.h"
@@ -107,6 +108,20 @@ static double bench_gemv(int fam, int f, long N, long K, int threads) {
     return bytes / t * 1e-9;
 }
 
+/// LLM.int8()'s int8 product (lora_llm_int8_gemm) on activations quantized once, GOP/s.
+static double bench_llm_int8(int fam, long M, long N, long K) {
+    float *A = make_floats(M * K), *scales = make_floats(N), *stats = make_floats(M), *C = make_floats(M * N);
+    for (long i = 0; i < N; i++) scales[i] = 0.01f;
+    int8_t *W = make_weights(LORA_FORMAT_I8_ROWS, N * K);
+    const long ldq = K + (K & 1);
+    int16_t *q = malloc(sizeof(int16_t) * M * ldq);
+    uint8_t *mask = malloc(K);
+    lora_llm_int8_quantize(fam, M, K, A, K, 6.0f, mask, q, ldq, stats);
+    double t = BEST_OF(0.3, lora_llm_int8_gemm(fam, M, 0, N, K, q, ldq, stats, W, K, scales, C, N, 0));
+    free(A); free(scales); free(stats); free(C); free(W); free(q); free(mask);
+    return 2.0 * M * N * K / t * 1e-9;
+}
+
 int main(void) {
     FILE *f = fopen("/proc/cpuinfo", "r");
     char line[8192];
@@ -130,6 +145,13 @@ int main(void) {
         fclose(f);
     }
     printf("best family: %s; single thread\n", family_names[lora_family_best()]);
+    printf("%-9s %-8s %12s %12s   (LLM.int8() int8 product, M = 1024, GOP/s)\n", "family", "", "abt 576", "abt 1536");
+    for (int fam = 0; fam < 3; fam++) {
+        if (!lora_family_available(fam)) continue;
+        printf("%-9s %-8s %12.1f", family_names[fam], "llm_int8", bench_llm_int8(fam, 1024, 576, 576)); fflush(stdout);
+        printf(" %12.1f\n", bench_llm_int8(fam, 1024, 1536, 576));
+    }
+    if (getenv("KB_LLM_INT8_ONLY")) return 0;
     printf("%-9s %-8s %12s %12s %12s %12s %12s %12s %12s\n", "family", "format", "abt 576", "abt 1536",
            "ab 576", "ab 1536", "gemv 1536", "gemv 4096", "gemv 4096");
     printf("%-9s %-8s %12s %12s %12s %12s %12s %12s %12s\n", "", "", "GFLOP/s", "GFLOP/s", "GFLOP/s",

@@ -293,6 +293,125 @@ AVX2_T static void avx2_gemv(long M, long n0, long n1, long K, const int16_t *q,
         }
     }
 }
+
+// ---- AVX-512 VNNI -------------------------------------------------------------------------------
+// vpdpbusd multiplies unsigned by signed bytes, 4 products per int32 lane, twice vpmaddwd's
+// products per instruction and no separate add. The activations go in as q + 128 (0..255) and
+// each column's 128 * sum(w) comes off at the end: the same exact int32 sums, so the same bits
+// (|sum| <= 255 * 127 * K, inside int32 for K < 66000).
+#define VNNI_T __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+enum { VMR = 8, VNR = 32 };
+
+/// Panel of weight rows n..n+nc (nc <= 32, zeros beyond): panel[p][j] holds weights 4p..4p+3 of
+/// row n+j (zeros past K), the operand layout of vpdpbusd; wsum[j] = 128 * the row's sum.
+VNNI_T static void vnni_pack(const int8_t *W, long ldw, long n, long nc, long K, long P, int32_t *panel, int32_t *wsum) {
+    const long full = K / 4;
+    for (long j = 0; j < VNR; j++) {
+        if (j >= nc) {
+            for (long p = 0; p < P; p++) panel[p * VNR + j] = 0;
+            wsum[j] = 0;
+            continue;
+        }
+        const int8_t *w = W + (n + j) * ldw;
+        int32_t s = 0;
+        for (long p = 0; p < full; p++) {
+            int32_t four;
+            memcpy(&four, w + 4 * p, 4);
+            panel[p * VNR + j] = four;
+        }
+        if (full < P) {
+            uint8_t b[4] = {0, 0, 0, 0};
+            for (long k = 4 * full; k < K; k++) b[k - 4 * full] = (uint8_t)w[k];
+            memcpy(panel + full * VNR + j, b, 4);
+        }
+        for (long k = 0; k < K; k++) s += w[k];
+        wsum[j] = 128 * s;
+    }
+}
+
+static inline __attribute__((always_inline)) VNNI_T void
+vnni_tile(const int mr, long P, const uint8_t *u, long ldu, const float *rs, const int32_t *panel, const int32_t *wsum,
+          const float *sc, long nc, float *C, long ldc, int accumulate) {
+    __m512i acc[VMR][2];
+    for (int i = 0; i < mr; i++) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
+    for (long p = 0; p < P; p++) {
+        const __m512i b0 = _mm512_load_si512((const void *)(panel + p * VNR));
+        const __m512i b1 = _mm512_load_si512((const void *)(panel + p * VNR + 16));
+        for (int i = 0; i < mr; i++) {
+            int32_t v;
+            memcpy(&v, u + i * ldu + 4 * p, 4);
+            const __m512i a = _mm512_set1_epi32(v);
+            acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], a, b0);
+            acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], a, b1);
+        }
+    }
+    // dequant(): (float)acc * (rowStat * (scale * 127)) * 6.200124e-05, the same f32 steps.
+    const __m512i z0 = _mm512_loadu_si512((const void *)wsum), z1 = _mm512_loadu_si512((const void *)(wsum + 16));
+    const __m512 s0 = _mm512_mul_ps(_mm512_loadu_ps(sc), _mm512_set1_ps(127.0f));
+    const __m512 s1 = _mm512_mul_ps(_mm512_loadu_ps(sc + 16), _mm512_set1_ps(127.0f));
+    const __m512 k = _mm512_set1_ps(6.200124e-05f);
+    const __mmask16 m0 = nc >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nc) - 1);
+    const __mmask16 m1 = nc >= 32 ? (__mmask16)0xffff : nc <= 16 ? 0 : (__mmask16)((1u << (nc - 16)) - 1);
+    for (int i = 0; i < mr; i++) {
+        const __m512 r = _mm512_set1_ps(rs[i]);
+        const __m512 a0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i][0], z0));
+        const __m512 a1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i][1], z1));
+        __m512 o0 = _mm512_mul_ps(_mm512_mul_ps(a0, _mm512_mul_ps(r, s0)), k);
+        __m512 o1 = _mm512_mul_ps(_mm512_mul_ps(a1, _mm512_mul_ps(r, s1)), k);
+        float *c = C + i * ldc;
+        if (accumulate) {
+            o0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, c), o0);
+            o1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, c + 16), o1);
+        }
+        _mm512_mask_storeu_ps(c, m0, o0);
+        _mm512_mask_storeu_ps(c + 16, m1, o1);
+    }
+}
+
+VNNI_T static void vnni_gemm(long M, long n0, long n1, long K, const int16_t *q, long ldq, const float *rowStats,
+                             const int8_t *W, long ldw, const float *scales, float *C, long ldc, int accumulate) {
+    const long P = (K + 3) / 4, ldu = 4 * P;
+    int32_t *panel = aligned_alloc(64, (size_t)((P * VNR * 4 + 63) / 64 * 64));
+    uint8_t *u = malloc((size_t)(M * ldu));
+    if (!panel || !u) abort();
+    // q + 128 as bytes, 128 (a zero activation) past K.
+    const __m256i off = _mm256_set1_epi16(128);
+    for (long m = 0; m < M; m++) {
+        const int16_t *qm = q + m * ldq;
+        uint8_t *um = u + m * ldu;
+        long k = 0;
+        for (; k + 16 <= K; k += 16) {
+            const __m256i v = _mm256_add_epi16(_mm256_loadu_si256((const __m256i *)(qm + k)), off);
+            _mm_storeu_si128((__m128i *)(um + k), _mm256_cvtepi16_epi8(v));
+        }
+        for (; k < K; k++) um[k] = (uint8_t)(qm[k] + 128);
+        for (; k < ldu; k++) um[k] = 128;
+    }
+    int32_t wsum[VNR];
+    for (long n = n0; n < n1; n += VNR) {
+        const long nc = n1 - n < VNR ? n1 - n : VNR;
+        vnni_pack(W, ldw, n, nc, K, P, panel, wsum);
+        float sc[VNR] = {0};
+        for (long j = 0; j < nc; j++) sc[j] = scales[n + j];
+        for (long m = 0; m < M; m += VMR) {
+            const long mr = M - m < VMR ? M - m : VMR;
+            const uint8_t *um = u + m * ldu;
+            float *c = C + m * ldc + n;
+            switch (mr) {
+            case 8: vnni_tile(8, P, um, ldu, rowStats + m, panel, wsum, sc, nc, c, ldc, accumulate); break;
+            case 7: vnni_tile(7, P, um, ldu, rowStats + m, panel, wsum, sc, nc, c, ldc, accumulate); break;
+            case 6: vnni_tile(6, P, um, ldu, rowStats + m, panel, wsum, sc, nc, c, ldc, accumulate); break;
+            case 5: vnni_tile(5, P, um, ldu, rowStats + m, panel, wsum, sc, nc, c, ldc, accumulate); break;
+            case 4: vnni_tile(4, P, um, ldu, rowStats + m, panel, wsum, sc, nc, c, ldc, accumulate); break;
+            case 3: vnni_tile(3, P, um, ldu, rowStats + m, panel, wsum, sc, nc, c, ldc, accumulate); break;
+            case 2: vnni_tile(2, P, um, ldu, rowStats + m, panel, wsum, sc, nc, c, ldc, accumulate); break;
+            default: vnni_tile(1, P, um, ldu, rowStats + m, panel, wsum, sc, nc, c, ldc, accumulate); break;
+            }
+        }
+    }
+    free(u);
+    free(panel);
+}
 #endif
 
 // ---- entry points -----------------------------------------------------------------------------
@@ -343,6 +462,10 @@ void lora_llm_int8_gemm(int family, long M, long n0, long n1, long K, const int1
     if (ldq < K + (K & 1)) abort();
 #ifdef LLM_X86
     if (x86_family(family)) {
+        if (M >= LMR && family == LORA_FAMILY_AVX512 && lora_q8_vnni_available()) {
+            vnni_gemm(M, n0, n1, K, q, ldq, rowStats, W, ldw, scales, C, ldc, accumulate);
+            return;
+        }
         if (M < LMR) avx2_gemv(M, n0, n1, K, q, ldq, rowStats, W, ldw, scales, C, ldc, accumulate);
         else avx2_gemm(M, n0, n1, K, q, ldq, rowStats, W, ldw, scales, C, ldc, accumulate);
         return;

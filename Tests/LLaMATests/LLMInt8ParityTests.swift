@@ -13,6 +13,10 @@ final class LLMInt8ParityTests: XCTestCase {
     /// so change one int8 step. At threshold 6 every logit agrees within 1e-5; at 0.5 one
     /// prompt's worst is 2.3e-4 (such a flip), the others' ~1e-5.
     static let logitsTolerance: Float = 5e-4
+    /// The attention's f32 sums come from OpenBLAS, whose kernel depends on the CPU (Haswell's
+    /// on Zen 3 matches PyTorch's ties here; Cooperlake's on Zen 4 flips one): one position in
+    /// the whole suite may then differ by one activation's int8 step (0.18 measured), no more.
+    static let flipTolerance: Float = 0.25
 
     func testProductsMatchBitsandbytes() throws {
         let ref = try Fixtures.json("llm_int8/llm_int8.json")
@@ -63,6 +67,7 @@ final class LLMInt8ParityTests: XCTestCase {
         // tiles), and this suite holds the int8 arithmetic to bitsandbytes' at 5e-4.
         let cpu = try XCTUnwrap(testCtx.backend as? CPUBackend)
         let ctx = ExecutionContext(backend: CPUBackend(family: cpu.family, pool: cpu.pool, decoding: cpu.decoding, blasAttention: true))
+        var flipped = 0
         for threshold: Float in [6, 0.5] {
             let model = threshold == 6 ? base : Self.withThreshold(base, threshold)
             for p in prompts {
@@ -72,10 +77,22 @@ final class LLMInt8ParityTests: XCTestCase {
                 let batch = Batch(B: 1, T: ids.count, inputIDs: ids, attentionMask: .init(repeating: 1, count: ids.count), labels: ids)
                 let logits = model.logits(batch, adapters: .none, acts: Activations(model: model, maxB: 1, maxT: ids.count), ctx: ctx)
                 XCTAssertEqual(want.count, logits.count)
-                assertClose(logits.data, want.data, count: want.count, abs: Self.logitsTolerance,
-                            "tiny-gqa llm_int8 threshold \(threshold) logits of prompt \(p["index"]!.int!)")
+                // Positions whose logits are off by more than the tolerance: a tie flip moves all
+                // of one position's logits by up to one int8 step.
+                let V = want.count / ids.count
+                var off: [Int] = []
+                for t in 0..<ids.count {
+                    var worst: Float = 0
+                    for v in 0..<V { worst = max(worst, abs(logits.data[t * V + v] - want.data[t * V + v])) }
+                    if !(worst <= Self.logitsTolerance) {
+                        off.append(t)
+                        XCTAssertLessThanOrEqual(worst, Self.flipTolerance, "tiny-gqa llm_int8 threshold \(threshold) prompt \(p["index"]!.int!) position \(t)")
+                    }
+                }
+                flipped += off.count
             }
         }
+        XCTAssertLessThanOrEqual(flipped, 1, "tiny-gqa llm_int8: positions off by more than \(Self.logitsTolerance) in all prompts")
     }
 
     /// `model` with its projections' int8 rows under another outlier threshold (same bytes).
