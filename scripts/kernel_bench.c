@@ -4,7 +4,7 @@
 //   totalling >= 256 MiB so they come from memory, not the last-level cache, as in decoding;
 //   also with 2 threads on the two halves of the rows (split at the panel width).
 //   LLM.int8() int8 product: GOP/s (2 M N K per call); KB_LLM_INT8_ONLY=1 stops after it.
-// Build and run: scripts/kernel_bench.sh. Each figure is the best of repeated calls over
+// Build and run: scripts/kernel_bench.sh (clang when present, as SwiftPM builds the kernels). Each figure is the best of repeated calls over
 // ~0.3 s, which is the right statistic on a machine shared with other work.
 #include "CKernels.h"
 #include <pthread.h>
