@@ -462,7 +462,7 @@ void lora_llm_int8_gemm(int family, long M, long n0, long n1, long K, const int1
     if (ldq < K + (K & 1)) abort();
 #ifdef LLM_X86
     if (x86_family(family)) {
-        if (M >= LMR && family == LORA_FAMILY_AVX512 && lora_q8_vnni_available()) {
+        if (M >= LMR && family == LORA_FAMILY_AVX512 && lora_family_available(family) && lora_q8_vnni_available()) {
             vnni_gemm(M, n0, n1, K, q, ldq, rowStats, W, ldw, scales, C, ldc, accumulate);
             return;
         }
