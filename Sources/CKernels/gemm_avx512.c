@@ -34,6 +34,7 @@
 // On other architectures the entry points exist and must not be called (available() is 0).
 #include "CKernels.h"
 #include "families.h"
+#include <math.h>
 #include <stdlib.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -554,6 +555,219 @@ TARGET static void gemv_i8(long M, long n0, long n1, long K, const float *A, lon
     }
 }
 
+// ---- Int8 rows against fixed-point activations, with VNNI (decoding) ------------------------
+//
+// The FMA kernel above spends ~11 shifts and conversions per 64 weights before its 4 FMAs, so
+// it runs at ~half the memory bandwidth. With VNNI the weights go into `vpdpbusd` as they are
+// (64 byte products per instruction) against each row of A written as 32-bit fixed point:
+// v = round(a * 2^s), with 2^s putting the row's largest |a| in [2^30, 2^31). The rounding is at
+// most max|a| * 2^-32 per activation, finer than f32's rounding of the sums themselves, so this
+// keeps the f32 semantics of bitsandbytes' int8 rows (f32 activations), unlike Q8 activations.
+// u = v + 2^31 is split into four unsigned bytes u_j, and
+//     sum_k q_k v_k = sum_j 2^8j (sum_k q_k u_jk) - 2^31 sum_k q_k,
+// every sum exact in integers: int32 per lane and across lanes while K <= LORA_I8_FIXED_KMAX (a lane gains
+// at most 4 * 255 * 128 per 64 depths), int64 when the digits are combined. The total is scaled
+// once, in double. Rows of A with Inf or NaN take the FMA kernel, which propagates them as f32 does.
+
+#define I8V_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")))
+#define I8V_INLINE static inline __attribute__((always_inline)) I8V_TARGET
+#ifndef I8V_PF
+#define I8V_PF 2048      // bytes of W prefetched ahead
+#endif
+
+/// Row `a` (K values) as four byte planes of u (plane j at planes + j * ldp, K padded to ldp
+/// with the digits of 0). Returns the exponent s. The row must be finite.
+I8V_TARGET static int i8v_digits(long K, const float *a, uint8_t *planes, long ldp) {
+    __m512 mx = _mm512_setzero_ps();
+    for (long k = 0; k < K; k += 16)
+        mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_maskz_loadu_ps(mask16(K - k), a + k)));
+    const float amax = _mm512_reduce_max_ps(mx);
+    int e = 0;
+    if (amax > 0) (void)frexpf(amax, &e);  // amax < 2^e
+    const int s = 31 - e;
+    const __m512 sc = _mm512_set1_ps((float)s);
+    const __m512i bias = _mm512_set1_epi32((int)0x80000000u);
+    for (long k = 0; k < ldp; k += 16) {
+        // scalef multiplies by 2^s exactly without forming 2^s (s may pass 127 for tiny rows);
+        // |a * 2^s| < 2^31, so the rounding conversion cannot overflow.
+        __m512 t = _mm512_scalef_ps(_mm512_maskz_loadu_ps(mask16(K - k), a + k), sc);
+        __m512i u = _mm512_xor_si512(_mm512_cvtps_epi32(t), bias);
+        for (int j = 0; j < 4; j++)
+            _mm_storeu_si128((__m128i *)(planes + j * ldp + k), _mm512_cvtepi32_epi8(_mm512_srli_epi32(u, 8 * j)));
+    }
+    return s;
+}
+
+/// 1 when every value of the M rows of A is finite.
+I8V_TARGET static int i8v_finite(long M, long K, const float *A, long lda) {
+    const __m512 inf = _mm512_set1_ps(__builtin_inff());
+    __mmask16 bad = 0;
+    for (long m = 0; m < M; m++)
+        for (long k = 0; k < K; k += 16) {
+            __mmask16 km = mask16(K - k);
+            __m512 x = _mm512_abs_ps(_mm512_maskz_loadu_ps(km, A + m * lda + k));
+            bad |= _mm512_mask_cmp_ps_mask(km, x, inf, _CMP_NLT_UQ);  // |x| >= inf, or NaN
+        }
+    return bad == 0;
+}
+
+/// z[L[i]] = the sum of v[i]'s 16 lanes, by a transposing tree of 45 operations (16 separate
+/// reductions take ~140). L is its own inverse.
+static const int i8v_lane[16] = {0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15};
+I8V_INLINE __m512i i8v_hsum16(const __m512i v[16]) {
+    __m512i w[8], x[4], y[2];
+    for (int i = 0; i < 8; i++)  // 128-bit chunks: [v_i, v_i, v_i+8, v_i+8]
+        w[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(v[i], v[i + 8], _MM_SHUFFLE(1, 0, 1, 0)),
+                                _mm512_shuffle_i32x4(v[i], v[i + 8], _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int i = 0; i < 4; i++)  // [v_i, v_i+8, v_i+4, v_i+12]
+        x[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(w[i], w[i + 4], _MM_SHUFFLE(2, 0, 2, 0)),
+                                _mm512_shuffle_i32x4(w[i], w[i + 4], _MM_SHUFFLE(3, 1, 3, 1)));
+    for (int i = 0; i < 2; i++)  // per chunk, two lanes of x[i]'s vector and two of x[i + 2]'s
+        y[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(x[i], x[i + 2]), _mm512_unpackhi_epi64(x[i], x[i + 2]));
+    const __m512 a = _mm512_castsi512_ps(y[0]), b = _mm512_castsi512_ps(y[1]);
+    return _mm512_add_epi32(_mm512_castps_si512(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))),
+                            _mm512_castps_si512(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))));
+}
+
+/// C[m + i][n + r] (+)= sum_k q[n + r][k] v_k * units[m + i] * scales[n + r] for rows r < nr of W
+/// and rows i < mb of A (cells c = r * mb + i, nr * mb <= 3). Rows of W go one after another: one
+/// sequential stream from memory is the fastest on Zen 4 for short rows (16-17 against 8-10 GB/s
+/// with four rows interleaved, one core, 576-1536 deep). A row's weight sum (for the 2^31 offset)
+/// is taken once for all rows of A. Every sum is exact, so the grouping never changes a bit.
+I8V_INLINE void i8v_group(const int nr, const int mb, long K, const uint8_t *xp, long per_row, long ldp,
+                          const int8_t *q, long ldw, long n, const double *units, const float *scales,
+                          float *C, long ldc, int accumulate) {
+    // acc[c * 4 + j]: cell c's digit j; acc[12 + r]: row r's weight sum.
+    __m512i acc[16];
+    for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_si512();
+    const __m512i ones = _mm512_set1_epi8(1);
+#pragma GCC unroll 3
+    for (int r = 0; r < nr; r++) {  // unrolled, so the accumulators stay in registers
+        const int8_t *qr = q + (n + r) * ldw;
+        for (long k = 0; k < K; k += 64) {
+            __mmask64 km = K - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - k)) - 1);
+            _mm_prefetch((const char *)(qr + k + I8V_PF), _MM_HINT_T0);
+            const __m512i w = _mm512_maskz_loadu_epi8(km, qr + k);
+            for (int i = 0; i < mb; i++)
+                for (int j = 0; j < 4; j++)
+                    acc[4 * (r * mb + i) + j] = _mm512_dpbusd_epi32(
+                        acc[4 * (r * mb + i) + j], _mm512_loadu_si512((const void *)(xp + i * per_row + j * ldp + k)), w);
+            acc[12 + r] = _mm512_dpbusd_epi32(acc[12 + r], ones, w);
+        }
+    }
+    __m512i in[16];
+    for (int i = 0; i < 16; i++) in[i] = acc[i8v_lane[i]];
+    const __m512i z = i8v_hsum16(in);  // lane 4c + j: cell c's digit j; lane 12 + r: row r's sum
+    // In int64: digit j times 2^8j, a row's weight sum times 2^31; then each cell's four digits
+    // summed (pairs within 128 bits, then 128-bit halves within 256).
+    const __m512i lo = _mm512_sllv_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(z)),
+                                         _mm512_set_epi64(24, 16, 8, 0, 24, 16, 8, 0));
+    const __m512i hi = _mm512_sllv_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(z, 1)),
+                                         _mm512_set_epi64(0, 31, 31, 31, 24, 16, 8, 0));
+    __m512i slo = _mm512_add_epi64(lo, _mm512_shuffle_epi32(lo, _MM_PERM_BADC));
+    slo = _mm512_add_epi64(slo, _mm512_shuffle_i64x2(slo, slo, _MM_SHUFFLE(2, 3, 0, 1)));
+    __m512i shi = _mm512_add_epi64(hi, _mm512_shuffle_epi32(hi, _MM_PERM_BADC));
+    shi = _mm512_add_epi64(shi, _mm512_shuffle_i64x2(shi, shi, _MM_SHUFFLE(2, 3, 0, 1)));
+    // Cells 0, 1, 2 sit in lanes 0 and 4 of slo and 0 of shi; cell c's row sum in lane 4 + c / mb of hi.
+    const __m512i sums = _mm512_permutex2var_epi64(slo, _mm512_set_epi64(0, 0, 0, 0, 0, 8, 4, 0), shi);
+    const __m512i rowsum = _mm512_permutexvar_epi64(
+        _mm512_set_epi64(4, 4, 4, 4, 4, 4 + 2 / mb, 4 + 1 / mb, 4), hi);
+    const __m512d t = _mm512_cvtepi64_pd(_mm512_sub_epi64(sums, rowsum));
+    const int cells = nr * mb;
+    __m512d u, sc;
+    if (mb == 1) {
+        u = _mm512_set1_pd(units[0]);
+        sc = _mm512_cvtps_pd(_mm256_maskz_loadu_ps((__mmask8)((1u << nr) - 1), scales + n));
+    } else {
+        u = _mm512_maskz_loadu_pd((__mmask8)((1u << mb) - 1), units);
+        sc = _mm512_set1_pd((double)scales[n]);
+    }
+    const __m256 y = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(t, u), sc));
+    if (mb == 1) {  // cells are C[0][n + r]: contiguous
+        const __mmask8 cm = (__mmask8)((1u << cells) - 1);
+        float *c = C + n;
+        _mm256_mask_storeu_ps(c, cm, accumulate ? _mm256_add_ps(_mm256_maskz_loadu_ps(cm, c), y) : y);
+    } else {  // cells are C[i][n]: one per row of C
+        float v[8];
+        _mm256_storeu_ps(v, y);
+        for (int i = 0; i < mb; i++) C[i * ldc + n] = accumulate ? C[i * ldc + n] + v[i] : v[i];
+    }
+}
+
+/// lora_i8_fixed_gemv on the VNNI family (see CKernels.h).
+I8V_TARGET static void i8v_gemv(long M, long n0, long n1, long K, const uint8_t *planes, const double *units,
+                                const int8_t *q, long ldw, const float *scales, float *C, long ldc,
+                                int accumulate) {
+    // The loop prefetches I8V_PF bytes ahead; start the stream's first lines now (a decoding
+    // step makes ~210 calls, each a new stream).
+    for (long off = 0; off < I8V_PF; off += 64) _mm_prefetch((const char *)(q + n0 * ldw) + off, _MM_HINT_T0);
+    const long ldp = lora_i8_fixed_depth(K), per_row = 4 * ldp;
+    for (long n = n0; n < n1; n += 3) {  // three rows of W at a time, against every row of A
+        const long nr = n1 - n < 3 ? n1 - n : 3;
+        for (long m0 = 0; m0 < M; m0 += 3) {
+            const long mb = M - m0 < 3 ? M - m0 : 3;
+            const uint8_t *x = planes + m0 * per_row;
+            float *c = C + m0 * ldc;
+            if (mb == 1) {
+                if (nr == 3) i8v_group(3, 1, K, x, per_row, ldp, q, ldw, n, units + m0, scales, c, ldc, accumulate);
+                else if (nr == 2) i8v_group(2, 1, K, x, per_row, ldp, q, ldw, n, units + m0, scales, c, ldc, accumulate);
+                else i8v_group(1, 1, K, x, per_row, ldp, q, ldw, n, units + m0, scales, c, ldc, accumulate);
+            } else
+                for (long r = 0; r < nr; r++) {
+                    if (mb == 3) i8v_group(1, 3, K, x, per_row, ldp, q, ldw, n + r, units + m0, scales, c, ldc, accumulate);
+                    else i8v_group(1, 2, K, x, per_row, ldp, q, ldw, n + r, units + m0, scales, c, ldc, accumulate);
+                }
+        }
+    }
+}
+
+I8V_TARGET static int i8v_prepare(long M, long K, const float *A, long lda, uint8_t *planes, double *units) {
+    if (K <= 0 || K > LORA_I8_FIXED_KMAX || !i8v_finite(M, K, A, lda)) return 0;
+    const long ldp = lora_i8_fixed_depth(K);
+    for (long m = 0; m < M; m++) units[m] = ldexp(1.0, -i8v_digits(K, A + m * lda, planes + m * 4 * ldp, ldp));
+    return 1;
+}
+
+/// The dispatcher's int8-rows GEMV with VNNI: A converted into this thread's buffer (callers
+/// that split the rows over workers convert once instead: lora_i8_fixed_prepare).
+I8V_TARGET static void gemv_i8_vnni(long M, long n0, long n1, long K, const float *A, long lda,
+                                    const int8_t *q, long ldw, const float *scales, float *C,
+                                    long ldc, int accumulate) {
+    const long per_row = 4 * lora_i8_fixed_depth(K);
+    long mchunk = (long)sizeof(float) * GEMM_B_FLOATS / (per_row + 8);  // >= 2 for K <= KMAX
+    uint8_t *buf = (uint8_t *)pack_buffer();
+    for (long m0 = 0; m0 < M; m0 += mchunk) {
+        const long mc = M - m0 < mchunk ? M - m0 : mchunk;
+        double *units = (double *)(buf + mc * per_row);
+        if (!i8v_prepare(mc, K, A + m0 * lda, lda, buf, units)) {
+            gemv_i8(mc, n0, n1, K, A + m0 * lda, lda, q, ldw, scales, C + m0 * ldc, ldc, accumulate);
+            continue;
+        }
+        i8v_gemv(mc, n0, n1, K, buf, units, q, ldw, scales, C + m0 * ldc, ldc, accumulate);
+    }
+}
+
+int lora_i8_fixed_available(int family) {
+    static int dq = -1;
+    if (dq < 0) { __builtin_cpu_init(); dq = __builtin_cpu_supports("avx512dq") ? 1 : 0; }
+    return family == LORA_FAMILY_AVX512 && lora_family_available(family) && lora_q8_vnni_available() && dq;
+}
+
+int lora_i8_fixed_wanted(int family, long K) {
+    return K > 0 && K < LORA_I8_FIXED_DEEP && lora_i8_fixed_available(family);
+}
+
+int lora_i8_fixed_prepare(int family, long M, long K, const float *A, long lda, uint8_t *planes, double *units) {
+    if (!lora_i8_fixed_available(family)) return 0;
+    return i8v_prepare(M, K, A, lda, planes, units);
+}
+
+void lora_i8_fixed_gemv(int family, long M, long n0, long n1, long K, const uint8_t *planes, const double *units,
+                        const int8_t *W, long ldw, const float *scales, float *C, long ldc, int accumulate) {
+    if (!lora_i8_fixed_available(family) || K <= 0 || K > LORA_I8_FIXED_KMAX) abort();
+    if (M > 0 && n1 > n0) i8v_gemv(M, n0, n1, K, planes, units, W, ldw, scales, C, ldc, accumulate);
+}
+
 /// NF4 weights: rows n..n+rows (rows <= 4) for A rows 0..mb (mb <= 4), 16 depths per step,
 /// each weight decoded once and used for every row of A. When the rows start on 64-weight
 /// blocks (ldw a multiple of 64) the depth goes a block at a time and each row's absmax is
@@ -763,7 +977,10 @@ void lora_avx512_gemv_abt(int format, long M, long n0, long n1, long K, const fl
     if (M <= 0 || n1 <= n0) return;
     switch (format) {
     case LORA_FORMAT_F32: gemv_f32(M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate); break;
-    case LORA_FORMAT_I8_ROWS: gemv_i8(M, n0, n1, K, A, lda, W, ldw, scales, C, ldc, accumulate); break;
+    case LORA_FORMAT_I8_ROWS:
+        if (lora_i8_fixed_wanted(LORA_FAMILY_AVX512, K)) gemv_i8_vnni(M, n0, n1, K, A, lda, W, ldw, scales, C, ldc, accumulate);
+        else gemv_i8(M, n0, n1, K, A, lda, W, ldw, scales, C, ldc, accumulate);
+        break;
     case LORA_FORMAT_BF16: gemv_bf16(M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate); break;
     case LORA_FORMAT_Q8_0: gemv_q(LORA_FORMAT_Q8_0, M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate); break;
     case LORA_FORMAT_Q4_0: gemv_q(LORA_FORMAT_Q4_0, M, n0, n1, K, A, lda, W, ldw, C, ldc, accumulate); break;
@@ -818,6 +1035,11 @@ float lora_avx512_dot(const float *a, const float *b, long n) { abort(); }
 void lora_avx512_axpy(float alpha, const float *x, float *y, long n) { abort(); }
 
 int lora_gemm_avx512_available(void) { return 0; }
+int lora_i8_fixed_available(int family) { return 0; }
+int lora_i8_fixed_wanted(int family, long K) { return 0; }
+int lora_i8_fixed_prepare(int family, long M, long K, const float *A, long lda, uint8_t *planes, double *units) { return 0; }
+void lora_i8_fixed_gemv(int family, long M, long n0, long n1, long K, const uint8_t *planes, const double *units,
+                        const int8_t *W, long ldw, const float *scales, float *C, long ldc, int accumulate) { abort(); }
 int lora_gemm_panel_width(void) { return 16; }
 void lora_gemm_abt_f32(long M, long n0, long n1, long K, const float *A, long lda,
                        const float *W, long ldw, float *C, long ldc, int accumulate) { abort(); }

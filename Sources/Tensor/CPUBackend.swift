@@ -129,8 +129,15 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                 return
             }
             if q8 { lora_q8_quantize(fam, M, K, x, K, q, d, sums) }
+            // Int8 rows with VNNI: x in fixed point once for every worker (the bits of
+            // lora_gemv_abt's own conversion, at every M).
+            let fixedUnits = raw.assumingMemoryBound(to: Double.self), planes = (raw + 8 * M).assumingMemoryBound(to: UInt8.self)
+            let fixed = !q8 && fmt == LORA_FORMAT_I8_ROWS && lora_i8_fixed_wanted(fam, K) != 0
+                && 8 * M + lora_i8_fixed_bytes(M, K) <= scratch.capacity * MemoryLayout<Float>.stride
+                && lora_i8_fixed_prepare(fam, M, K, x, K, planes, fixedUnits) != 0
             let rows = { (n0: Int, n1: Int) in
                 if q8 { lora_q8_gemv(fam, fmt, M, n0, n1, K, q, d, sums, w.data, K, y, N, acc) }
+                else if fixed { lora_i8_fixed_gemv(fam, M, n0, n1, K, planes, fixedUnits, w.data, K, scales, y, N, acc) }
                 else { lora_gemv_abt(fam, fmt, M, n0, n1, K, x, K, w.data, K, scales, y, N, acc) }
             }
             if let spin, w.byteCount >= Self.spinBytes {

@@ -166,6 +166,34 @@ void lora_q8_gemv(int family, int format, long M, long n0, long n1, long K, cons
                   const float *d, const int32_t *sum, const void *W, long ldw, float *C, long ldc,
                   int accumulate);
 
+// ---- Int8 rows against fixed-point activations (decoding, AVX-512 VNNI; gemm_avx512.c) ------
+// The f32 semantics of int8 rows (f32 activations, bitsandbytes' int8 weights) with integer
+// products: each row of A becomes v = round(a * 2^s) with its largest |a| in [2^30, 2^31) (at most
+// max|a| * 2^-32 off per activation), as four byte planes for vpdpbusd; the sums are exact
+// integers, scaled once in double. lora_gemv_abt(avx512, I8_ROWS) uses it where it pays
+// (lora_i8_fixed_wanted); callers that split rows over workers convert A once with
+// lora_i8_fixed_prepare instead of per call.
+/// KMAX: the depth up to which the int32 sums are exact. DEEP: from this depth the FMA kernel
+/// streams deep rows as fast (both memory-bound on Zen 4, 4096-11008 deep) and is faster at 3-16
+/// rows of A, so the dispatcher keeps it there; the choice depends on K only, never on M.
+enum { LORA_I8_FIXED_KMAX = 65536, LORA_I8_FIXED_DEEP = 2048 };
+/// 1 when `family` can run it here (the AVX-512 family with VNNI and DQ).
+int lora_i8_fixed_available(int family);
+/// 1 when lora_gemv_abt(family, I8_ROWS) runs it for rows of K: available and 0 < K < DEEP.
+int lora_i8_fixed_wanted(int family, long K);
+/// Depth of a converted row's planes: K rounded up to 64.
+static inline long lora_i8_fixed_depth(long K) { return (K + 63) / 64 * 64; }
+/// Bytes of planes for M rows of K.
+static inline long lora_i8_fixed_bytes(long M, long K) { return 4 * M * lora_i8_fixed_depth(K); }
+/// Converts A [M][lda] into planes (lora_i8_fixed_bytes(M, K)) and units [M] (2^-s per row).
+/// Returns 0, and converts nothing, when it does not apply: family unavailable, K outside
+/// 1...LORA_I8_FIXED_KMAX, or a value of A is Inf or NaN (the f32 kernels propagate those).
+int lora_i8_fixed_prepare(int family, long M, long K, const float *A, long lda, uint8_t *planes, double *units);
+/// C[M, n0:n1] (+)= A @ W[n0:n1]^T from lora_i8_fixed_prepare's planes and units; W int8 rows
+/// [N][ldw] with `scales`. The same bits as lora_gemv_abt(avx512, I8_ROWS, ...) at any M.
+void lora_i8_fixed_gemv(int family, long M, long n0, long n1, long K, const uint8_t *planes, const double *units,
+                        const int8_t *W, long ldw, const float *scales, float *C, long ldc, int accumulate);
+
 // ---- LLM.int8() forward for int8-rows weights (llmint8.c) ------------------------------------------
 // bitsandbytes' MatMul8bitLt with int8 weights and a threshold (transformers' load_in_8bit), in
 // f32 where bitsandbytes is in f16 only at its input rounding:
