@@ -108,7 +108,7 @@ void lora_axpy(int family, float alpha, const float *x, float *y, long n) {
 void lora_attn_scores(int family, const float *q, const float *K, long ld, long L, long hd, float alpha, float *s) {
     switch (usable(family)) {
     case LORA_FAMILY_AVX2: lora_avx2_attn_scores(q, K, ld, L, hd, alpha, s); break;
-    case LORA_FAMILY_AVX512: for (long j = 0; j < L; j++) s[j] = alpha * lora_avx512_dot(q, K + j * ld, hd); break;
+    case LORA_FAMILY_AVX512: lora_avx512_attn_scores(q, K, ld, L, hd, alpha, s); break;
     default: for (long j = 0; j < L; j++) s[j] = alpha * lora_portable_dot(q, K + j * ld, hd); break;
     }
 }
@@ -122,10 +122,31 @@ void lora_attn_scores_rows(int family, const float *q, long ldq, long R, const f
     for (long r = 0; r < R; r++) lora_attn_scores(family, q + r * ldq, K, ld, L + r, hd, alpha, s + r * lds);
 }
 
+void lora_attn_scores_heads(int family, const float *q, long G, const float *K, long ld, long L, long hd, float alpha,
+                            float *s, long lds) {
+    if (usable(family) == LORA_FAMILY_AVX512 && lora_avx512_attn_fits(hd)) {
+        lora_avx512_attn_scores_heads(q, G, K, ld, L, hd, alpha, s, lds);
+        return;
+    }
+    for (long g = 0; g < G; g++) lora_attn_scores(family, q + g * hd, K, ld, L, hd, alpha, s + g * lds);
+}
+
+void lora_attn_wsum_heads(int family, const float *s, long lds, long G, const float *V, long ld, long L, long hd, float *o) {
+    if (usable(family) == LORA_FAMILY_AVX512 && lora_avx512_attn_fits(hd)) {
+        lora_avx512_attn_wsum_heads(s, lds, G, V, ld, L, hd, o);
+        return;
+    }
+    for (long g = 0; g < G; g++) lora_attn_wsum(family, s + g * lds, V, ld, L, hd, o + g * hd);
+}
+
 void lora_attn_wsum(int family, const float *s, const float *V, long ld, long L, long hd, float *o) {
     const int fam = usable(family);
     if (fam == LORA_FAMILY_AVX2 && hd % 8 == 0 && hd <= 128) {
         lora_avx2_attn_wsum(s, V, ld, L, hd, o);
+        return;
+    }
+    if (fam == LORA_FAMILY_AVX512 && lora_avx512_attn_fits(hd)) {
+        lora_avx512_attn_wsum(s, V, ld, L, hd, o);
         return;
     }
     for (long i = 0; i < hd; i++) o[i] = 0;

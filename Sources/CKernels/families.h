@@ -26,6 +26,16 @@ void lora_avx2_attn_scores(const float *q, const float *K, long ld, long L, long
 void lora_avx2_attn_scores_rows(const float *q, long ldq, long R, const float *K, long ld, long L, long hd, float alpha,
                                 float *s, long lds);
 
+/// The AVX-512 decode step's scores and weighted sum (hd a multiple of 16, at most 128): each
+/// key's dot product in one FMA chain, 16 keys reduced together by one transposing tree. A key's
+/// score does not depend on L or on its place in a block (lora_attn_scores' contract).
+int lora_avx512_attn_fits(long hd);
+void lora_avx512_attn_scores(const float *q, const float *K, long ld, long L, long hd, float alpha, float *s);
+void lora_avx512_attn_wsum(const float *s, const float *V, long ld, long L, long hd, float *o);
+void lora_avx512_attn_scores_heads(const float *q, long G, const float *K, long ld, long L, long hd, float alpha, float *s,
+                                   long lds);
+void lora_avx512_attn_wsum_heads(const float *s, long lds, long G, const float *V, long ld, long L, long hd, float *o);
+
 LORA_FAMILY_DECLS(portable)
 LORA_FAMILY_DECLS(avx2)
 LORA_FAMILY_DECLS(avx512)

@@ -1020,6 +1020,152 @@ TARGET void lora_avx512_axpy(float alpha, const float *x, float *y, long n) {
     }
 }
 
+int lora_avx512_attn_fits(long hd) { return hd > 0 && hd % 16 == 0 && hd <= 128; }
+
+/// r[j] = the sum of a[j]'s 16 lanes, for j < 16: halves of 256, then 128, then pairs within
+/// 128-bit lanes, each step adding two inputs' pieces side by side (15 adds, 30 shuffles for
+/// what 16 separate reductions do in ~130 operations). Every lane's tree is the same.
+INLINE __m512 attn_hsum16(__m512 a[16]) {
+    __m512 b[8], c[4], d[2];
+    for (int i = 0; i < 8; i++)  // lanes 0-7: a[2i]'s halves summed; 8-15: a[2i+1]'s
+        b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44), _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xEE));
+    for (int i = 0; i < 4; i++)  // 128-bit lanes: b[2i] lo, b[2i] hi, b[2i+1] lo, b[2i+1] hi, each 4 floats summed in halves
+        c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88), _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xDD));
+    for (int i = 0; i < 2; i++)
+        d[i] = _mm512_add_ps(_mm512_shuffle_ps(c[2 * i], c[2 * i + 1], 0x44), _mm512_shuffle_ps(c[2 * i], c[2 * i + 1], 0xEE));
+    __m512 e = _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], 0x88), _mm512_shuffle_ps(d[0], d[1], 0xDD));
+    // e's lane l holds the sum of input 4 (l % 4) + l / 4, a transpose of 4 x 4: lane j of
+    // the result takes e's lane 4 (j % 4) + j / 4.
+    const __m512i back = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    return _mm512_permutexvar_ps(back, e);
+}
+
+/// Keys in blocks of 16; within a block, head after head (the block's keys stay in L1). Each
+/// key's dot product: one multiply and hd/16 - 1 FMAs in order, then the block's tree.
+// A decode step finds the cache in memory (the layers' weights went through the caches since),
+// rows of nKV heads of which a head reads one piece: the prefetcher does not run ahead of such
+// strides, so the keys and values are fetched this many ahead.
+#ifndef ATTN_PF_KEYS
+#define ATTN_PF_KEYS 32
+#endif
+#if defined(__clang__)
+#define ATTN_UNROLL _Pragma("clang loop unroll(full)")
+#else
+#define ATTN_UNROLL _Pragma("GCC unroll 16")
+#endif
+/// One block of n <= 16 keys against one query head of NV x 16 floats, with NV a constant so
+/// that everything stays in registers (a runtime count spilled the accumulators).
+#define ATTN_SCORES_BLOCK(NV)                                                                    \
+    do {                                                                                         \
+        __m512 qv[NV], acc[16];                                                                  \
+        for (int v = 0; v < NV; v++) qv[v] = _mm512_loadu_ps(qg + 16 * v);                      \
+        ATTN_UNROLL                                                                              \
+        for (int t = 0; t < 16; t++) {                                                           \
+            const float *k = K + (j0 + (t < n ? t : 0)) * ld; /* past L: key j0, not stored */   \
+            __m512 x = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k));                                 \
+            for (int v = 1; v < NV; v++) x = _mm512_fmadd_ps(qv[v], _mm512_loadu_ps(k + 16 * v), x); \
+            acc[t] = x;                                                                          \
+        }                                                                                        \
+        _mm512_mask_storeu_ps(s + g * lds + j0, mask16(n), _mm512_mul_ps(a, attn_hsum16(acc)));  \
+    } while (0)
+
+/// Keys in blocks of 16; within a block, head after head (the block's keys stay in L1). Each
+/// key's dot product: one multiply and hd/16 - 1 FMAs in order, then the block's tree.
+TARGET void lora_avx512_attn_scores_heads(const float *q, long G, const float *K, long ld, long L, long hd, float alpha,
+                                          float *s, long lds) {
+    const __m512 a = _mm512_set1_ps(alpha);
+    const long nl = hd / 16;  // cache lines per key (hd floats, 64-byte lines when aligned)
+    for (long j = 0; j < ATTN_PF_KEYS && j < L; j++)
+        for (long v = 0; v < nl; v++) _mm_prefetch((const char *)(K + j * ld + 16 * v), _MM_HINT_T0);
+    for (long j0 = 0; j0 < L; j0 += 16) {
+        const long n = L - j0 < 16 ? L - j0 : 16;
+        for (long j = j0 + ATTN_PF_KEYS; j < j0 + ATTN_PF_KEYS + 16 && j < L; j++)
+            for (long v = 0; v < nl; v++) _mm_prefetch((const char *)(K + j * ld + 16 * v), _MM_HINT_T0);
+        for (long g = 0; g < G; g++) {
+            const float *qg = q + g * hd;
+            switch (hd / 16) {
+            case 1: ATTN_SCORES_BLOCK(1); break;
+            case 2: ATTN_SCORES_BLOCK(2); break;
+            case 3: ATTN_SCORES_BLOCK(3); break;
+            case 4: ATTN_SCORES_BLOCK(4); break;
+            case 5: ATTN_SCORES_BLOCK(5); break;
+            case 6: ATTN_SCORES_BLOCK(6); break;
+            case 7: ATTN_SCORES_BLOCK(7); break;
+            default: ATTN_SCORES_BLOCK(8); break;
+            }
+        }
+    }
+}
+
+TARGET void lora_avx512_attn_scores(const float *q, const float *K, long ld, long L, long hd, float alpha, float *s) {
+    if (!lora_avx512_attn_fits(hd)) {
+        for (long j = 0; j < L; j++) s[j] = alpha * lora_avx512_dot(q, K + j * ld, hd);
+        return;
+    }
+    lora_avx512_attn_scores_heads(q, 1, K, ld, L, hd, alpha, s, L);
+}
+
+/// NH heads' sums over all L keys, NV x 16 floats each, NH x NV <= 16 accumulators in
+/// registers (constants: a runtime count put them on the stack, each FMA a store-load chain).
+#define ATTN_WSUM_PASS(NV, NH)                                                                   \
+    do {                                                                                         \
+        __m512 acc[NH * NV];                                                                     \
+        for (int i = 0; i < NH * NV; i++) acc[i] = _mm512_setzero_ps();                          \
+        for (long j = 0; j < ATTN_PF_KEYS && j < L; j++)                                         \
+            for (int v = 0; v < NV; v++) _mm_prefetch((const char *)(V + j * ld + 16 * v), _MM_HINT_T0); \
+        for (long j = 0; j < L; j++) {                                                           \
+            const float *x = V + j * ld;                                                         \
+            if (j + ATTN_PF_KEYS < L)                                                            \
+                for (int v = 0; v < NV; v++) _mm_prefetch((const char *)(x + ATTN_PF_KEYS * ld + 16 * v), _MM_HINT_T0); \
+            for (int h = 0; h < NH; h++) {                                                       \
+                const float w = s[(g0 + h) * lds + j];                                           \
+                if (w == 0) continue;                                                            \
+                const __m512 wv = _mm512_set1_ps(w);                                             \
+                for (int v = 0; v < NV; v++) acc[h * NV + v] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + 16 * v), acc[h * NV + v]); \
+            }                                                                                    \
+        }                                                                                        \
+        for (int h = 0; h < NH; h++)                                                             \
+            for (int v = 0; v < NV; v++) _mm512_storeu_ps(o + (g0 + h) * hd + 16 * v, acc[h * NV + v]); \
+    } while (0)
+
+/// Each head's sum: over the keys in order, one FMA per 16 floats, keys whose weight is 0
+/// skipped (as the axpy path skips masked keys). Heads in passes of up to 4 (2 for hd > 64),
+/// so one value row feeds every head of the pass.
+TARGET void lora_avx512_attn_wsum_heads(const float *s, long lds, long G, const float *V, long ld, long L, long hd, float *o) {
+    const int nv = (int)(hd / 16), hg = nv > 4 ? 2 : 4;
+    for (long g0 = 0; g0 < G; g0 += hg) {
+        const int nh = (int)(G - g0 < hg ? G - g0 : hg);
+#define ATTN_WSUM_NH(NV)                                                                         \
+    switch (nh) {                                                                                \
+    case 1: ATTN_WSUM_PASS(NV, 1); break;                                                        \
+    case 2: ATTN_WSUM_PASS(NV, 2); break;                                                        \
+    case 3: ATTN_WSUM_PASS(NV, 3); break;                                                        \
+    default: ATTN_WSUM_PASS(NV, 4); break;                                                       \
+    }
+        switch (nv) {
+        case 1: ATTN_WSUM_NH(1); break;
+        case 2: ATTN_WSUM_NH(2); break;
+        case 3: ATTN_WSUM_NH(3); break;
+        case 4: ATTN_WSUM_NH(4); break;
+        case 5: if (nh == 1) ATTN_WSUM_PASS(5, 1); else ATTN_WSUM_PASS(5, 2); break;
+        case 6: if (nh == 1) ATTN_WSUM_PASS(6, 1); else ATTN_WSUM_PASS(6, 2); break;
+        case 7: if (nh == 1) ATTN_WSUM_PASS(7, 1); else ATTN_WSUM_PASS(7, 2); break;
+        default: if (nh == 1) ATTN_WSUM_PASS(8, 1); else ATTN_WSUM_PASS(8, 2); break;
+        }
+#undef ATTN_WSUM_NH
+    }
+}
+
+TARGET void lora_avx512_attn_wsum(const float *s, const float *V, long ld, long L, long hd, float *o) {
+    if (!lora_avx512_attn_fits(hd)) {
+        for (long i = 0; i < hd; i++) o[i] = 0;
+        for (long j = 0; j < L; j++)
+            if (s[j] != 0) lora_avx512_axpy(s[j], V + j * ld, o, hd);
+        return;
+    }
+    lora_avx512_attn_wsum_heads(s, L, 1, V, ld, L, hd, o);
+}
+
 #else  // not x86-64: no kernels; lora_gemm_avx512_available() is 0 and nothing else is called.
 
 void lora_avx512_gemm_abt(int format, long M, long n0, long n1, long K, const float *A,
@@ -1032,6 +1178,12 @@ void lora_avx512_gemv_abt(int format, long M, long n0, long n1, long K, const fl
                           long lda, const void *W, long ldw, const float *scales, float *C,
                           long ldc, int accumulate) { abort(); }
 float lora_avx512_dot(const float *a, const float *b, long n) { abort(); }
+int lora_avx512_attn_fits(long hd) { return 0; }
+void lora_avx512_attn_scores(const float *q, const float *K, long ld, long L, long hd, float alpha, float *s) { abort(); }
+void lora_avx512_attn_wsum(const float *s, const float *V, long ld, long L, long hd, float *o) { abort(); }
+void lora_avx512_attn_scores_heads(const float *q, long G, const float *K, long ld, long L, long hd, float alpha, float *s,
+                                   long lds) { abort(); }
+void lora_avx512_attn_wsum_heads(const float *s, long lds, long G, const float *V, long ld, long L, long hd, float *o) { abort(); }
 void lora_avx512_axpy(float alpha, const float *x, float *y, long n) { abort(); }
 
 int lora_gemm_avx512_available(void) { return 0; }

@@ -253,11 +253,11 @@ public enum Attention {
         if Tq == 1 {
             // One query per head: dot products and axpys. Parallel over heads only when the
             // context is long enough to pay for waking a worker (~10 us).
-            let head = { (h: Int) in
-                decodeHead(h, vectorKernels: fam, out: out, scores: scores + h * L, q: q, kCache: kCache, vCache: vCache,
-                           keyMask: keyMask, L: L, nH: nH, nKV: nKV, hd: hd)
+            let heads = { (r: Range<Int>) in
+                decodeHeads(r, vectorKernels: fam, out: out, scores: scores, q: q, kCache: kCache, vCache: vCache,
+                            keyMask: keyMask, L: L, nH: nH, nKV: nKV, hd: hd)
             }
-            if nH * L * hd >= 1 << 16 { pool.forEach(nH, head) } else { for h in 0..<nH { head(h) } }
+            if nH * L * hd >= 1 << 16 { pool.chunks(nH, heads) } else { heads(0..<nH) }
             return
         }
         // Every query row as a decode step computes it: its own keys 0...start+i, dot products,
@@ -303,6 +303,25 @@ public enum Attention {
         lora_attn_scores(fam, qh, kCache + g * hd, ldk, L, hd, alpha, s)
         maskedSoftmaxRow(s, allowed: L, width: L, keyMask: keyMask, emptyValue: 1 / Float(L))
         lora_attn_wsum(fam, s, vCache + g * hd, ldk, L, hd, o)
+    }
+
+    /// Query heads `heads` of a decode step, with decodeHead's bits per head: the heads of each
+    /// key-value head (GQA's group) in one call, so each cached key and value is read once for
+    /// them. `scores` is the step's [nH, L] scratch.
+    @inline(__always)
+    public static func decodeHeads(_ heads: Range<Int>, vectorKernels fam: Int32, out: UnsafeMutablePointer<Float>,
+                                   scores: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
+                                   kCache: UnsafePointer<Float>, vCache: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,
+                                   L: Int, nH: Int, nKV: Int, hd: Int) {
+        let rep = nH / nKV, ldk = nKV * hd
+        var h0 = heads.lowerBound
+        while h0 < heads.upperBound {
+            let g = h0 / rep, h1 = min(heads.upperBound, (g + 1) * rep), s = scores + h0 * L
+            lora_attn_scores_heads(fam, q + h0 * hd, h1 - h0, kCache + g * hd, ldk, L, hd, scale(hd: hd), s, L)
+            for i in 0..<(h1 - h0) { maskedSoftmaxRow(s + i * L, allowed: L, width: L, keyMask: keyMask, emptyValue: 1 / Float(L)) }
+            lora_attn_wsum_heads(fam, s, L, h1 - h0, vCache + g * hd, ldk, L, hd, out + h0 * hd)
+            h0 = h1
+        }
     }
 
     /// Softmax of row[0..<allowed] in place, skipping keys whose mask is 0, and zeros

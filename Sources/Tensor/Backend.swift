@@ -22,6 +22,9 @@ public protocol Backend: AnyObject, Sendable {
     /// the call, so a request gets the same bits alone or batched, and a prompt the same in
     /// any chunking.
     func matmulDecoding(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int, scratch: MatmulScratch)
+    /// `matmulDecoding` of several weights over the same x, each into its own y: a layer's q, k
+    /// and v, or gate and up. The bits of the separate calls; a backend may run them as one job.
+    func matmulDecoding(_ outputs: [DecodeOutput], x: UnsafePointer<Float>, M: Int, scratch: MatmulScratch)
     /// `matmulDecoding`, then (terms not empty) `loraGrouped` with the same x: one projection of
     /// a decoding step with its plain LoRA terms, the bits of those two calls.
     func decodeProjection(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int, scratch: MatmulScratch,
@@ -112,6 +115,13 @@ public struct LoRATerm {
     }
 }
 
+/// One weight of `Backend.matmulDecoding(_:x:M:scratch:)` and where its product goes.
+public struct DecodeOutput {
+    public let y: UnsafeMutablePointer<Float>
+    public let w: Weight
+    public init(y: UnsafeMutablePointer<Float>, w: Weight) { self.y = y; self.w = w }
+}
+
 /// One sequence of `Backend.attentionCachedBatch`: `attentionCached`'s per-sequence arguments.
 public struct CachedAttention {
     public let out: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>
@@ -127,6 +137,10 @@ public struct CachedAttention {
 extension Backend {
     public func matmulDecoding(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int, scratch: MatmulScratch) {
         matmul(y: y, x: x, w: w, M: M, accumulate: false, scratch: scratch)
+    }
+
+    public func matmulDecoding(_ outputs: [DecodeOutput], x: UnsafePointer<Float>, M: Int, scratch: MatmulScratch) {
+        for o in outputs { matmulDecoding(y: o.y, x: x, w: o.w, M: M, scratch: scratch) }
     }
 
     public func decodeProjection(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int, scratch: MatmulScratch,

@@ -64,6 +64,9 @@ public final class CPUBackend: Backend, @unchecked Sendable {
 
     deinit { if let spin { lora_pool_destroy(spin) } }
 
+    /// A decode step's attention (heads x context x head size) at least this large is split
+    /// over the spinning workers.
+    static let spinAttention = 1 << 14
     /// Weights at least this large are split over the spinning workers when decoding.
     static let spinBytes = 1 << 16
 
@@ -110,42 +113,17 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         let acc: Int32 = accumulate ? 1 : 0
         let scales = w.scales
         if M <= Self.smallM {
-            // x quantized once for every worker when the integer GEMV applies (q8 bytes, then
-            // the block scales and sums, in the caller's scratch).
-            let nb = K / 32, bytes = M * K + 8 * M * nb
-            // The same arithmetic at every M <= 16, so that a row's result does not depend on the
-            // rows beside it: a request served alone and batched gives the same tokens. (Until
-            // session 6 one-row Q8_0 products with weights under 1 MB stayed f32, a little faster
-            // from cache, which broke that for Q8_0 models of SmolLM2's size.)
-            let q8 = decoding == .q8 && lora_q8_gemv_format(fmt) != 0 && K % 32 == 0
-                && bytes <= scratch.capacity * MemoryLayout<Float>.stride
-            let raw = UnsafeMutableRawPointer(scratch.data)
-            let q = raw.assumingMemoryBound(to: Int8.self)
-            let d = (raw + M * K).assumingMemoryBound(to: Float.self)  // M * K is a multiple of 32
-            let sums = (raw + M * K + 4 * M * nb).assumingMemoryBound(to: Int32.self)
-            if !q8 && w.format is GroupedBlockFormat {
+            if !(decoding == .q8 && lora_q8_gemv_format(fmt) != 0 && K % 32 == 0) && w.format is GroupedBlockFormat {
                 // Only the integer GEMV reads the grouped layout (LORA_DECODE=f32 lands here).
                 blasForward(y: y, x: x, w: w, M: M, accumulate: accumulate, scratch: scratch)
                 return
             }
-            if q8 { lora_q8_quantize(fam, M, K, x, K, q, d, sums) }
-            // Int8 rows with VNNI: x in fixed point once for every worker (the bits of
-            // lora_gemv_abt's own conversion, at every M).
-            let fixedUnits = raw.assumingMemoryBound(to: Double.self), planes = (raw + 8 * M).assumingMemoryBound(to: UInt8.self)
-            let fixed = !q8 && fmt == LORA_FORMAT_I8_ROWS && lora_i8_fixed_wanted(fam, K) != 0
-                && 8 * M + lora_i8_fixed_bytes(M, K) <= scratch.capacity * MemoryLayout<Float>.stride
-                && lora_i8_fixed_prepare(fam, M, K, x, K, planes, fixedUnits) != 0
-            let rows = { (n0: Int, n1: Int) in
-                if q8 { lora_q8_gemv(fam, fmt, M, n0, n1, K, q, d, sums, w.data, K, y, N, acc) }
-                else if fixed { lora_i8_fixed_gemv(fam, M, n0, n1, K, planes, fixedUnits, w.data, K, scales, y, N, acc) }
-                else { lora_gemv_abt(fam, fmt, M, n0, n1, K, x, K, w.data, K, scales, y, N, acc) }
-            }
+            let rows = smallRows(fam, fmt, x: x, M: M, K: K, scratch: scratch)
             if let spin, w.byteCount >= Self.spinBytes {
-                // Ranges of 16-row units, 8 per spinning worker, taken by whichever is free.
-                let units = (N + 15) / 16, t = min(units, 8 * Int(lora_pool_threads(spin))), per = (units + t - 1) / t
-                runSpin(spin, t) { i in
-                    let n0 = min(N, i * per * 16), n1 = min(N, (i + 1) * per * 16)
-                    if n0 < n1 { rows(n0, n1) }
+                let tasks = Self.spinTasks(N, threads: Int(lora_pool_threads(spin)))
+                runSpin(spin, tasks.count) { i in
+                    let (n0, n1) = tasks.range(i)
+                    if n0 < n1 { rows(w, y, acc, n0, n1) }
                 }
                 return
             }
@@ -153,7 +131,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             let units = (N + 15) / 16
             let split = 2 * M * N * K >= Self.parallelFlops || w.byteCount >= Self.parallelBytes
             pool.chunks(units, grain: split ? 1 : units) { r in
-                rows(r.lowerBound * 16, min(N, r.upperBound * 16))
+                rows(w, y, acc, r.lowerBound * 16, min(N, r.upperBound * 16))
             }
             return
         }
@@ -163,6 +141,81 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         }
         split(columns: N, flops: 2 * M * N * K, fam) { n0, n1 in
             lora_gemm_abt(fam, fmt, M, n0, n1, K, x, K, w.data, K, scales, y, N, acc)
+        }
+    }
+
+    /// The small-M (decoding) product's x, prepared once per call for every worker and every
+    /// weight of format `fmt` and depth K that shares it: quantized to q8 for the integer GEMV,
+    /// or in fixed point for int8 rows with VNNI (the bits of lora_gemv_abt's own conversion,
+    /// at every M), or read as f32. Returns the kernel for rows n0..<n1 of one such weight.
+    /// The same arithmetic at every M <= 16, so that a row's result does not depend on the rows
+    /// beside it: a request served alone and batched gives the same tokens. (Until session 6
+    /// one-row Q8_0 products with weights under 1 MB stayed f32, a little faster from cache,
+    /// which broke that for Q8_0 models of SmolLM2's size.)
+    private func smallRows(_ fam: Int32, _ fmt: Int32, x: UnsafePointer<Float>, M: Int, K: Int, scratch: MatmulScratch)
+        -> (Weight, UnsafeMutablePointer<Float>, Int32, Int, Int) -> Void {
+        let nb = K / 32, bytes = M * K + 8 * M * nb
+        let q8 = decoding == .q8 && lora_q8_gemv_format(fmt) != 0 && K % 32 == 0
+            && bytes <= scratch.capacity * MemoryLayout<Float>.stride
+        let raw = UnsafeMutableRawPointer(scratch.data)
+        if q8 {
+            let q = raw.assumingMemoryBound(to: Int8.self)
+            let d = (raw + M * K).assumingMemoryBound(to: Float.self)  // M * K is a multiple of 32
+            let sums = (raw + M * K + 4 * M * nb).assumingMemoryBound(to: Int32.self)
+            lora_q8_quantize(fam, M, K, x, K, q, d, sums)
+            return { w, y, acc, n0, n1 in lora_q8_gemv(fam, fmt, M, n0, n1, K, q, d, sums, w.data, K, y, w.rows, acc) }
+        }
+        let units = raw.assumingMemoryBound(to: Double.self), planes = (raw + 8 * M).assumingMemoryBound(to: UInt8.self)
+        if fmt == LORA_FORMAT_I8_ROWS && lora_i8_fixed_wanted(fam, K) != 0
+            && 8 * M + lora_i8_fixed_bytes(M, K) <= scratch.capacity * MemoryLayout<Float>.stride
+            && lora_i8_fixed_prepare(fam, M, K, x, K, planes, units) != 0 {
+            return { w, y, acc, n0, n1 in lora_i8_fixed_gemv(fam, M, n0, n1, K, planes, units, w.data, K, w.scales, y, w.rows, acc) }
+        }
+        return { w, y, acc, n0, n1 in lora_gemv_abt(fam, fmt, M, n0, n1, K, x, K, w.data, K, w.scales, y, w.rows, acc) }
+    }
+
+    /// A small-M product's tasks on the spinning workers: ranges of 16-row units, 8 per worker,
+    /// taken by whichever is free.
+    struct SpinTasks {
+        let N: Int, count: Int, per: Int
+        func range(_ i: Int) -> (Int, Int) { (min(N, i * per * 16), min(N, (i + 1) * per * 16)) }
+    }
+    static func spinTasks(_ N: Int, threads: Int) -> SpinTasks {
+        let units = (N + 15) / 16, t = min(units, 8 * threads)
+        return SpinTasks(N: N, count: t, per: (units + t - 1) / t)
+    }
+
+    /// `matmulDecoding` of several weights over the same x (a layer's q, k and v; gate and up):
+    /// x prepared once and every weight's tasks in one job on the spinning workers, two or
+    /// three hand-offs fewer per layer. Each weight's rows get the kernel and ranges of its own
+    /// call (the same bits); anything else (other formats or depths, many rows, LLM.int8())
+    /// runs as separate calls.
+    public func matmulDecoding(_ outputs: [DecodeOutput], x: UnsafePointer<Float>, M: Int, scratch: MatmulScratch) {
+        guard outputs.count > 1, M >= 1, M <= Self.smallM, let spin, let fam = family.kernelID,
+              let fmt = outputs[0].w.format.kernelID, !(outputs[0].w.format is GroupedBlockFormat && decoding != .q8),
+              outputs.allSatisfy({ o in
+                  o.w.format.kernelID == fmt && o.w.cols == outputs[0].w.cols && o.w.byteCount >= Self.spinBytes
+                      && (o.w.format as? Int8RowsFormat)?.outlierThreshold == nil
+              })
+        else {
+            for o in outputs { matmulDecoding(y: o.y, x: x, w: o.w, M: M, scratch: scratch) }
+            return
+        }
+        let K = outputs[0].w.cols
+        if outputs[0].w.format is GroupedBlockFormat && !(lora_q8_gemv_format(fmt) != 0 && K % 32 == 0) {
+            for o in outputs { matmulDecoding(y: o.y, x: x, w: o.w, M: M, scratch: scratch) }
+            return
+        }
+        let rows = smallRows(fam, fmt, x: x, M: M, K: K, scratch: scratch)
+        let threads = Int(lora_pool_threads(spin))
+        let tasks = outputs.map { Self.spinTasks($0.w.rows, threads: threads) }
+        var first = [Int](), total = 0
+        for t in tasks { first.append(total); total += t.count }
+        runSpin(spin, total) { i in
+            var j = 0
+            while j + 1 < first.count && first[j + 1] <= i { j += 1 }
+            let (n0, n1) = tasks[j].range(i - first[j])
+            if n0 < n1 { rows(outputs[j].w, outputs[j].y, 0, n0, n1) }
         }
     }
 
@@ -462,7 +515,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         let sums = (raw + M * K + 4 * M * nb).assumingMemoryBound(to: Int32.self)
         lora_q8_quantize(fam, M, K, x, K, q, d, sums)
         // The same ranges as matmul's spinning path.
-        let units = (N + 15) / 16, t = min(units, 8 * Int(lora_pool_threads(spin))), per = (units + t - 1) / t
+        let tasks = Self.spinTasks(N, threads: Int(lora_pool_threads(spin))), t = tasks.count
         let first = plan.jobs.count
         let done = UnsafeMutablePointer<Int>.allocate(capacity: 1)
         done.initialize(to: 0)
@@ -473,7 +526,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                 lora_count_add(done)
                 return
             }
-            let n0 = min(N, (i - first) * per * 16), n1 = min(N, (i - first + 1) * per * 16)
+            let (n0, n1) = tasks.range(i - first)
             if n0 < n1 { lora_q8_gemv(fam, fmt, M, n0, n1, K, q, d, sums, w.data, K, y, N, 0) }
             lora_count_wait(done, first)
             if n0 < n1 { loraSecond(plan, terms, y: y, outFeatures: N, n0, n1) }
@@ -496,16 +549,15 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             }
             return
         }
-        let fam = family.vectorID, group = nH / nKV
+        let fam = family.vectorID
         // A task per item and key-value head: its query heads (GQA's group) one after another,
         // so the group's keys and values come from memory once and then from this core's cache
         // (with a task per query head, the two cores each fetched them).
         runSpin(spin, decode.count * nKV) { t in
-            let it = decode[t / nKV], L = it.start + 1
-            for h in (t % nKV) * group..<(t % nKV + 1) * group {
-                Attention.decodeHead(h, vectorKernels: fam, out: it.out, scores: it.scores + h * L, q: it.q, kCache: it.kCache,
-                                     vCache: it.vCache, keyMask: nil, L: L, nH: nH, nKV: nKV, hd: hd)
-            }
+            let it = decode[t / nKV]
+            let rep = nH / nKV, g = t % nKV
+            Attention.decodeHeads(g * rep ..< (g + 1) * rep, vectorKernels: fam, out: it.out, scores: it.scores, q: it.q,
+                                  kCache: it.kCache, vCache: it.vCache, keyMask: nil, L: it.start + 1, nH: nH, nKV: nKV, hd: hd)
         }
     }
 
@@ -550,6 +602,20 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     public func attentionCached(out: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
                                 kCache: UnsafePointer<Float>, vCache: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,
                                 start: Int, Tq: Int, nH: Int, nKV: Int, hd: Int) {
+        let L = start + 1
+        if Tq == 1, let spin, nH * L * hd >= Self.spinAttention {
+            // A decode step's heads on the spinning workers, in one contiguous range per worker
+            // (the bits of `forwardCached`'s decodeHeads): a group's cached keys and values are
+            // read from memory by one core where the split allows. A task per key-value head
+            // leaves one of two cores idle a third of the time with SmolLM2's 3 (measured slower),
+            // a task per query head has both cores fetch most groups.
+            let fam = family.vectorID, t = min(nH, Int(lora_pool_threads(spin)))
+            runSpin(spin, t) { i in
+                Attention.decodeHeads(nH * i / t ..< nH * (i + 1) / t, vectorKernels: fam, out: out, scores: scores, q: q,
+                                      kCache: kCache, vCache: vCache, keyMask: keyMask, L: L, nH: nH, nKV: nKV, hd: hd)
+            }
+            return
+        }
         Attention.forwardCached(pool: pool, vectorKernels: family.vectorID, out: out, scores: scores, q: q, kCache: kCache, vCache: vCache, keyMask: keyMask,
                                 start: start, Tq: Tq, nH: nH, nKV: nKV, hd: hd)
     }

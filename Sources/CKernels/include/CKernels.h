@@ -241,6 +241,13 @@ void lora_axpy(int family, float alpha, const float *x, float *y, long n);
 /// s[j] != 0, in order of j, starting from zero (AVX2 keeps o in registers for hd <= 128).
 void lora_attn_scores(int family, const float *q, const float *K, long ld, long L, long hd, float alpha, float *s);
 void lora_attn_wsum(int family, const float *s, const float *V, long ld, long L, long hd, float *o);
+/// lora_attn_scores and lora_attn_wsum for G query heads that share one key-value head (GQA's
+/// group): head g's query at q + g * hd, its scores at s + g * lds, its output at o + g * hd.
+/// The bits of a call per head; each key and value is loaded once for the group (a decode
+/// step's cache comes from memory, not from cache, between the layers' weights).
+void lora_attn_scores_heads(int family, const float *q, long G, const float *K, long ld, long L, long hd, float alpha,
+                            float *s, long lds);
+void lora_attn_wsum_heads(int family, const float *s, long lds, long G, const float *V, long ld, long L, long hd, float *o);
 /// lora_attn_scores for R query rows (row r at q + r * ldq) of a causal chunk: row r against
 /// keys 0 ..< L + r, scores at s + r * lds; the same bits per row as lora_attn_scores alone.
 void lora_attn_scores_rows(int family, const float *q, long ldq, long R, const float *K, long ld, long L, long hd,

@@ -78,7 +78,8 @@ extension LlamaModel {
         }
         for s in 0..<S { for t in 0..<Tq { cache.positions[s * Tq + t] = Int32(start + t) } }
         // Only each sequence's last token needs logits.
-        decodeRows(tokens, buffers: cache, lastRows: (0..<S).map { $0 * Tq + Tq - 1 }, ctx: ctx, project: project) { l in
+        let plain = { (l: Int, ps: [Projection]) in ps.allSatisfy { adapters.layers(at: LoRASite(l, $0)).isEmpty } }
+        decodeRows(tokens, buffers: cache, lastRows: (0..<S).map { $0 * Tq + Tq - 1 }, ctx: ctx, plain: plain, project: project) { l in
             // Append the new keys and values to each sequence's cache.
             for s in 0..<S {
                 let dst = (start) * c.kvDim + s * cache.capacity * c.kvDim
@@ -94,30 +95,38 @@ extension LlamaModel {
     /// (SlotCache) share, over the M = ids.count new rows whose positions are already in
     /// b.positions: embeddings, every layer, then the final norm and the head for `lastRows`
     /// (logits row i is row lastRows[i]'s). `project` runs one projection of all M rows with
-    /// its LoRA terms; `attend(l)` stores layer l's new keys and values (b.kNew, b.vNew, after
+    /// its LoRA terms (`plain(l, projections)` true: they have none and may run as one call); `attend(l)` stores layer l's new keys and values (b.kNew, b.vNew, after
     /// RoPE) in the cache and writes the attention of b.q into b.att. What differs between
     /// the caches (who owns which rows, which adapters apply) stays in those two closures.
     func decodeRows<B: DecodeBuffers>(_ ids: [Int32], buffers b: B, lastRows: [Int], ctx: ExecutionContext,
+                                      plain: ((Int, [Projection]) -> Bool)? = nil,
                                       project: (Linear, Int, Projection, UnsafeMutablePointer<Float>, UnsafePointer<Float>) -> Void,
                                       attend: (Int) -> Void) {
         let c = config, M = ids.count, C = c.hiddenSize, I = c.intermediateSize, S = lastRows.count
         let be = ctx.backend, prof = ctx.profile
+        // Projections of one x (q, k, v; gate, up) as one backend call where `plain` says no
+        // site of theirs has per-site work (adapter terms): x prepared once, one job.
+        func projectShared(_ group: [(Linear, Projection, UnsafeMutablePointer<Float>)], _ l: Int, _ x: UnsafePointer<Float>) {
+            if let plain, plain(l, group.map(\.1)) {
+                let outs = group.map { DecodeOutput(y: $0.2, w: $0.0.weight) }
+                prof.time(.projection) { be.matmulDecoding(outs, x: x, M: M, scratch: b.scratch) }
+                return
+            }
+            for (lin, p, y) in group { project(lin, l, p, y, x) }
+        }
         ids.withUnsafeBufferPointer { p in
             be.embedding(out: b.x.data, ids: p.baseAddress!, table: embed.data, N: M, C: C)
         }
         for (l, blk) in blocks.enumerated() {
             prof.time(.rmsnorm) { be.rmsnormForward(y: b.xn.data, rstd: b.tmp.data, x: b.x.data, weight: blk.attnNorm.data, N: M, C: C, eps: c.rmsNormEps) }
-            project(blk.q, l, .q, b.q.data, b.xn.data)
-            project(blk.k, l, .k, b.kNew.data, b.xn.data)
-            project(blk.v, l, .v, b.vNew.data, b.xn.data)
+            projectShared([(blk.q, .q, b.q.data), (blk.k, .k, b.kNew.data), (blk.v, .v, b.vNew.data)], l, b.xn.data)
             prof.time(.rope) { be.ropeForward(x: b.q.data, positions: b.positions, rows: M, nHeads: c.numAttentionHeads, headDim: c.headDim, table: rope) }
             be.ropeForward(x: b.kNew.data, positions: b.positions, rows: M, nHeads: c.numKeyValueHeads, headDim: c.headDim, table: rope)
             attend(l)
             project(blk.o, l, .o, b.tmp.data, b.att.data)
             prof.time(.residual) { be.add(out: b.x.data, a: b.x.data, b: b.tmp.data, count: M * C) }
             prof.time(.rmsnorm) { be.rmsnormForward(y: b.xn.data, rstd: b.tmp.data, x: b.x.data, weight: blk.mlpNorm.data, N: M, C: C, eps: c.rmsNormEps) }
-            project(blk.gate, l, .gate, b.gate.data, b.xn.data)
-            project(blk.up, l, .up, b.up.data, b.xn.data)
+            projectShared([(blk.gate, .gate, b.gate.data), (blk.up, .up, b.up.data)], l, b.xn.data)
             prof.time(.swiglu) { be.swigluForward(h: b.h.data, gate: b.gate.data, up: b.up.data, count: M * I) }
             project(blk.down, l, .down, b.tmp.data, b.h.data)
             prof.time(.residual) { be.add(out: b.x.data, a: b.x.data, b: b.tmp.data, count: M * C) }

@@ -168,7 +168,10 @@ extension LlamaModel {
         // Logits only for each item's last token.
         let lastRows = items.indices.map { offsets[$0] + items[$0].tokens.count - 1 }
         let nH = c.numAttentionHeads
-        decodeRows(ids, buffers: cache, lastRows: lastRows, ctx: ctx, project: project) { l in
+        let plain = { (l: Int, ps: [Projection]) in
+            groups.allSatisfy { g in ps.allSatisfy { g.set.layers(at: LoRASite(l, $0)).isEmpty } }
+        }
+        decodeRows(ids, buffers: cache, lastRows: lastRows, ctx: ctx, plain: plain, project: project) { l in
             var batch: [CachedAttention] = []
             batch.reserveCapacity(items.count)
             for (i, it) in items.enumerated() {

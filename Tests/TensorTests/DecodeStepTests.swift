@@ -1,0 +1,160 @@
+import CKernels
+@testable import Tensor
+import XCTest
+
+/// The decode step's shared calls: several projections of one x as one backend job
+/// (`matmulDecoding(_:x:M:scratch:)`), and the attention of a key-value head's query heads in one
+/// kernel call (`lora_attn_scores_heads`, `lora_attn_wsum_heads`, `Attention.decodeHeads`).
+/// Oracle: the separate calls they replace, bit for bit (so a request's tokens do not change),
+/// and for the AVX-512 scores kernel, a Swift model of its arithmetic (bit for bit) and the
+/// Double dot product (a bound).
+final class DecodeStepTests: XCTestCase {
+    /// Every format with a decoding kernel, and M from one token to a server's 16 rows: each
+    /// output of the shared call has the bits of its own `matmulDecoding` call, on every family.
+    /// Shapes: a layer's q, k, v (one tall, two short), and gate and up; one set under the
+    /// spinning pool's 64 KB (taken separately), which must give the same bits too.
+    func testSharedDecodingProductsEqualSeparateCalls() {
+        var rng = RNG(seed: 91)
+        let formats: [any WeightFormat] = [WeightFormats.f32, WeightFormats.int8, WeightFormats.q4_1, WeightFormats.q8_0,
+                                           WeightFormats.llmInt8, WeightFormats.bf16]
+        for fam in KernelFamily.available {
+            let be = CPUBackend(family: fam, pool: testPool)
+            let scratch = MatmulScratch()
+            for format in formats {
+                for (K, Ns) in [(320, [400, 136, 136]), (256, [520, 520]), (64, [40, 8])] {
+                    let ws = Ns.map { N in Weight.make(format, from: randn([N, K], &rng, scale: 0.2), pool: .serial) }
+                    for M in [1, 3, 16] {
+                        let x = randn([M, K], &rng)
+                        let want = Ns.map { Tensor([M, $0]) }, got = Ns.map { N in Tensor([M, N], [Float](repeating: .nan, count: M * N)) }
+                        for (i, w) in ws.enumerated() { be.matmulDecoding(y: want[i].data, x: x.data, w: w, M: M, scratch: scratch) }
+                        be.matmulDecoding(zip(got, ws).map { DecodeOutput(y: $0.data, w: $1) }, x: x.data, M: M, scratch: scratch)
+                        for i in Ns.indices {
+                            let diff = (0..<want[i].count).filter { got[i].data[$0].bitPattern != want[i].data[$0].bitPattern }
+                            XCTAssertTrue(diff.isEmpty, "\(fam) \(format.name) K \(K) M \(M) output \(i): \(diff.count) differ")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The AVX-512 scores kernel's arithmetic, modelled in Swift: per key, 16 lanes each start
+    /// with one product and take one FMA per further 16 floats, then the block's tree adds lane
+    /// l + 8 to l, l + 4 to l, then (0 + 2) + (1 + 3); times alpha.
+    static func avx512Score(_ q: UnsafePointer<Float>, _ k: UnsafePointer<Float>, hd: Int, alpha: Float) -> Float {
+        var a = [Float](repeating: 0, count: 16)
+        for i in 0..<16 {
+            var x = q[i] * k[i]
+            for v in 1..<(hd / 16) { x = x.addingProduct(q[16 * v + i], k[16 * v + i]) }
+            a[i] = x
+        }
+        var c = [Float](repeating: 0, count: 4)
+        for l in 0..<4 {
+            let lo: Float = a[l] + a[l + 8], hi: Float = a[l + 4] + a[l + 12]
+            c[l] = lo + hi
+        }
+        let even: Float = c[0] + c[2], odd: Float = c[1] + c[3]
+        return alpha * (even + odd)
+    }
+
+    /// lora_attn_scores on each family: the per-key dot products its contract names (lora_dot
+    /// for AVX2 and portable, the model above for AVX-512 at hd = 16 k <= 128), bit for bit, and
+    /// within 1e-6 of the Double dot product's magnitude; a key's score does not depend on L
+    /// (its place in a block of 16).
+    func testScoresMatchTheirModelAndDoNotDependOnL() {
+        var rng = RNG(seed: 92)
+        for fam in KernelFamily.available {
+            let f = fam.vectorID
+            for hd in [8, 16, 20, 48, 64, 96, 128, 144] {
+                let ld = 3 * hd, Lmax = 70
+                let q = randn([hd], &rng), K = randn([Lmax, ld], &rng)
+                let modelled = f == Int32(LORA_FAMILY_AVX512) && hd % 16 == 0 && hd <= 128
+                var full = [Float](repeating: .nan, count: Lmax)
+                lora_attn_scores(f, q.data, K.data + hd, ld, Lmax, hd, 0.125, &full)
+                for j in 0..<Lmax {
+                    let k = K.data + j * ld + hd
+                    let want = modelled ? Self.avx512Score(q.data, k, hd: hd, alpha: 0.125) : 0.125 * lora_dot(f, q.data, k, hd)
+                    XCTAssertEqual(full[j].bitPattern, want.bitPattern, "\(fam) hd \(hd) key \(j)")
+                    var exact = 0.0, mag = 0.0
+                    for i in 0..<hd { exact += Double(q.data[i]) * Double(k[i]); mag += abs(Double(q.data[i]) * Double(k[i])) }
+                    XCTAssertEqual(Double(full[j]), 0.125 * exact, accuracy: 1e-6 * mag, "\(fam) hd \(hd) key \(j) vs Double")
+                }
+                for L in [1, 15, 16, 17, 33, 69] {
+                    var part = [Float](repeating: .nan, count: L)
+                    lora_attn_scores(f, q.data, K.data + hd, ld, L, hd, 0.125, &part)
+                    XCTAssertEqual(part.map(\.bitPattern), full[0..<L].map(\.bitPattern), "\(fam) hd \(hd) L \(L)")
+                }
+            }
+        }
+    }
+
+    /// The group kernels give each head the bits of its own lora_attn_scores / lora_attn_wsum
+    /// call, for 1 to 5 heads (past the AVX-512 wsum's 4 per pass), ragged L, head sizes with and
+    /// without a register body, and weights exactly 0 (skipped keys).
+    func testGroupKernelsEqualPerHeadCalls() {
+        var rng = RNG(seed: 93)
+        for fam in KernelFamily.available {
+            let f = fam.vectorID
+            for hd in [8, 20, 32, 64, 96, 128] {
+                for G in 1...5 {
+                    for L in [1, 16, 23, 40] {
+                        let ld = 2 * hd
+                        let q = randn([G, hd], &rng), K = randn([L, ld], &rng), V = randn([L, ld], &rng)
+                        var got = [Float](repeating: .nan, count: G * L), want = got
+                        lora_attn_scores_heads(f, q.data, G, K.data + hd, ld, L, hd, 0.125, &got, L)
+                        want.withUnsafeMutableBufferPointer { w in
+                            for g in 0..<G { lora_attn_scores(f, q.data + g * hd, K.data + hd, ld, L, hd, 0.125, w.baseAddress! + g * L) }
+                        }
+                        XCTAssertEqual(got.map(\.bitPattern), want.map(\.bitPattern), "\(fam) hd \(hd) G \(G) L \(L): scores")
+                        var s = got
+                        for i in stride(from: 1, to: s.count, by: 4) { s[i] = 0 }
+                        var oGot = [Float](repeating: .nan, count: G * hd), oWant = oGot
+                        lora_attn_wsum_heads(f, s, L, G, V.data + hd, ld, L, hd, &oGot)
+                        s.withUnsafeBufferPointer { sp in
+                            oWant.withUnsafeMutableBufferPointer { o in
+                                for g in 0..<G { lora_attn_wsum(f, sp.baseAddress! + g * L, V.data + hd, ld, L, hd, o.baseAddress! + g * hd) }
+                            }
+                        }
+                        XCTAssertEqual(oGot.map(\.bitPattern), oWant.map(\.bitPattern), "\(fam) hd \(hd) G \(G) L \(L): weighted sums")
+                    }
+                }
+            }
+        }
+    }
+
+    /// A decode step's attention through the backend (on the spinning workers, heads split in
+    /// ranges that cut a group) and through `forwardCached` on one thread: the bits of
+    /// `decodeHead` per head, with and without a key mask, for contexts on both sides of the
+    /// backend's parallel threshold.
+    func testDecodeStepAttentionEqualsPerHead() {
+        var rng = RNG(seed: 94)
+        for fam in KernelFamily.available {
+            let be = CPUBackend(family: fam, pool: testPool)
+            for (nH, nKV, hd) in [(9, 3, 64), (6, 2, 32), (4, 4, 16), (8, 1, 20)] {
+                for L in [5, 40, 300] {
+                    let q = randn([nH, hd], &rng), k = randn([L, nKV, hd], &rng), v = randn([L, nKV, hd], &rng)
+                    for mask in [nil, Tensor([L], (0..<L).map { $0 % 7 == 3 ? 0 : 1 })] {
+                        let want = Tensor([nH, hd]), scores = Tensor([nH, L])
+                        for h in 0..<nH {
+                            Attention.decodeHead(h, vectorKernels: fam.vectorID, out: want.data, scores: scores.data + h * L, q: q.data,
+                                                 kCache: k.data, vCache: v.data, keyMask: mask?.data, L: L, nH: nH, nKV: nKV, hd: hd)
+                        }
+                        for (name, run) in [("backend", { (o: Tensor) in
+                            be.attentionCached(out: o.data, scores: scores.data, q: q.data, kCache: k.data, vCache: v.data,
+                                               keyMask: mask?.data, start: L - 1, Tq: 1, nH: nH, nKV: nKV, hd: hd)
+                        }), ("serial", { (o: Tensor) in
+                            Attention.forwardCached(pool: .serial, vectorKernels: fam.vectorID, out: o.data, scores: scores.data, q: q.data,
+                                                    kCache: k.data, vCache: v.data, keyMask: mask?.data, start: L - 1, Tq: 1,
+                                                    nH: nH, nKV: nKV, hd: hd)
+                        })] {
+                            let got = Tensor([nH, hd], [Float](repeating: .nan, count: nH * hd))
+                            run(got)
+                            XCTAssertEqual(got.array.map(\.bitPattern), want.array.map(\.bitPattern),
+                                           "\(fam) \(name) nH \(nH) nKV \(nKV) hd \(hd) L \(L) mask \(mask != nil)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
