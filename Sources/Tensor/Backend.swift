@@ -22,9 +22,12 @@ public protocol Backend: AnyObject, Sendable {
     /// the call, so a request gets the same bits alone or batched, and a prompt the same in
     /// any chunking.
     func matmulDecoding(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int, scratch: MatmulScratch)
-    /// `matmulDecoding` of several weights over the same x, each into its own y: a layer's q, k
-    /// and v, or gate and up. The bits of the separate calls; a backend may run them as one job.
-    func matmulDecoding(_ outputs: [DecodeOutput], x: UnsafePointer<Float>, M: Int, scratch: MatmulScratch)
+    /// `decodeProjection` of several weights over the same x, each into its own y with its own
+    /// terms: a layer's q, k and v, or gate and up. The bits of the separate calls; a backend
+    /// may run them as one job. `u` holds every output's terms one after another
+    /// (the sum of their `LoRATerm.scratchCount`).
+    func decodeProjections(_ outputs: [DecodeOutput], x: UnsafePointer<Float>, M: Int, scratch: MatmulScratch,
+                           u: UnsafeMutablePointer<Float>)
     /// `matmulDecoding`, then (terms not empty) `loraGrouped` with the same x: one projection of
     /// a decoding step with its plain LoRA terms, the bits of those two calls.
     func decodeProjection(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int, scratch: MatmulScratch,
@@ -115,11 +118,13 @@ public struct LoRATerm {
     }
 }
 
-/// One weight of `Backend.matmulDecoding(_:x:M:scratch:)` and where its product goes.
+/// One projection of `Backend.decodeProjections`: its weight, where its product goes, and its
+/// plain LoRA terms (none for a base-model step).
 public struct DecodeOutput {
     public let y: UnsafeMutablePointer<Float>
     public let w: Weight
-    public init(y: UnsafeMutablePointer<Float>, w: Weight) { self.y = y; self.w = w }
+    public let terms: [LoRATerm]
+    public init(y: UnsafeMutablePointer<Float>, w: Weight, terms: [LoRATerm] = []) { self.y = y; self.w = w; self.terms = terms }
 }
 
 /// One sequence of `Backend.attentionCachedBatch`: `attentionCached`'s per-sequence arguments.
@@ -139,8 +144,9 @@ extension Backend {
         matmul(y: y, x: x, w: w, M: M, accumulate: false, scratch: scratch)
     }
 
-    public func matmulDecoding(_ outputs: [DecodeOutput], x: UnsafePointer<Float>, M: Int, scratch: MatmulScratch) {
-        for o in outputs { matmulDecoding(y: o.y, x: x, w: o.w, M: M, scratch: scratch) }
+    public func decodeProjections(_ outputs: [DecodeOutput], x: UnsafePointer<Float>, M: Int, scratch: MatmulScratch,
+                                  u: UnsafeMutablePointer<Float>) {
+        for o in outputs { decodeProjection(y: o.y, x: x, w: o.w, M: M, scratch: scratch, terms: o.terms, u: u) }
     }
 
     public func decodeProjection(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int, scratch: MatmulScratch,

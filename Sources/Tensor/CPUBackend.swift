@@ -185,40 +185,6 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         return SpinTasks(N: N, count: t, per: (units + t - 1) / t)
     }
 
-    /// `matmulDecoding` of several weights over the same x (a layer's q, k and v; gate and up):
-    /// x prepared once and every weight's tasks in one job on the spinning workers, two or
-    /// three hand-offs fewer per layer. Each weight's rows get the kernel and ranges of its own
-    /// call (the same bits); anything else (other formats or depths, many rows, LLM.int8())
-    /// runs as separate calls.
-    public func matmulDecoding(_ outputs: [DecodeOutput], x: UnsafePointer<Float>, M: Int, scratch: MatmulScratch) {
-        guard outputs.count > 1, M >= 1, M <= Self.smallM, let spin, let fam = family.kernelID,
-              let fmt = outputs[0].w.format.kernelID, !(outputs[0].w.format is GroupedBlockFormat && decoding != .q8),
-              outputs.allSatisfy({ o in
-                  o.w.format.kernelID == fmt && o.w.cols == outputs[0].w.cols && o.w.byteCount >= Self.spinBytes
-                      && (o.w.format as? Int8RowsFormat)?.outlierThreshold == nil
-              })
-        else {
-            for o in outputs { matmulDecoding(y: o.y, x: x, w: o.w, M: M, scratch: scratch) }
-            return
-        }
-        let K = outputs[0].w.cols
-        if outputs[0].w.format is GroupedBlockFormat && !(lora_q8_gemv_format(fmt) != 0 && K % 32 == 0) {
-            for o in outputs { matmulDecoding(y: o.y, x: x, w: o.w, M: M, scratch: scratch) }
-            return
-        }
-        let rows = smallRows(fam, fmt, x: x, M: M, K: K, scratch: scratch)
-        let threads = Int(lora_pool_threads(spin))
-        let tasks = outputs.map { Self.spinTasks($0.w.rows, threads: threads) }
-        var first = [Int](), total = 0
-        for t in tasks { first.append(total); total += t.count }
-        runSpin(spin, total) { i in
-            var j = 0
-            while j + 1 < first.count && first[j + 1] <= i { j += 1 }
-            let (n0, n1) = tasks[j].range(i - first[j])
-            if n0 < n1 { rows(outputs[j].w, outputs[j].y, 0, n0, n1) }
-        }
-    }
-
     /// LLM.int8()'s forward (Int8RowsFormat with a threshold): x quantized once (rows of int16
     /// in `scratch`), then the int8 product and the outlier columns' f32 product over disjoint
     /// column ranges per worker. The blas family runs the portable kernel (the C reference).
@@ -530,6 +496,73 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             if n0 < n1 { lora_q8_gemv(fam, fmt, M, n0, n1, K, q, d, sums, w.data, K, y, N, 0) }
             lora_count_wait(done, first)
             if n0 < n1 { loraSecond(plan, terms, y: y, outFeatures: N, n0, n1) }
+        }
+    }
+
+    /// Several projections of one x (a layer's q, k and v; gate and up), each with its plain
+    /// LoRA terms, as one job on the spinning workers: x prepared once (q8 or fixed point), then
+    /// per output its terms' x A^T tasks and its weight's 16-row ranges, each range followed
+    /// (once those x A^T tasks are done) by the terms' u B^T on the same columns. Each output gets the
+    /// kernels and ranges of its own `decodeProjection` (the same bits) and the layer 2 or 3
+    /// hand-offs fewer; anything else (other formats or depths, many rows, LLM.int8()) runs as
+    /// separate calls.
+    public func decodeProjections(_ outputs: [DecodeOutput], x: UnsafePointer<Float>, M: Int, scratch: MatmulScratch,
+                                  u: UnsafeMutablePointer<Float>) {
+        let separate = {
+            var at = u
+            for o in outputs {
+                self.decodeProjection(y: o.y, x: x, w: o.w, M: M, scratch: scratch, terms: o.terms, u: at)
+                at += LoRATerm.scratchCount(o.terms)
+            }
+        }
+        guard outputs.count > 1, M >= 1, M <= Self.smallM, let spin, let fam = family.kernelID,
+              let fmt = outputs[0].w.format.kernelID,
+              outputs.allSatisfy({ o in
+                  o.w.format.kernelID == fmt && o.w.cols == outputs[0].w.cols && o.w.byteCount >= Self.spinBytes
+                      && (o.w.format as? Int8RowsFormat)?.outlierThreshold == nil
+              })
+        else { separate(); return }
+        let K = outputs[0].w.cols
+        if outputs[0].w.format is GroupedBlockFormat && !(decoding == .q8 && lora_q8_gemv_format(fmt) != 0 && K % 32 == 0) {
+            separate()
+            return
+        }
+        // Each output's terms in pieces and its plan, in its own part of u.
+        var plans: [LoRAPlan?] = [], pieces: [[LoRATerm]] = []
+        var at = u
+        for o in outputs {
+            let p = LoRATerm.pieces(o.terms)
+            pieces.append(p)
+            if p.isEmpty { plans.append(nil); continue }
+            guard let plan = loraPlan(p, u: at) else { separate(); return }
+            plans.append(plan)
+            at += LoRATerm.scratchCount(p)
+        }
+        let rows = smallRows(fam, fmt, x: x, M: M, K: K, scratch: scratch)
+        // Output after output: its x A^T tasks, then its ranges, which wait for those tasks
+        // only (handed out first, so a waiting range never waits on an unclaimed task).
+        let threads = Int(lora_pool_threads(spin))
+        let tasks = outputs.map { Self.spinTasks($0.w.rows, threads: threads) }
+        var starts = [Int](), total = 0
+        for (o, t) in tasks.enumerated() { starts.append(total); total += (plans[o]?.jobs.count ?? 0) + t.count }
+        let done = UnsafeMutablePointer<Int>.allocate(capacity: outputs.count)
+        done.initialize(repeating: 0, count: outputs.count)
+        defer { done.deallocate() }
+        runSpin(spin, total) { i in
+            var o = 0
+            while o + 1 < starts.count && starts[o + 1] <= i { o += 1 }
+            let first = plans[o]?.jobs.count ?? 0, k = i - starts[o]
+            if k < first {
+                loraFirst(plans[o]!, k, pieces[o], x: x, inFeatures: K)
+                lora_count_add(done + o)
+                return
+            }
+            let (n0, n1) = tasks[o].range(k - first), out = outputs[o]
+            if n0 < n1 { rows(out.w, out.y, 0, n0, n1) }
+            if let plan = plans[o] {
+                lora_count_wait(done + o, first)
+                if n0 < n1 { loraSecond(plan, pieces[o], y: out.y, outFeatures: out.w.rows, n0, n1) }
+            }
         }
     }
 

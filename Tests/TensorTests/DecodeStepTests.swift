@@ -2,35 +2,64 @@ import CKernels
 @testable import Tensor
 import XCTest
 
-/// The decode step's shared calls: several projections of one x as one backend job
-/// (`matmulDecoding(_:x:M:scratch:)`), and the attention of a key-value head's query heads in one
+/// The decode step's shared calls: several projections of one x and their LoRA terms as one
+/// backend job (`decodeProjections`), and the attention of a key-value head's query heads in one
 /// kernel call (`lora_attn_scores_heads`, `lora_attn_wsum_heads`, `Attention.decodeHeads`).
 /// Oracle: the separate calls they replace, bit for bit (so a request's tokens do not change),
 /// and for the AVX-512 scores kernel, a Swift model of its arithmetic (bit for bit) and the
 /// Double dot product (a bound).
 final class DecodeStepTests: XCTestCase {
     /// Every format with a decoding kernel, and M from one token to a server's 16 rows: each
-    /// output of the shared call has the bits of its own `matmulDecoding` call, on every family.
+    /// output of the shared call has the bits of its own `decodeProjection` call, on every
+    /// family, with no LoRA terms, with terms on some outputs (q and v, as the default targets),
+    /// with two terms over row ranges, and with per-row alphas (a server's weighted mix).
     /// Shapes: a layer's q, k, v (one tall, two short), and gate and up; one set under the
     /// spinning pool's 64 KB (taken separately), which must give the same bits too.
     func testSharedDecodingProductsEqualSeparateCalls() {
         var rng = RNG(seed: 91)
         let formats: [any WeightFormat] = [WeightFormats.f32, WeightFormats.int8, WeightFormats.q4_1, WeightFormats.q8_0,
                                            WeightFormats.llmInt8, WeightFormats.bf16]
+        let rank = 8
+        let alphas = UnsafeMutablePointer<Float>.allocate(capacity: 16)
+        defer { alphas.deallocate() }
+        for i in 0..<16 { alphas[i] = 0.25 + 0.1 * Float(i) }
+        let u = Tensor([4096]), uWant = Tensor([4096])
         for fam in KernelFamily.available {
             let be = CPUBackend(family: fam, pool: testPool)
             let scratch = MatmulScratch()
             for format in formats {
                 for (K, Ns) in [(320, [400, 136, 136]), (256, [520, 520]), (64, [40, 8])] {
                     let ws = Ns.map { N in Weight.make(format, from: randn([N, K], &rng, scale: 0.2), pool: .serial) }
+                    let factors = Ns.map { N in (randn([rank, K], &rng, scale: 0.1), randn([N, rank], &rng, scale: 0.1)) }
                     for M in [1, 3, 16] {
                         let x = randn([M, K], &rng)
-                        let want = Ns.map { Tensor([M, $0]) }, got = Ns.map { N in Tensor([M, N], [Float](repeating: .nan, count: M * N)) }
-                        for (i, w) in ws.enumerated() { be.matmulDecoding(y: want[i].data, x: x.data, w: w, M: M, scratch: scratch) }
-                        be.matmulDecoding(zip(got, ws).map { DecodeOutput(y: $0.data, w: $1) }, x: x.data, M: M, scratch: scratch)
-                        for i in Ns.indices {
-                            let diff = (0..<want[i].count).filter { got[i].data[$0].bitPattern != want[i].data[$0].bitPattern }
-                            XCTAssertTrue(diff.isEmpty, "\(fam) \(format.name) K \(K) M \(M) output \(i): \(diff.count) differ")
+                        // Terms per output, per case: none; on the first and last; two terms
+                        // over row ranges on the first; per-row alphas on the last.
+                        func terms(_ i: Int, _ kind: Int) -> [LoRATerm] {
+                            let (A, B) = factors[i], h = max(1, M / 2)
+                            switch kind {
+                            case 1 where i == 0 || i == Ns.count - 1:
+                                return [LoRATerm(r0: 0, r1: M, rank: rank, alpha: 2, A: A.data, B: B.data)]
+                            case 2 where i == 0:
+                                return [LoRATerm(r0: 0, r1: h, rank: rank, alpha: 2, A: A.data, B: B.data),
+                                        LoRATerm(r0: 0, r1: M, rank: rank, alpha: 0.5, A: factors[1].0.data, B: B.data)]
+                            case 3 where i == Ns.count - 1:
+                                return [LoRATerm(r0: 0, r1: M, rank: rank, alpha: 1, A: A.data, B: B.data, alphas: UnsafePointer(alphas))]
+                            default:
+                                return []
+                            }
+                        }
+                        for kind in 0..<4 {
+                            let want = Ns.map { Tensor([M, $0]) }, got = Ns.map { N in Tensor([M, N], [Float](repeating: .nan, count: M * N)) }
+                            for (i, w) in ws.enumerated() {
+                                be.decodeProjection(y: want[i].data, x: x.data, w: w, M: M, scratch: scratch, terms: terms(i, kind), u: uWant.data)
+                            }
+                            let outs = (0..<Ns.count).map { DecodeOutput(y: got[$0].data, w: ws[$0], terms: terms($0, kind)) }
+                            be.decodeProjections(outs, x: x.data, M: M, scratch: scratch, u: u.data)
+                            for i in Ns.indices {
+                                let diff = (0..<want[i].count).filter { got[i].data[$0].bitPattern != want[i].data[$0].bitPattern }
+                                XCTAssertTrue(diff.isEmpty, "\(fam) \(format.name) K \(K) M \(M) terms \(kind) output \(i): \(diff.count) differ")
+                            }
                         }
                     }
                 }

@@ -78,8 +78,20 @@ extension LlamaModel {
         }
         for s in 0..<S { for t in 0..<Tq { cache.positions[s * Tq + t] = Int32(start + t) } }
         // Only each sequence's last token needs logits.
-        let plain = { (l: Int, ps: [Projection]) in ps.allSatisfy { adapters.layers(at: LoRASite(l, $0)).isEmpty } }
-        decodeRows(tokens, buffers: cache, lastRows: (0..<S).map { $0 * Tq + Tq - 1 }, ctx: ctx, plain: plain, project: project) { l in
+        // Plain LoRA sites share a call; DoRA and a profiled step's LoRA (timed apart) do not.
+        let shared = { (l: Int, ps: [Projection]) -> (terms: [[LoRATerm]], u: UnsafeMutablePointer<Float>)? in
+            var all: [[LoRATerm]] = []
+            for p in ps {
+                let site = adapters.layers(at: LoRASite(l, p))
+                if site.contains(where: { $0.0.isDoRA }) || (prof != nil && !site.isEmpty) { return nil }
+                all.append(site.map { layer, weight in
+                    LoRATerm(r0: 0, r1: M, rank: layer.r, alpha: weight * layer.scale, A: layer.A.data, B: layer.B.data)
+                })
+            }
+            cache.ensureScratch(all.reduce(0) { $0 + LoRATerm.scratchCount($1) })
+            return (all, cache.u.data)
+        }
+        decodeRows(tokens, buffers: cache, lastRows: (0..<S).map { $0 * Tq + Tq - 1 }, ctx: ctx, shared: shared, project: project) { l in
             // Append the new keys and values to each sequence's cache.
             for s in 0..<S {
                 let dst = (start) * c.kvDim + s * cache.capacity * c.kvDim
@@ -95,21 +107,23 @@ extension LlamaModel {
     /// (SlotCache) share, over the M = ids.count new rows whose positions are already in
     /// b.positions: embeddings, every layer, then the final norm and the head for `lastRows`
     /// (logits row i is row lastRows[i]'s). `project` runs one projection of all M rows with
-    /// its LoRA terms (`plain(l, projections)` true: they have none and may run as one call); `attend(l)` stores layer l's new keys and values (b.kNew, b.vNew, after
-    /// RoPE) in the cache and writes the attention of b.q into b.att. What differs between
-    /// the caches (who owns which rows, which adapters apply) stays in those two closures.
+    /// its LoRA terms; `shared(l, projections)`, where it gives their plain LoRA terms, runs
+    /// projections of one x as one call instead. `attend(l)` stores layer l's new keys and
+    /// values (b.kNew, b.vNew, after RoPE) in the cache and writes the attention of b.q into
+    /// b.att. What differs between the caches (who owns which rows, which adapters apply) stays
+    /// in those closures.
     func decodeRows<B: DecodeBuffers>(_ ids: [Int32], buffers b: B, lastRows: [Int], ctx: ExecutionContext,
-                                      plain: ((Int, [Projection]) -> Bool)? = nil,
+                                      shared: ((Int, [Projection]) -> (terms: [[LoRATerm]], u: UnsafeMutablePointer<Float>)?)? = nil,
                                       project: (Linear, Int, Projection, UnsafeMutablePointer<Float>, UnsafePointer<Float>) -> Void,
                                       attend: (Int) -> Void) {
         let c = config, M = ids.count, C = c.hiddenSize, I = c.intermediateSize, S = lastRows.count
         let be = ctx.backend, prof = ctx.profile
-        // Projections of one x (q, k, v; gate, up) as one backend call where `plain` says no
-        // site of theirs has per-site work (adapter terms): x prepared once, one job.
+        // Projections of one x (q, k, v; gate, up) as one backend call where `shared` gives
+        // their plain LoRA terms (nil: a site needs its own calls): x prepared once, one job.
         func projectShared(_ group: [(Linear, Projection, UnsafeMutablePointer<Float>)], _ l: Int, _ x: UnsafePointer<Float>) {
-            if let plain, plain(l, group.map(\.1)) {
-                let outs = group.map { DecodeOutput(y: $0.2, w: $0.0.weight) }
-                prof.time(.projection) { be.matmulDecoding(outs, x: x, M: M, scratch: b.scratch) }
+            if let shared, let (terms, u) = shared(l, group.map(\.1)) {
+                let outs = zip(group, terms).map { DecodeOutput(y: $0.2, w: $0.0.weight, terms: $1) }
+                prof.time(.projection) { be.decodeProjections(outs, x: x, M: M, scratch: b.scratch, u: u) }
                 return
             }
             for (lin, p, y) in group { project(lin, l, p, y, x) }

@@ -103,41 +103,48 @@ extension LlamaModel {
             cache.ensureRank(it.adapters.maxRank)
         }
         let plan = Self.termPlan(groups)
-        var alphaScratch = [Float](repeating: 0, count: (plan ?? []).reduce(0) { $0 + ($1.weights.count > 1 ? $1.weights.count : 0) })
+        // Per-row alphas of mixed terms (weight * scale), a region per projection of a shared call.
+        let alphaCount = (plan ?? []).reduce(0) { $0 + ($1.weights.count > 1 ? $1.weights.count : 0) }
+        let alphaBuf = UnsafeMutablePointer<Float>.allocate(capacity: max(1, 3 * alphaCount))
+        defer { alphaBuf.deallocate() }
         let be = ctx.backend
+        // Every group's plain LoRA terms at one site, in one grouped product.
+        func siteTerms(_ plan: [(adapter: LoRAAdapter, r0: Int, r1: Int, weights: [Float])], _ site: LoRASite,
+                       alphas ab: UnsafeMutablePointer<Float>) -> [LoRATerm] {
+            var terms: [LoRATerm] = []
+            var at = 0
+            for t in plan {
+                guard let layer = t.adapter.layers[site] else { continue }
+                if t.weights.count == 1 {
+                    terms.append(LoRATerm(r0: t.r0, r1: t.r1, rank: layer.r, alpha: t.weights[0] * layer.scale,
+                                          A: layer.A.data, B: layer.B.data))
+                } else {
+                    // The same product as alone: weight * scale, per row.
+                    for (i, w) in t.weights.enumerated() { ab[at + i] = w * layer.scale }
+                    terms.append(LoRATerm(r0: t.r0, r1: t.r1, rank: layer.r, alpha: 1, A: layer.A.data, B: layer.B.data,
+                                          alphas: UnsafePointer(ab + at)))
+                    at += t.weights.count
+                }
+            }
+            return terms
+        }
         func project(_ lin: Linear, _ l: Int, _ p: Projection, y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>) {
             let out = lin.outFeatures, inF = lin.inFeatures
             // Plain LoRA: every group's terms in one grouped product (the backend spreads them
             // over its workers). DoRA rescales its group's rows and stays one call per group.
             let site = LoRASite(l, p)
             if let plan {
-                alphaScratch.withUnsafeMutableBufferPointer { ab in
-                    var terms: [LoRATerm] = []
-                    var at = 0
-                    for t in plan {
-                        guard let layer = t.adapter.layers[site] else { continue }
-                        if t.weights.count == 1 {
-                            terms.append(LoRATerm(r0: t.r0, r1: t.r1, rank: layer.r, alpha: t.weights[0] * layer.scale,
-                                                  A: layer.A.data, B: layer.B.data))
-                        } else {
-                            // The same product as alone: weight * scale, per row.
-                            for (i, w) in t.weights.enumerated() { ab[at + i] = w * layer.scale }
-                            terms.append(LoRATerm(r0: t.r0, r1: t.r1, rank: layer.r, alpha: 1, A: layer.A.data, B: layer.B.data,
-                                                  alphas: UnsafePointer(ab.baseAddress! + at)))
-                            at += t.weights.count
-                        }
-                    }
-                    cache.ensureScratch(LoRATerm.scratchCount(terms))
-                    if ctx.profile == nil {
-                        // The base product and the terms as one backend call (one job on the CPU).
-                        be.decodeProjection(y: y, x: x, w: lin.weight, M: M, scratch: cache.scratch, terms: terms, u: cache.u.data)
-                        return
-                    }
-                    ctx.profile.time(.projection) { be.matmulDecoding(y: y, x: x, w: lin.weight, M: M, scratch: cache.scratch) }
-                    if !terms.isEmpty {
-                        ctx.profile.time(.lora) {
-                            be.loraGrouped(y: y, x: x, inFeatures: inF, outFeatures: out, terms: terms, u: cache.u.data)
-                        }
+                let terms = siteTerms(plan, site, alphas: alphaBuf)
+                cache.ensureScratch(LoRATerm.scratchCount(terms))
+                if ctx.profile == nil {
+                    // The base product and the terms as one backend call (one job on the CPU).
+                    be.decodeProjection(y: y, x: x, w: lin.weight, M: M, scratch: cache.scratch, terms: terms, u: cache.u.data)
+                    return
+                }
+                ctx.profile.time(.projection) { be.matmulDecoding(y: y, x: x, w: lin.weight, M: M, scratch: cache.scratch) }
+                if !terms.isEmpty {
+                    ctx.profile.time(.lora) {
+                        be.loraGrouped(y: y, x: x, inFeatures: inF, outFeatures: out, terms: terms, u: cache.u.data)
                     }
                 }
                 return
@@ -168,10 +175,16 @@ extension LlamaModel {
         // Logits only for each item's last token.
         let lastRows = items.indices.map { offsets[$0] + items[$0].tokens.count - 1 }
         let nH = c.numAttentionHeads
-        let plain = { (l: Int, ps: [Projection]) in
-            groups.allSatisfy { g in ps.allSatisfy { g.set.layers(at: LoRASite(l, $0)).isEmpty } }
+        // Projections of one x as one call: plain LoRA only (DoRA groups, no plan), and not in a
+        // profiled step with terms (their time is counted apart).
+        let shared = { (l: Int, ps: [Projection]) -> (terms: [[LoRATerm]], u: UnsafeMutablePointer<Float>)? in
+            guard let plan, ps.count <= 3 else { return nil }
+            let all = ps.enumerated().map { i, p in siteTerms(plan, LoRASite(l, p), alphas: alphaBuf + i * alphaCount) }
+            if ctx.profile != nil && all.contains(where: { !$0.isEmpty }) { return nil }
+            cache.ensureScratch(all.reduce(0) { $0 + LoRATerm.scratchCount($1) })
+            return (all, cache.u.data)
         }
-        decodeRows(ids, buffers: cache, lastRows: lastRows, ctx: ctx, plain: plain, project: project) { l in
+        decodeRows(ids, buffers: cache, lastRows: lastRows, ctx: ctx, shared: shared, project: project) { l in
             var batch: [CachedAttention] = []
             batch.reserveCapacity(items.count)
             for (i, it) in items.enumerated() {
