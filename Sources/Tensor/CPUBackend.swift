@@ -190,7 +190,26 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     /// column ranges per worker. The blas family runs the portable kernel (the C reference).
     private func llmInt8Forward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int,
                                 threshold: Float, accumulate: Bool, scratch: MatmulScratch) {
-        let N = w.rows, K = w.cols, ldq = K + (K & 1)
+        let N = w.rows, K = w.cols, fam = family.kernelID ?? KernelFamily.portable.kernelID!
+        let rows = llmInt8Rows(x: x, M: M, K: K, threshold: threshold, scratch: scratch)
+        if M <= Self.smallM, let spin, w.byteCount >= Self.spinBytes {
+            // Decoding: the spinning workers, in 16-row units, as the other small-M products.
+            let tasks = Self.spinTasks(N, threads: Int(lora_pool_threads(spin)))
+            runSpin(spin, tasks.count) { i in
+                let (n0, n1) = tasks.range(i)
+                if n0 < n1 { rows(w, y, accumulate ? 1 : 0, n0, n1) }
+            }
+            return
+        }
+        split(columns: N, flops: 2 * M * N * K, fam) { n0, n1 in rows(w, y, accumulate ? 1 : 0, n0, n1) }
+    }
+
+    /// LLM.int8()'s x prepared once (outlier columns found, the rest quantized per row into
+    /// `scratch`) for every weight of depth K that shares it; returns the product for rows
+    /// n0..<n1 of one such weight (the int8 part, then the outlier columns in f32).
+    private func llmInt8Rows(x: UnsafePointer<Float>, M: Int, K: Int, threshold: Float, scratch: MatmulScratch)
+        -> (Weight, UnsafeMutablePointer<Float>, Int32, Int, Int) -> Void {
+        let ldq = K + (K & 1)
         let fam = family.kernelID ?? KernelFamily.portable.kernelID!
         let round64 = { (n: Int) in (n + 63) / 64 * 64 }
         let qBytes = round64(M * ldq * 2), statBytes = round64(M * 4), maskBytes = round64(K)
@@ -225,25 +244,16 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                 lora_llm_int8_pack(fam, m1 - m0, K, x + m0 * K, K, mask, stats + m0, q + m0 * ldq, ldq)
             }
         }
-        let wq = w.data.assumingMemoryBound(to: Int8.self), scales = w.scales!
-        let rows = { (n0: Int, n1: Int) in
-            lora_llm_int8_gemm(fam, M, n0, n1, K, q, ldq, stats, wq, K, scales, y, N, accumulate ? 1 : 0)
+        let outliers = c
+        return { w, y, acc, n0, n1 in
+            let wq = w.data.assumingMemoryBound(to: Int8.self), scales = w.scales!, c = outliers
+            lora_llm_int8_gemm(fam, M, n0, n1, K, q, ldq, stats, wq, K, scales, y, w.rows, acc)
             if c > 0 {
                 let sub = UnsafeMutablePointer<Float>.allocate(capacity: c * (n1 - n0))
                 defer { sub.deallocate() }
-                lora_llm_int8_outliers(fam, M, n0, n1, x, K, cols, c, wq, K, scales, y, N, sub)
+                lora_llm_int8_outliers(fam, M, n0, n1, x, K, cols, c, wq, K, scales, y, w.rows, sub)
             }
         }
-        if M <= Self.smallM, let spin, w.byteCount >= Self.spinBytes {
-            // Decoding: the spinning workers, in 16-row units, as the other small-M products.
-            let units = (N + 15) / 16, t = min(units, 8 * Int(lora_pool_threads(spin))), per = (units + t - 1) / t
-            runSpin(spin, t) { i in
-                let n0 = min(N, i * per * 16), n1 = min(N, (i + 1) * per * 16)
-                if n0 < n1 { rows(n0, n1) }
-            }
-            return
-        }
-        split(columns: N, flops: 2 * M * N * K, fam, rows)
     }
 
     /// Weights with an integer decoding path (Q4_0 / Q4_1 / Q8_0 and `.q8`) take it for any M,
@@ -504,8 +514,8 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     /// per output its terms' x A^T tasks and its weight's 16-row ranges, each range followed
     /// (once those x A^T tasks are done) by the terms' u B^T on the same columns. Each output gets the
     /// kernels and ranges of its own `decodeProjection` (the same bits) and the layer 2 or 3
-    /// hand-offs fewer; anything else (other formats or depths, many rows, LLM.int8()) runs as
-    /// separate calls.
+    /// hand-offs fewer (LLM.int8() weights: x's outlier columns found and the rest quantized
+    /// once); anything else (mixed formats or depths, many rows) runs as separate calls.
     public func decodeProjections(_ outputs: [DecodeOutput], x: UnsafePointer<Float>, M: Int, scratch: MatmulScratch,
                                   u: UnsafeMutablePointer<Float>) {
         let separate = {
@@ -515,11 +525,12 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                 at += LoRATerm.scratchCount(o.terms)
             }
         }
+        let threshold = (outputs.first?.w.format as? Int8RowsFormat)?.outlierThreshold
         guard outputs.count > 1, M >= 1, M <= Self.smallM, let spin, let fam = family.kernelID,
               let fmt = outputs[0].w.format.kernelID,
               outputs.allSatisfy({ o in
                   o.w.format.kernelID == fmt && o.w.cols == outputs[0].w.cols && o.w.byteCount >= Self.spinBytes
-                      && (o.w.format as? Int8RowsFormat)?.outlierThreshold == nil
+                      && (o.w.format as? Int8RowsFormat)?.outlierThreshold == threshold
               })
         else { separate(); return }
         let K = outputs[0].w.cols
@@ -538,7 +549,8 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             plans.append(plan)
             at += LoRATerm.scratchCount(p)
         }
-        let rows = smallRows(fam, fmt, x: x, M: M, K: K, scratch: scratch)
+        let rows = threshold.map { llmInt8Rows(x: x, M: M, K: K, threshold: $0, scratch: scratch) }
+            ?? smallRows(fam, fmt, x: x, M: M, K: K, scratch: scratch)
         // Output after output: its x A^T tasks, then its ranges, which wait for those tasks
         // only (handed out first, so a waiting range never waits on an unclaimed task).
         let threads = Int(lora_pool_threads(spin))

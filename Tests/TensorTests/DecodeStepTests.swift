@@ -33,6 +33,8 @@ final class DecodeStepTests: XCTestCase {
                     let factors = Ns.map { N in (randn([rank, K], &rng, scale: 0.1), randn([N, rank], &rng, scale: 0.1)) }
                     for M in [1, 3, 16] {
                         let x = randn([M, K], &rng)
+                        // A column past LLM.int8()'s threshold (6): its outlier path runs too.
+                        for m in 0..<M { x.data[m * K + 5] = 8 }
                         // Terms per output, per case: none; on the first and last; two terms
                         // over row ranges on the first; per-row alphas on the last.
                         func terms(_ i: Int, _ kind: Int) -> [LoRATerm] {
