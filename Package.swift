@@ -55,7 +55,9 @@ let package = Package(
         ], plugins: ["BuildInfo"]),
         // Stamps the git commit into the `lora` binary (lora --version).
         .plugin(name: "BuildInfo", capability: .buildTool(), path: "Plugins/BuildInfo"),
-        .testTarget(name: "TensorTests", dependencies: ["Tensor", "CKernels"], path: "Tests/TensorTests"),
+        .testTarget(name: "TensorTests", dependencies: ["Tensor", "CKernels", "CTestSupport"], path: "Tests/TensorTests"),
+        // C the tests need that Swift cannot call (CPU affinity).
+        .target(name: "CTestSupport", path: "Tests/CTestSupport"),
         // What the test targets share (temporary folders); imports XCTest, used only by tests.
         .target(name: "TestHelpers", path: "Tests/TestHelpers"),
         .testTarget(name: "LLaMATests", dependencies: ["LLaMA", "Tensor", "TestHelpers"], path: "Tests/LLaMATests"),

@@ -16,16 +16,29 @@
 
 #define SPIN_ROUNDS 200000   // ~1 ms of pause loops before a worker goes to sleep
 
+// The job word: generation (24 bits), task count (20) and next task (20), in one atomic, so a
+// claim checks all three at once. The caller waits only for tasks claimed and not yet done,
+// never for a worker to check in: a worker that another process keeps off its core (on 2
+// cores, the HTTP threads and clients of `lora serve`) costs the step nothing unless it holds a
+// task, where the old "every worker signs off" barrier made the caller spin until the
+// scheduler gave the worker back its core. A claim is only ever of the job now running, so
+// fn and ctx, read after it, are that job's.
+#define JOB_IDX_BITS 20
+#define JOB_N_BITS 20
+#define JOB_MAX_TASKS ((1L << JOB_N_BITS) - 1)
+#define JOB_GEN(v) ((v) >> (JOB_IDX_BITS + JOB_N_BITS))
+#define JOB_N(v) (((v) >> JOB_IDX_BITS) & JOB_MAX_TASKS)
+#define JOB_IDX(v) ((v) & ((1UL << JOB_IDX_BITS) - 1))
+
 struct lora_pool {
     int threads;                 // workers + the caller
     pthread_t *tid;
-    _Atomic long generation;     // bumped per job
-    _Atomic int pending;         // workers still running the current job
+    _Atomic unsigned long job;   // generation | n | next
+    _Atomic long done;           // tasks of the current job finished
     _Atomic int stop;
+    unsigned long generation;    // the caller's count of jobs (wraps at 24 bits: harmless, see claim)
     lora_task_fn fn;
     void *ctx;
-    long n;
-    _Atomic long next;           // the next task to hand out
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int sleepers;
@@ -34,35 +47,45 @@ struct lora_pool {
 
 typedef struct { lora_pool *p; int index; } worker_arg;
 
-static void run_share(lora_pool *p) {
-    // Tasks in order to whoever is free: a core that is slower this time (interrupts, another
-    // process) takes fewer, so both finish together. Each task's output is its own, so which
-    // thread runs it changes no result.
-    for (long i; (i = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed)) < p->n;) p->fn(p->ctx, i);
+/// Claims and runs tasks of the job with generation g until none is left. Tasks go in order to
+/// whoever is free: a core that is slower this time (interrupts, another process) takes fewer.
+/// Each task's output is its own, so which thread runs it changes no result.
+static void run_share(lora_pool *p, unsigned long g) {
+    unsigned long v = atomic_load_explicit(&p->job, memory_order_acquire);
+    for (;;) {
+        if (JOB_GEN(v) != g || JOB_IDX(v) >= JOB_N(v)) return;
+        // A successful claim is of the job now running (its generation may have wrapped, but
+        // then this is its task i all the same), so fn and ctx below are that job's: the caller
+        // cannot publish another until this task is counted done.
+        if (atomic_compare_exchange_weak_explicit(&p->job, &v, v + 1, memory_order_acq_rel, memory_order_acquire)) {
+            p->fn(p->ctx, (long)JOB_IDX(v));
+            atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+            v++;
+        }
+    }
 }
 
 static void *worker(void *arg) {
     worker_arg a = *(worker_arg *)arg;
     free(arg);
     lora_pool *p = a.p;
-    long seen = 0;
+    unsigned long seen = JOB_GEN(atomic_load(&p->job));
     for (;;) {
-        long g;
+        unsigned long g;
         int spins = 0;
-        while ((g = atomic_load_explicit(&p->generation, memory_order_acquire)) == seen) {
+        while ((g = JOB_GEN(atomic_load_explicit(&p->job, memory_order_acquire))) == seen) {
             if (atomic_load_explicit(&p->stop, memory_order_relaxed)) return NULL;
             if (++spins < SPIN_ROUNDS) { PAUSE(); continue; }
             pthread_mutex_lock(&p->mu);
             p->sleepers++;
-            while (atomic_load(&p->generation) == seen && !atomic_load(&p->stop)) pthread_cond_wait(&p->cv, &p->mu);
+            while (JOB_GEN(atomic_load(&p->job)) == seen && !atomic_load(&p->stop)) pthread_cond_wait(&p->cv, &p->mu);
             p->sleepers--;
             pthread_mutex_unlock(&p->mu);
             spins = 0;
         }
         if (atomic_load(&p->stop)) return NULL;
         seen = g;
-        run_share(p);
-        atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel);
+        run_share(p, g);
     }
 }
 
@@ -99,19 +122,20 @@ void lora_pool_destroy(lora_pool *p) {
 int lora_pool_threads(const lora_pool *p) { return p->threads; }
 
 void lora_pool_run(lora_pool *p, long n, lora_task_fn fn, void *ctx) {
-    if (p->threads == 1 || n <= 1 || pthread_mutex_trylock(&p->busy) != 0) {
+    if (p->threads == 1 || n <= 1 || n > JOB_MAX_TASKS || pthread_mutex_trylock(&p->busy) != 0) {
         for (long i = 0; i < n; i++) fn(ctx, i);
         return;
     }
-    p->fn = fn; p->ctx = ctx; p->n = n;
-    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->pending, p->threads - 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
+    p->fn = fn; p->ctx = ctx;
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    const unsigned long g = ++p->generation & ((1UL << 24) - 1);
+    // Release: fn, ctx and done = 0 are seen by whoever claims a task of this job.
+    atomic_store_explicit(&p->job, (g << (JOB_IDX_BITS + JOB_N_BITS)) | ((unsigned long)n << JOB_IDX_BITS), memory_order_release);
     pthread_mutex_lock(&p->mu);
     if (p->sleepers) pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
-    run_share(p);
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) PAUSE();
+    run_share(p, g);
+    while (atomic_load_explicit(&p->done, memory_order_acquire) < n) PAUSE();
     pthread_mutex_unlock(&p->busy);
 }
 
