@@ -52,9 +52,10 @@ public protocol Backend: AnyObject, Sendable {
                            dout: UnsafePointer<Float>, stats: UnsafePointer<Float>, q: UnsafePointer<Float>,
                            k: UnsafePointer<Float>, v: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,
                            B: Int, T: Int, nH: Int, nKV: Int, hd: Int)
+    /// `Attention.forwardCached`: a cache laid out as `layout` says (nil: [maxT, nKV, hd]).
     func attentionCached(out: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
                          kCache: UnsafePointer<Float>, vCache: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,
-                         start: Int, Tq: Int, nH: Int, nKV: Int, hd: Int)
+                         start: Int, Tq: Int, nH: Int, nKV: Int, hd: Int, layout: KVLayout?)
     func swigluForward(h: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count: Int)
     func swigluBackward(dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>, dh: UnsafePointer<Float>,
                         gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count: Int)
@@ -132,10 +133,11 @@ public struct CachedAttention {
     public let out: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>
     public let kCache: UnsafePointer<Float>, vCache: UnsafePointer<Float>
     public let start: Int, Tq: Int
+    public let layout: KVLayout?
     public init(out: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
-                kCache: UnsafePointer<Float>, vCache: UnsafePointer<Float>, start: Int, Tq: Int) {
+                kCache: UnsafePointer<Float>, vCache: UnsafePointer<Float>, start: Int, Tq: Int, layout: KVLayout? = nil) {
         self.out = out; self.scores = scores; self.q = q; self.kCache = kCache; self.vCache = vCache
-        self.start = start; self.Tq = Tq
+        self.start = start; self.Tq = Tq; self.layout = layout
     }
 }
 
@@ -158,8 +160,16 @@ extension Backend {
     public func attentionCachedBatch(_ items: [CachedAttention], nH: Int, nKV: Int, hd: Int) {
         for it in items {
             attentionCached(out: it.out, scores: it.scores, q: it.q, kCache: it.kCache, vCache: it.vCache, keyMask: nil,
-                            start: it.start, Tq: it.Tq, nH: nH, nKV: nKV, hd: hd)
+                            start: it.start, Tq: it.Tq, nH: nH, nKV: nKV, hd: hd, layout: it.layout)
         }
+    }
+
+    /// A cache of [maxT, nKV, hd] rows.
+    public func attentionCached(out: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
+                                kCache: UnsafePointer<Float>, vCache: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,
+                                start: Int, Tq: Int, nH: Int, nKV: Int, hd: Int) {
+        attentionCached(out: out, scores: scores, q: q, kCache: kCache, vCache: vCache, keyMask: keyMask,
+                        start: start, Tq: Tq, nH: nH, nKV: nKV, hd: hd, layout: nil)
     }
 
     public func loraGrouped(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, inFeatures: Int, outFeatures: Int,

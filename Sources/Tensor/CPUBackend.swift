@@ -585,12 +585,12 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         let decode = items.filter { $0.Tq == 1 }
         for it in items where it.Tq != 1 {
             attentionCached(out: it.out, scores: it.scores, q: it.q, kCache: it.kCache, vCache: it.vCache, keyMask: nil,
-                            start: it.start, Tq: it.Tq, nH: nH, nKV: nKV, hd: hd)
+                            start: it.start, Tq: it.Tq, nH: nH, nKV: nKV, hd: hd, layout: it.layout)
         }
         guard let spin, decode.count > 1 else {
             for it in decode {
                 attentionCached(out: it.out, scores: it.scores, q: it.q, kCache: it.kCache, vCache: it.vCache, keyMask: nil,
-                                start: it.start, Tq: 1, nH: nH, nKV: nKV, hd: hd)
+                                start: it.start, Tq: 1, nH: nH, nKV: nKV, hd: hd, layout: it.layout)
             }
             return
         }
@@ -602,7 +602,8 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             let it = decode[t / nKV]
             let rep = nH / nKV, g = t % nKV
             Attention.decodeHeads(g * rep ..< (g + 1) * rep, vectorKernels: fam, out: it.out, scores: it.scores, q: it.q,
-                                  kCache: it.kCache, vCache: it.vCache, keyMask: nil, L: it.start + 1, nH: nH, nKV: nKV, hd: hd)
+                                  kCache: it.kCache, vCache: it.vCache, keyMask: nil, L: it.start + 1, nH: nH, nKV: nKV, hd: hd,
+                                  layout: it.layout)
         }
     }
 
@@ -646,7 +647,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     }
     public func attentionCached(out: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
                                 kCache: UnsafePointer<Float>, vCache: UnsafePointer<Float>, keyMask: UnsafePointer<Float>?,
-                                start: Int, Tq: Int, nH: Int, nKV: Int, hd: Int) {
+                                start: Int, Tq: Int, nH: Int, nKV: Int, hd: Int, layout: KVLayout?) {
         let L = start + 1
         if Tq == 1, let spin, nH * L * hd >= Self.spinAttention {
             // A decode step's heads on the spinning workers, in one contiguous range per worker
@@ -657,12 +658,12 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             let fam = family.vectorID, t = min(nH, Int(lora_pool_threads(spin)))
             runSpin(spin, t) { i in
                 Attention.decodeHeads(nH * i / t ..< nH * (i + 1) / t, vectorKernels: fam, out: out, scores: scores, q: q,
-                                      kCache: kCache, vCache: vCache, keyMask: keyMask, L: L, nH: nH, nKV: nKV, hd: hd)
+                                      kCache: kCache, vCache: vCache, keyMask: keyMask, L: L, nH: nH, nKV: nKV, hd: hd, layout: layout)
             }
             return
         }
         Attention.forwardCached(pool: pool, vectorKernels: family.vectorID, out: out, scores: scores, q: q, kCache: kCache, vCache: vCache, keyMask: keyMask,
-                                start: start, Tq: Tq, nH: nH, nKV: nKV, hd: hd)
+                                start: start, Tq: Tq, nH: nH, nKV: nKV, hd: hd, layout: layout)
     }
     public func dropout(seed: UInt64, threshold: UInt64, x: UnsafePointer<Float>, scale: Float,
                         keep: UnsafeMutablePointer<UInt8>, z: UnsafeMutablePointer<Float>, count: Int) {

@@ -102,7 +102,7 @@ struct Serve: ParsableCommand {
                                      maxBodyBytes: maxBodyBytes, maxContext: context,
                                      defaultChatMaxTokens: min(512, context - 1), chatTemplate: template)
             let host = self.host, port = self.port, drain = drainTimeout
-            note("lora serve: \(base) (\(loaded.model.quantization.rawValue) weights), \(registry.list().count) adapters, batch \(maxBatch), context \(context)")
+            note("lora serve: \(base) (\(loaded.model.quantization == .none ? "f32" : loaded.model.quantization.rawValue) weights), \(registry.list().count) adapters, batch \(maxBatch), context \(context)")
             // SIGTERM: Hummingbird stops accepting and lets requests in flight finish; this
             // watchdog bounds that wait.
             signal(SIGTERM, SIG_IGN)

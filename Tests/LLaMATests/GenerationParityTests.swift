@@ -4,12 +4,12 @@ import Tensor
 
 /// Greedy, repetition-penalty and beam-search ids against transformers' generate().
 final class GenerationParityTests: XCTestCase {
-    func check(_ name: String, section: String, options: (JSON) -> GenerationOptions) throws {
+    func check(_ name: String, section: String, prefillChunk: Int = 512, options: (JSON) -> GenerationOptions) throws {
         let ck = try SafeTensorsCheckpoint(folder: Fixtures.model(name))
         let model = try LlamaModel(checkpoint: ck, quantization: .none, pool: testPool)
         let ref = try Fixtures.json("\(name).forward.json")
         let prompts = ref["prompts"]!.array!
-        let gen = Generator(model: model, ctx: testCtx, eosIDs: Set(ck.config.eosTokenIDs))
+        let gen = Generator(model: model, ctx: testCtx, eosIDs: Set(ck.config.eosTokenIDs), prefillChunk: prefillChunk)
         let cases = try XCTUnwrap(ref["generation"]?[section]?.array)
         XCTAssertFalse(cases.isEmpty)
         for c in cases {
@@ -40,6 +40,15 @@ final class GenerationParityTests: XCTestCase {
     func testRepetitionPenaltyGQA() throws { try check("tiny-gqa", section: "greedy_repetition_penalty", options: greedy) }
     func testBeamSearchMHA() throws { try check("tiny-mha", section: "beam", options: beam) }
     func testBeamSearchGQA() throws { try check("tiny-gqa", section: "beam", options: beam) }
+
+    /// Prompts longer than the prefill chunk (512 in use; 3 here), greedy and with beams: beam
+    /// search feeds the shared prompt as one sequence into a cache sized for 4, and once did
+    /// so in one step past the attention scratch (`lora generate` crashed past 512 tokens).
+    func testPromptsLongerThanThePrefillChunk() throws {
+        try check("tiny-gqa", section: "greedy", prefillChunk: 3, options: greedy)
+        try check("tiny-gqa", section: "beam", prefillChunk: 3, options: beam)
+        try check("tiny-mha", section: "beam", prefillChunk: 3, options: beam)
+    }
 
     /// Sampling is reproducible from the seed and respects top-k = 1 (which is greedy).
     func testSamplingIsSeeded() throws {

@@ -17,9 +17,12 @@ final class PromptCacheTests: XCTestCase {
     func rows(_ c: SlotCache, slot: Int, n: Int) -> [Float] {
         var out: [Float] = []
         for l in 0..<c.k.count {
+            // Each head's rows 0..<n (the cache is head-major: rows past n hold other data).
             let base = slot * c.capacity * c.kvDim
-            out += Array(UnsafeBufferPointer(start: c.k[l].data + base, count: n * c.kvDim))
-            out += Array(UnsafeBufferPointer(start: c.v[l].data + base, count: n * c.kvDim))
+            for g in 0..<c.nKV {
+                out += Array(UnsafeBufferPointer(start: c.k[l].data + base + g * c.layout.head, count: n * c.hd))
+                out += Array(UnsafeBufferPointer(start: c.v[l].data + base + g * c.layout.head, count: n * c.hd))
+            }
         }
         return out
     }

@@ -188,4 +188,48 @@ final class DecodeStepTests: XCTestCase {
             }
         }
     }
+
+    /// A head-major cache ([nKV, capacity, hd], what generate and serve keep) gives the bits of
+    /// the same rows interleaved ([T, nKV, hd]): decode steps (spinning and serial), a prompt
+    /// chunk (Tq > 1) and the batched call; `store` and `copyRows` move rows between layouts.
+    func testHeadMajorCacheEqualsInterleaved() {
+        var rng = RNG(seed: 95)
+        for fam in KernelFamily.available {
+            let be = CPUBackend(family: fam, pool: testPool)
+            for (nH, nKV, hd) in [(9, 3, 64), (4, 2, 16), (8, 1, 20)] {
+                for (start, Tq) in [(0, 1), (39, 1), (299, 1), (0, 7), (20, 5)] {
+                    let L = start + Tq, cap = L + 3
+                    let q = randn([Tq, nH, hd], &rng), k = randn([L, nKV, hd], &rng), v = randn([L, nKV, hd], &rng)
+                    let head = KVLayout.headMajor(capacity: cap, hd: hd), flat = KVLayout.interleaved(nKV: nKV, hd: hd)
+                    let kh = Tensor([nKV, cap, hd]), vh = Tensor([nKV, cap, hd])
+                    head.store(k.data, rows: L, at: 0, into: kh.data, nKV: nKV, hd: hd)
+                    head.store(v.data, rows: L, at: 0, into: vh.data, nKV: nKV, hd: hd)
+                    // Back to interleaved: the rows themselves.
+                    let back = Tensor([L, nKV, hd])
+                    head.copyRows(L, from: kh.data, to: back.data, layout: flat, nKV: nKV, hd: hd)
+                    XCTAssertEqual(back.array, k.array, "copyRows head-major -> interleaved")
+                    let scores = Tensor([nH, Tq, L])
+                    func run(_ kc: Tensor, _ vc: Tensor, _ layout: KVLayout?) -> [UInt32] {
+                        let o = Tensor([Tq, nH, hd], [Float](repeating: .nan, count: Tq * nH * hd))
+                        be.attentionCached(out: o.data, scores: scores.data, q: q.data, kCache: kc.data, vCache: vc.data,
+                                           keyMask: nil, start: start, Tq: Tq, nH: nH, nKV: nKV, hd: hd, layout: layout)
+                        return o.array.map(\.bitPattern)
+                    }
+                    let want = run(k, v, nil)
+                    XCTAssertEqual(run(kh, vh, head), want, "\(fam) nH \(nH) nKV \(nKV) hd \(hd) start \(start) Tq \(Tq)")
+                    if Tq == 1 {
+                        // Two sequences in one batched call, each in its own layout.
+                        let o1 = Tensor([nH, hd]), o2 = Tensor([nH, hd]), s1 = Tensor([nH, L]), s2 = Tensor([nH, L])
+                        be.attentionCachedBatch([
+                            CachedAttention(out: o1.data, scores: s1.data, q: q.data, kCache: k.data, vCache: v.data, start: start, Tq: 1),
+                            CachedAttention(out: o2.data, scores: s2.data, q: q.data, kCache: kh.data, vCache: vh.data, start: start, Tq: 1,
+                                            layout: head),
+                        ], nH: nH, nKV: nKV, hd: hd)
+                        XCTAssertEqual(o1.array.map(\.bitPattern), want, "\(fam) batched, interleaved")
+                        XCTAssertEqual(o2.array.map(\.bitPattern), want, "\(fam) batched, head-major")
+                    }
+                }
+            }
+        }
+    }
 }

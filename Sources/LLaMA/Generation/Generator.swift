@@ -9,8 +9,12 @@ public final class Generator {
     public let ctx: ExecutionContext
     public let eosIDs: Set<Int32>
 
+    /// Prompt tokens fed per step (the KV cache's step buffers are sized for this many).
+    public let prefillChunk: Int
+
     /// Decodes `model` with `adapters` applied (a weighted stack, or none) on `ctx`.
-    public init(model: LlamaModel, adapters: AdapterSet = .none, ctx: ExecutionContext, eosIDs: Set<Int32>) {
+    public init(model: LlamaModel, adapters: AdapterSet = .none, ctx: ExecutionContext, eosIDs: Set<Int32>, prefillChunk: Int = 512) {
+        self.prefillChunk = max(1, prefillChunk)
         self.model = model
         self.adapters = adapters
         self.ctx = ctx
@@ -38,7 +42,7 @@ public final class Generator {
         if o.numBeams > 1 { return try beamSearch(prompt: prompt, options: o, onToken: onToken, onPrefill: onPrefill) }
         let V = model.config.vocabSize
         let cache = KVCache(model: model, sequences: 1, capacity: prompt.count + o.maxNewTokens,
-                            maxChunk: min(prompt.count, 512), maxRank: adapters.maxRank)
+                            maxChunk: min(prompt.count, prefillChunk), maxRank: adapters.maxRank)
         var rng = RNG(seed: o.seed)
         var seq = prompt
         var out: [Int32] = []
@@ -69,17 +73,15 @@ public final class Generator {
     /// Feeds the prompt as one sequence. With `progress`, in the very chunks `model.step` would
     /// cut a long prompt into (cache.maxRows tokens), so the logits are the same either way.
     func prefill(_ prompt: [Int32], cache: KVCache, progress: ProgressHandler?) throws {
-        guard let progress else {
-            return try model.step(tokens: prompt, sequences: 1, cache: cache, adapters: adapters, ctx: ctx)
-        }
-        let chunk = max(1, cache.maxRows)
-        progress(TaskProgress(task: .prefill, done: 0, total: prompt.count, unit: "tokens"))
+        // Chunks as `step` cuts them, so that progress counts what was computed.
+        let chunk = max(1, cache.maxChunk)
+        progress?(TaskProgress(task: .prefill, done: 0, total: prompt.count, unit: "tokens"))
         var t0 = 0
         while t0 < prompt.count {
             let t1 = min(prompt.count, t0 + chunk)
             try model.step(tokens: Array(prompt[t0..<t1]), sequences: 1, cache: cache, adapters: adapters, ctx: ctx)
             t0 = t1
-            progress(TaskProgress(task: .prefill, done: t0, total: prompt.count, unit: "tokens"))
+            progress?(TaskProgress(task: .prefill, done: t0, total: prompt.count, unit: "tokens"))
         }
     }
 
@@ -90,7 +92,7 @@ public final class Generator {
                     onToken: ((Int32) -> Void)?, onPrefill: ProgressHandler? = nil) throws -> [Int32] {
         let nb = o.numBeams, V = model.config.vocabSize
         let cache = KVCache(model: model, sequences: nb, capacity: prompt.count + o.maxNewTokens,
-                            maxChunk: min(prompt.count, 512), maxRank: adapters.maxRank)
+                            maxChunk: min(prompt.count, prefillChunk), maxRank: adapters.maxRank)
         try prefill(prompt, cache: cache, progress: onPrefill)
         cache.broadcastFirst()
         // Copy the shared prompt logits to every beam row.

@@ -7,12 +7,17 @@ public final class KVCache: @unchecked Sendable {
     public let capacity: Int     // max tokens per sequence
     public private(set) var length: Int = 0
     let kvDim: Int
-    var k: [Tensor]              // per layer [S, capacity, kvDim] (after RoPE)
-    var v: [Tensor]              // per layer [S, capacity, kvDim]
+    let nKV: Int, hd: Int
+    /// Each sequence's block of a layer, [nKV, capacity, hd]: a head's rows contiguous.
+    let layout: KVLayout
+    var k: [Tensor]              // per layer [S, nKV, capacity, hd] (after RoPE)
+    var v: [Tensor]              // per layer [S, nKV, capacity, hd]
     private var spareK: [Tensor]  // for reordering beams without allocating
     private var spareV: [Tensor]
-    // Step buffers for up to maxRows = S * maxChunk rows.
+    // Step buffers for up to maxRows = S * maxChunk rows; at most maxChunk new tokens per
+    // sequence in one step (the attention scratch), even when fewer sequences are fed.
     let maxRows: Int
+    let maxChunk: Int
     let x, xn, q, kNew, vNew, att, gate, up, h, tmp: Tensor
     private(set) var u: Tensor   // [maxRows, maxRank] LoRA intermediate, grown for several adapters
     let lastHidden: Tensor       // [S, C]
@@ -24,11 +29,14 @@ public final class KVCache: @unchecked Sendable {
     public init(model: LlamaModel, sequences S: Int, capacity: Int, maxChunk: Int, maxRank: Int = 0) {
         let c = model.config
         self.S = S; self.capacity = capacity; kvDim = c.kvDim
+        nKV = c.numKeyValueHeads; hd = c.headDim
+        layout = .headMajor(capacity: capacity, hd: c.headDim)
         k = (0..<c.numHiddenLayers).map { _ in Tensor([S, capacity, c.kvDim]) }
         v = (0..<c.numHiddenLayers).map { _ in Tensor([S, capacity, c.kvDim]) }
         spareK = S > 1 ? (0..<c.numHiddenLayers).map { _ in Tensor([S, capacity, c.kvDim]) } : []
         spareV = S > 1 ? (0..<c.numHiddenLayers).map { _ in Tensor([S, capacity, c.kvDim]) } : []
         maxRows = S * maxChunk
+        self.maxChunk = maxChunk
         let M = maxRows, C = c.hiddenSize, I = c.intermediateSize
         x = Tensor([M, C]); xn = Tensor([M, C]); q = Tensor([M, c.qDim])
         kNew = Tensor([M, c.kvDim]); vNew = Tensor([M, c.kvDim]); att = Tensor([M, c.qDim])
@@ -55,11 +63,10 @@ public final class KVCache: @unchecked Sendable {
     public func reorder(_ source: [Int]) {
         precondition(source.count == S)
         if source == Array(0..<S) { return }
-        let n = length * kvDim
         for l in 0..<k.count {
             for (i, s) in source.enumerated() {
-                spareK[l].data.advanced(by: i * capacity * kvDim).update(from: k[l].data + s * capacity * kvDim, count: n)
-                spareV[l].data.advanced(by: i * capacity * kvDim).update(from: v[l].data + s * capacity * kvDim, count: n)
+                layout.copyRows(length, from: k[l].data + s * capacity * kvDim, to: spareK[l].data + i * capacity * kvDim, layout: layout, nKV: nKV, hd: hd)
+                layout.copyRows(length, from: v[l].data + s * capacity * kvDim, to: spareV[l].data + i * capacity * kvDim, layout: layout, nKV: nKV, hd: hd)
             }
         }
         swap(&k, &spareK)
@@ -68,11 +75,10 @@ public final class KVCache: @unchecked Sendable {
 
     /// Copies sequence 0's cache to all others (after a shared prompt prefill).
     public func broadcastFirst() {
-        let n = length * kvDim
         for l in 0..<k.count {
             for i in 1..<S {
-                (k[l].data + i * capacity * kvDim).update(from: k[l].data, count: n)
-                (v[l].data + i * capacity * kvDim).update(from: v[l].data, count: n)
+                layout.copyRows(length, from: k[l].data, to: k[l].data + i * capacity * kvDim, layout: layout, nKV: nKV, hd: hd)
+                layout.copyRows(length, from: v[l].data, to: v[l].data + i * capacity * kvDim, layout: layout, nKV: nKV, hd: hd)
             }
         }
     }

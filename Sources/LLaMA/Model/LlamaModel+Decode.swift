@@ -24,8 +24,10 @@ extension LlamaModel {
         let start = cache.length
         guard start + Tq <= cache.capacity else { throw DecodeError.tooLong(needed: start + Tq, capacity: cache.capacity) }
         guard start + Tq <= rope.maxT else { throw DecodeError.tooLong(needed: start + Tq, capacity: rope.maxT) }
-        // Long prompts are fed in chunks of the buffers' size.
-        let chunk = cache.maxRows / S
+        // Long prompts are fed in chunks of the buffers' size: maxChunk tokens per sequence,
+        // also when fewer sequences than the cache holds are fed (beam search's shared prompt
+        // once went in whole, past the attention scratch: a crash past 512 prompt tokens).
+        let chunk = min(cache.maxChunk, cache.maxRows / S)
         if Tq > chunk {
             var t0 = 0
             while t0 < Tq {
@@ -37,6 +39,7 @@ extension LlamaModel {
             }
             return
         }
+        precondition(Tq <= cache.maxChunk, "a step of \(Tq) tokens per sequence; the cache holds \(cache.maxChunk)")
         precondition(adapters.maxRank <= cache.u.shape[1], "KVCache sized for rank \(cache.u.shape[1]), adapters have \(adapters.maxRank)")
         let be = ctx.backend, prof = ctx.profile
         func project(_ lin: Linear, _ l: Int, _ p: Projection, y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>) {
@@ -94,9 +97,9 @@ extension LlamaModel {
         decodeRows(tokens, buffers: cache, lastRows: (0..<S).map { $0 * Tq + Tq - 1 }, ctx: ctx, shared: shared, project: project) { l in
             // Append the new keys and values to each sequence's cache.
             for s in 0..<S {
-                let dst = (start) * c.kvDim + s * cache.capacity * c.kvDim
-                (cache.k[l].data + dst).update(from: cache.kNew.data + s * Tq * c.kvDim, count: Tq * c.kvDim)
-                (cache.v[l].data + dst).update(from: cache.vNew.data + s * Tq * c.kvDim, count: Tq * c.kvDim)
+                let base = s * cache.capacity * c.kvDim
+                cache.layout.store(cache.kNew.data + s * Tq * c.kvDim, rows: Tq, at: start, into: cache.k[l].data + base, nKV: cache.nKV, hd: cache.hd)
+                cache.layout.store(cache.vNew.data + s * Tq * c.kvDim, rows: Tq, at: start, into: cache.v[l].data + base, nKV: cache.nKV, hd: cache.hd)
             }
             prof.time(.attention) { cachedAttention(be, cache: cache, layer: l, S: S, Tq: Tq, start: start) }
         }
@@ -159,7 +162,7 @@ extension LlamaModel {
                                     kCache: cache.k[l].data + s * cache.capacity * c.kvDim,
                                     vCache: cache.v[l].data + s * cache.capacity * c.kvDim,
                                     keyMask: nil, start: start, Tq: Tq,
-                                    nH: c.numAttentionHeads, nKV: c.numKeyValueHeads, hd: c.headDim)
+                                    nH: c.numAttentionHeads, nKV: c.numKeyValueHeads, hd: c.headDim, layout: cache.layout)
         }
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Tensor
 
 /// The KV rows of recent prompts, kept after their requests move on, so that a request whose
 /// prompt starts like an earlier one with the same adapters copies those rows into its slot
@@ -20,7 +21,7 @@ public final class PromptCache {
     private final class Entry {
         let key: String
         let tokens: [Int32]
-        let data: UnsafeMutablePointer<Float>   // [layers][2][tokens][kvDim]
+        let data: UnsafeMutablePointer<Float>   // [layers][2][nKV][tokens][hd]
         let count: Int
         var lastUse: Int
         init(key: String, tokens: [Int32], floats: Int, lastUse: Int) {
@@ -62,11 +63,11 @@ public final class PromptCache {
         precondition(cache.lengths[slot] == 0 && n <= cache.capacity)
         clock += 1
         e.lastUse = clock
-        let kv = cache.kvDim, T = e.tokens.count
+        let kv = cache.kvDim, T = e.tokens.count, own = KVLayout.headMajor(capacity: T, hd: cache.hd)
         for l in 0..<cache.k.count {
             let src = e.data + l * 2 * T * kv, base = slot * cache.capacity * kv
-            (cache.k[l].data + base).update(from: src, count: n * kv)
-            (cache.v[l].data + base).update(from: src + T * kv, count: n * kv)
+            own.copyRows(n, from: src, to: cache.k[l].data + base, layout: cache.layout, nKV: cache.nKV, hd: cache.hd)
+            own.copyRows(n, from: src + T * kv, to: cache.v[l].data + base, layout: cache.layout, nKV: cache.nKV, hd: cache.hd)
         }
         cache.advance(slot: slot, by: n)
         return n
@@ -95,11 +96,11 @@ public final class PromptCache {
             entries.remove(at: i)
         }
         let e = Entry(key: key, tokens: tokens, floats: floats, lastUse: clock)
-        let kv = cache.kvDim
+        let kv = cache.kvDim, own = KVLayout.headMajor(capacity: n, hd: cache.hd)
         for l in 0..<cache.k.count {
             let dst = e.data + l * 2 * n * kv, base = slot * cache.capacity * kv
-            dst.update(from: cache.k[l].data + base, count: n * kv)
-            (dst + n * kv).update(from: cache.v[l].data + base, count: n * kv)
+            cache.layout.copyRows(n, from: cache.k[l].data + base, to: dst, layout: own, nKV: cache.nKV, hd: cache.hd)
+            cache.layout.copyRows(n, from: cache.v[l].data + base, to: dst + n * kv, layout: own, nKV: cache.nKV, hd: cache.hd)
         }
         entries.append(e)
         bytes += need

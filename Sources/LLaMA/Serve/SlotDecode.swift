@@ -10,8 +10,11 @@ public final class SlotCache: @unchecked Sendable {
     public let maxRows: Int         // max new tokens over all slots in one step
     public private(set) var lengths: [Int]
     let kvDim: Int
-    var k: [Tensor]                 // per layer [slots, capacity, kvDim] (after RoPE)
-    var v: [Tensor]                 // per layer [slots, capacity, kvDim]
+    let nKV: Int, hd: Int
+    /// Each slot's block of a layer, [nKV, capacity, hd]: a head's rows contiguous.
+    public let layout: KVLayout
+    var k: [Tensor]                 // per layer [slots, nKV, capacity, hd] (after RoPE)
+    var v: [Tensor]                 // per layer [slots, nKV, capacity, hd]
     let x, xn, q, kNew, vNew, att, gate, up, h, tmp: Tensor   // [maxRows, ...]
     private(set) var u: Tensor      // [maxRows, rank] LoRA intermediate, grown for larger ranks
     let lastHidden: Tensor          // [slots, C]
@@ -24,6 +27,8 @@ public final class SlotCache: @unchecked Sendable {
         let c = model.config
         precondition(slots >= 1 && capacity >= 1 && maxRows >= slots)
         self.slots = slots; self.capacity = capacity; self.maxRows = maxRows; kvDim = c.kvDim
+        nKV = c.numKeyValueHeads; hd = c.headDim
+        layout = .headMajor(capacity: capacity, hd: c.headDim)
         lengths = Array(repeating: 0, count: slots)
         k = (0..<c.numHiddenLayers).map { _ in Tensor([slots, capacity, c.kvDim]) }
         v = (0..<c.numHiddenLayers).map { _ in Tensor([slots, capacity, c.kvDim]) }
@@ -190,13 +195,14 @@ extension LlamaModel {
             for (i, it) in items.enumerated() {
                 let n = it.tokens.count, start = cache.lengths[it.slot], r0 = offsets[i]
                 let base = it.slot * cache.capacity * kvDim
-                (cache.k[l].data + base + start * kvDim).update(from: cache.kNew.data + r0 * kvDim, count: n * kvDim)
-                (cache.v[l].data + base + start * kvDim).update(from: cache.vNew.data + r0 * kvDim, count: n * kvDim)
+                cache.layout.store(cache.kNew.data + r0 * kvDim, rows: n, at: start, into: cache.k[l].data + base, nKV: cache.nKV, hd: cache.hd)
+                cache.layout.store(cache.vNew.data + r0 * kvDim, rows: n, at: start, into: cache.v[l].data + base, nKV: cache.nKV, hd: cache.hd)
                 // Scratch: the item's own rows of scores ([nH, n, capacity] fits in rows
                 // r0 * nH ..< (r0 + n) * nH of [nH * maxRows, capacity]).
                 batch.append(CachedAttention(out: cache.att.data + r0 * c.qDim, scores: cache.scores.data + r0 * nH * cache.capacity,
                                              q: cache.q.data + r0 * c.qDim,
-                                             kCache: cache.k[l].data + base, vCache: cache.v[l].data + base, start: start, Tq: n))
+                                             kCache: cache.k[l].data + base, vCache: cache.v[l].data + base, start: start, Tq: n,
+                                             layout: cache.layout))
             }
             ctx.profile.time(.attention) { be.attentionCachedBatch(batch, nH: nH, nKV: c.numKeyValueHeads, hd: c.headDim) }
         }
