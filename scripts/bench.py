@@ -15,6 +15,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import atexit as _atexit
+import shutil as _shutil
+# Every temporary file of a run (finetune outputs, data, the peak probe) under one folder that
+# goes when the script exits, so repeated runs leave nothing in /tmp.
+RUN_TMP = tempfile.mkdtemp(prefix="lora-bench-run-")
+_atexit.register(_shutil.rmtree, RUN_TMP, True)
 
 MODEL = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 LORA = ".build/release/lora"
@@ -30,7 +36,7 @@ def timed(cmd, env=None):
 
 
 def lora_train(data, steps, load8bit, cutoff=256, quantization=None):
-    out = tempfile.mkdtemp(prefix="lora-bench-")
+    out = tempfile.mkdtemp(prefix="lora-bench-", dir=RUN_TMP)
     _, err, rss = timed([LORA, "finetune", "--base-model", MODEL, "--data-path", data, "--output-dir", out,
                          "--cutoff-len", str(cutoff), "--micro-batch-size", "4", "--batch-size", "4", "--max-steps", str(steps),
                          "--val-set-size", "0", "--lora-r", "8", "--lora-alpha", "16", "--lora-dropout", "0.05",
@@ -91,7 +97,7 @@ def train_flops_per_token(T=256):
 
 
 def fma_peak():
-    exe = os.path.join(tempfile.mkdtemp(prefix="lora-fma-"), "fma_peak")
+    exe = os.path.join(tempfile.mkdtemp(prefix="lora-fma-", dir=RUN_TMP), "fma_peak")
     subprocess.run(["cc", "-O2", "-pthread", "scripts/fma_peak.c", "-o", exe], check=True)
     out = subprocess.run([exe], capture_output=True, text=True).stdout.strip()
     if "512-bit" in out:   # the AVX2 family's ceiling on the same CPU, for comparison
@@ -111,7 +117,7 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     a = ap.parse_args()
     py = sys.executable
-    data = os.path.join(tempfile.mkdtemp(prefix="lora-bench-data-"), "bench.json")
+    data = os.path.join(tempfile.mkdtemp(prefix="lora-bench-data-", dir=RUN_TMP), "bench.json")
     subprocess.run([py, "scripts/bench_data.py", data, str(4 * (a.steps + 2))], check=True)
     info = subprocess.run([LORA, "info"], capture_output=True, text=True).stdout.strip()
     print(info + "\n", file=sys.stderr)

@@ -25,6 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import atexit as _atexit
+import shutil as _shutil
+# Every temporary file of a run (finetune outputs, data, the peak probe) under one folder that
+# goes when the script exits, so repeated runs leave nothing in /tmp.
+RUN_TMP = tempfile.mkdtemp(prefix="lora-bench-run-")
+_atexit.register(_shutil.rmtree, RUN_TMP, True)
 
 LORA = os.environ.get("LORA", ".build/release/lora")
 PROMPT = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -122,7 +128,7 @@ def train_data(path, n, words):
 
 
 def lora_finetune(model, quantization, data, mb, cutoff, ckpt, steps, extra=()):
-    out = tempfile.mkdtemp(prefix="lora-big-")
+    out = tempfile.mkdtemp(prefix="lora-big-", dir=RUN_TMP)
     cmd = [LORA, "finetune", "--base-model", model, "--quantization", quantization, "--data-path", data,
            "--output-dir", out, "--cutoff-len", str(cutoff), "--micro-batch-size", str(mb), "--batch-size", str(mb),
            "--max-steps", str(steps), "--val-set-size", "0", "--lora-r", "16", "--lora-alpha", "32",
@@ -146,7 +152,7 @@ def lora_finetune(model, quantization, data, mb, cutoff, ckpt, steps, extra=()):
 
 def finetune(d, meta, runs):
     q4 = os.path.join(d, "q4_0.gguf")
-    data = os.path.join(tempfile.mkdtemp(prefix="lora-big-data-"), "train.json")
+    data = os.path.join(tempfile.mkdtemp(prefix="lora-big-data-", dir=RUN_TMP), "train.json")
     train_data(data, 16, 600)
     print(f"\n== finetune on {meta['shape']} Q4_0 (stored), r 16 on q_proj,v_proj, cutoff 512, 1 step of 1 micro-batch")
     for mb, ckpt in runs:
@@ -165,7 +171,7 @@ def scaling():
     if not os.path.exists(SMOLLM):
         print(f"\n== scaling: {SMOLLM} missing (scripts/setup.sh fetches it); skipped")
         return
-    data = os.path.join(tempfile.mkdtemp(prefix="lora-big-data-"), "long.json")
+    data = os.path.join(tempfile.mkdtemp(prefix="lora-big-data-", dir=RUN_TMP), "long.json")
     train_data(data, 8, 3000)   # ~3500 tokens each with SmolLM2's tokenizer: cut at every T below
     print(f"\n== scaling: {SMOLLM} (stored), micro-batch 1, 2 steps, time per trained token")
     rows = []

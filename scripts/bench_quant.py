@@ -10,6 +10,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import atexit as _atexit
+import shutil as _shutil
+# Every temporary file of a run (finetune outputs, data, the peak probe) under one folder that
+# goes when the script exits, so repeated runs leave nothing in /tmp.
+RUN_TMP = tempfile.mkdtemp(prefix="lora-bench-run-")
+_atexit.register(_shutil.rmtree, RUN_TMP, True)
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench import LORA, lora_generate, lora_train  # noqa: E402
@@ -20,7 +26,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=5)
     a = ap.parse_args()
-    data = os.path.join(tempfile.mkdtemp(prefix="lora-bench-data-"), "bench.json")
+    data = os.path.join(tempfile.mkdtemp(prefix="lora-bench-data-", dir=RUN_TMP), "bench.json")
     subprocess.run([sys.executable, "scripts/bench_data.py", data, str(4 * (a.steps + 2))], check=True)
     print(subprocess.run([LORA, "info"], capture_output=True, text=True).stdout.strip(), file=sys.stderr)
     peers = []

@@ -36,7 +36,7 @@ nothing is installed when the server module already imports. `--setup-llama` alo
       --adapter c50=runs/quickstart/checkpoint-50 \
       --merged-gguf /tmp/merged.gguf --llama-python ~/.cache/lora/venv-bench/bin/python
 """
-import argparse, json, os, re, signal, subprocess, sys, tempfile, threading, time, urllib.request
+import argparse, atexit, json, os, re, signal, subprocess, sys, tempfile, threading, time, urllib.request
 
 PROMPTS = [
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
@@ -223,7 +223,9 @@ def main():
     names = [s.split("=", 1)[0] for s in o.adapter]
     if len(names) not in (3, 4):
         sys.exit("give 3 adapters (a mix of the first two is the 4th) or 4")
-    log = tempfile.mktemp(suffix=".log")
+    fd, log = tempfile.mkstemp(prefix="lora-load-test-", suffix=".log")  # the servers' output; removed at exit
+    os.close(fd)
+    atexit.register(lambda: os.path.exists(log) and os.remove(log))
     cmd = [o.lora, "serve", "--port", "0", "--base-model", o.base_model, "--quantization", o.quantization,
            "--max-batch", str(o.clients), "--threads", str(o.threads)]
     for s in o.adapter:

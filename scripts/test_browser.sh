@@ -22,11 +22,14 @@ if ! "$VENV/bin/python" -c "import selenium" 2>/dev/null; then
 fi
 
 F=Tests/Fixtures
-LOG=$(mktemp); SHOT=${SHOT:-$(mktemp --suffix .png)}
+# The server's log, Chromium's profile and (unless SHOT names a file to keep) the screenshot
+# live in one folder that goes when the script exits.
+WORK=$(mktemp -d /tmp/lora-browser.XXXXXX)
+LOG=$WORK/serve.log; SHOT=${SHOT:-$WORK/page.png}
 "$LORA" serve --port 0 --base-model $F/tiny-mha --chat-template chatml \
   --adapter a=$F/merge/tiny-mha-a.adapter --adapter b=$F/merge/tiny-mha-b.adapter 2>"$LOG" &
 PID=$!
-trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -f "$LOG"' EXIT
+trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 PORT=""
 for _ in $(seq 1 600); do
   PORT=$(sed -n 's/.*listening on http:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$LOG" | head -1)
@@ -36,14 +39,14 @@ for _ in $(seq 1 600); do
 done
 [ -n "$PORT" ] || { echo "test_browser: server did not start" >&2; cat "$LOG" >&2; exit 1; }
 
-"$VENV/bin/python" - "$PORT" "$SHOT" <<'EOF'
+"$VENV/bin/python" - "$PORT" "$SHOT" "$WORK/chromium" <<'EOF'
 import json, sys, time, urllib.request
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-port, shot = sys.argv[1], sys.argv[2]
+port, shot, profile = sys.argv[1], sys.argv[2], sys.argv[3]
 base = f"http://127.0.0.1:{port}"
 # What the API answers for the same chat, to compare with what the page shows.
 def api(model):
@@ -54,7 +57,8 @@ def api(model):
 
 opts = webdriver.ChromeOptions()
 opts.binary_location = "/usr/bin/chromium"
-for a in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,800"]:
+for a in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,800",
+          f"--user-data-dir={profile}"]:
     opts.add_argument(a)
 d = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
 try:

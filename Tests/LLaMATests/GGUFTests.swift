@@ -592,4 +592,9 @@ struct GGUFBytes {
 
 /// Temporary files written by GGUFBytes.write, removed by GGUFTests.tearDown.
 nonisolated(unsafe) var ggufTemporaryFiles: [URL] = []
-private func addTeardownRemoval(_ url: URL) { ggufTemporaryFiles.append(url) }
+/// Files written by `GGUFBytes.write()`: GGUFTests removes them after each test; those other
+/// classes write (GGUFKQuantTests) go when the test process exits.
+private let removeAtExit: Void = {
+    atexit { for u in ggufTemporaryFiles { try? FileManager.default.removeItem(at: u) } }
+}()
+private func addTeardownRemoval(_ url: URL) { _ = removeAtExit; ggufTemporaryFiles.append(url) }
