@@ -245,8 +245,8 @@ public enum Attention {
     public static func forwardCached(pool: WorkerPool, vectorKernels fam: Int32, out: UnsafeMutablePointer<Float>,    // [Tq, nH, hd]
                                      scores: UnsafeMutablePointer<Float>, // [nH, Tq, start + Tq], scratch
                                      q: UnsafePointer<Float>,             // [Tq, nH, hd]
-                                     kCache: UnsafePointer<Float>,        // [maxT, nKV, hd], rows 0..<start+Tq used
-                                     vCache: UnsafePointer<Float>,        // [maxT, nKV, hd]
+                                     kCache: UnsafePointer<Float>,        // [maxT, nKV, hd] (or as `layout` says), rows 0..<start+Tq used
+                                     vCache: UnsafePointer<Float>,        // as kCache
                                      keyMask: UnsafePointer<Float>?,      // [start + Tq]; nil = all tokens
                                      start: Int, Tq: Int, nH: Int, nKV: Int, hd: Int, layout: KVLayout? = nil) {
         precondition(nKV > 0 && nH % nKV == 0, "nH (\(nH)) must be a multiple of nKV (\(nKV))")

@@ -30,8 +30,8 @@ public final class SlotCache: @unchecked Sendable {
         nKV = c.numKeyValueHeads; hd = c.headDim
         layout = .headMajor(capacity: capacity, hd: c.headDim)
         lengths = Array(repeating: 0, count: slots)
-        k = (0..<c.numHiddenLayers).map { _ in Tensor([slots, capacity, c.kvDim]) }
-        v = (0..<c.numHiddenLayers).map { _ in Tensor([slots, capacity, c.kvDim]) }
+        k = (0..<c.numHiddenLayers).map { _ in Tensor([slots, c.numKeyValueHeads, capacity, c.headDim]) }
+        v = (0..<c.numHiddenLayers).map { _ in Tensor([slots, c.numKeyValueHeads, capacity, c.headDim]) }
         let M = maxRows, C = c.hiddenSize, I = c.intermediateSize
         x = Tensor([M, C]); xn = Tensor([M, C]); q = Tensor([M, c.qDim])
         kNew = Tensor([M, c.kvDim]); vNew = Tensor([M, c.kvDim]); att = Tensor([M, c.qDim])
