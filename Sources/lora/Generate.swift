@@ -35,8 +35,9 @@ struct Generate: ParsableCommand {
     @Flag(help: "Read one instruction per line from standard input; Ctrl-D exits.")
     var interactive = false
 
-    @Option(name: .customLong("num-beams"), help: "Beams for beam search (1 = greedy or sampling).")
-    var numBeams = GenerationOptions().numBeams
+    @Option(name: .customLong("num-beams"),
+            help: "Beams for beam search (1 = greedy or sampling; default \(GenerationOptions().numBeams) as alpaca-lora's, 1 with --do-sample).")
+    var numBeams: Int?
 
     @Option(name: .customLong("max-new-tokens"), help: "Most new tokens to generate.")
     var maxNewTokens = GenerationOptions().maxNewTokens
@@ -50,7 +51,7 @@ struct Generate: ParsableCommand {
     @Flag(help: "Print the wall time of each op (projections, attention, ...) to stderr.")
     var profile = false
 
-    @Flag(name: .customLong("do-sample"), help: "Sample instead of greedy/beam decoding (needs --num-beams 1).")
+    @Flag(name: .customLong("do-sample"), help: "Sample instead of greedy/beam decoding (one beam: --num-beams then defaults to 1).")
     var doSample = false
 
     @Option(help: "Sampling temperature.")
@@ -86,7 +87,8 @@ struct Generate: ParsableCommand {
 
     var options: GenerationOptions {
         var o = GenerationOptions()
-        o.numBeams = numBeams; o.maxNewTokens = maxNewTokens; o.minNewTokens = minNewTokens; o.doSample = doSample
+        // --do-sample alone samples (one beam); an explicit --num-beams above 1 with it stays an error.
+        o.numBeams = numBeams ?? (doSample ? 1 : o.numBeams); o.maxNewTokens = maxNewTokens; o.minNewTokens = minNewTokens; o.doSample = doSample
         o.temperature = temperature; o.topP = topP; o.topK = topK
         o.repetitionPenalty = repetitionPenalty; o.seed = seed
         return o

@@ -54,6 +54,21 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(j["ids"], p1["input_ids"])
     }
 
+    /// --do-sample alone samples with one beam (the default of 4 beams would refuse it), seeded;
+    /// an explicit --num-beams above 1 with it is still refused.
+    func testDoSampleAloneSamples() throws {
+        let model = Self.fixtures.appendingPathComponent("tiny-gqa").path
+        let base = ["generate", "--base-model", model, "--prompt", "Once upon a time", "--prompt-template", "none", "--max-new-tokens", "6",
+                    "--do-sample", "--temperature", "1", "--top-p", "1", "--quiet"]
+        let a = try lora(base + ["--seed", "3"]), b = try lora(base + ["--seed", "3"])
+        XCTAssertEqual(a.status, 0, a.stderr)
+        XCTAssertEqual(a.stdout, b.stdout, "same seed, same text")
+        XCTAssertFalse(a.stdout.isEmpty)
+        let beams = try lora(base + ["--num-beams", "2"])
+        XCTAssertEqual(beams.status, 1)
+        XCTAssert(beams.stderr.contains("num_beams = 2"), beams.stderr)
+    }
+
     func testErrorsAreOneLineWithExitCode1() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lora-cli-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
