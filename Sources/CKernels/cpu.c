@@ -3,6 +3,9 @@
 #include <sched.h>
 #endif
 #include <unistd.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include "CKernels.h"
 // CPU feature detection; kernels pick their path from it at run time.
 int lora_cpu_has_avx512f(void) {
@@ -28,4 +31,13 @@ int lora_cpu_count(void) {
 #endif
     const long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
+}
+
+/// Returns freed heap pages to the system (glibc's malloc_trim), e.g. after a load that copied
+/// its weights elsewhere; large frees below glibc's dynamic mmap threshold otherwise stay in the
+/// process's resident set.
+void lora_release_free_memory(void) {
+#if defined(__GLIBC__)
+    malloc_trim(0);
+#endif
 }

@@ -73,13 +73,19 @@ final class ForwardParityTests: XCTestCase {
 
     /// A model loaded for decoding only (generate, serve) makes the decoding head from the
     /// checkpoint's lm_head at load and keeps no f32 copy: the same head bytes, so the same
-    /// logits bit for bit, and the f32 head's bytes fewer (tiny-mha is untied).
+    /// logits bit for bit, and the f32 head's bytes fewer (tiny-mha is untied). Its weights
+    /// and head sit in the huge-page arena; a training load's do not.
     func testDecodingOnlyLoadKeepsNoF32HeadAndDecodesTheSame() throws {
-        for q in [Quantization.int8, .none] {
+        for q in [Quantization.int8, .llm_int8, .bf16, .none] {
             let ck = try SafeTensorsCheckpoint(folder: Fixtures.model("tiny-mha"))
             let train = try LlamaModel(checkpoint: ck, quantization: q, pool: testPool)
             let dec = try LlamaModel(checkpoint: ck, quantization: q, pool: testPool, purpose: .decoding)
             let c = train.config
+            for p in Projection.allCases {
+                XCTAssertTrue(dec.blocks[1].linear(p).weight.inArena, "\(q) \(p)")
+                XCTAssertFalse(train.blocks[1].linear(p).weight.inArena, "\(q) \(p)")
+            }
+            XCTAssertTrue(dec.decodeHead.inArena, "\(q) head")
             XCTAssertFalse(c.tieWordEmbeddings)
             XCTAssertEqual(dec.weightBytes, train.weightBytes - c.vocabSize * c.hiddenSize * 4 + dec.decodeHead.byteCount, "\(q): no f32 head")
             let ids: [Int32] = [1, 295, 268, 267, 270, 418, 262, 261, 312]

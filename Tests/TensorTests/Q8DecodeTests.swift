@@ -437,4 +437,40 @@ final class Q8DecodeTests: XCTestCase {
         }
         XCTAssertNil(firstChunk, "the chunk is freed with its weights and the arena")
     }
+
+    /// `WeightArena.place` copies f32, bf16 and int8-rows weights (bytes and per-row scales)
+    /// into the arena: the same dequantized rows and the same products in every family; a
+    /// format it cannot copy (NF4's blocks) comes back as it is.
+    func testPlacedWeightsKeepTheirBytesAndProducts() throws {
+        var rng = RNG(seed: 17)
+        let arena = WeightArena(chunkBytes: 1)
+        let (N, K, M) = (40, 96, 3)
+        let wf = Tensor([N, K]), x = Tensor([M, K])
+        for i in 0..<wf.count { wf.data[i] = 0.1 * rng.normal() }
+        for i in 0..<x.count { x.data[i] = rng.normal() }
+        for f in [WeightFormats.f32, WeightFormats.bf16, WeightFormats.int8, WeightFormats.llmInt8] {
+            let w = Weight.make(f, from: wf, pool: testPool)
+            let p = arena.place(w)
+            XCTAssertTrue(p.inArena, f.name)
+            XCTAssertFalse(w.inArena, f.name)
+            XCTAssertEqual(p.format.name, f.name)
+            XCTAssertEqual(Int(bitPattern: p.data) % 64, 0, "\(f.name): 64-byte aligned")
+            let (dp, dw) = (p.dense(), w.dense())
+            XCTAssertEqual((0..<dp.count).filter { dp.data[$0].bitPattern != dw.data[$0].bitPattern }.count, 0, "\(f.name): rows")
+            if let sp = p.scales, let sw = w.scales {
+                XCTAssertEqual((0..<N).filter { sp[$0] != sw[$0] }.count, 0, "\(f.name): scales")
+                XCTAssertNotEqual(sp, sw, "\(f.name): scales copied")
+            }
+            XCTAssertEqual(p.scales == nil, w.scales == nil, f.name)
+            for family in KernelFamily.available {
+                let be = CPUBackend(family: family, pool: testPool)
+                let ya = Tensor([M, N]), yb = Tensor([M, N])
+                be.matmulDecoding(y: ya.data, x: x.data, w: w, M: M, scratch: MatmulScratch())
+                be.matmulDecoding(y: yb.data, x: x.data, w: p, M: M, scratch: MatmulScratch())
+                XCTAssertEqual((0..<ya.count).filter { ya.data[$0].bitPattern != yb.data[$0].bitPattern }.count, 0, "\(f.name) \(family)")
+            }
+        }
+        let nf4 = Weight.make(WeightFormats.nf4, from: Tensor([64, 64]), pool: testPool)
+        XCTAssertTrue(arena.place(nf4) === nf4, "nf4 is not copied")
+    }
 }

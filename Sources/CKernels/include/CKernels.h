@@ -5,6 +5,8 @@
 int lora_cpu_has_avx512f(void);
 /// CPUs this process may run on (affinity mask on Linux).
 int lora_cpu_count(void);
+/// Hands freed heap pages back to the system (malloc_trim on glibc; nothing elsewhere).
+void lora_release_free_memory(void);
 
 // ---- AVX-512 GEMM against a frozen weight W [N, K] (gemm_avx512.c) ----------------------
 // All matrices row-major f32 with explicit row strides (in elements). Int8 weights are rows

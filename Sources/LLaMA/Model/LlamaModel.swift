@@ -116,8 +116,10 @@ public final class LlamaModel: @unchecked Sendable {
     public var decodeHead: Weight {
         headLock.lock(); defer { headLock.unlock() }
         if let h = _decodeHead { return h }
+        // An f32 head tied to the embedding is that tensor itself: a copy would double it.
+        let shared = lmHead === embed && quantization.decodeHeadFormat is F32Format
         let h = Self.makeDecodeHead(from: lmHead, quantization: quantization, hiddenSize: config.hiddenSize,
-                                    arena: groupsDecodeWeights ? WeightArena() : nil)
+                                    arena: groupsDecodeWeights && !shared ? WeightArena() : nil)
         _decodeHead = h
         return h
     }
@@ -128,7 +130,17 @@ public final class LlamaModel: @unchecked Sendable {
         var f = quantization.decodeHeadFormat
         if f is GGUFBlockFormat, hiddenSize % GGUFBlockFormat.blockSize != 0 { f = WeightFormats.int8 }
         let w = Weight.make(f, from: head, pool: .allCores)
-        return arena.map { GroupedBlockFormat.grouped(w, arena: $0) } ?? w
+        guard let arena else { return w }
+        let p = placed(w, in: arena)
+        if p !== w { WeightArena.releaseFreedMemory() }   // `w`'s storage, freed on return
+        return p
+    }
+
+    /// A decoding weight in `arena` (huge pages): GGUF blocks regrouped into the integer GEMV's
+    /// layout, other formats copied as they are where they can be.
+    static func placed(_ w: Weight, in arena: WeightArena) -> Weight {
+        let g = GroupedBlockFormat.grouped(w, arena: arena)
+        return g === w ? arena.place(w) : g
     }
     /// A model loaded for decoding only keeps its Q8_0 / Q4_0 / Q4_1 weights (and decoding
     /// head) in `GroupedBlockFormat`, the integer decoding GEMV's own layout.
@@ -183,10 +195,12 @@ public final class LlamaModel: @unchecked Sendable {
         func linear(_ name: String, _ out: Int, _ inF: Int) throws -> Linear {
             defer { loaded(out * inF) }
             // Decoding only: the integer GEMV's grouped layout, made as each weight loads.
-            let layout = { (w: Weight) in arena.map { GroupedBlockFormat.grouped(w, arena: $0) } ?? w }
             if let w = try ck.storedWeight(name, shape: [out, inF], format: quantization == .stored ? nil : quantization.format) {
-                return Linear(layout(w))
+                // A file's own bytes stay mapped unless regrouped (a copy would be resident
+                // twice: the file's pages and the arena's).
+                return Linear(arena.map { GroupedBlockFormat.grouped(w, arena: $0) } ?? w)
             }
+            let layout = { (w: Weight) in arena.map { Self.placed(w, in: $0) } ?? w }
             if quantization.format is GGUFBlockFormat, inF % GGUFBlockFormat.blockSize != 0 {
                 throw CheckpointError.unsupported(file: ck.source, what: "quantization \(quantization.rawValue) for \(name): rows of \(inF) values are not whole blocks of 32")
             }
@@ -205,6 +219,9 @@ public final class LlamaModel: @unchecked Sendable {
                 gate: try linear(p + "mlp.gate_proj.weight", I, C),
                 up: try linear(p + "mlp.up_proj.weight", I, C),
                 down: try linear(p + "mlp.down_proj.weight", C, I)))
+            // The weights placed in the arena freed their first storage: hand those pages back
+            // as we go, so the copies never add up to a second model.
+            if arena != nil { WeightArena.releaseFreedMemory() }
         }
         let norm = try ck.tensor("model.norm.weight", shape: [C])
         loaded(C)

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import CKernels
 
 /// Storage for many weights in a few large chunks, backed by 2 MB pages where the kernel allows
 /// (Linux: `madvise(MADV_HUGEPAGE)`, honoured when transparent huge pages are `always` or
@@ -57,5 +58,33 @@ public final class WeightArena: @unchecked Sendable {
         // A chunk left with more room than a fresh one keeps serving small weights.
         if current == nil || c.size - need >= current!.size - current!.used { current = c }
         return (c.base, c)
+    }
+
+    /// Hands freed heap pages back to the system: after `place` the first copies are freed,
+    /// and glibc keeps large frees below its (rising) mmap threshold resident.
+    public static func releaseFreedMemory() { lora_release_free_memory() }
+
+    /// `w`'s bytes copied into the arena (huge pages), for formats whose bytes are one block
+    /// (f32, bf16) or one block and per-row scales (int8 rows); any other weight is returned
+    /// as it is. The copy has the same bytes, so the same products.
+    public func place(_ w: Weight) -> Weight {
+        let scaleCount: Int
+        if w.scales == nil, w.format is F32Format || w.format is BF16Format {
+            scaleCount = 0
+        } else if w.format is Int8RowsFormat, w.scales != nil {
+            scaleCount = w.rows
+        } else {
+            return w
+        }
+        let dataBytes = w.byteCount - scaleCount * 4
+        let (p, owner) = carve(dataBytes + scaleCount * 4 + 64)
+        p.copyMemory(from: w.data, byteCount: dataBytes)
+        var scales: UnsafePointer<Float>? = nil
+        if let src = w.scales {
+            let s = (p + (dataBytes + 63) / 64 * 64).assumingMemoryBound(to: Float.self)
+            s.update(from: src, count: scaleCount)
+            scales = UnsafePointer(s)
+        }
+        return Weight(format: w.format, rows: w.rows, cols: w.cols, data: UnsafeRawPointer(p), scales: scales, owner: owner)
     }
 }

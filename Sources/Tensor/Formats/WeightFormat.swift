@@ -69,6 +69,9 @@ public final class Weight: @unchecked Sendable {
         self.data = data; self.scales = scales; self.owner = owner
     }
 
+    /// Whether the bytes live in a `WeightArena` (huge pages where the kernel allows).
+    public var inArena: Bool { owner is WeightArena.Chunk }
+
     public var outFeatures: Int { rows }
     public var inFeatures: Int { cols }
     public var byteCount: Int { format.byteCount(rows: rows, cols: cols) }
