@@ -232,4 +232,31 @@ final class DecodeStepTests: XCTestCase {
             }
         }
     }
+
+    /// The spinning workers' tasks of a small-M product: contiguous 16-row-aligned ranges that
+    /// cover every row once, at least one per worker (where there are enough rows), at most 8
+    /// per worker, and otherwise about one per 128 KB of weight (larger tasks for small weights).
+    func testSpinTasksCoverTheRowsInAlignedRanges() {
+        for (N, K, format) in [(16, 64, WeightFormats.f32), (192, 576, WeightFormats.int8), (576, 576, WeightFormats.q4_1),
+                               (1536, 576, WeightFormats.int8), (576, 1536, WeightFormats.f32), (4096, 512, WeightFormats.int8),
+                               (1000, 96, WeightFormats.int8)] {
+            let w = Weight.make(format, from: Tensor([N, K]), pool: testPool)
+            for threads in [1, 2, 4] {
+                let t = CPUBackend.spinTasks(w, threads: threads)
+                let units = (N + 15) / 16
+                XCTAssertGreaterThanOrEqual(t.count, min(units, threads), "\(N)x\(K) \(format.name) x\(threads)")
+                XCTAssertLessThanOrEqual(t.count, min(units, 8 * threads), "\(N)x\(K) \(format.name) x\(threads)")
+                if w.byteCount / CPUBackend.spinTaskBytes < threads { XCTAssertEqual(t.count, min(units, threads), "small: one per worker") }
+                var next = 0
+                for i in 0..<t.count {
+                    let (n0, n1) = t.range(i)
+                    if n0 >= n1 { XCTAssertEqual(n0, N); continue }
+                    XCTAssertEqual(n0, next, "contiguous")
+                    XCTAssertEqual(n0 % 16, 0, "16-row aligned")
+                    next = n1
+                }
+                XCTAssertEqual(next, N, "\(N)x\(K) \(format.name) x\(threads): every row")
+            }
+        }
+    }
 }
