@@ -433,18 +433,24 @@ INLINE void gemv_store(const int mb, __m512 (*acc)[GEMV_RB], const float *scales
 }
 
 /// f32 weights: rows n..n+rows (rows <= 4) of C for A rows 0..mb (mb <= 4).
+/// Prefetches stay inside the call's rows (n1): LoRA's A is 8-64 rows, so GEMV_PF rows ahead
+/// used to fetch another matrix's worth of whatever followed it.
 INLINE void gemv_f32_block(const int mb, long K, const float *A, long lda, const float *w,
-                           long ldw, long n, long rows, float *C, long ldc, int accumulate) {
+                           long ldw, long n, long rows, long n1, float *C, long ldc, int accumulate) {
     __m512 acc[4][GEMV_RB];
     for (int m = 0; m < mb; m++)
         for (int r = 0; r < GEMV_RB; r++) acc[m][r] = _mm512_setzero_ps();
     const float *wr[GEMV_RB];  // missing rows repeat the last one; their sums are not stored
-    for (int r = 0; r < GEMV_RB; r++) wr[r] = w + (n + (r < rows ? r : rows - 1)) * ldw;
+    const float *pf[GEMV_RB];  // GEMV_PF rows ahead while inside the rows, else the row itself
+    for (int r = 0; r < GEMV_RB; r++) {
+        wr[r] = w + (n + (r < rows ? r : rows - 1)) * ldw;
+        pf[r] = n + r + GEMV_PF < n1 ? wr[r] + GEMV_PF * ldw : wr[r];
+    }
     for (long k = 0; k < K; k += 16) {
         __mmask16 km = mask16(K - k);
         __m512 wv[GEMV_RB];
         for (int r = 0; r < GEMV_RB; r++) {
-            _mm_prefetch((const char *)(wr[r] + GEMV_PF * ldw + k), _MM_HINT_T0);
+            _mm_prefetch((const char *)(pf[r] + k), _MM_HINT_T0);
             wv[r] = _mm512_maskz_loadu_ps(km, wr[r] + k);
         }
         for (int m = 0; m < mb; m++) {
@@ -508,7 +514,7 @@ TARGET static void gemv_f32(long M, long n0, long n1, long K, const float *A, lo
     for (long n = n0; n < n1; n += GEMV_RB) {
         long rows = n1 - n < GEMV_RB ? n1 - n : GEMV_RB;
         for (long m = 0; m < M; m += 4) {
-#define CALL(mb) gemv_f32_block(mb, K, A + m * lda, lda, w, ldw, n, rows, C + m * ldc, ldc, accumulate)
+#define CALL(mb) gemv_f32_block(mb, K, A + m * lda, lda, w, ldw, n, rows, n1, C + m * ldc, ldc, accumulate)
             GEMV_MB_SWITCH(M - m, CALL)
 #undef CALL
         }

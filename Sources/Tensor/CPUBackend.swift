@@ -414,7 +414,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     public func loraGrouped(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, inFeatures: Int, outFeatures: Int,
                             terms all: [LoRATerm], u: UnsafeMutablePointer<Float>) {
         let terms = LoRATerm.pieces(all)
-        guard let spin, let plan = loraPlan(terms, u: u) else {
+        guard let spin, let plan = loraPlan(terms, inFeatures: inFeatures, u: u) else {
             loraGroupedSerial(y: y, x: x, inFeatures: inFeatures, outFeatures: outFeatures, terms: terms, u: u)
             return
         }
@@ -428,15 +428,17 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     }
 
     /// `loraGrouped`'s work on the spinning workers: each term's slice of u, and the first
-    /// product's tasks (a term and a range of its rank, in pieces of 4 outputs at least, so that
-    /// a step with one or two adapters still gives every worker a share; a piece's outputs get
-    /// the same bits). nil when a term does not take gemm's small-M path.
+    /// product's tasks (a term and a range of its rank, in pieces of 4 outputs and
+    /// `spinTaskBytes` of A at least: an r = 16 A of 576 or 1536 columns is one task, since
+    /// SmolLM2's 9 KB pieces cost more in claims and stream starts than the second worker
+    /// gave; a piece's outputs get the same bits). nil when a term does not take gemm's
+    /// small-M path.
     private struct LoRAPlan {
         let fam: Int32
         let us: [UnsafeMutablePointer<Float>]
         let jobs: [(term: Int, n0: Int, n1: Int)]
     }
-    private func loraPlan(_ terms: [LoRATerm], u: UnsafeMutablePointer<Float>) -> LoRAPlan? {
+    private func loraPlan(_ terms: [LoRATerm], inFeatures: Int, u: UnsafeMutablePointer<Float>) -> LoRAPlan? {
         guard let spin, let fam = family.kernelID, !terms.isEmpty,
               terms.allSatisfy({ $0.r1 - $0.r0 <= Self.smallM && (($0.alpha == 1 && $0.alphas == nil) || ($0.r1 - $0.r0) * $0.rank <= Self.smallScaled) })
         else { return nil }
@@ -444,7 +446,10 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         var at = u
         for t in terms { us.append(at); at += (t.r1 - t.r0) * t.rank }
         let threads = Int(lora_pool_threads(spin))
-        let pieces = terms.map { max(1, min($0.rank / 4, (4 * threads + terms.count - 1) / terms.count)) }
+        // No piece under `spinTaskBytes` of A unless the term has no more (as the weights' tasks).
+        let pieces = terms.map { t in
+            max(1, min(t.rank / 4, (4 * threads + terms.count - 1) / terms.count, t.rank * inFeatures * 4 / Self.spinTaskBytes))
+        }
         var jobs: [(term: Int, n0: Int, n1: Int)] = []
         for (j, t) in terms.enumerated() {
             let per = (t.rank + pieces[j] - 1) / pieces[j]
@@ -483,7 +488,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         let terms = LoRATerm.pieces(all)
         guard !terms.isEmpty, M >= 1, M <= Self.smallM, decoding == .q8, let spin, let fmt = w.format.kernelID,
               lora_q8_gemv_format(fmt) != 0, K % 32 == 0, w.byteCount >= Self.spinBytes,
-              bytes <= scratch.capacity * MemoryLayout<Float>.stride, let plan = loraPlan(terms, u: u)
+              bytes <= scratch.capacity * MemoryLayout<Float>.stride, let plan = loraPlan(terms, inFeatures: K, u: u)
         else {
             matmulDecoding(y: y, x: x, w: w, M: M, scratch: scratch)
             if !all.isEmpty { loraGrouped(y: y, x: x, inFeatures: K, outFeatures: N, terms: all, u: u) }
@@ -550,7 +555,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             let p = LoRATerm.pieces(o.terms)
             pieces.append(p)
             if p.isEmpty { plans.append(nil); continue }
-            guard let plan = loraPlan(p, u: at) else { separate(); return }
+            guard let plan = loraPlan(p, inFeatures: K, u: at) else { separate(); return }
             plans.append(plan)
             at += LoRATerm.scratchCount(p)
         }
