@@ -9,6 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--asan" ]; then shift; exec scripts/test_asan.sh "$@"; fi
+# SwiftPM leaves an empty TemporaryDirectory.* in $TMPDIR per build or test invocation (about
+# 40 per run): this run's temporary files go in a folder of its own, removed at exit.
+RUN_TMP=$(mktemp -d "${TMPDIR:-/tmp}/lora-test.XXXXXX")
+trap 'rm -rf "$RUN_TMP"' EXIT
+export TMPDIR="$RUN_TMP"
 scripts/install_deps.sh
 swift build -c release --build-tests -Xswiftc -enable-testing
 # The MPI variant (data-parallel finetune) in its own scratch path; MPITests run it under mpirun.
