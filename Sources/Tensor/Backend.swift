@@ -1,3 +1,5 @@
+import CKernels
+
 // Seam 2: a backend executes ops. The model's forward, backward and decode are written once
 // against `Backend`; `CPUBackend` is the reference implementation (its kernel family chosen once
 // from the CPU), and any other backend is tested against it op by op.
@@ -90,9 +92,14 @@ public struct LoRATerm {
     /// Per-row alphas (alphas[i] for row r0 + i) when rows of several groups share the factors
     /// with different weights (a mix and one of its adapters): `alpha` is then unused.
     public let alphas: UnsafePointer<Float>?
+    /// The same factors packed for decoding (`PackedLoRAFactors`): when given, the CPU backend
+    /// runs the term with `lora_factors_down` / `_up` (whose bits do not depend on M, so no
+    /// pieces are needed for them) instead of two `gemm` calls.
+    public let packed: PackedLoRAFactors?
     public init(r0: Int, r1: Int, rank: Int, alpha: Float, A: UnsafePointer<Float>, B: UnsafePointer<Float>,
-                alphas: UnsafePointer<Float>? = nil) {
+                alphas: UnsafePointer<Float>? = nil, packed: PackedLoRAFactors? = nil) {
         self.r0 = r0; self.r1 = r1; self.rank = rank; self.alpha = alpha; self.A = A; self.B = B; self.alphas = alphas
+        self.packed = packed
     }
     /// Row r's alpha (r0 <= r < r1).
     @inline(__always) public func alpha(row r: Int) -> Float { alphas.map { $0[r - r0] } ?? alpha }
@@ -112,7 +119,7 @@ public struct LoRATerm {
         for t in terms {
             for r0 in stride(from: t.r0, to: t.r1, by: pieceRows) {
                 out.append(LoRATerm(r0: r0, r1: min(t.r1, r0 + pieceRows), rank: t.rank, alpha: t.alpha, A: t.A, B: t.B,
-                                    alphas: t.alphas.map { $0 + (r0 - t.r0) }))
+                                    alphas: t.alphas.map { $0 + (r0 - t.r0) }, packed: t.packed))
             }
         }
         return out
@@ -177,9 +184,11 @@ extension Backend {
         loraGroupedSerial(y: y, x: x, inFeatures: inFeatures, outFeatures: outFeatures, terms: terms, u: u)
     }
 
-    /// The reference: each term's pieces as two `gemm` calls each, one after another.
+    /// The reference: each term's pieces as two `gemm` calls each, one after another; a
+    /// packed term as `lora_factors_down` then `_up` over all its rows, in `packedFamily`
+    /// (every family gives the portable loops' bits).
     public func loraGroupedSerial(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, inFeatures: Int, outFeatures: Int,
-                                  terms: [LoRATerm], u: UnsafeMutablePointer<Float>) {
+                                  terms: [LoRATerm], u: UnsafeMutablePointer<Float>, packedFamily: Int32 = 0) {
         var ut = u
         // Per-row alphas: runs of one alpha, each a term of its own (the same bits per row).
         var runs: [LoRATerm] = []
@@ -189,12 +198,19 @@ extension Backend {
             while a < t.r1 {
                 var b = a + 1
                 while b < t.r1 && t.alpha(row: b) == t.alpha(row: a) { b += 1 }
-                runs.append(LoRATerm(r0: a, r1: b, rank: t.rank, alpha: t.alpha(row: a), A: t.A, B: t.B))
+                runs.append(LoRATerm(r0: a, r1: b, rank: t.rank, alpha: t.alpha(row: a), A: t.A, B: t.B, packed: t.packed))
                 a = b
             }
         }
         for t in runs {
             let M = t.r1 - t.r0
+            if let p = t.packed {
+                lora_factors_down(packedFamily, M, inFeatures, t.rank, 0, t.rank, x + t.r0 * inFeatures, inFeatures, p.at, ut, t.rank)
+                if t.alpha != 1 { for i in 0..<(M * t.rank) { ut[i] = t.alpha * ut[i] } }
+                lora_factors_up(packedFamily, M, 0, outFeatures, t.rank, ut, t.rank, p.bp, y + t.r0 * outFeatures, outFeatures)
+                ut += M * t.rank
+                continue
+            }
             gemm(transA: false, transB: true, M: M, N: t.rank, K: inFeatures, alpha: 1, A: x + t.r0 * inFeatures, lda: inFeatures,
                  B: t.A, ldb: inFeatures, beta: 0, C: ut, ldc: t.rank)
             gemm(transA: false, transB: true, M: M, N: outFeatures, K: t.rank, alpha: t.alpha, A: ut, lda: t.rank,

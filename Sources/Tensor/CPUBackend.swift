@@ -415,7 +415,8 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                             terms all: [LoRATerm], u: UnsafeMutablePointer<Float>) {
         let terms = LoRATerm.pieces(all)
         guard let spin, let plan = loraPlan(terms, inFeatures: inFeatures, u: u) else {
-            loraGroupedSerial(y: y, x: x, inFeatures: inFeatures, outFeatures: outFeatures, terms: terms, u: u)
+            loraGroupedSerial(y: y, x: x, inFeatures: inFeatures, outFeatures: outFeatures, terms: terms, u: u,
+                              packedFamily: family.vectorID)
             return
         }
         runSpin(spin, plan.jobs.count) { i in loraFirst(plan, i, terms, x: x, inFeatures: inFeatures) }
@@ -440,7 +441,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     }
     private func loraPlan(_ terms: [LoRATerm], inFeatures: Int, u: UnsafeMutablePointer<Float>) -> LoRAPlan? {
         guard let spin, let fam = family.kernelID, !terms.isEmpty,
-              terms.allSatisfy({ $0.r1 - $0.r0 <= Self.smallM && (($0.alpha == 1 && $0.alphas == nil) || ($0.r1 - $0.r0) * $0.rank <= Self.smallScaled) })
+              terms.allSatisfy({ $0.packed != nil || ($0.r1 - $0.r0 <= Self.smallM && (($0.alpha == 1 && $0.alphas == nil) || ($0.r1 - $0.r0) * $0.rank <= Self.smallScaled)) })
         else { return nil }
         var us: [UnsafeMutablePointer<Float>] = []
         var at = u
@@ -452,7 +453,8 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         }
         var jobs: [(term: Int, n0: Int, n1: Int)] = []
         for (j, t) in terms.enumerated() {
-            let per = (t.rank + pieces[j] - 1) / pieces[j]
+            var per = (t.rank + pieces[j] - 1) / pieces[j]
+            if t.packed != nil { per = (per + 7) / 8 * 8 }   // lora_factors_down's ranges start at multiples of 8
             for n0 in stride(from: 0, to: t.rank, by: per) { jobs.append((j, n0, min(t.rank, n0 + per))) }
         }
         return LoRAPlan(fam: fam, us: us, jobs: jobs)
@@ -461,7 +463,11 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     @inline(__always)
     private func loraFirst(_ plan: LoRAPlan, _ i: Int, _ terms: [LoRATerm], x: UnsafePointer<Float>, inFeatures inF: Int) {
         let (j, n0, n1) = plan.jobs[i], t = terms[j], M = t.r1 - t.r0, uj = plan.us[j]
-        lora_gemv_abt(plan.fam, Self.f32Format, M, n0, n1, inF, x + t.r0 * inF, inF, t.A, inF, nil, uj, t.rank, 0)
+        if let p = t.packed {
+            lora_factors_down(plan.fam, M, inF, t.rank, n0, n1, x + t.r0 * inF, inF, p.at, uj, t.rank)
+        } else {
+            lora_gemv_abt(plan.fam, Self.f32Format, M, n0, n1, inF, x + t.r0 * inF, inF, t.A, inF, nil, uj, t.rank, 0)
+        }
         for m in 0..<M {
             let a = t.alpha(row: t.r0 + m)
             if a != 1 { for n in n0..<n1 { uj[m * t.rank + n] = a * uj[m * t.rank + n] } }
@@ -472,7 +478,11 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     @inline(__always)
     private func loraSecond(_ plan: LoRAPlan, _ terms: [LoRATerm], y: UnsafeMutablePointer<Float>, outFeatures out: Int, _ n0: Int, _ n1: Int) {
         for (j, t) in terms.enumerated() {
-            lora_gemv_abt(plan.fam, Self.f32Format, t.r1 - t.r0, n0, n1, t.rank, plan.us[j], t.rank, t.B, t.rank, nil, y + t.r0 * out, out, 1)
+            if let p = t.packed {
+                lora_factors_up(plan.fam, t.r1 - t.r0, n0, n1, t.rank, plan.us[j], t.rank, p.bp, y + t.r0 * out, out)
+            } else {
+                lora_gemv_abt(plan.fam, Self.f32Format, t.r1 - t.r0, n0, n1, t.rank, plan.us[j], t.rank, t.B, t.rank, nil, y + t.r0 * out, out, 1)
+            }
         }
     }
 

@@ -231,6 +231,28 @@ void lora_llm_int8_gemm(int family, long M, long n0, long n1, long K, const int1
 void lora_llm_int8_outliers(int family, long M, long n0, long n1, const float *A, long lda, const long *cols, long ncols,
                             const int8_t *W, long ldw, const float *scales, float *C, long ldc, float *scratch);
 
+// ---- Packed LoRA factors (decoding; lora_factors.c) ------------------------------------------
+// A decoding step's LoRA products u = x A^T [M, r] and y += u B^T from copies of the factors
+// laid out for one forward stream each: AT [K][rp] (A transposed, rp = r rounded up to 8, zero
+// padded) and B as panels of 16 outputs, Bp[(n / 16) * r * 16 + j * 16 + n % 16] = B[n][j]
+// (outputs past N zero). Per output, in every family and at any M, lane or column range:
+//   u[m][j] = s0 + s1, s0 / s1 = fmaf chains over the even / odd k from 0, in k order
+//   y[m][n] = fmaf chain over j in order of u[m][j] * B[n][j], starting from y[m][n]
+/// r rounded up to 8: AT's row length.
+long lora_factors_rp(long r);
+/// Floats of the packed B of N outputs and rank r.
+long lora_factors_up_floats(long N, long r);
+/// A [r][K] into AT [K][lora_factors_rp(r)].
+void lora_factors_pack_down(long r, long K, const float *A, float *AT);
+/// B [N][r] into lora_factors_up_floats(N, r) floats of panels.
+void lora_factors_pack_up(long N, long r, const float *B, float *Bp);
+/// u[m][j0:j1] for m < M (j0 a multiple of 8, j1 <= r; else abort); x rows at stride ldx.
+void lora_factors_down(int family, long M, long K, long r, long j0, long j1, const float *x, long ldx,
+                       const float *AT, float *u, long ldu);
+/// y[m][n0:n1] += u[m][0:r] B[n0:n1]^T (n0 a multiple of 16, else abort; n1 at most the packed N).
+void lora_factors_up(int family, long M, long n0, long n1, long r, const float *u, long ldu, const float *Bp,
+                     float *y, long ldy);
+
 // Element-wise helpers with FMA where the family has it (the Swift ops call these on the
 // hot loops so they are not limited to baseline x86-64 code generation).
 /// sum_i a[i] * b[i]

@@ -31,10 +31,10 @@ public final class KVCache: @unchecked Sendable {
         self.S = S; self.capacity = capacity; kvDim = c.kvDim
         nKV = c.numKeyValueHeads; hd = c.headDim
         layout = .headMajor(capacity: capacity, hd: c.headDim)
-        k = (0..<c.numHiddenLayers).map { _ in Tensor([S, c.numKeyValueHeads, capacity, c.headDim]) }
-        v = (0..<c.numHiddenLayers).map { _ in Tensor([S, c.numKeyValueHeads, capacity, c.headDim]) }
-        spareK = S > 1 ? (0..<c.numHiddenLayers).map { _ in Tensor([S, c.numKeyValueHeads, capacity, c.headDim]) } : []
-        spareV = S > 1 ? (0..<c.numHiddenLayers).map { _ in Tensor([S, c.numKeyValueHeads, capacity, c.headDim]) } : []
+        k = (0..<c.numHiddenLayers).map { _ in Tensor([S, c.numKeyValueHeads, capacity, c.headDim], hugePages: true) }
+        v = (0..<c.numHiddenLayers).map { _ in Tensor([S, c.numKeyValueHeads, capacity, c.headDim], hugePages: true) }
+        spareK = S > 1 ? (0..<c.numHiddenLayers).map { _ in Tensor([S, c.numKeyValueHeads, capacity, c.headDim], hugePages: true) } : []
+        spareV = S > 1 ? (0..<c.numHiddenLayers).map { _ in Tensor([S, c.numKeyValueHeads, capacity, c.headDim], hugePages: true) } : []
         maxRows = S * maxChunk
         self.maxChunk = maxChunk
         let M = maxRows, C = c.hiddenSize, I = c.intermediateSize

@@ -48,7 +48,8 @@ extension LlamaModel {
                 // The base product and the plain LoRA terms as one backend call (one job on the
                 // CPU), with the bits of the two calls below.
                 let terms = site.map { layer, weight in
-                    LoRATerm(r0: 0, r1: M, rank: layer.r, alpha: weight * layer.scale, A: layer.A.data, B: layer.B.data)
+                    LoRATerm(r0: 0, r1: M, rank: layer.r, alpha: weight * layer.scale, A: layer.A.data, B: layer.B.data,
+                             packed: layer.decodingFactors())
                 }
                 cache.ensureScratch(LoRATerm.scratchCount(terms))
                 be.decodeProjection(y: y, x: x, w: lin.weight, M: M, scratch: cache.scratch, terms: terms, u: cache.u.data)
@@ -61,7 +62,8 @@ extension LlamaModel {
                 // prompt's rows get the bits `lora serve` gives them, alone, batched or cached.
                 if !site.contains(where: { $0.0.isDoRA }) {
                     let terms = site.map { layer, weight in
-                        LoRATerm(r0: 0, r1: M, rank: layer.r, alpha: weight * layer.scale, A: layer.A.data, B: layer.B.data)
+                        LoRATerm(r0: 0, r1: M, rank: layer.r, alpha: weight * layer.scale, A: layer.A.data, B: layer.B.data,
+                             packed: layer.decodingFactors())
                     }
                     cache.ensureScratch(LoRATerm.scratchCount(terms))
                     be.loraGrouped(y: y, x: x, inFeatures: lin.inFeatures, outFeatures: lin.outFeatures, terms: terms, u: cache.u.data)
@@ -88,7 +90,8 @@ extension LlamaModel {
                 let site = adapters.layers(at: LoRASite(l, p))
                 if site.contains(where: { $0.0.isDoRA }) || (prof != nil && !site.isEmpty) { return nil }
                 all.append(site.map { layer, weight in
-                    LoRATerm(r0: 0, r1: M, rank: layer.r, alpha: weight * layer.scale, A: layer.A.data, B: layer.B.data)
+                    LoRATerm(r0: 0, r1: M, rank: layer.r, alpha: weight * layer.scale, A: layer.A.data, B: layer.B.data,
+                             packed: layer.decodingFactors())
                 })
             }
             cache.ensureScratch(all.reduce(0) { $0 + LoRATerm.scratchCount($1) })

@@ -1,3 +1,4 @@
+import Foundation
 import Tensor
 
 // Seam 3: LoRA as one concept in one file. A `LoRALayer` is the adapter of one projection
@@ -89,6 +90,7 @@ public final class LoRALayer: @unchecked Sendable {
         let bound = 1 / Float(inFeatures).squareRoot()
         for i in 0..<A.count { A[i] = (rng.uniform() * 2 - 1) * bound }
         B.zero()
+        parametersChanged()
     }
 
     public func enableGradients() {
@@ -98,8 +100,39 @@ public final class LoRALayer: @unchecked Sendable {
 
     // MARK: DoRA's weight norm
 
-    /// Marks n out of date (after an optimizer step or a copy into A, B or m).
-    public func parametersChanged() { normStale = true }
+    /// Marks n and the packed factors out of date (after an optimizer step or a copy into A,
+    /// B or m).
+    public func parametersChanged() {
+        normStale = true
+        packLock.lock(); packedStale = true; packLock.unlock()
+    }
+
+    // MARK: decoding's packed factors
+
+    /// Where `decodingFactors` places its copies: the adapter's arena (set by `LoRAAdapter`),
+    /// else one of the layer's own.
+    var packArena: WeightArena?
+    private var packedFactors: PackedLoRAFactors?
+    private var packedStale = true
+    private let packLock = NSLock()
+
+    /// A and B packed for decoding's products (`PackedLoRAFactors`): packed on first use and
+    /// again, in place, on the first use after `parametersChanged()`. Decoding passes them in
+    /// its `LoRATerm`s; training reads A and B.
+    public func decodingFactors() -> PackedLoRAFactors {
+        packLock.lock(); defer { packLock.unlock() }
+        let p = packedFactors ?? PackedLoRAFactors(rank: r, inFeatures: inFeatures, outFeatures: outFeatures,
+                                                   arena: packArena ?? WeightArena(chunkBytes: packedBytes))
+        if packedFactors == nil || packedStale {
+            p.pack(A: A.data, B: B.data)
+            packedFactors = p
+            packedStale = false
+        }
+        return p
+    }
+
+    /// Bytes `decodingFactors` carves (with the alignment of its two copies).
+    var packedBytes: Int { PackedLoRAFactors.byteCount(rank: r, inFeatures: inFeatures, outFeatures: outFeatures) + 128 }
 
     /// n[j] = ||W[j] + scale (B A)[j]|| for every output row j, with W the frozen weight as its
     /// format dequantizes it (an int8 base gives the norm of the dequantized rows, as PEFT's
@@ -335,6 +368,10 @@ public final class LoRAAdapter: @unchecked Sendable {
         self.config = config
         self.layers = layers
         sites = layers.keys.sorted()
+        // Decoding's packed copies of every layer in one arena (one chunk, 2 MB pages); no
+        // memory is touched until a layer is first decoded with.
+        let arena = WeightArena(chunkBytes: layers.values.reduce(0) { $0 + $1.packedBytes })
+        for l in layers.values { l.packArena = arena }
     }
 
     /// A fresh adapter (A kaiming-uniform, B zero) on every target of every selected layer of

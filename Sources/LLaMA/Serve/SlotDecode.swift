@@ -30,8 +30,8 @@ public final class SlotCache: @unchecked Sendable {
         nKV = c.numKeyValueHeads; hd = c.headDim
         layout = .headMajor(capacity: capacity, hd: c.headDim)
         lengths = Array(repeating: 0, count: slots)
-        k = (0..<c.numHiddenLayers).map { _ in Tensor([slots, c.numKeyValueHeads, capacity, c.headDim]) }
-        v = (0..<c.numHiddenLayers).map { _ in Tensor([slots, c.numKeyValueHeads, capacity, c.headDim]) }
+        k = (0..<c.numHiddenLayers).map { _ in Tensor([slots, c.numKeyValueHeads, capacity, c.headDim], hugePages: true) }
+        v = (0..<c.numHiddenLayers).map { _ in Tensor([slots, c.numKeyValueHeads, capacity, c.headDim], hugePages: true) }
         let M = maxRows, C = c.hiddenSize, I = c.intermediateSize
         x = Tensor([M, C]); xn = Tensor([M, C]); q = Tensor([M, c.qDim])
         kNew = Tensor([M, c.kvDim]); vNew = Tensor([M, c.kvDim]); att = Tensor([M, c.qDim])
@@ -122,12 +122,12 @@ extension LlamaModel {
                 guard let layer = t.adapter.layers[site] else { continue }
                 if t.weights.count == 1 {
                     terms.append(LoRATerm(r0: t.r0, r1: t.r1, rank: layer.r, alpha: t.weights[0] * layer.scale,
-                                          A: layer.A.data, B: layer.B.data))
+                                          A: layer.A.data, B: layer.B.data, packed: layer.decodingFactors()))
                 } else {
                     // The same product as alone: weight * scale, per row.
                     for (i, w) in t.weights.enumerated() { ab[at + i] = w * layer.scale }
                     terms.append(LoRATerm(r0: t.r0, r1: t.r1, rank: layer.r, alpha: 1, A: layer.A.data, B: layer.B.data,
-                                          alphas: UnsafePointer(ab + at)))
+                                          alphas: UnsafePointer(ab + at), packed: layer.decodingFactors()))
                     at += t.weights.count
                 }
             }

@@ -1,0 +1,49 @@
+import CKernels
+import Foundation
+import XCTest
+@testable import LLaMA
+import Tensor
+
+/// A LoRA layer's packed copies for decoding (`LoRALayer.decodingFactors`): they hold A and B
+/// in the packed layouts, follow them after `parametersChanged()` (an optimizer step, a resume,
+/// the best-adapter copy), and are repacked in place rather than carved again.
+final class LoRADecodingFactorsTests: XCTestCase {
+    func unpacked(_ p: PackedLoRAFactors) -> (A: [Float], B: [Float]) {
+        let r = p.rank, K = p.inFeatures, N = p.outFeatures, rp = Int(lora_factors_rp(r))
+        var A = [Float](repeating: 0, count: r * K), B = [Float](repeating: 0, count: N * r)
+        for k in 0..<K { for j in 0..<r { A[j * K + k] = p.at[k * rp + j] } }
+        for n in 0..<N { for j in 0..<r { B[n * r + j] = p.bp[(n / 16) * r * 16 + j * 16 + n % 16] } }
+        return (A, B)
+    }
+
+    func testPackedCopiesFollowTheFactors() {
+        var rng = RNG(seed: 3)
+        let config = AdapterConfig(r: 5, loraAlpha: 10, loraDropout: 0, targetModules: [.q, .v, .down],
+                                   useRslora: false, baseModelNameOrPath: nil)
+        let model = LlamaConfig.tinyForPlan
+        let adapter = LoRAAdapter(new: config, model: model, rng: &rng)
+        for l in adapter.layers.values { for i in 0..<l.B.count { l.B.data[i] = 0.01 * rng.normal() } }
+        adapter.parametersChanged()
+        for s in adapter.sites {
+            let l = adapter.layers[s]!
+            let p = l.decodingFactors()
+            let (A, B) = unpacked(p)
+            XCTAssertEqual(A, l.A.array, "\(s.path): A")
+            XCTAssertEqual(B, l.B.array, "\(s.path): B")
+            // Padding lanes of AT (rank 5 -> 8) are zero: the kernels read them.
+            let rp = Int(lora_factors_rp(l.r))
+            XCTAssertTrue((0..<l.inFeatures).allSatisfy { k in (l.r..<rp).allSatisfy { p.at[k * rp + $0] == 0 } }, "\(s.path): padding")
+        }
+        // An update (as AdamW's), announced: the next use repacks, into the same memory.
+        let l = adapter.layers[adapter.sites[0]]!
+        let before = l.decodingFactors()
+        l.A.data[3] += 0.25
+        l.B.data[7] -= 0.5
+        adapter.parametersChanged()
+        let after = l.decodingFactors()
+        XCTAssertTrue(before === after, "repacked in place")
+        let (A, B) = unpacked(after)
+        XCTAssertEqual(A, l.A.array, "A after the update")
+        XCTAssertEqual(B, l.B.array, "B after the update")
+    }
+}
