@@ -36,6 +36,16 @@ void lora_avx512_attn_scores_heads(const float *q, long G, const float *K, long 
                                    long lds);
 void lora_avx512_attn_wsum_heads(const float *s, long lds, long G, const float *V, long ld, long L, long hd, float *o);
 
+/// Calls call(mb) with mb = min(rows_left, 4) as a constant, so each row count has its own
+/// fully unrolled block kernel (the GEMVs' passes over up to 4 rows of A).
+#define GEMV_MB_SWITCH(rows_left, call) \
+    switch (rows_left) {                \
+    case 1: call(1); break;             \
+    case 2: call(2); break;             \
+    case 3: call(3); break;             \
+    default: call(4); break;            \
+    }
+
 LORA_FAMILY_DECLS(portable)
 LORA_FAMILY_DECLS(avx2)
 LORA_FAMILY_DECLS(avx512)

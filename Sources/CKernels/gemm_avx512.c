@@ -499,15 +499,6 @@ INLINE void gemv_i8_block(const int mb, long K, const float *xp, long ldx, const
     gemv_store(mb, sum, scales, n, rows, C, ldc, accumulate);
 }
 
-/// Calls call(mb) with mb = min(rows_left, 4) as a constant, so each row count has its own
-/// fully unrolled block kernel.
-#define GEMV_MB_SWITCH(rows_left, call) \
-    switch (rows_left) {                \
-    case 1: call(1); break;             \
-    case 2: call(2); break;             \
-    case 3: call(3); break;             \
-    default: call(4); break;            \
-    }
 
 TARGET static void gemv_f32(long M, long n0, long n1, long K, const float *A, long lda,
                             const float *w, long ldw, float *C, long ldc, int accumulate) {

@@ -66,31 +66,35 @@ static void portable_up(long M, long n0, long n1, long r, const float *u, long l
 #define F2_TARGET __attribute__((target("avx2,fma")))
 #define F5_TARGET __attribute__((target("avx2,fma,avx512f")))
 #define INL static inline __attribute__((always_inline))
-#define LD8(p) _mm256_loadu_ps(p)
-#define LD16(p) _mm512_loadu_ps(p)
+/// The sums s0 + s1 of u's lanes for mb rows into s[0..mb): one body for ymm (8 lanes) and
+/// zmm (16), V the vector type.
+#define DOWN_SUMS(V, LD, ZERO, FMA, BCAST, ADD)                                                  \
+    V a0[4], a1[4];                                                                              \
+    for (int m = 0; m < mb; m++) a0[m] = a1[m] = ZERO();                                         \
+    long k = 0;                                                                                  \
+    for (; k + 1 < K; k += 2) {                                                                  \
+        const V w0 = LD(at + k * rp), w1 = LD(at + (k + 1) * rp);                                \
+        for (int m = 0; m < mb; m++) {                                                           \
+            a0[m] = FMA(BCAST(x[m * ldx + k]), w0, a0[m]);                                       \
+            a1[m] = FMA(BCAST(x[m * ldx + k + 1]), w1, a1[m]);                                   \
+        }                                                                                        \
+    }                                                                                            \
+    if (k < K) {                                                                                 \
+        const V w0 = LD(at + k * rp);                                                            \
+        for (int m = 0; m < mb; m++) a0[m] = FMA(BCAST(x[m * ldx + k]), w0, a0[m]);              \
+    }                                                                                            \
+    for (int m = 0; m < mb; m++) s[m] = ADD(a0[m], a1[m]);
+
 /// 8 lanes j..j+8 of u for mb rows (ymm; both families: AVX-512's 8-lane tail too).
 INL F2_TARGET void down8(const int mb, long K, long rp, const float *x, long ldx, const float *at, float *u,
                          long ldu, int lanes) {
-    __m256 a0[4], a1[4];
-    for (int m = 0; m < mb; m++) a0[m] = a1[m] = _mm256_setzero_ps();
-    long k = 0;
-    for (; k + 1 < K; k += 2) {
-        const __m256 w0 = LD8(at + k * rp), w1 = LD8(at + (k + 1) * rp);
-        for (int m = 0; m < mb; m++) {
-            a0[m] = _mm256_fmadd_ps(_mm256_broadcast_ss(x + m * ldx + k), w0, a0[m]);
-            a1[m] = _mm256_fmadd_ps(_mm256_broadcast_ss(x + m * ldx + k + 1), w1, a1[m]);
-        }
-    }
-    if (k < K) {
-        const __m256 w0 = LD8(at + k * rp);
-        for (int m = 0; m < mb; m++) a0[m] = _mm256_fmadd_ps(_mm256_broadcast_ss(x + m * ldx + k), w0, a0[m]);
-    }
+    __m256 s[4];
+    DOWN_SUMS(__m256, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_fmadd_ps, _mm256_set1_ps, _mm256_add_ps)
     for (int m = 0; m < mb; m++) {
-        const __m256 s = _mm256_add_ps(a0[m], a1[m]);
-        if (lanes == 8) _mm256_storeu_ps(u + m * ldu, s);
+        if (lanes == 8) _mm256_storeu_ps(u + m * ldu, s[m]);
         else {
             float t[8];
-            _mm256_storeu_ps(t, s);
+            _mm256_storeu_ps(t, s[m]);
             memcpy(u + m * ldu, t, (size_t)lanes * sizeof(float));
         }
     }
@@ -99,32 +103,11 @@ INL F2_TARGET void down8(const int mb, long K, long rp, const float *x, long ldx
 /// 16 lanes with zmm.
 INL F5_TARGET void down16(const int mb, long K, long rp, const float *x, long ldx, const float *at, float *u,
                           long ldu, int lanes) {
-    __m512 a0[4], a1[4];
-    for (int m = 0; m < mb; m++) a0[m] = a1[m] = _mm512_setzero_ps();
-    long k = 0;
-    for (; k + 1 < K; k += 2) {
-        const __m512 w0 = LD16(at + k * rp), w1 = LD16(at + (k + 1) * rp);
-        for (int m = 0; m < mb; m++) {
-            a0[m] = _mm512_fmadd_ps(_mm512_set1_ps(x[m * ldx + k]), w0, a0[m]);
-            a1[m] = _mm512_fmadd_ps(_mm512_set1_ps(x[m * ldx + k + 1]), w1, a1[m]);
-        }
-    }
-    if (k < K) {
-        const __m512 w0 = LD16(at + k * rp);
-        for (int m = 0; m < mb; m++) a0[m] = _mm512_fmadd_ps(_mm512_set1_ps(x[m * ldx + k]), w0, a0[m]);
-    }
+    __m512 s[4];
+    DOWN_SUMS(__m512, _mm512_loadu_ps, _mm512_setzero_ps, _mm512_fmadd_ps, _mm512_set1_ps, _mm512_add_ps)
     const __mmask16 km = lanes >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << lanes) - 1);
-    for (int m = 0; m < mb; m++)
-        _mm512_mask_storeu_ps(u + m * ldu, km, _mm512_add_ps(a0[m], a1[m]));
+    for (int m = 0; m < mb; m++) _mm512_mask_storeu_ps(u + m * ldu, km, s[m]);
 }
-
-#define MB_SWITCH(left, call) \
-    switch (left) {           \
-    case 1: call(1); break;   \
-    case 2: call(2); break;   \
-    case 3: call(3); break;   \
-    default: call(4); break;  \
-    }
 
 F2_TARGET static void avx2_down(long M, long K, long rp, long j0, long j1, const float *x, long ldx, const float *AT,
                                 float *u, long ldu) {
@@ -132,7 +115,7 @@ F2_TARGET static void avx2_down(long M, long K, long rp, long j0, long j1, const
         const int lanes = j1 - j < 8 ? (int)(j1 - j) : 8;
         for (long m = 0; m < M; m += 4) {
 #define CALL(mb) down8(mb, K, rp, x + m * ldx, ldx, AT + j, u + m * ldu + j, ldu, lanes)
-            MB_SWITCH(M - m, CALL)
+            GEMV_MB_SWITCH(M - m, CALL)
 #undef CALL
         }
     }
@@ -146,7 +129,7 @@ F5_TARGET static void avx512_down(long M, long K, long rp, long j0, long j1, con
         const int lanes = j1 - j < 16 ? (int)(j1 - j) : 16;
         for (long m = 0; m < M; m += 4) {
 #define CALL(mb) down16(mb, K, rp, x + m * ldx, ldx, AT + j, u + m * ldu + j, ldu, lanes)
-            MB_SWITCH(M - m, CALL)
+            GEMV_MB_SWITCH(M - m, CALL)
 #undef CALL
         }
     }
@@ -170,8 +153,8 @@ INL F2_TARGET void up_avx2(const int mb, const int np, long r, const float *u, l
     for (long j = 0; j < r; j++) {
         __m256 b[4];
         for (int p = 0; p < np; p++) {
-            b[2 * p] = LD8(bp + (p * r + j) * 16);
-            b[2 * p + 1] = LD8(bp + (p * r + j) * 16 + 8);
+            b[2 * p] = _mm256_loadu_ps(bp + (p * r + j) * 16);
+            b[2 * p + 1] = _mm256_loadu_ps(bp + (p * r + j) * 16 + 8);
         }
         for (int m = 0; m < mb; m++) {
             const __m256 s = _mm256_broadcast_ss(u + m * ldu + j);
@@ -202,7 +185,7 @@ INL F5_TARGET void up_avx512(const int mb, const int np, long r, const float *u,
         for (int p = 0; p < np; p++) acc[m][p] = _mm512_maskz_loadu_ps(km[p], y + m * ldy + 16 * p);
     for (long j = 0; j < r; j++) {
         __m512 b[2];
-        for (int p = 0; p < np; p++) b[p] = LD16(bp + (p * r + j) * 16);
+        for (int p = 0; p < np; p++) b[p] = _mm512_loadu_ps(bp + (p * r + j) * 16);
         for (int m = 0; m < mb; m++) {
             const __m512 s = _mm512_set1_ps(u[m * ldu + j]);
             for (int p = 0; p < np; p++) acc[m][p] = _mm512_fmadd_ps(s, b[p], acc[m][p]);
