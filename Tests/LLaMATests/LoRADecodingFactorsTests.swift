@@ -46,4 +46,22 @@ final class LoRADecodingFactorsTests: XCTestCase {
         XCTAssertEqual(A, l.A.array, "A after the update")
         XCTAssertEqual(B, l.B.array, "B after the update")
     }
+
+    /// `layer(at:)` (decoding's lookup without hashing) finds exactly `layers[site]`, for
+    /// every layer and projection of the model and past it, with a subset of layers and targets.
+    func testSiteTableFindsEveryLayer() {
+        var rng = RNG(seed: 4)
+        let model = LlamaConfig.tinyForPlan
+        let config = AdapterConfig(r: 4, loraAlpha: 8, loraDropout: 0, targetModules: [.k, .o, .up],
+                                   useRslora: false, baseModelNameOrPath: nil, layersToTransform: [0, model.numHiddenLayers - 1])
+        let adapter = LoRAAdapter(new: config, model: model, rng: &rng)
+        XCTAssertEqual(adapter.layers.count, 6)
+        for l in -1...(model.numHiddenLayers + 1) {
+            for p in Projection.allCases {
+                let site = LoRASite(l, p)
+                XCTAssertTrue(adapter.layer(at: site) === adapter.layers[site], "\(l) \(p)")
+            }
+        }
+        XCTAssertEqual(Projection.allCases.map(\.ordinal), Array(0..<Projection.allCases.count))
+    }
 }

@@ -259,4 +259,44 @@ final class DecodeStepTests: XCTestCase {
             }
         }
     }
+
+    /// A batched decoding step's RMSNorm and SwiGLU on the spinning workers (sizes in
+    /// `CPUBackend.spinElementwise`) give the serial functions' bits, row counts odd and even,
+    /// lengths not multiples of the kernels' lanes; and a step's products with x quantized by
+    /// the job's own tasks (2 to 16 rows) give the bits of x quantized first (M = 1 does that).
+    func testSpinningStepOpsGiveTheSerialBits() {
+        var rng = RNG(seed: 17)
+        for fam in KernelFamily.available {
+            let be = CPUBackend(family: fam, pool: testPool)
+            for (N, C) in [(2, 2048), (3, 1500), (8, 576), (13, 1000)] {
+                let x = randn([N, C], &rng), w = randn([C], &rng)
+                let want = Tensor([N, C]), got = Tensor([N, C]), r0 = Tensor([N]), r1 = Tensor([N])
+                RMSNorm.forward(pool: .serial, y: want.data, rstd: r0.data, x: x.data, weight: w.data, N: N, C: C, eps: 1e-5)
+                be.rmsnormForward(y: got.data, rstd: r1.data, x: x.data, weight: w.data, N: N, C: C, eps: 1e-5)
+                XCTAssertEqual(got.array.map(\.bitPattern), want.array.map(\.bitPattern), "\(fam) rmsnorm \(N)x\(C)")
+                XCTAssertEqual(r1.array.map(\.bitPattern), r0.array.map(\.bitPattern), "\(fam) rstd \(N)x\(C)")
+                let up = randn([N, C], &rng), h0 = Tensor([N, C]), h1 = Tensor([N, C])
+                lora_swiglu_forward(fam.vectorID, h0.data, x.data, up.data, N * C)
+                be.swigluForward(h: h1.data, gate: x.data, up: up.data, count: N * C)
+                XCTAssertEqual(h1.array.map(\.bitPattern), h0.array.map(\.bitPattern), "\(fam) swiglu \(N * C)")
+            }
+            // Products: every row of a 16-row product against the same row alone.
+            let scratch = MatmulScratch()
+            for format in [WeightFormats.q4_1, WeightFormats.q8_0] {
+                let K = 576, N = 1536
+                let w = Weight.make(format, from: randn([N, K], &rng, scale: 0.1), pool: .serial)
+                let x = randn([16, K], &rng)
+                for M in [2, 5, 16] {
+                    let y = Tensor([M, N])
+                    be.matmul(y: y.data, x: x.data, w: w, M: M, accumulate: false, scratch: scratch)
+                    for m in [0, M - 1] {
+                        let one = Tensor([1, N])
+                        be.matmul(y: one.data, x: x.data + m * K, w: w, M: 1, accumulate: false, scratch: scratch)
+                        XCTAssertTrue((0..<N).allSatisfy { y.data[m * N + $0].bitPattern == one.data[$0].bitPattern },
+                                      "\(fam) \(format.name) M \(M) row \(m)")
+                    }
+                }
+            }
+        }
+    }
 }

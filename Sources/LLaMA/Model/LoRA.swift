@@ -13,6 +13,19 @@ public enum Projection: String, CaseIterable, Sendable, Codable {
     case q = "q_proj", k = "k_proj", v = "v_proj", o = "o_proj"
     case gate = "gate_proj", up = "up_proj", down = "down_proj"
 
+    /// The projection's place in `allCases` (a switch: decoding asks per projection and step).
+    public var ordinal: Int {
+        switch self {
+        case .q: return 0
+        case .k: return 1
+        case .v: return 2
+        case .o: return 3
+        case .gate: return 4
+        case .up: return 5
+        case .down: return 6
+        }
+    }
+
     /// The submodule the projection lives in: `self_attn` or `mlp`.
     public var parent: String {
         switch self {
@@ -364,10 +377,24 @@ public final class LoRAAdapter: @unchecked Sendable {
     /// Sites in model order (layer, then projection), for stable iteration and file order.
     public let sites: [LoRASite]
 
+    /// `layers` by layer * 7 + projection ordinal: a serve step looks up every site of every
+    /// adapter it runs (630 lookups a step for SmolLM2 and three adapters), hashing each.
+    private let table: [LoRALayer?]
+
+    /// The adapter's layer at `site`, if any (`layers[site]` without hashing).
+    @inline(__always)
+    public func layer(at site: LoRASite) -> LoRALayer? {
+        let i = site.layer * Projection.allCases.count + site.projection.ordinal
+        return site.layer >= 0 && i < table.count ? table[i] : nil
+    }
+
     public init(config: AdapterConfig, layers: [LoRASite: LoRALayer]) {
         self.config = config
         self.layers = layers
         sites = layers.keys.sorted()
+        var table = [LoRALayer?](repeating: nil, count: ((sites.last?.layer ?? -1) + 1) * Projection.allCases.count)
+        for (site, l) in layers { table[site.layer * Projection.allCases.count + site.projection.ordinal] = l }
+        self.table = table
         // Decoding's packed copies of every layer in one arena (one chunk, 2 MB pages); no
         // memory is touched until a layer is first decoded with.
         let arena = WeightArena(chunkBytes: layers.values.reduce(0) { $0 + $1.packedBytes })
@@ -465,7 +492,7 @@ public struct AdapterSet: @unchecked Sendable {
     /// The adapter layers that act on `site`, with their weights.
     @inline(__always)
     public func layers(at site: LoRASite) -> [(layer: LoRALayer, weight: Float)] {
-        entries.compactMap { e in e.adapter.layers[site].map { ($0, e.weight) } }
+        entries.compactMap { e in e.adapter.layer(at: site).map { ($0, e.weight) } }
     }
 
     /// A DoRA adapter rescales each output row by m / ||W + scale B A||: a rescaling of the whole
@@ -482,7 +509,7 @@ public struct AdapterSet: @unchecked Sendable {
 
     /// Whether any adapter acts on one of `projections` of block `layer`.
     public func touches(layer: Int, _ projections: Projection...) -> Bool {
-        entries.contains { e in projections.contains { e.adapter.layers[LoRASite(layer, $0)] != nil } }
+        entries.contains { e in projections.contains { e.adapter.layer(at: LoRASite(layer, $0)) != nil } }
     }
 }
 

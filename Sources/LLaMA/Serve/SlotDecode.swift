@@ -119,7 +119,7 @@ extension LlamaModel {
             var terms: [LoRATerm] = []
             var at = 0
             for t in plan {
-                guard let layer = t.adapter.layers[site] else { continue }
+                guard let layer = t.adapter.layer(at: site) else { continue }
                 if t.weights.count == 1 {
                     terms.append(LoRATerm(r0: t.r0, r1: t.r1, rank: layer.r, alpha: t.weights[0] * layer.scale,
                                           A: layer.A.data, B: layer.B.data, packed: layer.decodingFactors()))
