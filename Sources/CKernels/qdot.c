@@ -480,7 +480,7 @@ static float *q41_scales(int fmt, long M, long nb, const float *da, const int32_
     return das;
 }
 
-/// The _X8 layout's 4-bit formats at 3 <= M <= MAX_M on AVX2: two groups of 8 rows at a time,
+/// The _X8 layout's 4-bit formats at M >= 3 on AVX2 (in passes of up to MAX_M rows): two groups of 8 rows at a time,
 /// so that each broadcast activation word feeds two products (the broadcasts compete with the
 /// products for the vector pipes). The two groups' blocks are decoded once per chunk (nibbles
 /// split, scales converted) into L1 and read there by one pass per row of A. Passes of one row
@@ -558,15 +558,22 @@ AVX2_TARGET static long avx2_x8_pairs(int fmt, long M, long n0, long n1, long K,
                                       long rowbytes, float *C, long ldc, int accumulate) {
     long n = n0;
     float stackbuf[4096], *das = q41_scales(fmt, M, K / QK, da, sa, stackbuf);
-    if (fmt == LORA_FORMAT_Q4_0)
-        for (; n + 16 <= n1; n += 16) avx2_x8_pair(LORA_FORMAT_Q4_0, M, K, q, da, sa, das, w, rowbytes, n, C, ldc, accumulate);
-    else
-        for (; n + 16 <= n1; n += 16) avx2_x8_pair(LORA_FORMAT_Q4_1, M, K, q, da, sa, das, w, rowbytes, n, C, ldc, accumulate);
+    const long nb = K / QK;
+    // Rows of A past MAX_M (a server step's prompt rows) in further passes over the same two
+    // groups, which are in L1 by then.
+#define AVX2_X8_ROWS(F)                                                                          \
+    for (; n + 16 <= n1; n += 16)                                                                \
+        for (long m = 0; m < M; m += MAX_M)                                                      \
+            avx2_x8_pair(F, M - m < MAX_M ? M - m : MAX_M, K, q + m * K, da + m * nb, sa + m * nb, das + m * nb, \
+                         w, rowbytes, n, C + m * ldc, ldc, accumulate);
+    if (fmt == LORA_FORMAT_Q4_0) AVX2_X8_ROWS(LORA_FORMAT_Q4_0)
+    else AVX2_X8_ROWS(LORA_FORMAT_Q4_1)
+#undef AVX2_X8_ROWS
     if (das != stackbuf) free(das);
     return n;
 }
 
-/// The _X8 layout with VNNI at 3 <= M <= MAX_M: two groups of 8 rows side by side in the two
+/// The _X8 layout with VNNI at M >= 3: two groups of 8 rows side by side in the two
 /// halves of a zmm register, so that one broadcast activation word and one vpdpbusd serve 16
 /// rows, in passes of up to 4 rows of A over each block (decoded once per pass from the two
 /// groups' bytes). Per (row of A, row of W) the integer sums and the float operations, in
@@ -799,12 +806,12 @@ void lora_q8_gemv(int family, int format, long M, long n0, long n1, long K, cons
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     if (family == LORA_FAMILY_AVX512 || family == LORA_FAMILY_AVX2) {
         if (family == LORA_FAMILY_AVX512 && lora_q8_vnni_available()) {
-            if (il && M >= ZNNI_MIN_M && M <= MAX_M)
+            if (il && M >= ZNNI_MIN_M)
                 n0 = znni_x8_pairs(format, M, n0, n1, K, q, d, sum, W, rowbytes, C, ldc, accumulate);
             vnni_q8_gemv(format, il, M, n0, n1, K, q, d, sum, W, rowbytes, C, ldc, accumulate);
         }
         else {
-            if (il && format != LORA_FORMAT_Q8_0 && M > 2 && M <= MAX_M)
+            if (il && format != LORA_FORMAT_Q8_0 && M > 2)
                 n0 = avx2_x8_pairs(format, M, n0, n1, K, q, d, sum, W, rowbytes, C, ldc, accumulate);
             avx2_q8_gemv(format, il, M, n0, n1, K, q, d, sum, W, rowbytes, C, ldc, accumulate);
         }

@@ -248,7 +248,8 @@ public enum Attention {
                                      kCache: UnsafePointer<Float>,        // [maxT, nKV, hd] (or as `layout` says), rows 0..<start+Tq used
                                      vCache: UnsafePointer<Float>,        // as kCache
                                      keyMask: UnsafePointer<Float>?,      // [start + Tq]; nil = all tokens
-                                     start: Int, Tq: Int, nH: Int, nKV: Int, hd: Int, layout: KVLayout? = nil) {
+                                     start: Int, Tq: Int, nH: Int, nKV: Int, hd: Int, layout: KVLayout? = nil,
+                                     spread: ((Int, (Int) -> Void) -> Void)? = nil) {
         precondition(nKV > 0 && nH % nKV == 0, "nH (\(nH)) must be a multiple of nKV (\(nKV))")
         let ldq = nH * hd, L = start + Tq, kv = layout ?? .interleaved(nKV: nKV, hd: hd)
         if Tq == 1 {
@@ -269,7 +270,8 @@ public enum Attention {
         // Rows in blocks of 4 per head: each key is loaded once for the block's scores (the
         // kernel gives every row lora_attn_scores' bits), then each row as decodeHead goes on.
         let rep = nH / nKV, ldk = kv.row, alpha = scale(hd: hd), blocks = (Tq + 3) / 4
-        pool.chunks(nH * blocks, grain: max(1, 2048 / max(L * hd, 1))) { tasks in
+        // `spread` (a backend's own workers) runs the tasks one by one where given.
+        let run: (Range<Int>) -> Void = { tasks in
             for t in tasks {
                 let h = t / blocks, i0 = (t % blocks) * 4, i1 = min(Tq, i0 + 4), g = h / rep
                 lora_attn_scores_rows(fam, q + i0 * ldq + h * hd, ldq, i1 - i0, kCache + g * kv.head, ldk, start + i0 + 1, hd, alpha,
@@ -287,6 +289,11 @@ public enum Attention {
                     lora_attn_wsum(fam, s, vCache + g * kv.head, ldk, Li, hd, o)
                 }
             }
+        }
+        if let spread {
+            spread(nH * blocks) { t in run(t ..< t + 1) }
+        } else {
+            pool.chunks(nH * blocks, grain: max(1, 2048 / max(L * hd, 1)), run)
         }
     }
 

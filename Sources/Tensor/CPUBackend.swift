@@ -75,6 +75,16 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     /// Forward with M up to this uses the unpacked small-M kernel (decoding); measured on Zen 5
     /// it is as fast as the packed GEMM up to M = 24..32 (packing W^T costs ~40 us per 576 x 576).
     static let smallM = 16
+    /// The rows a decoding call on a weight with the integer GEMV (Q4_0 / Q4_1 / Q8_0, `.q8`)
+    /// takes in one pass over it: a server step of 7 decoding rows and a 14-token prompt rest
+    /// read every weight twice in pieces of 16, and took 1.9x an 8-row step (Zen 4; the
+    /// kernels loop over rows in passes of 2-4 from L1, each row the same bits at any M).
+    static let q8Width = 32
+    /// `q8Width` for a weight the integer GEMV takes while decoding, else `smallM`.
+    static func decodingWidth(_ w: Weight, decoding: DecodeArithmetic) -> Int {
+        guard decoding == .q8, let fmt = w.format.kernelID, lora_q8_gemv_format(fmt) != 0, w.cols % 32 == 0 else { return smallM }
+        return q8Width
+    }
     /// Largest M x K that the small-M path of `gemm` copies to apply alpha (LoRA's u, r wide).
     static let smallScaled = 16 * 256
     static let f32Format = F32Format().kernelID!
@@ -92,6 +102,13 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     /// y[M, out] (+)= x[M, in] @ W^T.
     public func matmul(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int,
                        accumulate: Bool, scratch: MatmulScratch) {
+        matmul(y: y, x: x, w: w, M: M, accumulate: accumulate, scratch: scratch, small: Self.smallM)
+    }
+
+    /// `matmul` with the small-M (GEMV) path taken up to `small` rows: `smallM`, or for a
+    /// decoding call on an integer-GEMV weight, `q8Width`.
+    private func matmul(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: Weight, M: Int,
+                        accumulate: Bool, scratch: MatmulScratch, small: Int) {
         let N = w.rows, K = w.cols
         if M == 0 || N == 0 { return }
         if let f = w.format as? Int8RowsFormat, let threshold = f.outlierThreshold {
@@ -102,17 +119,18 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             blasForward(y: y, x: x, w: w, M: M, accumulate: accumulate, scratch: scratch)
             return
         }
-        if M > Self.smallM, decoding == .q8, w.format is GroupedBlockFormat {
+        if M > small, decoding == .q8, w.format is GroupedBlockFormat {
             // A decoding-only weight (DoRA's prompt rows land here): the integer GEMV in pieces,
             // as matmulDecoding; the grouped layout has no packed-GEMM kernel.
-            for m0 in stride(from: 0, to: M, by: Self.smallM) {
-                matmul(y: y + m0 * N, x: x + m0 * K, w: w, M: min(Self.smallM, M - m0), accumulate: accumulate, scratch: scratch)
+            let piece = Self.decodingWidth(w, decoding: decoding)
+            for m0 in stride(from: 0, to: M, by: piece) {
+                matmul(y: y + m0 * N, x: x + m0 * K, w: w, M: min(piece, M - m0), accumulate: accumulate, scratch: scratch, small: piece)
             }
             return
         }
         let acc: Int32 = accumulate ? 1 : 0
         let scales = w.scales
-        if M <= Self.smallM {
+        if M <= small {
             if !(decoding == .q8 && lora_q8_gemv_format(fmt) != 0 && K % 32 == 0) && w.format is GroupedBlockFormat {
                 // Only the integer GEMV reads the grouped layout (LORA_DECODE=f32 lands here).
                 blasForward(y: y, x: x, w: w, M: M, accumulate: accumulate, scratch: scratch)
@@ -308,9 +326,9 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             matmul(y: y, x: x, w: w, M: M, accumulate: false, scratch: scratch)
             return
         }
-        let K = w.cols, N = w.rows
-        for m0 in stride(from: 0, to: M, by: Self.smallM) {
-            matmul(y: y + m0 * N, x: x + m0 * K, w: w, M: min(Self.smallM, M - m0), accumulate: false, scratch: scratch)
+        let K = w.cols, N = w.rows, piece = Self.q8Width
+        for m0 in stride(from: 0, to: M, by: piece) {
+            matmul(y: y + m0 * N, x: x + m0 * K, w: w, M: min(piece, M - m0), accumulate: false, scratch: scratch, small: piece)
         }
     }
 
@@ -533,7 +551,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                                  terms all: [LoRATerm], u: UnsafeMutablePointer<Float>) {
         let N = w.rows, K = w.cols, nb = K / 32, bytes = M * K + 8 * M * nb
         let terms = LoRATerm.pieces(all)
-        guard !terms.isEmpty, M >= 1, M <= Self.smallM, decoding == .q8, let spin, let fmt = w.format.kernelID,
+        guard !terms.isEmpty, M >= 1, M <= Self.q8Width, decoding == .q8, let spin, let fmt = w.format.kernelID,
               lora_q8_gemv_format(fmt) != 0, K % 32 == 0, w.byteCount >= Self.spinBytes,
               bytes <= scratch.capacity * MemoryLayout<Float>.stride, let plan = loraPlan(terms, inFeatures: K, u: u)
         else {
@@ -594,7 +612,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             }
         }
         let threshold = (outputs.first?.w.format as? Int8RowsFormat)?.outlierThreshold
-        guard outputs.count > 1, M >= 1, M <= Self.smallM, let spin, let fam = family.kernelID,
+        guard outputs.count > 1, M >= 1, M <= Self.decodingWidth(outputs[0].w, decoding: decoding), let spin, let fam = family.kernelID,
               let fmt = outputs[0].w.format.kernelID,
               outputs.allSatisfy({ o in
                   o.w.format.kernelID == fmt && o.w.cols == outputs[0].w.cols && o.w.byteCount >= Self.spinBytes
@@ -720,6 +738,17 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         RMSNorm.backward(pool: pool, dx: dx, dy: dy, x: x, weight: weight, rstd: rstd, N: N, C: C)
     }
     public func ropeForward(x: UnsafeMutablePointer<Float>, positions: UnsafePointer<Int32>, rows: Int, nHeads: Int, headDim: Int, table: RoPETable) {
+        let width = nHeads * headDim
+        if let spin, rows >= 2, rows * width >= Self.spinElementwise.lowerBound, rows * width < Self.spinElementwise.upperBound {
+            // A step's rows on the spinning workers (as rmsnormForward); each row alone, same bits.
+            let parts = min(rows, Int(lora_pool_threads(spin)))
+            runSpin(spin, parts) { i in
+                let r0 = i * rows / parts, r1 = (i + 1) * rows / parts
+                RoPE.forward(pool: .serial, x: x + r0 * width, positions: positions + r0, rows: r1 - r0, nHeads: nHeads,
+                             headDim: headDim, table: table)
+            }
+            return
+        }
         RoPE.forward(pool: pool, x: x, positions: positions, rows: rows, nHeads: nHeads, headDim: headDim, table: table)
     }
     public func ropeBackward(dx: UnsafeMutablePointer<Float>, positions: UnsafePointer<Int32>, rows: Int, nHeads: Int, headDim: Int, table: RoPETable) {
@@ -754,8 +783,11 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             }
             return
         }
+        // A prompt chunk's rows: on the spinning workers when there are any (Dispatch's
+        // threads would wait for a core the spinning ones hold: 2 cores, Zen 4).
+        let spread: ((Int, (Int) -> Void) -> Void)? = spin.map { spin in { n, body in self.runSpin(spin, n, body) } }
         Attention.forwardCached(pool: pool, vectorKernels: family.vectorID, out: out, scores: scores, q: q, kCache: kCache, vCache: vCache, keyMask: keyMask,
-                                start: start, Tq: Tq, nH: nH, nKV: nKV, hd: hd, layout: layout)
+                                start: start, Tq: Tq, nH: nH, nKV: nKV, hd: hd, layout: layout, spread: spread)
     }
     public func dropout(seed: UInt64, threshold: UInt64, x: UnsafePointer<Float>, scale: Float,
                         keep: UnsafeMutablePointer<UInt8>, z: UnsafeMutablePointer<Float>, count: Int) {

@@ -48,8 +48,15 @@ final class ServeStepBenchmark: XCTestCase {
             let half = steps / 2
             var each: [Double] = []   // per step: the median and the fastest resist a noisy neighbour
             let t0 = DispatchTime.now().uptimeNanoseconds
+            // LORA_BENCH_PREFILL=n: every step, slot 0 starts over with an n-token prompt (a
+            // request joining with what the prompt cache left of its prompt) beside the others' tokens.
+            let prefill = Int(env["LORA_BENCH_PREFILL"] ?? "") ?? 0
             for s in 0..<half {
                 for i in cur.indices { cur[i].tokens = [Int32(200 + 7 * s + i)] }
+                if prefill > 0 {
+                    cache.reset(slot: 0)
+                    cur[0].tokens = Array(prompt.prefix(prefill))
+                }
                 let ts = DispatchTime.now().uptimeNanoseconds
                 try m.step(items: cur, cache: cache, ctx: ctx)
                 each.append(Double(DispatchTime.now().uptimeNanoseconds - ts) / 1e6)
@@ -61,6 +68,10 @@ final class ServeStepBenchmark: XCTestCase {
             let t1 = DispatchTime.now().uptimeNanoseconds
             for s in half..<steps {
                 for i in cur.indices { cur[i].tokens = [Int32(200 + 7 * s + i)] }
+                if prefill > 0 {
+                    cache.reset(slot: 0)
+                    cur[0].tokens = Array(prompt.prefix(prefill))
+                }
                 try m.step(items: cur, cache: cache, ctx: ctx)
             }
             let msProfiled = Double(DispatchTime.now().uptimeNanoseconds - t1) / 1e6 / Double(steps - half)

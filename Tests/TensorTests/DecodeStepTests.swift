@@ -260,8 +260,8 @@ final class DecodeStepTests: XCTestCase {
         }
     }
 
-    /// A batched decoding step's RMSNorm and SwiGLU on the spinning workers (sizes in
-    /// `CPUBackend.spinElementwise`) give the serial functions' bits, row counts odd and even,
+    /// A batched decoding step's RMSNorm, SwiGLU, RoPE and a prompt chunk's attention on the
+    /// spinning workers (sizes in `CPUBackend.spinElementwise`) give the serial functions' bits, row counts odd and even,
     /// lengths not multiples of the kernels' lanes; and a step's products with x quantized by
     /// the job's own tasks (2 to 16 rows) give the bits of x quantized first (M = 1 does that).
     func testSpinningStepOpsGiveTheSerialBits() {
@@ -280,18 +280,43 @@ final class DecodeStepTests: XCTestCase {
                 be.swigluForward(h: h1.data, gate: x.data, up: up.data, count: N * C)
                 XCTAssertEqual(h1.array.map(\.bitPattern), h0.array.map(\.bitPattern), "\(fam) swiglu \(N * C)")
             }
-            // Products: every row of a 16-row product against the same row alone.
+            // RoPE of a step's rows, and a prompt chunk's attention (Tq > 1), on the workers.
+            let table = RoPETable(maxT: 64, headDim: 64, theta: 10000)
+            for rows in [2, 7, 21] {
+                let x = randn([rows, 9, 64], &rng), want = Tensor([rows, 9, 64])
+                want.copy(from: x)
+                let pos = (0..<rows).map { Int32(3 * $0 + 1) }
+                RoPE.forward(pool: .serial, x: want.data, positions: pos, rows: rows, nHeads: 9, headDim: 64, table: table)
+                be.ropeForward(x: x.data, positions: pos, rows: rows, nHeads: 9, headDim: 64, table: table)
+                XCTAssertEqual(x.array.map(\.bitPattern), want.array.map(\.bitPattern), "\(fam) rope \(rows) rows")
+            }
+            for (start, Tq) in [(0, 5), (7, 14)] {
+                let L = start + Tq, layout = KVLayout.headMajor(capacity: 32, hd: 64)
+                let q = randn([Tq, 9, 64], &rng), k = randn([3, 32, 64], &rng), v = randn([3, 32, 64], &rng)
+                let want = Tensor([Tq, 9, 64]), got = Tensor([Tq, 9, 64]), s0 = Tensor([9, Tq, L]), s1 = Tensor([9, Tq, L])
+                Attention.forwardCached(pool: .serial, vectorKernels: fam.vectorID, out: want.data, scores: s0.data, q: q.data,
+                                        kCache: k.data, vCache: v.data, keyMask: nil, start: start, Tq: Tq, nH: 9, nKV: 3, hd: 64,
+                                        layout: layout)
+                be.attentionCached(out: got.data, scores: s1.data, q: q.data, kCache: k.data, vCache: v.data, keyMask: nil,
+                                   start: start, Tq: Tq, nH: 9, nKV: 3, hd: 64, layout: layout)
+                XCTAssertEqual(got.array.map(\.bitPattern), want.array.map(\.bitPattern), "\(fam) attention \(start)+\(Tq)")
+            }
+            // Products: every row of a step's product (up to 40 rows: pieces of q8Width, in
+            // the decoding layout too) against the same row alone (the C families' promise;
+            // OpenBLAS's sums depend on the shape).
+            guard fam.kernelID != nil else { continue }
             let scratch = MatmulScratch()
             for format in [WeightFormats.q4_1, WeightFormats.q8_0] {
                 let K = 576, N = 1536
-                let w = Weight.make(format, from: randn([N, K], &rng, scale: 0.1), pool: .serial)
-                let x = randn([16, K], &rng)
-                for M in [2, 5, 16] {
+                let plain = Weight.make(format, from: randn([N, K], &rng, scale: 0.1), pool: .serial)
+                let x = randn([40, K], &rng)
+                for (M, w) in [(2, plain), (5, plain), (16, plain), (21, plain), (21, GroupedBlockFormat.grouped(plain)),
+                               (40, GroupedBlockFormat.grouped(plain))] {
                     let y = Tensor([M, N])
-                    be.matmul(y: y.data, x: x.data, w: w, M: M, accumulate: false, scratch: scratch)
-                    for m in [0, M - 1] {
+                    be.matmulDecoding(y: y.data, x: x.data, w: w, M: M, scratch: scratch)
+                    for m in [0, M / 2, M - 1] {
                         let one = Tensor([1, N])
-                        be.matmul(y: one.data, x: x.data + m * K, w: w, M: 1, accumulate: false, scratch: scratch)
+                        be.matmulDecoding(y: one.data, x: x.data + m * K, w: w, M: 1, scratch: scratch)
                         XCTAssertTrue((0..<N).allSatisfy { y.data[m * N + $0].bitPattern == one.data[$0].bitPattern },
                                       "\(fam) \(format.name) M \(M) row \(m)")
                     }

@@ -329,7 +329,8 @@ final class Q8DecodeTests: XCTestCase {
                     }
                 }
                 XCTAssertEqual(bad, 0, "\(name) \(N)x\(K): blocks taken back out of their groups differ")
-                for M in [1, 2, 3, 5, 8, 16] {
+                // Past 16 rows (a server step with prompt rows): the passes over MAX_M rows.
+                for M in [1, 2, 3, 5, 8, 16, 17, 33] {
                     let A = Self.activations(M: M, K: K, &rng)
                     var q = [Int8](repeating: 0, count: M * K), d = [Float](repeating: 0, count: M * nb)
                     var s = [Int32](repeating: 0, count: M * nb)
