@@ -722,7 +722,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     }
     public func rmsnormForward(y: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
                                weight: UnsafePointer<Float>, N: Int, C: Int, eps: Float) {
-        if let spin, N >= 2, N * C >= Self.spinElementwise.lowerBound, N * C < Self.spinElementwise.upperBound {
+        if let spin, N >= 2, N <= Self.q8Width, N * C >= Self.spinElementwise.lowerBound, N * C < Self.spinElementwise.upperBound {
             // A batched decoding step's rows on the spinning workers; each row alone, same bits.
             let parts = min(N, Int(lora_pool_threads(spin)))
             runSpin(spin, parts) { i in
@@ -739,7 +739,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     }
     public func ropeForward(x: UnsafeMutablePointer<Float>, positions: UnsafePointer<Int32>, rows: Int, nHeads: Int, headDim: Int, table: RoPETable) {
         let width = nHeads * headDim
-        if let spin, rows >= 2, rows * width >= Self.spinElementwise.lowerBound, rows * width < Self.spinElementwise.upperBound {
+        if let spin, rows >= 2, rows <= Self.q8Width, rows * width >= Self.spinElementwise.lowerBound, rows * width < Self.spinElementwise.upperBound {
             // A step's rows on the spinning workers (as rmsnormForward); each row alone, same bits.
             let parts = min(rows, Int(lora_pool_threads(spin)))
             runSpin(spin, parts) { i in
@@ -817,7 +817,9 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     }
     /// Sizes of element-wise work (floats) that a decoding step splits over the spinning
     /// workers: from a few rows of SmolLM2's MLP (8 rows of 1536: 0.3 ms a step on the caller
-    /// alone, Zen 4) to what the pool's grain takes over.
+    /// alone, Zen 4) to what the pool's grain takes over. RMSNorm and RoPE also stop past a
+    /// decoding step's rows (`q8Width`): a training step's ops stay on Dispatch, whose threads
+    /// a worker left spinning after a job would keep from a core.
     static let spinElementwise = 4096 ..< (1 << 16)
     public func swigluBackward(dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>, dh: UnsafePointer<Float>,
                                gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count: Int) {
