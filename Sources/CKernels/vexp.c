@@ -195,3 +195,66 @@ double lora_exp_shifted(int family, float *y, const float *x, float shift, long 
 #endif
     return portable_exp_shifted(y, x, shift, n);
 }
+
+// ---- a residual add and greedy decoding's argmax ---------------------------------------------
+
+static void portable_add(float *out, const float *a, const float *b, long i, long n) {
+    for (; i < n; i++) out[i] = a[i] + b[i];
+}
+
+static long portable_argmax(const float *x, long n) {
+    long best = 0;
+    for (long i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+#ifdef VEXP_X86
+VEXP_T static void avx2_add(float *out, const float *a, const float *b, long n) {
+    long i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
+    portable_add(out, a, b, i, n);
+}
+
+/// The plain loop's answer (the first index of the largest value; a NaN never wins, and a NaN
+/// at 0 stays the answer): the largest non-NaN value by lanes, then its first index.
+VEXP_T static long avx2_argmax(const float *x, long n) {
+    if (n < 16 || x[0] != x[0]) return portable_argmax(x, n);
+    __m256 m = _mm256_set1_ps(x[0]);
+    long i = 0;
+    // max_ps(v, m) returns m when v is NaN, so NaNs drop out.
+    for (; i + 8 <= n; i += 8) m = _mm256_max_ps(_mm256_loadu_ps(x + i), m);
+    float lanes[8];
+    _mm256_storeu_ps(lanes, m);
+    float best = lanes[0];
+    for (int k = 1; k < 8; k++) best = lanes[k] > best ? lanes[k] : best;
+    for (; i < n; i++) best = x[i] > best ? x[i] : best;
+    const __m256 bv = _mm256_set1_ps(best);
+    for (i = 0; i + 8 <= n; i += 8) {
+        const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), bv, _CMP_EQ_OQ));
+        if (hit) return i + __builtin_ctz((unsigned)hit);
+    }
+    for (; i < n; i++)
+        if (x[i] == best) return i;
+    return 0;
+}
+#endif
+
+void lora_add(int family, float *out, const float *a, const float *b, long n) {
+#ifdef VEXP_X86
+    if ((family == LORA_FAMILY_AVX2 || family == LORA_FAMILY_AVX512) && lora_family_available(LORA_FAMILY_AVX2)) {
+        avx2_add(out, a, b, n);
+        return;
+    }
+#endif
+    portable_add(out, a, b, 0, n);
+}
+
+long lora_argmax(int family, const float *x, long n) {
+    if (n <= 0) return 0;
+#ifdef VEXP_X86
+    if ((family == LORA_FAMILY_AVX2 || family == LORA_FAMILY_AVX512) && lora_family_available(LORA_FAMILY_AVX2))
+        return avx2_argmax(x, n);
+#endif
+    return portable_argmax(x, n);
+}

@@ -62,6 +62,8 @@ public protocol Backend: AnyObject, Sendable {
     func swigluBackward(dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>, dh: UnsafePointer<Float>,
                         gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count: Int)
     func add(out: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>, count: Int)
+    /// The first index of the largest of x[0..<count] (greedy decoding's pick; NaNs never win).
+    func argmax(_ x: UnsafePointer<Float>, count: Int) -> Int
     /// Dropout's mask and output over `count` elements: `lora_dropout_mask`'s hash of (seed, i / 2),
     /// keep[i] = 0 when its 32 bits fall under `threshold`, else 1; z[i] = keep ? x[i] * scale : 0.
     func dropout(seed: UInt64, threshold: UInt64, x: UnsafePointer<Float>, scale: Float,

@@ -826,8 +826,14 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         SwiGLU.backward(pool: pool, vectorKernels: family.vectorID, dgate: dgate, dup: dup, dh: dh, gate: gate, up: up, count: count)
     }
     public func add(out: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>, count: Int) {
-        VectorOps.add(pool: pool, out: out, a: a, b: b, count: count)
+        // VectorOps.add is the reference; Swift's loop there is not vectorized (a decode step's
+        // residual adds ran at a float a nanosecond on the caller while the workers waited).
+        let fam = family.vectorID
+        pool.chunks(count, grain: 1 << 15) { r in
+            lora_add(fam, out + r.lowerBound, a + r.lowerBound, b + r.lowerBound, r.count)
+        }
     }
+    public func argmax(_ x: UnsafePointer<Float>, count: Int) -> Int { Int(lora_argmax(family.vectorID, x, count)) }
     public func crossEntropy(dlogits: UnsafeMutablePointer<Float>?, logits: UnsafePointer<Float>, targets: UnsafePointer<Int32>,
                              N: Int, V: Int, gradScale: Float) -> (lossSum: Double, count: Int) {
         CrossEntropy.forwardBackward(pool: pool, dlogits: dlogits, logits: logits, targets: targets, N: N, V: V, gradScale: gradScale)

@@ -64,4 +64,47 @@ final class LoRADecodingFactorsTests: XCTestCase {
         }
         XCTAssertEqual(Projection.allCases.map(\.ordinal), Array(0..<Projection.allCases.count))
     }
+
+    /// A serve step's LoRA terms (`SlotCache.terms`) are kept while the plan and the adapters'
+    /// parameters stay the same, and rebuilt when either changes: a step after an announced
+    /// update gives the bits of a step whose terms were built afresh, and those differ from the
+    /// old factors' (so a stale table would show).
+    func testStepTermsFollowThePlanAndTheParameters() throws {
+        let m = try LlamaModel(checkpoint: try SafeTensorsCheckpoint(folder: Fixtures.model("tiny-gqa")), quantization: .q8_0, pool: testPool)
+        let V = m.config.vocabSize
+        let dir = Fixtures.root.appendingPathComponent("merge/tiny-gqa-a.adapter")
+        let a = try Adapter.load(dir, model: m.config), b = try Adapter.load(dir, model: m.config)
+        let set = AdapterSet(a), mix = AdapterSet([(a, 0.5), (b, 0.5)])
+        let prompt: [Int32] = (0..<9).map { Int32(5 + $0 * 31) }
+        let caches = (0..<3).map { _ in SlotCache(model: m, slots: 2, capacity: 32, maxRows: 32) }
+        for c in caches {
+            try m.step(items: [SlotItem(slot: 0, tokens: prompt, adapters: set, adapterKey: "a"),
+                               SlotItem(slot: 1, tokens: prompt, adapters: mix, adapterKey: "mix")], cache: c, ctx: testCtx)
+        }
+        func decode(_ c: SlotCache, _ t: Int32) throws -> [Float] {
+            try m.step(items: [SlotItem(slot: 0, tokens: [t], adapters: set, adapterKey: "a"),
+                               SlotItem(slot: 1, tokens: [t + 1], adapters: mix, adapterKey: "mix")], cache: c, ctx: testCtx)
+            return Array(UnsafeBufferPointer(start: c.logits.data, count: 2 * V))
+        }
+        for c in caches { _ = try decode(c, 40) }
+        let kept = caches[0].lastTerms
+        XCTAssertNotNil(kept)
+        for c in caches { _ = try decode(c, 41) }
+        XCTAssertTrue(caches[0].lastTerms === kept, "the same plan keeps its terms")
+        let old = try decode(caches[2], 42)   // the old factors' answer at the next position
+        // An update of a, announced: the next step's terms are built again.
+        for l in a.layers.values { for i in 0..<l.B.count { l.B.data[i] *= 3 } }
+        a.parametersChanged()
+        let after = try decode(caches[0], 42)
+        XCTAssertFalse(caches[0].lastTerms === kept, "new parameters, new terms")
+        caches[1].lastTerms = nil
+        let fresh = try decode(caches[1], 42)
+        XCTAssertEqual(zip(after, fresh).filter { $0.bitPattern != $1.bitPattern }.count, 0, "kept terms after an update vs terms built afresh: values that differ")
+        XCTAssertTrue(after != old, "the update shows in the logits")
+        // Another plan (slot 1 alone) builds its own terms.
+        let t1 = caches[0].lastTerms
+        try m.step(items: [SlotItem(slot: 1, tokens: [7], adapters: mix, adapterKey: "mix")], cache: caches[0], ctx: testCtx)
+        XCTAssertFalse(caches[0].lastTerms === t1, "another plan, other terms")
+        XCTAssertEqual(caches[0].lastTerms?.key.count, 2, "the mix's two adapters")
+    }
 }

@@ -60,7 +60,7 @@ final class PackedLoRAFactorsTests: XCTestCase {
         var rng = RNG(seed: 5)
         var checked = 0
         for (M, K, r, N) in [(1, 576, 16, 576), (4, 64, 8, 33), (5, 7, 5, 15), (9, 577, 24, 200), (3, 1, 1, 1),
-                             (2, 130, 40, 16), (8, 96, 64, 48), (1, 33, 9, 17)] {
+                             (2, 130, 40, 16), (8, 96, 64, 48), (1, 33, 9, 17), (8, 64, 16, 1536), (6, 32, 16, 80)] {
             let x = (0..<(M * K)).map { _ in rng.normal() }
             let A = (0..<(r * K)).map { _ in 0.1 * rng.normal() }
             let B = (0..<(N * r)).map { _ in 0.1 * rng.normal() }

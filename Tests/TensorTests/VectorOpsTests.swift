@@ -100,4 +100,40 @@ final class ExpShiftedKernelTests: XCTestCase {
             }
         }
     }
+
+    /// lora_add (the backend's residual add) and lora_argmax (greedy decoding's pick) give the
+    /// plain loops' answers on every family: tails, in place, and for argmax ties (the first
+    /// wins), both zeros, infinities and NaNs (never chosen; a NaN at 0 is the answer).
+    func testAddAndArgmaxInEveryFamily() {
+        var rng = RNG(seed: 22)
+        for n in [1, 7, 8, 9, 15, 16, 17, 31, 4608, 49152] {
+            let a = randn([n], &rng), b = randn([n], &rng)
+            for fam in KernelFamily.available.compactMap(\.kernelID) {
+                var out = [Float](repeating: .nan, count: n)
+                lora_add(fam, &out, a.data, b.data, n)
+                XCTAssertEqual(out.map(\.bitPattern), (0..<n).map { (a[$0] + b[$0]).bitPattern }, "family \(fam) n=\(n)")
+                let x = a.clone()
+                lora_add(fam, x.data, x.data, b.data, n)
+                XCTAssertEqual(x.array.map(\.bitPattern), out.map(\.bitPattern), "family \(fam) n=\(n) in place")
+            }
+            var cases: [[Float]] = [a.array]
+            var tie = a.array; let top = tie.max()!; tie[n - 1] = top; tie[n / 2] = top; cases.append(tie)
+            var nan = a.array; nan[n / 3] = .nan; nan[n - 1] = .nan; cases.append(nan)
+            var nan0 = a.array; nan0[0] = .nan; cases.append(nan0)
+            var inf = a.array; inf[n - 1] = .infinity; cases.append(inf)
+            cases.append([Float](repeating: -.infinity, count: n))
+            var zeros = [Float](repeating: -1, count: n); zeros[n / 2] = -0.0; zeros[n - 1] = 0; cases.append(zeros)
+            cases.append([Float](repeating: .nan, count: n))
+            for (k, x) in cases.enumerated() {
+                let want = x.withUnsafeBufferPointer { p in
+                    var best = 0
+                    for i in 1..<max(1, n) where p[i] > p[best] { best = i }
+                    return best
+                }
+                for fam in KernelFamily.available.compactMap(\.kernelID) {
+                    XCTAssertEqual(Int(lora_argmax(fam, x, n)), want, "family \(fam) n=\(n) case \(k)")
+                }
+            }
+        }
+    }
 }

@@ -311,6 +311,11 @@ double lora_exp_shifted(int family, float *y, const float *x, float shift, long 
 /// each left to right, no fused operations. Outputs may alias inputs element for element.
 void lora_swiglu_forward(int family, float *h, const float *gate, const float *up, long n);
 void lora_swiglu_backward(int family, float *dgate, float *dup, const float *dh, const float *gate, const float *up, long n);
+/// out[i] = a[i] + b[i] (out may alias a or b): the same bits in every family.
+void lora_add(int family, float *out, const float *a, const float *b, long n);
+/// The first index of the largest of x[0..<n], as `for i in 1..<n where x[i] > x[best]`
+/// finds it (NaNs never win; 0 when x[0] is NaN or n < 1), in every family.
+long lora_argmax(int family, const float *x, long n);
 
 // ---- A spinning worker pool for short jobs (spinpool.c) -------------------------------------
 typedef struct lora_pool lora_pool;

@@ -58,7 +58,7 @@ public final class Generator {
                 LogitsProcessing.topP(scores, V: V, o.topP)
                 next = LogitsProcessing.sample(scores, V: V, rng: &rng)
             } else {
-                next = LogitsProcessing.argmax(scores, V: V)
+                next = ctx.backend.argmax(scores, count: V)
             }
             let id = Int32(next)
             if eosIDs.contains(id) { break }

@@ -118,7 +118,12 @@ public final class LoRALayer: @unchecked Sendable {
     public func parametersChanged() {
         normStale = true
         packLock.lock(); packedStale = true; packLock.unlock()
+        version?.bump()
     }
+
+    /// The owning adapter's count of parameter changes (set by `LoRAAdapter`): a serve step
+    /// keeps its LoRA terms while it stays the same.
+    var version: ParameterVersion?
 
     // MARK: decoding's packed factors
 
@@ -371,6 +376,14 @@ public final class LoRALayer: @unchecked Sendable {
 }
 
 /// Every layer of one adapter, with its PEFT config.
+/// A counter of parameter changes, shared by an adapter and its layers.
+final class ParameterVersion: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    var value: Int { lock.lock(); defer { lock.unlock() }; return n }
+    func bump() { lock.lock(); n += 1; lock.unlock() }
+}
+
 public final class LoRAAdapter: @unchecked Sendable {
     public let config: AdapterConfig
     public let layers: [LoRASite: LoRALayer]
@@ -391,6 +404,7 @@ public final class LoRAAdapter: @unchecked Sendable {
     public init(config: AdapterConfig, layers: [LoRASite: LoRALayer]) {
         self.config = config
         self.layers = layers
+        maxRank = layers.values.map(\.r).max() ?? 0
         sites = layers.keys.sorted()
         var table = [LoRALayer?](repeating: nil, count: ((sites.last?.layer ?? -1) + 1) * Projection.allCases.count)
         for (site, l) in layers { table[site.layer * Projection.allCases.count + site.projection.ordinal] = l }
@@ -398,8 +412,12 @@ public final class LoRAAdapter: @unchecked Sendable {
         // Decoding's packed copies of every layer in one arena (one chunk, 2 MB pages); no
         // memory is touched until a layer is first decoded with.
         let arena = WeightArena(chunkBytes: layers.values.reduce(0) { $0 + $1.packedBytes })
-        for l in layers.values { l.packArena = arena }
+        for l in layers.values { l.packArena = arena; l.version = parameterVersion }
     }
+
+    /// Counts `parametersChanged()` calls on the adapter or any of its layers.
+    let parameterVersion = ParameterVersion()
+    public var parametersVersion: Int { parameterVersion.value }
 
     /// A fresh adapter (A kaiming-uniform, B zero) on every target of every selected layer of
     /// a model, drawn from `rng` in model order.
@@ -469,7 +487,8 @@ public final class LoRAAdapter: @unchecked Sendable {
     }
 
     public var parameterCount: Int { trainable.reduce(0) { $0 + $1.param.count } }
-    public var maxRank: Int { layers.values.map(\.r).max() ?? 0 }
+    /// The largest rank of any layer (a serve step asks per group).
+    public let maxRank: Int
 
     public func enableGradients() { for l in layers.values { l.enableGradients() } }
     public func zeroGradients() { for t in trainable { t.grad?.zero() } }

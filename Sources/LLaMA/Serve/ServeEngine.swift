@@ -179,7 +179,9 @@ public final class ServeEngine: @unchecked Sendable {
         var running: [Running] = []
         var freeSlots = Array((0..<maxBatch).reversed())
         while true {
-            // Admit waiting requests into free slots; sleep when there is nothing to do.
+            // Admit waiting requests into free slots; sleep when there is nothing to do (the
+            // last step's LoRA terms go first: they hold its adapters, maybe unloaded since).
+            if running.isEmpty { cache.lastTerms = nil }
             cond.lock()
             while running.isEmpty && queue.isEmpty { cond.wait() }
             while !freeSlots.isEmpty && !queue.isEmpty {
@@ -316,7 +318,7 @@ public final class ServeEngine: @unchecked Sendable {
     /// Greedy at temperature 0, else temperature, top-k, top-p and a draw (Hugging Face's order).
     private func pick(_ scores: UnsafeMutablePointer<Float>, V: Int, _ s: ServeSampling, rng: inout RNG) -> Int {
         for (id, b) in s.logitBias where Int(id) < V { scores[Int(id)] += b }
-        if s.temperature == 0 { return LogitsProcessing.argmax(scores, V: V) }
+        if s.temperature == 0 { return ctx.backend.argmax(scores, count: V) }
         LogitsProcessing.temperature(scores, V: V, s.temperature)
         LogitsProcessing.topK(scores, V: V, s.topK)
         LogitsProcessing.topP(scores, V: V, s.topP)

@@ -22,6 +22,8 @@ public final class SlotCache: @unchecked Sendable {
     let positions: UnsafeMutablePointer<Int32>   // [maxRows]
     let scores: Tensor              // [nH, maxRows, capacity] attention scratch
     let scratch = MatmulScratch()
+    /// The last step's LoRA terms (`terms(for:layers:)`).
+    var lastTerms: StepTerms?
 
     public init(model: LlamaModel, slots: Int, capacity: Int, maxRows: Int) {
         let c = model.config
@@ -56,6 +58,72 @@ public final class SlotCache: @unchecked Sendable {
 }
 
 extension SlotCache: DecodeBuffers {}
+
+/// A step's plain LoRA terms at every site (layer * perLayer + projection ordinal), built for
+/// one term plan. Holds the plan's adapters, so the factors the terms point at stay alive and
+/// an adapter's identity cannot be reused while the table exists; `versions` tells when an
+/// adapter's parameters changed since (its packed factors are then repacked on rebuild).
+final class StepTerms {
+    static let perLayer = Projection.allCases.count
+    struct Entry: Equatable {
+        let adapter: ObjectIdentifier, version: Int, r0: Int, r1: Int, weights: [UInt32]
+    }
+    let key: [Entry]
+    let adapters: [LoRAAdapter]
+    private(set) var sites: [[LoRATerm]] = []
+    /// Floats of u the largest site needs (`LoRATerm.scratchCount`).
+    private(set) var maxScratch = 0
+    /// Per-row alphas (weight * scale) of mixed terms, a region per site.
+    private let alphas: UnsafeMutablePointer<Float>
+
+    static func key(_ plan: [(adapter: LoRAAdapter, r0: Int, r1: Int, weights: [Float])]) -> [Entry] {
+        plan.map { Entry(adapter: ObjectIdentifier($0.adapter), version: $0.adapter.parametersVersion, r0: $0.r0, r1: $0.r1,
+                         weights: $0.weights.map(\.bitPattern)) }
+    }
+
+    init(plan: [(adapter: LoRAAdapter, r0: Int, r1: Int, weights: [Float])], key: [Entry], layers: Int) {
+        self.key = key
+        adapters = plan.map(\.adapter)
+        let perSite = plan.reduce(0) { $0 + ($1.weights.count > 1 ? $1.weights.count : 0) }
+        alphas = .allocate(capacity: max(1, perSite * layers * Self.perLayer))
+        sites.reserveCapacity(layers * Self.perLayer)
+        for l in 0..<layers {
+            for p in Projection.allCases {
+                let site = LoRASite(l, p)
+                var ab = alphas + sites.count * perSite
+                var terms: [LoRATerm] = []
+                for t in plan {
+                    guard let layer = t.adapter.layer(at: site) else { continue }
+                    if t.weights.count == 1 {
+                        terms.append(LoRATerm(r0: t.r0, r1: t.r1, rank: layer.r, alpha: t.weights[0] * layer.scale,
+                                              A: layer.A.data, B: layer.B.data, packed: layer.decodingFactors()))
+                    } else {
+                        // The same product as alone: weight * scale, per row.
+                        for (i, w) in t.weights.enumerated() { ab[i] = w * layer.scale }
+                        terms.append(LoRATerm(r0: t.r0, r1: t.r1, rank: layer.r, alpha: 1, A: layer.A.data, B: layer.B.data,
+                                              alphas: UnsafePointer(ab), packed: layer.decodingFactors()))
+                        ab += t.weights.count
+                    }
+                }
+                maxScratch = max(maxScratch, LoRATerm.scratchCount(terms))
+                sites.append(terms)
+            }
+        }
+    }
+
+    deinit { alphas.deallocate() }
+}
+
+extension SlotCache {
+    /// The terms of `plan` at every site: the last step's table when its plan was the same.
+    func terms(for plan: [(adapter: LoRAAdapter, r0: Int, r1: Int, weights: [Float])], layers: Int) -> StepTerms {
+        let key = StepTerms.key(plan)
+        if let t = lastTerms, t.key == key, t.sites.count == layers * StepTerms.perLayer { return t }
+        let t = StepTerms(plan: plan, key: key, layers: layers)
+        lastTerms = t
+        return t
+    }
+}
 
 /// One sequence's part of a batched step: its slot, its new tokens (a prompt chunk or one
 /// decoded token) and the adapters that apply to it.
@@ -108,39 +176,17 @@ extension LlamaModel {
             cache.ensureRank(it.adapters.maxRank)
         }
         let plan = Self.termPlan(groups)
-        // Per-row alphas of mixed terms (weight * scale), a region per projection of a shared call.
-        let alphaCount = (plan ?? []).reduce(0) { $0 + ($1.weights.count > 1 ? $1.weights.count : 0) }
-        let alphaBuf = UnsafeMutablePointer<Float>.allocate(capacity: max(1, 3 * alphaCount))
-        defer { alphaBuf.deallocate() }
+        // Every site's plain LoRA terms, kept from the last step while the plan is the same
+        // (a batch changes only when a request joins or leaves).
+        let table = plan.map { cache.terms(for: $0, layers: c.numHiddenLayers) }
+        if let table { cache.ensureScratch(3 * table.maxScratch) }
         let be = ctx.backend
-        // Every group's plain LoRA terms at one site, in one grouped product.
-        func siteTerms(_ plan: [(adapter: LoRAAdapter, r0: Int, r1: Int, weights: [Float])], _ site: LoRASite,
-                       alphas ab: UnsafeMutablePointer<Float>) -> [LoRATerm] {
-            var terms: [LoRATerm] = []
-            var at = 0
-            for t in plan {
-                guard let layer = t.adapter.layer(at: site) else { continue }
-                if t.weights.count == 1 {
-                    terms.append(LoRATerm(r0: t.r0, r1: t.r1, rank: layer.r, alpha: t.weights[0] * layer.scale,
-                                          A: layer.A.data, B: layer.B.data, packed: layer.decodingFactors()))
-                } else {
-                    // The same product as alone: weight * scale, per row.
-                    for (i, w) in t.weights.enumerated() { ab[at + i] = w * layer.scale }
-                    terms.append(LoRATerm(r0: t.r0, r1: t.r1, rank: layer.r, alpha: 1, A: layer.A.data, B: layer.B.data,
-                                          alphas: UnsafePointer(ab + at), packed: layer.decodingFactors()))
-                    at += t.weights.count
-                }
-            }
-            return terms
-        }
         func project(_ lin: Linear, _ l: Int, _ p: Projection, y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>) {
             let out = lin.outFeatures, inF = lin.inFeatures
             // Plain LoRA: every group's terms in one grouped product (the backend spreads them
             // over its workers). DoRA rescales its group's rows and stays one call per group.
-            let site = LoRASite(l, p)
-            if let plan {
-                let terms = siteTerms(plan, site, alphas: alphaBuf)
-                cache.ensureScratch(LoRATerm.scratchCount(terms))
+            if let table {
+                let terms = table.sites[l * StepTerms.perLayer + p.ordinal]
                 if ctx.profile == nil {
                     // The base product and the terms as one backend call (one job on the CPU).
                     be.decodeProjection(y: y, x: x, w: lin.weight, M: M, scratch: cache.scratch, terms: terms, u: cache.u.data)
@@ -183,10 +229,9 @@ extension LlamaModel {
         // Projections of one x as one call: plain LoRA only (DoRA groups, no plan), and not in a
         // profiled step with terms (their time is counted apart).
         let shared = { (l: Int, ps: [Projection]) -> (terms: [[LoRATerm]], u: UnsafeMutablePointer<Float>)? in
-            guard let plan, ps.count <= 3 else { return nil }
-            let all = ps.enumerated().map { i, p in siteTerms(plan, LoRASite(l, p), alphas: alphaBuf + i * alphaCount) }
+            guard let table, ps.count <= 3 else { return nil }
+            let all = ps.map { table.sites[l * StepTerms.perLayer + $0.ordinal] }
             if ctx.profile != nil && all.contains(where: { !$0.isEmpty }) { return nil }
-            cache.ensureScratch(all.reduce(0) { $0 + LoRATerm.scratchCount($1) })
             return (all, cache.u.data)
         }
         decodeRows(ids, buffers: cache, lastRows: lastRows, ctx: ctx, shared: shared, project: project) { l in
