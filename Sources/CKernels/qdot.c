@@ -732,47 +732,65 @@ Q8_BUFFERED_FN(vnni_buffered, VNNI_TARGET, vnni_pass, 4)
 Q8_GEMV(avx2_q8_gemv, AVX2_TARGET, avx2_block, avx2_buffered, 2, 1, 0)
 Q8_GEMV(vnni_q8_gemv, VNNI_TARGET, vnni_block, vnni_buffered, 4, 0, 0)
 
-/// lora_q8_quantize's blocks, 8 lanes at a time with the same float operations: |x| maxed
-/// with NaN ignored as fmaxf does (vmaxps returns its second operand when one is NaN), d and
-/// 1/d in scalar as the reference, x * (1/d) rounded by adding and taking off 1.5 * 2^23,
-/// truncated (exact: already integral), clamped to -127..127 (NaN's INT_MIN becomes -127, as
-/// the reference's (long)NaN does), packed to bytes.
-AVX2_TARGET static void avx2_q8_quantize(long M, long K, const float *A, long lda, int8_t *q, float *d, int32_t *sum) {
-    const long nb = K / QK;
+/// One block's |x| max (NaN ignored) from its 32 floats.
+static inline __attribute__((always_inline)) AVX2_TARGET float q8_amax(const float *x) {
     const __m256 signless = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 mx = _mm256_setzero_ps();
+    for (int k = 0; k < 4; k++) mx = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + 8 * k), signless), mx);
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
+/// One block's codes and their sum, given id = 1 / d (or 0).
+static inline __attribute__((always_inline)) AVX2_TARGET int32_t q8_codes(const float *x, float id, int8_t *out) {
     const __m256 magic = _mm256_set1_ps(0x1.8p23f);
     const __m256i hi = _mm256_set1_epi32(127), lo = _mm256_set1_epi32(-127);
-    for (long m = 0; m < M; m++)
-        for (long b = 0; b < nb; b++) {
-            const float *x = A + m * lda + b * QK;
-            __m256 v[4], mx = _mm256_setzero_ps();
-            for (int k = 0; k < 4; k++) {
-                v[k] = _mm256_loadu_ps(x + 8 * k);
-                mx = _mm256_max_ps(_mm256_and_ps(v[k], signless), mx);
-            }
-            __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
-            h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-            h = _mm_max_ss(h, _mm_movehdup_ps(h));
-            const float amax = _mm_cvtss_f32(h);
-            const float dd = amax / 127.0f, id = dd != 0 ? 1.0f / dd : 0.0f;
-            const __m256 vid = _mm256_set1_ps(id);
-            __m256i iv[4], s = _mm256_setzero_si256();
-            for (int k = 0; k < 4; k++) {
-                const __m256 r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v[k], vid), magic), magic);
-                iv[k] = _mm256_max_epi32(_mm256_min_epi32(_mm256_cvttps_epi32(r), hi), lo);
-                s = _mm256_add_epi32(s, iv[k]);
-            }
-            // int32 -> int8 in order: packs work per 128-bit lane, so fix the order after.
-            const __m256i p01 = _mm256_packs_epi32(iv[0], iv[1]), p23 = _mm256_packs_epi32(iv[2], iv[3]);
-            const __m256i p = _mm256_packs_epi16(p01, p23);
-            const __m256i ordered = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-            _mm256_storeu_si256((__m256i *)(q + m * K + b * QK), ordered);
-            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
-            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
-            d[m * nb + b] = dd;
-            sum[m * nb + b] = _mm_cvtsi128_si32(s4);
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i iv[4], s = _mm256_setzero_si256();
+    for (int k = 0; k < 4; k++) {
+        const __m256 r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), vid), magic), magic);
+        iv[k] = _mm256_max_epi32(_mm256_min_epi32(_mm256_cvttps_epi32(r), hi), lo);
+        s = _mm256_add_epi32(s, iv[k]);
+    }
+    // int32 -> int8 in order: packs work per 128-bit lane, so fix the order after.
+    const __m256i p01 = _mm256_packs_epi32(iv[0], iv[1]), p23 = _mm256_packs_epi32(iv[2], iv[3]);
+    const __m256i p = _mm256_packs_epi16(p01, p23);
+    _mm256_storeu_si256((__m256i *)out, _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+    return _mm_cvtsi128_si32(s4);
+}
+
+/// lora_q8_quantize's blocks, 8 lanes at a time with the same float operations: |x| maxed
+/// with NaN ignored as fmaxf does (vmaxps returns its second operand when one is NaN), d and
+/// 1/d as the reference's correctly rounded divisions (8 blocks' in one vdivps each: two
+/// scalar divisions a block sat on the latency path), x * (1/d) rounded by adding and taking
+/// off 1.5 * 2^23, truncated (exact: already integral), clamped to -127..127 (NaN's INT_MIN
+/// becomes -127, as the reference's (long)NaN does), packed to bytes.
+AVX2_TARGET static void avx2_q8_quantize(long M, long K, const float *A, long lda, int8_t *q, float *d, int32_t *sum) {
+    const long nb = K / QK;
+    const __m256 c127 = _mm256_set1_ps(127.0f), one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    for (long m = 0; m < M; m++) {
+        const float *xm = A + m * lda;
+        long b = 0;
+        for (; b + 8 <= nb; b += 8) {
+            float amax[8], id[8];
+            for (int i = 0; i < 8; i++) amax[i] = q8_amax(xm + (b + i) * QK);
+            const __m256 dd = _mm256_div_ps(_mm256_loadu_ps(amax), c127);
+            const __m256 inv = _mm256_and_ps(_mm256_div_ps(one, dd), _mm256_cmp_ps(dd, zero, _CMP_NEQ_UQ));
+            _mm256_storeu_ps(d + m * nb + b, dd);
+            _mm256_storeu_ps(id, inv);
+            for (int i = 0; i < 8; i++) sum[m * nb + b + i] = q8_codes(xm + (b + i) * QK, id[i], q + m * K + (b + i) * QK);
         }
+        for (; b < nb; b++) {
+            const float dd = q8_amax(xm + b * QK) / 127.0f, id = dd != 0 ? 1.0f / dd : 0.0f;
+            d[m * nb + b] = dd;
+            sum[m * nb + b] = q8_codes(xm + b * QK, id, q + m * K + b * QK);
+        }
+    }
 }
 
 static int has_vnni(void) {

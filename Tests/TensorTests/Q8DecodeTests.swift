@@ -75,10 +75,14 @@ final class Q8DecodeTests: XCTestCase {
     /// does; its code clamps to -127), 32-wide blocks at odd offsets.
     func testQuantize() {
         var rng = KernelFamilyTests.Rand()
-        let M = 3, K = 256, nb = K / 32
+        // K = 576: two 8-block groups of the vector path's divisions and two blocks after.
+        for K in [256, 576] {
+        let M = 3, nb = K / 32
         var a = Self.activations(M: M, K: K, &rng)
         a[5] = 1000; a[40] = -3e-38; a[70] = .leastNonzeroMagnitude
         for j in 96..<128 { a[j] = Float(j - 112) * 0.5 }   // x / d lands on .5: ties to even
+        for j in 128..<160 { a[j] = 0 }                      // an all-zero block: d = 0, codes 0
+        a[K + 300] = .infinity                               // d = inf: 1 / d = 0
         func quantize(_ family: Int32, _ a: [Float]) -> ([Int8], [Float], [Int32]) {
             var q = [Int8](repeating: 99, count: M * K), d = [Float](repeating: -1, count: M * nb)
             var s = [Int32](repeating: -1, count: M * nb)
@@ -95,6 +99,7 @@ final class Q8DecodeTests: XCTestCase {
                 let qi = q[b * 32 + j], xi = Double(a[b * 32 + j])
                 XCTAssertTrue(qi >= -127 && qi <= 127, "block \(b) q \(qi)")
                 if amax == 0 { XCTAssertEqual(qi, 0); continue }
+                if !amax.isFinite { continue }   // the block with inf: compared bit for bit below
                 let err = abs(xi - Double(d[b]) * Double(qi))
                 XCTAssertLessThanOrEqual(err, Self.roundingBound * Double(d[b]), "block \(b) j \(j): x \(xi) q \(qi) d \(d[b])")
             }
@@ -112,6 +117,7 @@ final class Q8DecodeTests: XCTestCase {
                 XCTAssertEqual(got.1.map(\.bitPattern), want.1.map(\.bitPattern), "\(name): d")
                 XCTAssertEqual(got.2, want.2, "\(name): sums")
             }
+        }
         }
     }
 
