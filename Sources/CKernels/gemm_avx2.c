@@ -348,6 +348,7 @@ TARGET static void gemm(long M, long col0, long ncols, long depth, const float *
 // Int8 sums are scaled once at the end. Depths past the last multiple of 8 are scalar.
 
 #define GEMV_RB 4
+// Rows of W prefetched ahead, into L2 (see gemm_avx512.c's GEMV_PF).
 #define GEMV_PF 16
 
 static inline float wscalar(int fmt, const void *w, long i) {
@@ -390,7 +391,7 @@ INLINE void gemv_block(const int fmt, const int mb, long K, const float *A, long
         __m256 s[GEMV_RB];
         for (int r = 0; r < GEMV_RB; r++) {
             _mm_prefetch(fmt == LORA_FORMAT_NF4 ? (const char *)((const lora_nf4 *)w)->q + (wr[r] + GEMV_PF * ldw + k) / 2
-                                                : wb + (size_t)(wr[r] + GEMV_PF * ldw + k) * bytes, _MM_HINT_T0);
+                                                : wb + (size_t)(wr[r] + GEMV_PF * ldw + k) * bytes, _MM_HINT_T1);
             if (nf4_blocks) s[r] = _mm256_set1_ps(lora_nf4_absmax(w, (wr[r] + k) / LORA_NF4_BLOCK));
         }
         for (long u = 0; u < step; u += 8) {
