@@ -152,12 +152,13 @@ static inline int load_h(const uint8_t *p) {
 
 #define RB 8  // weight rows per group: one 32-bit lane of a ymm vector each
 // How far ahead the _X8 layout's streams are prefetched, into L2 (_MM_HINT_T1): 16 KB for the
-// single stream, 4 pairs of groups for the two-group passes. Into L1 at 4 KB (and one pair) the
+// VNNI family's single stream, 4 pairs of groups for the two-group passes (the AVX2 family's
+// single stream kept 4 KB into L1: greedy decoding 335 -> 306 tokens/s with it in L2). Into L1 at 4 KB (and one pair) the
 // loads still waited on memory: Zen 4, one thread, weights from DRAM, the Q8_0 head at M = 8
 // 2.2 -> 1.4 ms, Q4_1 1536 x 576 at M = 1 38 -> 50 GB/s, AVX2 pairs at M = 4 51 -> 81 GMAC/s.
 #define X8_AHEAD 16384
 #define X8_PAIRS_AHEAD 4
-// Q8_0's single stream (the head at M = 1, 2) measured best as before: 4 KB ahead into L1.
+// Q8_0's single stream (the head at M = 1, 2) and AVX2's: 4 KB ahead into L1, as before.
 #define X8_AHEAD80 4096
 
 /// Rows n..n+8 of W against rows of A. Per block of 32 depths: the 16 code bytes of each of
@@ -175,7 +176,10 @@ static inline int load_h(const uint8_t *p) {
         /* the _X8 layout: the registers' contents, stored in order */                           \
         const uint8_t *g = wr[0] + 8 * o;                                                        \
         /* one stream: fetch ahead past page ends, which the hardware prefetcher does not */    \
-        for (int l = 0; l < 8 * bb; l += 64) _mm_prefetch((const char *)(g + X8_AHEAD + l), _MM_HINT_T1); \
+        for (int l = 0; l < 8 * bb; l += 64) {                                                   \
+            if (MB == 4) _mm_prefetch((const char *)(g + X8_AHEAD + l), _MM_HINT_T1);             \
+            else _mm_prefetch((const char *)(g + X8_AHEAD80 + l), _MM_HINT_T0);                   \
+        }                                                                                        \
         dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g));                               \
         mw = fmt == LORA_FORMAT_Q4_1 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g + 16))) \
                                      : _mm256_setzero_ps();                                      \
