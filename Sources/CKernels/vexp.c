@@ -11,6 +11,13 @@
 #define VEXP_X86 1
 #endif
 
+#ifdef VEXP_X86
+/// The AVX2 bodies serve the AVX2 and AVX-512 families, where the CPU has AVX2.
+static int avx2_usable(int family) {
+    return (family == LORA_FAMILY_AVX2 || family == LORA_FAMILY_AVX512) && lora_family_available(LORA_FAMILY_AVX2);
+}
+#endif
+
 #pragma clang fp contract(off)
 
 #define EXP_LOW -87.33654f
@@ -170,7 +177,7 @@ VEXP_T static void avx2_swiglu_backward(float *dgate, float *dup, const float *d
 
 void lora_swiglu_forward(int family, float *h, const float *gate, const float *up, long n) {
 #ifdef VEXP_X86
-    if ((family == LORA_FAMILY_AVX2 || family == LORA_FAMILY_AVX512) && lora_family_available(LORA_FAMILY_AVX2)) {
+    if (avx2_usable(family)) {
         avx2_swiglu_forward(h, gate, up, n);
         return;
     }
@@ -180,7 +187,7 @@ void lora_swiglu_forward(int family, float *h, const float *gate, const float *u
 
 void lora_swiglu_backward(int family, float *dgate, float *dup, const float *dh, const float *gate, const float *up, long n) {
 #ifdef VEXP_X86
-    if ((family == LORA_FAMILY_AVX2 || family == LORA_FAMILY_AVX512) && lora_family_available(LORA_FAMILY_AVX2)) {
+    if (avx2_usable(family)) {
         avx2_swiglu_backward(dgate, dup, dh, gate, up, n);
         return;
     }
@@ -190,7 +197,7 @@ void lora_swiglu_backward(int family, float *dgate, float *dup, const float *dh,
 
 double lora_exp_shifted(int family, float *y, const float *x, float shift, long n) {
 #ifdef VEXP_X86
-    if ((family == LORA_FAMILY_AVX2 || family == LORA_FAMILY_AVX512) && lora_family_available(LORA_FAMILY_AVX2))
+    if (avx2_usable(family))
         return avx2_exp_shifted(y, x, shift, n);
 #endif
     return portable_exp_shifted(y, x, shift, n);
@@ -242,7 +249,7 @@ VEXP_T static long avx2_argmax(const float *x, long n) {
 
 void lora_add(int family, float *out, const float *a, const float *b, long n) {
 #ifdef VEXP_X86
-    if ((family == LORA_FAMILY_AVX2 || family == LORA_FAMILY_AVX512) && lora_family_available(LORA_FAMILY_AVX2)) {
+    if (avx2_usable(family)) {
         avx2_add(out, a, b, n);
         return;
     }
@@ -253,7 +260,7 @@ void lora_add(int family, float *out, const float *a, const float *b, long n) {
 long lora_argmax(int family, const float *x, long n) {
     if (n <= 0) return 0;
 #ifdef VEXP_X86
-    if ((family == LORA_FAMILY_AVX2 || family == LORA_FAMILY_AVX512) && lora_family_available(LORA_FAMILY_AVX2))
+    if (avx2_usable(family))
         return avx2_argmax(x, n);
 #endif
     return portable_argmax(x, n);
