@@ -12,8 +12,16 @@ WORDS = ("the model reads every token of the batch and learns from the loss of t
 
 
 def main():
-    out = sys.argv[1]
-    n = int(sys.argv[2]) if len(sys.argv) > 2 else 256
+    # Plain argv on purpose (no dependencies), but never treat a flag as the output path:
+    # `bench_data.py --help` once wrote 800 KB of records to a file named "--help".
+    args = sys.argv[1:]
+    if args[:1] in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        return
+    if not 1 <= len(args) <= 2 or args[0].startswith("-") or (len(args) == 2 and not args[1].isdigit()):
+        sys.exit("usage: bench_data.py OUT.json [N]  (N: a positive record count, default 256)")
+    out = args[0]
+    n = int(args[1]) if len(args) > 1 else 256
     rng = random.Random(1234)
     recs = []
     for i in range(n):
