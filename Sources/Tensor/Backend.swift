@@ -207,9 +207,9 @@ extension Backend {
         for t in runs {
             let M = t.r1 - t.r0
             if let p = t.packed {
-                lora_factors_down(packedFamily, M, inFeatures, t.rank, 0, t.rank, x + t.r0 * inFeatures, inFeatures, p.at, ut, t.rank)
+                lora_factors_down(packedFamily, M, inFeatures, t.rank, 0, t.rank, x + t.r0 * inFeatures, inFeatures, p.at, p.half ? 1 : 0, ut, t.rank)
                 if t.alpha != 1 { for i in 0..<(M * t.rank) { ut[i] = t.alpha * ut[i] } }
-                lora_factors_up(packedFamily, M, 0, outFeatures, t.rank, ut, t.rank, p.bp, y + t.r0 * outFeatures, outFeatures)
+                lora_factors_up(packedFamily, M, 0, outFeatures, t.rank, ut, t.rank, p.bp, p.half ? 1 : 0, y + t.r0 * outFeatures, outFeatures)
                 ut += M * t.rank
                 continue
             }

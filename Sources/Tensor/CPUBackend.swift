@@ -519,7 +519,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     private func loraFirst(_ plan: LoRAPlan, _ i: Int, _ terms: [LoRATerm], x: UnsafePointer<Float>, inFeatures inF: Int) {
         let (j, n0, n1) = plan.jobs[i], t = terms[j], M = t.r1 - t.r0, uj = plan.us[j]
         if let p = t.packed {
-            lora_factors_down(plan.fam, M, inF, t.rank, n0, n1, x + t.r0 * inF, inF, p.at, uj, t.rank)
+            lora_factors_down(plan.fam, M, inF, t.rank, n0, n1, x + t.r0 * inF, inF, p.at, p.half ? 1 : 0, uj, t.rank)
         } else {
             lora_gemv_abt(plan.fam, Self.f32Format, M, n0, n1, inF, x + t.r0 * inF, inF, t.A, inF, nil, uj, t.rank, 0)
         }
@@ -534,7 +534,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     private func loraSecond(_ plan: LoRAPlan, _ terms: [LoRATerm], y: UnsafeMutablePointer<Float>, outFeatures out: Int, _ n0: Int, _ n1: Int) {
         for (j, t) in terms.enumerated() {
             if let p = t.packed {
-                lora_factors_up(plan.fam, t.r1 - t.r0, n0, n1, t.rank, plan.us[j], t.rank, p.bp, y + t.r0 * out, out)
+                lora_factors_up(plan.fam, t.r1 - t.r0, n0, n1, t.rank, plan.us[j], t.rank, p.bp, p.half ? 1 : 0, y + t.r0 * out, out)
             } else {
                 lora_gemv_abt(plan.fam, Self.f32Format, t.r1 - t.r0, n0, n1, t.rank, plan.us[j], t.rank, t.B, t.rank, nil, y + t.r0 * out, out, 1)
             }

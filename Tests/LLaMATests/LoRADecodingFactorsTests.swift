@@ -10,9 +10,12 @@ import Tensor
 final class LoRADecodingFactorsTests: XCTestCase {
     func unpacked(_ p: PackedLoRAFactors) -> (A: [Float], B: [Float]) {
         let r = p.rank, K = p.inFeatures, N = p.outFeatures, rp = Int(lora_factors_rp(r))
+        let value = { (base: UnsafeMutableRawPointer, i: Int) -> Float in
+            p.half ? Float(Float16(bitPattern: base.assumingMemoryBound(to: UInt16.self)[i])) : base.assumingMemoryBound(to: Float.self)[i]
+        }
         var A = [Float](repeating: 0, count: r * K), B = [Float](repeating: 0, count: N * r)
-        for k in 0..<K { for j in 0..<r { A[j * K + k] = p.at[k * rp + j] } }
-        for n in 0..<N { for j in 0..<r { B[n * r + j] = p.bp[(n / 16) * r * 16 + j * 16 + n % 16] } }
+        for k in 0..<K { for j in 0..<r { A[j * K + k] = value(p.at, k * rp + j) } }
+        for n in 0..<N { for j in 0..<r { B[n * r + j] = value(p.bp, (n / 16) * r * 16 + j * 16 + n % 16) } }
         return (A, B)
     }
 
@@ -32,7 +35,14 @@ final class LoRADecodingFactorsTests: XCTestCase {
             XCTAssertEqual(B, l.B.array, "\(s.path): B")
             // Padding lanes of AT (rank 5 -> 8) are zero: the kernels read them.
             let rp = Int(lora_factors_rp(l.r))
-            XCTAssertTrue((0..<l.inFeatures).allSatisfy { k in (l.r..<rp).allSatisfy { p.at[k * rp + $0] == 0 } }, "\(s.path): padding")
+            let at = p.at.assumingMemoryBound(to: Float.self)
+            XCTAssertTrue((0..<l.inFeatures).allSatisfy { k in (l.r..<rp).allSatisfy { at[k * rp + $0] == 0 } }, "\(s.path): padding")
+            // Half copies: the values rounded as Float16 rounds them.
+            let h = l.decodingFactors(half: true)
+            XCTAssertTrue(h.half && !p.half)
+            let (hA, hB) = unpacked(h)
+            XCTAssertEqual(hA, l.A.array.map { Float(Float16($0)) }, "\(s.path): half A")
+            XCTAssertEqual(hB, l.B.array.map { Float(Float16($0)) }, "\(s.path): half B")
         }
         // An update (as AdamW's), announced: the next use repacks, into the same memory.
         let l = adapter.layers[adapter.sites[0]]!
@@ -45,6 +55,16 @@ final class LoRADecodingFactorsTests: XCTestCase {
         let (A, B) = unpacked(after)
         XCTAssertEqual(A, l.A.array, "A after the update")
         XCTAssertEqual(B, l.B.array, "B after the update")
+        let halfAfter = l.decodingFactors(half: true)
+        XCTAssertEqual(unpacked(halfAfter).B, l.B.array.map { Float(Float16($0)) }, "half B after the update")
+        // A value past half's range: half requests get the f32 copies, until the next update.
+        l.B.data[0] = 1e6
+        adapter.parametersChanged()
+        XCTAssertTrue(l.decodingFactors(half: true) === after, "f32 copies when a value does not fit a half")
+        XCTAssertEqual(unpacked(after).B, l.B.array)
+        l.B.data[0] = 0.5
+        adapter.parametersChanged()
+        XCTAssertTrue(l.decodingFactors(half: true) === halfAfter, "half again after an update that fits")
     }
 
     /// `layer(at:)` (decoding's lookup without hashing) finds exactly `layers[site]`, for
@@ -106,5 +126,52 @@ final class LoRADecodingFactorsTests: XCTestCase {
         try m.step(items: [SlotItem(slot: 1, tokens: [7], adapters: mix, adapterKey: "mix")], cache: caches[0], ctx: testCtx)
         XCTAssertFalse(caches[0].lastTerms === t1, "another plan, other terms")
         XCTAssertEqual(caches[0].lastTerms?.key.count, 2, "the mix's two adapters")
+    }
+
+    /// Decoding reads half copies exactly where the base's products are quantized, and their
+    /// rounding moves the logits far less than the quantization does. tiny-gqa and its adapter:
+    /// the f32 base's logits with the adapter's factors rounded to half (which the f32 base's f32
+    /// copies then hold exactly) against the factors as they are, beside a q8_0 base's logits
+    /// (half copies) against the f32 base's. A q8_0 step with the rounded factors gives its
+    /// step's bits: rounding is idempotent, so the half copies are the same.
+    func testHalfCopiesOnlyOverAQuantizedBaseAndTheirRoundingIsSmall() throws {
+        let ck = try SafeTensorsCheckpoint(folder: Fixtures.model("tiny-gqa"))
+        let f32 = try LlamaModel(checkpoint: ck, quantization: .none, pool: testPool)
+        let bf16 = try LlamaModel(checkpoint: ck, quantization: .bf16, pool: testPool)
+        let q8 = try LlamaModel(checkpoint: ck, quantization: .q8_0, pool: testPool)
+        for l in 0..<f32.config.numHiddenLayers {
+            for p in Projection.allCases {
+                XCTAssertFalse(f32.halfLoRAFactors(at: LoRASite(l, p)), "f32 \(l) \(p)")
+                XCTAssertFalse(bf16.halfLoRAFactors(at: LoRASite(l, p)), "bf16 \(l) \(p)")
+                XCTAssertTrue(q8.halfLoRAFactors(at: LoRASite(l, p)), "q8_0 \(l) \(p)")
+            }
+        }
+        let dir = Fixtures.root.appendingPathComponent("merge/tiny-gqa-a.adapter")
+        let a = try Adapter.load(dir, model: f32.config), rounded = try Adapter.load(dir, model: f32.config)
+        for l in rounded.layers.values {
+            for t in [l.A, l.B] { for i in 0..<t.count { t.data[i] = Float(Float16(t.data[i])) } }
+            l.parametersChanged()
+        }
+        let prompt: [Int32] = (0..<12).map { Int32(3 + $0 * 17) }
+        func logits(_ m: LlamaModel, _ adapter: LoRAAdapter) throws -> [Float] {
+            let cache = SlotCache(model: m, slots: 1, capacity: 32, maxRows: 32)
+            var out: [Float] = []
+            try m.step(items: [SlotItem(slot: 0, tokens: prompt, adapters: AdapterSet(adapter), adapterKey: "a")], cache: cache, ctx: testCtx)
+            out += UnsafeBufferPointer(start: cache.logits.data, count: m.config.vocabSize)
+            for t: Int32 in [9, 99, 200] {
+                try m.step(items: [SlotItem(slot: 0, tokens: [t], adapters: AdapterSet(adapter), adapterKey: "a")], cache: cache, ctx: testCtx)
+                out += UnsafeBufferPointer(start: cache.logits.data, count: m.config.vocabSize)
+            }
+            return out
+        }
+        let maxDiff = { (x: [Float], y: [Float]) -> Float in zip(x, y).map { abs($0 - $1) }.max()! }
+        let exact = try logits(f32, a), halfRounded = try logits(f32, rounded)
+        let quantized = try logits(q8, a)
+        let byHalf = maxDiff(exact, halfRounded), byQ8 = maxDiff(exact, quantized)
+        print("tiny-gqa logits, max |difference| from the f32 base with f32 factors: factors rounded to half \(byHalf), q8_0 base with half copies \(byQ8)")
+        XCTAssertGreaterThan(byHalf, 0, "the fixture's factors are not all halves already")
+        XCTAssertLessThan(byHalf, byQ8 / 20, "half rounding well below q8_0's own error (measured: 0.0041 against 0.33)")
+        XCTAssertEqual(zip(quantized, try logits(q8, rounded)).filter { $0.bitPattern != $1.bitPattern }.count, 0,
+                       "q8_0 with pre-rounded factors: the same half copies, the same bits")
     }
 }

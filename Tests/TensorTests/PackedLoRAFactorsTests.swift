@@ -50,68 +50,115 @@ final class PackedLoRAFactorsTests: XCTestCase {
                       + (diff.first.map { ", first [\($0)] \(a[$0]) vs \(b[$0])" } ?? ""), file: file, line: line)
     }
 
-    func packed(A: [Float], B: [Float], r: Int, K: Int, N: Int) -> PackedLoRAFactors {
-        let p = PackedLoRAFactors(rank: r, inFeatures: K, outFeatures: N, arena: WeightArena(chunkBytes: 2 << 20))
-        A.withUnsafeBufferPointer { a in B.withUnsafeBufferPointer { b in p.pack(A: a.baseAddress!, B: b.baseAddress!) } }
+    func packed(A: [Float], B: [Float], r: Int, K: Int, N: Int, half: Bool = false) -> PackedLoRAFactors {
+        let p = PackedLoRAFactors(rank: r, inFeatures: K, outFeatures: N, half: half, arena: WeightArena(chunkBytes: 2 << 20))
+        let fits = A.withUnsafeBufferPointer { a in B.withUnsafeBufferPointer { b in p.pack(A: a.baseAddress!, B: b.baseAddress!) } }
+        XCTAssertTrue(fits)
         return p
     }
 
+    /// Half copies: the same arithmetic on the values rounded to half (Swift's Float16, round
+    /// to nearest even), so the defined loops on the rounded A and B give their bits.
     func testEveryFamilyGivesTheDefinedBitsAtRaggedShapes() {
+        checkFamilies(half: false)
+    }
+
+    func testHalfCopiesGiveTheDefinedBitsOfTheRoundedFactors() {
+        checkFamilies(half: true)
+    }
+
+    func checkFamilies(half: Bool) {
         var rng = RNG(seed: 5)
         var checked = 0
+        let rounded = { (v: [Float]) -> [Float] in half ? v.map { Float(Float16($0)) } : v }
         for (M, K, r, N) in [(1, 576, 16, 576), (4, 64, 8, 33), (5, 7, 5, 15), (9, 577, 24, 200), (3, 1, 1, 1),
                              (2, 130, 40, 16), (8, 96, 64, 48), (1, 33, 9, 17), (8, 64, 16, 1536), (6, 32, 16, 80)] {
             let x = (0..<(M * K)).map { _ in rng.normal() }
-            let A = (0..<(r * K)).map { _ in 0.1 * rng.normal() }
-            let B = (0..<(N * r)).map { _ in 0.1 * rng.normal() }
+            // Half: some factors below half's normal range (2^-14), where it keeps fewer bits.
+            let A = (0..<(r * K)).map { i in (half && i % 7 == 0 ? 1e-5 : 0.1) * rng.normal() }
+            let B = (0..<(N * r)).map { i in (half && i % 5 == 0 ? 3e-6 : 0.1) * rng.normal() }
             let y0 = (0..<(M * N)).map { _ in rng.normal() }
-            let p = packed(A: A, B: B, r: r, K: K, N: N)
-            let uDef = definedDown(x: x, A: A, M: M, K: K, r: r)
-            let yDef = definedUp(u: uDef, B: B, y0: y0, M: M, N: N, r: r)
+            let p = packed(A: A, B: B, r: r, K: K, N: N, half: half)
+            XCTAssertEqual(p.half, half)
+            let uDef = definedDown(x: x, A: rounded(A), M: M, K: K, r: r)
+            let yDef = definedUp(u: uDef, B: rounded(B), y0: y0, M: M, N: N, r: r)
+            let h: Int32 = half ? 1 : 0
             // Double reference of the whole term.
             for m in 0..<M {
                 for j in 0..<r {
                     var s = 0.0, mag = 0.0
                     for k in 0..<K { let t = Double(x[m * K + k]) * Double(A[j * K + k]); s += t; mag += abs(t) }
-                    XCTAssertLessThanOrEqual(abs(Double(uDef[m * r + j]) - s), Self.rtol * mag + 1e-30, "u[\(m)][\(j)] M \(M) K \(K) r \(r)")
+                    // Half: each factor within 2^-11 of itself (or 2^-25 absolute below 2^-14).
+                    let tol = half ? 4.9e-4 * mag + 3e-8 * Double(K) * 4 : Self.rtol * mag + 1e-30
+                    XCTAssertLessThanOrEqual(abs(Double(uDef[m * r + j]) - s), tol, "u[\(m)][\(j)] M \(M) K \(K) r \(r) half \(half)")
                 }
             }
             for family in KernelFamily.allCases where family.isAvailable && family.kernelID != nil {
                 let fam = family.kernelID!
-                let what = "\(family) M \(M) K \(K) r \(r) N \(N)"
+                let what = "\(family)\(half ? " half" : "") M \(M) K \(K) r \(r) N \(N)"
                 // Down: whole, in lane pieces of 8, and row by row.
                 var u = [Float](repeating: .nan, count: M * r)
-                lora_factors_down(fam, M, K, r, 0, r, x, K, p.at, &u, r)
+                lora_factors_down(fam, M, K, r, 0, r, x, K, p.at, h, &u, r)
                 assertSameBits(u, uDef, "\(what): u")
                 var pieces = [Float](repeating: .nan, count: M * r)
                 for j0 in stride(from: 0, to: r, by: 8) {
                     pieces.withUnsafeMutableBufferPointer { pu in
-                        lora_factors_down(fam, M, K, r, j0, min(r, j0 + 8), x, K, p.at, pu.baseAddress!, r)
+                        lora_factors_down(fam, M, K, r, j0, min(r, j0 + 8), x, K, p.at, h, pu.baseAddress!, r)
                     }
                 }
                 assertSameBits(pieces, uDef, "\(what): u in lane pieces")
                 for m in 0..<M {
                     var row = [Float](repeating: .nan, count: r)
                     Array(x[(m * K)..<((m + 1) * K)]).withUnsafeBufferPointer { xm in
-                        lora_factors_down(fam, 1, K, r, 0, r, xm.baseAddress!, K, p.at, &row, r)
+                        lora_factors_down(fam, 1, K, r, 0, r, xm.baseAddress!, K, p.at, h, &row, r)
                     }
                     assertSameBits(row, Array(uDef[(m * r)..<((m + 1) * r)]), "\(what): row \(m) alone")
                 }
                 // Up: whole, and split at a 16-aligned column.
                 var y = y0
-                lora_factors_up(fam, M, 0, N, r, uDef, r, p.bp, &y, N)
+                lora_factors_up(fam, M, 0, N, r, uDef, r, p.bp, h, &y, N)
                 assertSameBits(y, yDef, "\(what): y")
                 var split = y0
                 let cut = N / 2 / 16 * 16   // a 16-aligned split (none under 32 outputs)
                 split.withUnsafeMutableBufferPointer { ys in
-                    lora_factors_up(fam, M, cut, N, r, uDef, r, p.bp, ys.baseAddress!, N)
-                    lora_factors_up(fam, M, 0, cut, r, uDef, r, p.bp, ys.baseAddress!, N)
+                    lora_factors_up(fam, M, cut, N, r, uDef, r, p.bp, h, ys.baseAddress!, N)
+                    lora_factors_up(fam, M, 0, cut, r, uDef, r, p.bp, h, ys.baseAddress!, N)
                 }
                 assertSameBits(split, yDef, "\(what): y in two column ranges")
                 checked += 1
             }
         }
         XCTAssertGreaterThanOrEqual(checked, 8, "at least the portable family on every shape")
+    }
+
+    /// The packing's rounding is Float16's (nearest even) for every finite float that fits,
+    /// subnormal halves, the ties and the edge of the range included; values that do not fit
+    /// make `pack` report it (the layer then keeps f32 copies).
+    func testHalfRoundingMatchesFloat16AndOverflowIsReported() {
+        var edges: [Float] = [0, -0.0, 1, -1, 65504, 65519.996, -65519.996, 0x1p-14, 0x1p-24, 0x1p-25, 0x1.8p-25,
+                              0x1p-26, 3e-8, 6.1e-5, 1 + 0x1p-11, 1 + 0x1.8p-11, 1 + 0x1p-12, 2049, 2051, .leastNonzeroMagnitude]
+        var rng = RNG(seed: 9)
+        for _ in 0..<20_000 {
+            // Magnitudes across half's whole range, subnormals included.
+            let e = Float(rng.uniform()) * 42 - 26
+            edges.append(Float(rng.normal()) * Float(pow(2.0, Double(e))))
+        }
+        for bits in stride(from: UInt32(0x3300_0000), to: 0x4780_0000, by: 4093) { edges.append(Float(bitPattern: bits)) }
+        var bad = 0
+        for v in edges where lora_float_to_half(v) != Float16(v).bitPattern {
+            bad += 1
+            if bad < 5 { XCTFail("\(v): \(lora_float_to_half(v)) vs Float16 \(Float16(v).bitPattern)") }
+        }
+        XCTAssertEqual(bad, 0, "of \(edges.count)")
+        for huge: Float in [65520, -1e6, .infinity, .nan] {
+            let K = 20, r = 3, N = 17
+            var A = [Float](repeating: 0.5, count: r * K), B = [Float](repeating: 0.25, count: N * r)
+            if huge.isNaN { B[N * r - 1] = huge } else { A[r * K - 1] = huge }
+            let p = PackedLoRAFactors(rank: r, inFeatures: K, outFeatures: N, half: true, arena: WeightArena(chunkBytes: 2 << 20))
+            XCTAssertFalse(p.pack(A: A, B: B), "\(huge) does not fit a half")
+            B = [Float](repeating: 65504, count: N * r); A = [Float](repeating: -65504, count: r * K)
+            XCTAssertTrue(p.pack(A: A, B: B), "65504 fits")
+        }
     }
 
     /// Packed terms through the backend: `loraGrouped` on the spinning workers and

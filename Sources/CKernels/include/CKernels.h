@@ -246,12 +246,21 @@ long lora_factors_up_floats(long N, long r);
 void lora_factors_pack_down(long r, long K, const float *A, float *AT);
 /// B [N][r] into lora_factors_up_floats(N, r) floats of panels.
 void lora_factors_pack_up(long N, long r, const float *B, float *Bp);
+/// The same layouts in IEEE half (each value rounded to nearest even): 0 when a value does not
+/// fit (|x| rounds past 65504, inf or NaN), 1 otherwise. The products widen each half exactly
+/// and then do the f32 arithmetic above, so a half copy's bits are those of f32 copies holding
+/// the rounded values.
+int lora_factors_pack_down_half(long r, long K, const float *A, uint16_t *AT);
+int lora_factors_pack_up_half(long N, long r, const float *B, uint16_t *Bp);
+/// One float to half bits as the packing rounds it (tests compare it with Float16(x)).
+uint16_t lora_float_to_half(float x);
 /// u[m][j0:j1] for m < M (j0 a multiple of 8, j1 <= r; else abort); x rows at stride ldx.
+/// AT: f32 (half = 0) or half (half = 1) copies.
 void lora_factors_down(int family, long M, long K, long r, long j0, long j1, const float *x, long ldx,
-                       const float *AT, float *u, long ldu);
+                       const void *AT, int half, float *u, long ldu);
 /// y[m][n0:n1] += u[m][0:r] B[n0:n1]^T (n0 a multiple of 16, else abort; n1 at most the packed N).
-void lora_factors_up(int family, long M, long n0, long n1, long r, const float *u, long ldu, const float *Bp,
-                     float *y, long ldy);
+void lora_factors_up(int family, long M, long n0, long n1, long r, const float *u, long ldu, const void *Bp,
+                     int half, float *y, long ldy);
 
 // Element-wise helpers with FMA where the family has it (the Swift ops call these on the
 // hot loops so they are not limited to baseline x86-64 code generation).

@@ -4,6 +4,13 @@ import Tensor
 /// Inference with a KV cache: a prompt prefill and then one token per step, for S sequences
 /// in lock-step. One GEMM per projection over all new rows (M = S x new tokens).
 extension LlamaModel {
+    /// Whether decoding reads the LoRA factors at `site` as half copies: where the base's own
+    /// products there are quantized (`WeightFormat.productsAreExact`), so an f32 or bf16 base
+    /// keeps the f32 factors (and PEFT's numbers).
+    public func halfLoRAFactors(at site: LoRASite) -> Bool {
+        !blocks[site.layer].linear(site.projection).weight.format.productsAreExact
+    }
+
     public enum DecodeError: Error, CustomStringConvertible {
         case tooLong(needed: Int, capacity: Int)
         public var description: String {
@@ -47,9 +54,10 @@ extension LlamaModel {
             if prof == nil, !site.isEmpty, !site.contains(where: { $0.0.isDoRA }) {
                 // The base product and the plain LoRA terms as one backend call (one job on the
                 // CPU), with the bits of the two calls below.
+                let half = !lin.weight.format.productsAreExact
                 let terms = site.map { layer, weight in
                     LoRATerm(r0: 0, r1: M, rank: layer.r, alpha: weight * layer.scale, A: layer.A.data, B: layer.B.data,
-                             packed: layer.decodingFactors())
+                             packed: layer.decodingFactors(half: half))
                 }
                 cache.ensureScratch(LoRATerm.scratchCount(terms))
                 be.decodeProjection(y: y, x: x, w: lin.weight, M: M, scratch: cache.scratch, terms: terms, u: cache.u.data)
@@ -61,9 +69,10 @@ extension LlamaModel {
                 // Plain LoRA through the server's grouped product (rows in pieces of 16), so a
                 // prompt's rows get the bits `lora serve` gives them, alone, batched or cached.
                 if !site.contains(where: { $0.0.isDoRA }) {
+                    let half = !lin.weight.format.productsAreExact
                     let terms = site.map { layer, weight in
                         LoRATerm(r0: 0, r1: M, rank: layer.r, alpha: weight * layer.scale, A: layer.A.data, B: layer.B.data,
-                             packed: layer.decodingFactors())
+                             packed: layer.decodingFactors(half: half))
                     }
                     cache.ensureScratch(LoRATerm.scratchCount(terms))
                     be.loraGrouped(y: y, x: x, inFeatures: lin.inFeatures, outFeatures: lin.outFeatures, terms: terms, u: cache.u.data)
@@ -89,9 +98,10 @@ extension LlamaModel {
             for p in ps {
                 let site = adapters.layers(at: LoRASite(l, p))
                 if site.contains(where: { $0.0.isDoRA }) || (prof != nil && !site.isEmpty) { return nil }
+                let half = self.halfLoRAFactors(at: LoRASite(l, p))
                 all.append(site.map { layer, weight in
                     LoRATerm(r0: 0, r1: M, rank: layer.r, alpha: weight * layer.scale, A: layer.A.data, B: layer.B.data,
-                             packed: layer.decodingFactors())
+                             packed: layer.decodingFactors(half: half))
                 })
             }
             cache.ensureScratch(all.reduce(0) { $0 + LoRATerm.scratchCount($1) })

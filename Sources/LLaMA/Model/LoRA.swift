@@ -117,7 +117,7 @@ public final class LoRALayer: @unchecked Sendable {
     /// B or m).
     public func parametersChanged() {
         normStale = true
-        packLock.lock(); packedStale = true; packLock.unlock()
+        packLock.lock(); packedStale = (true, true); halfUnfit = false; packLock.unlock()
         version?.bump()
     }
 
@@ -130,26 +130,39 @@ public final class LoRALayer: @unchecked Sendable {
     /// Where `decodingFactors` places its copies: the adapter's arena (set by `LoRAAdapter`),
     /// else one of the layer's own.
     var packArena: WeightArena?
-    private var packedFactors: PackedLoRAFactors?
-    private var packedStale = true
+    private var packedF32: PackedLoRAFactors?, packedHalf: PackedLoRAFactors?
+    private var packedStale = (f32: true, half: true)
+    /// A value of A or B does not fit a half: half requests get the f32 copies.
+    private var halfUnfit = false
     private let packLock = NSLock()
 
     /// A and B packed for decoding's products (`PackedLoRAFactors`): packed on first use and
     /// again, in place, on the first use after `parametersChanged()`. Decoding passes them in
-    /// its `LoRATerm`s; training reads A and B.
-    public func decodingFactors() -> PackedLoRAFactors {
+    /// its `LoRATerm`s; training reads A and B. `half` (for a base whose products are quantized,
+    /// `WeightFormat.productsAreExact` false) gives half copies, or the f32 ones when a value
+    /// does not fit a half.
+    public func decodingFactors(half: Bool = false) -> PackedLoRAFactors {
         packLock.lock(); defer { packLock.unlock() }
-        let p = packedFactors ?? PackedLoRAFactors(rank: r, inFeatures: inFeatures, outFeatures: outFeatures,
-                                                   arena: packArena ?? WeightArena(chunkBytes: packedBytes))
-        if packedFactors == nil || packedStale {
+        if half && !halfUnfit {
+            let p = packedHalf ?? PackedLoRAFactors(rank: r, inFeatures: inFeatures, outFeatures: outFeatures, half: true,
+                                                    arena: packArena ?? WeightArena(chunkBytes: packedBytes / 2))
+            packedHalf = p
+            if !packedStale.half { return p }
+            packedStale.half = false
+            if p.pack(A: A.data, B: B.data) { return p }
+            halfUnfit = true
+        }
+        let p = packedF32 ?? PackedLoRAFactors(rank: r, inFeatures: inFeatures, outFeatures: outFeatures,
+                                               arena: packArena ?? WeightArena(chunkBytes: packedBytes))
+        packedF32 = p
+        if packedStale.f32 {
             p.pack(A: A.data, B: B.data)
-            packedFactors = p
-            packedStale = false
+            packedStale.f32 = false
         }
         return p
     }
 
-    /// Bytes `decodingFactors` carves (with the alignment of its two copies).
+    /// Bytes `decodingFactors` carves for f32 copies (with the alignment of its two copies).
     var packedBytes: Int { PackedLoRAFactors.byteCount(rank: r, inFeatures: inFeatures, outFeatures: outFeatures) + 128 }
 
     /// n[j] = ||W[j] + scale (B A)[j]|| for every output row j, with W the frozen weight as its

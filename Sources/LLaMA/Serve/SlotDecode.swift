@@ -81,7 +81,9 @@ final class StepTerms {
                          weights: $0.weights.map(\.bitPattern)) }
     }
 
-    init(plan: [(adapter: LoRAAdapter, r0: Int, r1: Int, weights: [Float])], key: [Entry], layers: Int) {
+    /// half(site): whether the base's products there are quantized (`LlamaModel.halfLoRAFactors`).
+    init(plan: [(adapter: LoRAAdapter, r0: Int, r1: Int, weights: [Float])], key: [Entry], layers: Int,
+         half: (LoRASite) -> Bool) {
         self.key = key
         adapters = plan.map(\.adapter)
         let perSite = plan.reduce(0) { $0 + ($1.weights.count > 1 ? $1.weights.count : 0) }
@@ -89,19 +91,19 @@ final class StepTerms {
         sites.reserveCapacity(layers * Self.perLayer)
         for l in 0..<layers {
             for p in Projection.allCases {
-                let site = LoRASite(l, p)
+                let site = LoRASite(l, p), h = half(site)
                 var ab = alphas + sites.count * perSite
                 var terms: [LoRATerm] = []
                 for t in plan {
                     guard let layer = t.adapter.layer(at: site) else { continue }
                     if t.weights.count == 1 {
                         terms.append(LoRATerm(r0: t.r0, r1: t.r1, rank: layer.r, alpha: t.weights[0] * layer.scale,
-                                              A: layer.A.data, B: layer.B.data, packed: layer.decodingFactors()))
+                                              A: layer.A.data, B: layer.B.data, packed: layer.decodingFactors(half: h)))
                     } else {
                         // The same product as alone: weight * scale, per row.
                         for (i, w) in t.weights.enumerated() { ab[i] = w * layer.scale }
                         terms.append(LoRATerm(r0: t.r0, r1: t.r1, rank: layer.r, alpha: 1, A: layer.A.data, B: layer.B.data,
-                                              alphas: UnsafePointer(ab), packed: layer.decodingFactors()))
+                                              alphas: UnsafePointer(ab), packed: layer.decodingFactors(half: h)))
                         ab += t.weights.count
                     }
                 }
@@ -116,10 +118,12 @@ final class StepTerms {
 
 extension SlotCache {
     /// The terms of `plan` at every site: the last step's table when its plan was the same.
-    func terms(for plan: [(adapter: LoRAAdapter, r0: Int, r1: Int, weights: [Float])], layers: Int) -> StepTerms {
+    /// (A cache serves one model, so `half` is the same at every call.)
+    func terms(for plan: [(adapter: LoRAAdapter, r0: Int, r1: Int, weights: [Float])], layers: Int,
+               half: (LoRASite) -> Bool) -> StepTerms {
         let key = StepTerms.key(plan)
         if let t = lastTerms, t.key == key, t.sites.count == layers * StepTerms.perLayer { return t }
-        let t = StepTerms(plan: plan, key: key, layers: layers)
+        let t = StepTerms(plan: plan, key: key, layers: layers, half: half)
         lastTerms = t
         return t
     }
@@ -178,7 +182,7 @@ extension LlamaModel {
         let plan = Self.termPlan(groups)
         // Every site's plain LoRA terms, kept from the last step while the plan is the same
         // (a batch changes only when a request joins or leaves).
-        let table = plan.map { cache.terms(for: $0, layers: c.numHiddenLayers) }
+        let table = plan.map { cache.terms(for: $0, layers: c.numHiddenLayers, half: halfLoRAFactors) }
         if let table { cache.ensureScratch(3 * table.maxScratch) }
         let be = ctx.backend
         func project(_ lin: Linear, _ l: Int, _ p: Projection, y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>) {

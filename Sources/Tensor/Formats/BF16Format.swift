@@ -4,6 +4,7 @@
 public struct BF16Format: WeightFormat {
     public let name = "bf16"
     public var kernelID: Int32? { 2 }   // LORA_FORMAT_BF16
+    public var productsAreExact: Bool { true }
     public func byteCount(rows: Int, cols: Int) -> Int { rows * cols * 2 }
 
     /// f32 -> bf16 bits, round to nearest even (as torch's `.to(torch.bfloat16)`); NaN stays NaN.

@@ -2,6 +2,7 @@
 public struct F32Format: WeightFormat {
     public let name = "f32"
     public var kernelID: Int32? { 0 }   // LORA_FORMAT_F32
+    public var productsAreExact: Bool { true }
     public func byteCount(rows: Int, cols: Int) -> Int { rows * cols * 4 }
 
     public func make(from w: UnsafePointer<Float>, rows: Int, cols: Int, pool: WorkerPool) -> Weight {

@@ -19,6 +19,15 @@ public protocol WeightFormat: Sendable {
     func make(from w: UnsafePointer<Float>, rows: Int, cols: Int, pool: WorkerPool) -> Weight
     /// Writes rows r0..<r1 as f32 into `out` ([r1 - r0, cols]): the scalar reference.
     func dequantizeRows(_ w: Weight, _ r0: Int, _ r1: Int, into out: UnsafeMutablePointer<Float>)
+    /// Whether products with this format are f32 products of the stored values (f32, bf16).
+    /// The others quantize (their weights, and in their products the activations), and
+    /// decoding then reads LoRA factors as half copies (`PackedLoRAFactors.half`): their
+    /// rounding, 2^-12 of the LoRA term, is far below the base's own.
+    var productsAreExact: Bool { get }
+}
+
+extension WeightFormat {
+    public var productsAreExact: Bool { false }
 }
 
 /// The registry: every format a model may store its frozen weights in.
