@@ -123,7 +123,8 @@ static void portable_up(long M, long n0, long n1, long r, const float *u, long l
 /// stream (C harness, Zen 4, one thread, 3 adapters' 630 r = 16 sites from memory: 4 rows
 /// 1.8-2.0 -> 1.14-1.18 ms, 3 rows 1.37-1.50 -> 0.96-1.02, 2 rows 0.90-1.11 -> 0.80-0.86; AVX2
 /// 4 rows 2.68 -> 1.62). One row is bound by the stream alone and gains nothing, and f32
-/// copies measured no better or worse (4 and 16 KB too), so neither prefetches.
+/// copies measured no better or worse (4 and 16 KB too), so neither prefetches. One line per
+/// two rows of AT: all of them for r <= 16 (rp 16: 64 bytes), every other one past that.
 #define PF_BYTES 8192
 /// 8 / 16 factors from element i of a copy (half: vcvtph2ps, exact). `half` is a constant at
 /// every call (the kernels are inlined into per-precision loops), so no branch remains.
