@@ -24,9 +24,14 @@ if [ $# -eq 0 ]; then
   parity='TrainingParityTests|ForwardParityTests|GenerationParityTests|MergeTests|ResumeTests|DoRATests|NF4Tests|GGUFKQuantTests|LLMInt8ParityTests'
   for k in $(.build/release/lora info --families); do
     echo "== parity suites with LORA_KERNELS=$k" >&2
-    LORA_KERNELS=$k swift test -c release --skip-build -Xswiftc -enable-testing --filter "$parity" 2>&1 \
-      | grep -E "error|failed|Executed [0-9]+ tests" | tail -3
-    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "parity suites failed with LORA_KERNELS=$k" >&2; exit 1; }
+    log="$RUN_TMP/parity-$k.log"
+    if LORA_KERNELS=$k swift test -c release --skip-build -Xswiftc -enable-testing --filter "$parity" >"$log" 2>&1; then
+      grep -E "Executed [0-9]+ tests" "$log" | tail -1
+    else
+      # The failing assertions in full (a summary line alone names no test).
+      grep -E "error|failed|Executed [0-9]+ tests" "$log" | head -60
+      echo "parity suites failed with LORA_KERNELS=$k" >&2; exit 1
+    fi
   done
   echo "== lora serve's page in headless Chromium (scripts/test_browser.sh)" >&2
   scripts/test_browser.sh
