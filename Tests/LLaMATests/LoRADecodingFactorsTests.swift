@@ -25,7 +25,7 @@ final class LoRADecodingFactorsTests: XCTestCase {
                                    useRslora: false, baseModelNameOrPath: nil)
         let model = LlamaConfig.tinyForPlan
         let adapter = LoRAAdapter(new: config, model: model, rng: &rng)
-        for l in adapter.layers.values { for i in 0..<l.B.count { l.B.data[i] = 0.01 * rng.normal() } }
+        for s in adapter.sites { let l = adapter.layers[s]!; for i in 0..<l.B.count { l.B.data[i] = 0.01 * rng.normal() } }   // site order: the same values every run
         adapter.parametersChanged()
         for s in adapter.sites {
             let l = adapter.layers[s]!
